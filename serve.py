@@ -1,0 +1,463 @@
+"""Serve the viewer, its offline runtime and a static DICOMweb tree.
+
+    python serve.py [--host 127.0.0.1] [--port 8000] [--root DATA_FOLDER] [--no-setup]
+
+On first start it lays out the runtime under ``static/`` and builds the demo study (downloads are
+cached in ``.cache/``). URL space:
+
+    /                   index.html
+    /pyscript.toml      the PyScript configuration
+    /app/...            the Python package the page runs
+    /static/...         Pyodide, PyScript and wheels
+    /dicomweb/...       the data folder (``--root``; default static/dicomweb), a static DICOMweb tree
+
+Static DICOMweb trees answer like a DICOMweb server: ``/dicomweb/studies`` is served from
+``studies/index.json`` (or ``index.json.gz``), ``.../metadata`` from ``metadata`` or ``metadata.gz``.
+Frame files get ``multipart/related; type=...; boundary=...`` read from their first bytes.
+Single byte ranges, CORS, ETag/Last-Modified with 304, gzip of text and runtime assets (never of a
+ranged response). Nothing outside the mounted folders is ever served, and directories are never listed.
+Standard library only, so it starts before anything is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import email.utils
+import gzip
+import mimetypes
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent
+DEFAULT_DATA = PROJECT / "static" / "dicomweb"
+
+#: Types by suffix; set here, not from the machine's mime.types, so every host answers alike.
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".toml": "application/toml; charset=utf-8",
+    ".py": "text/x-python; charset=utf-8",
+    ".wasm": "application/wasm",
+    ".zip": "application/zip",
+    ".whl": "application/zip",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".ico": "image/x-icon",
+    ".txt": "text/plain; charset=utf-8",
+    ".md": "text/plain; charset=utf-8",
+    ".dcm": "application/dicom",
+}
+DICOM_JSON = "application/dicom+json"
+
+#: Types worth compressing (runtime assets and JSON); frames and wheels are compressed already.
+COMPRESSIBLE = ("text/", "application/json", "application/wasm", "application/toml",
+                DICOM_JSON)
+
+#: Names a DICOMweb path resolves to inside a static tree folder, in order of preference.
+DICOMWEB_INDEX = ("index.json", "index.json.gz")
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers":
+        "Content-Range, Content-Length, Content-Type, Content-Encoding, Accept-Ranges, ETag",
+}
+CORS_PREFLIGHT = {
+    "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+    "Access-Control-Allow-Headers":
+        "Range, Accept, Accept-Encoding, If-None-Match, If-Modified-Since, If-Range, Authorization, Content-Type",
+    "Access-Control-Max-Age": "600",
+}
+
+RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+SEND_BLOCK = 256 * 1024
+GZIP_CACHE_LIMIT = 64 * 1024 * 1024
+
+
+class Mounts:
+    """Maps URL paths to files under a few roots, refusing anything that escapes them."""
+
+    def __init__(self, project_root: Path, data_root: Path) -> None:
+        self.project_root = project_root.resolve()
+        self.data_root = data_root.resolve()
+        self.files = {"/": self.project_root / "index.html",
+                      "/index.html": self.project_root / "index.html",
+                      "/pyscript.toml": self.project_root / "pyscript.toml"}
+        self.dirs = (("/app/", self.project_root / "app"),
+                     ("/static/", self.project_root / "static"),
+                     ("/dicomweb/", self.data_root))
+
+    def resolve(self, url_path: str) -> tuple[Path | None, bool]:
+        """Return (file, in_data_tree) or (None, _) when the path is not servable."""
+        if url_path in self.files:
+            return self.files[url_path], False
+        if url_path == "/dicomweb":
+            url_path = "/dicomweb/"
+        for prefix, root in self.dirs:
+            if not url_path.startswith(prefix):
+                continue
+            rel = url_path[len(prefix):]
+            parts = [p for p in rel.split("/") if p]
+            if any(p in (".", "..") or "\\" in p or "\x00" in p or ":" in p for p in parts):
+                return None, False
+            root = root.resolve()
+            candidate = root.joinpath(*parts) if parts else root
+            is_data = prefix == "/dicomweb/"
+            if is_data and candidate.is_dir():
+                candidate = next((candidate / n for n in DICOMWEB_INDEX if (candidate / n).is_file()),
+                                 None)
+                if candidate is None:
+                    return None, False
+            elif is_data and not candidate.exists() and (candidate.parent / (candidate.name + ".gz")).is_file():
+                candidate = candidate.parent / (candidate.name + ".gz")
+            try:
+                real = candidate.resolve(strict=True)
+            except (FileNotFoundError, RuntimeError, OSError):
+                return None, False
+            if not real.is_file() or not real.is_relative_to(root):
+                return None, False
+            # the mount point's own name stays what the URL asked for (symlinks inside are resolved)
+            return real, is_data
+        return None, False
+
+
+def frame_content_type(path: Path) -> str | None:
+    """Content-Type of a frame file from its first bytes: a multipart body or a raw codestream."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None
+    if head.startswith(b"--"):
+        first, _, rest = head.partition(b"\r\n")
+        boundary = first[2:].decode("latin-1").strip()
+        part_type = "application/octet-stream"
+        for line in rest.split(b"\r\n"):
+            if not line:
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-type":
+                part_type = value.strip()
+        media, _, params = part_type.partition(";")
+        out = f'multipart/related; type="{media.strip()}"; boundary={boundary}'
+        ts = re.search(r"transfer-syntax\s*=\s*\"?([0-9.]+)", params)
+        if ts:
+            out += f"; transfer-syntax={ts.group(1)}"
+        return out
+    if head.startswith(b"\xff\x4f\xff\x51"):
+        return "image/jphc" if b"\xff\x50" in head[:256] else "image/j2c"
+    if head.startswith(b"\xff\xd8\xff\xf7"):
+        return "image/jls"
+    if head.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    return "application/octet-stream"
+
+
+def content_type_for(path: Path, in_data: bool) -> tuple[str, bool]:
+    """Return (content type, stored gzip) for a file about to be served."""
+    name = path.name
+    stored_gzip = name.endswith(".gz")
+    base = name[:-3] if stored_gzip else name
+    if in_data:
+        if base in ("metadata", "index.json"):
+            return DICOM_JSON, stored_gzip
+        if base.isdigit() and not stored_gzip:  # a frame file: frames/1, jls/1, ...
+            return frame_content_type(path) or "application/octet-stream", False
+    suffix = Path(base).suffix
+    if base == "python_stdlib.zip":
+        return "application/zip", stored_gzip
+    ctype = CONTENT_TYPES.get(suffix) or mimetypes.guess_type(base)[0] or "application/octet-stream"
+    return ctype, stored_gzip
+
+
+def is_compressible(ctype: str, path: Path) -> bool:
+    return ctype.startswith(COMPRESSIBLE) or path.name == "python_stdlib.zip"
+
+
+class GzipCache:
+    """gzip bodies made at request time, kept while the file is unchanged."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
+        self._size = 0
+
+    def get(self, path: Path, st: os.stat_result) -> bytes:
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        body = gzip.compress(path.read_bytes(), compresslevel=6, mtime=0)
+        with self._lock:
+            self._items[key] = body
+            self._size += len(body)
+            while self._size > GZIP_CACHE_LIMIT and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self._size -= len(old)
+        return body
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """(start, end inclusive), "unsatisfiable", or None for no usable single range."""
+    if not header:
+        return None
+    m = RANGE_RE.match(header.strip())
+    if not m:
+        return None  # multi-range or malformed: the whole body as 200 is allowed
+    first, last = m.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        length = int(last)
+        if length == 0:
+            return "unsatisfiable"
+        return max(0, size - length), size - 1
+    start = int(first)
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    if last != "" and int(last) < start:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    return start, end
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "progressive-dicom-serve/1"
+    timeout = 60  # a client silent this long loses its connection, others keep being served
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (stdlib name)
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def _record(self, status: int, byte_range: str | None, sent: int) -> None:
+        self.server.request_log.append({"path": self.path, "method": self.command, "status": status,
+                                        "range": byte_range, "bytes_sent": sent,
+                                        "time": time.time()})
+
+    def _send_head(self, status: int, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in {**CORS_HEADERS, **self.server.extra_headers, **headers}.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+    def _send_error(self, status: HTTPStatus, message: str) -> None:
+        body = f"{status.value} {status.phrase}: {message}\n".encode()
+        self._send_head(status, {"Content-Type": "text/plain; charset=utf-8",
+                                 "Content-Length": str(len(body)), "Cache-Control": "no-store"})
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._record(status, None, len(body))
+
+    # -- methods ----------------------------------------------------------------------------------
+    def do_OPTIONS(self) -> None:
+        self._send_head(HTTPStatus.NO_CONTENT, {**CORS_PREFLIGHT, "Content-Length": "0"})
+        self._record(204, None, 0)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        split = urllib.parse.urlsplit(self.path)
+        try:
+            url_path = urllib.parse.unquote(split.path, errors="strict")
+        except UnicodeDecodeError:
+            return self._send_error(HTTPStatus.BAD_REQUEST, "path is not valid UTF-8")
+        if "%" in url_path and re.search(r"%[0-9a-fA-F]{2}", url_path):
+            # double-encoded input ("%252e%252e") decodes to another escape: never decode twice
+            return self._send_error(HTTPStatus.BAD_REQUEST, "path is encoded more than once")
+        path, in_data = self.server.mounts.resolve(url_path)
+        if path is None:
+            return self._send_error(HTTPStatus.NOT_FOUND, "no such file")
+        try:
+            st = path.stat()
+        except OSError:
+            return self._send_error(HTTPStatus.NOT_FOUND, "no such file")
+        ctype, stored_gzip = content_type_for(path, in_data)
+        self._serve_file(path, st, ctype, stored_gzip)
+
+    def _serve_file(self, path: Path, st: os.stat_result, ctype: str, stored_gzip: bool) -> None:
+        etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+        last_modified = email.utils.formatdate(st.st_mtime, usegmt=True)
+        common = {"Content-Type": ctype, "Last-Modified": last_modified, "Accept-Ranges": "bytes",
+                  "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+        accepts_gzip = "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
+
+        inm = self.headers.get("If-None-Match")
+        if inm is not None:
+            tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+            if "*" in tags or {etag, etag[:-1] + '-gz"'} & tags:
+                self._send_head(HTTPStatus.NOT_MODIFIED, {**common, "ETag": etag})
+                return self._record(304, None, 0)
+        elif self.headers.get("If-Modified-Since"):
+            try:
+                since = email.utils.parsedate_to_datetime(self.headers["If-Modified-Since"]).timestamp()
+                if int(st.st_mtime) <= since:
+                    self._send_head(HTTPStatus.NOT_MODIFIED, {**common, "ETag": etag})
+                    return self._record(304, None, 0)
+            except (TypeError, ValueError):
+                pass
+
+        range_header = self.headers.get("Range")
+        if range_header and self.headers.get("If-Range") not in (None, etag, last_modified):
+            range_header = None  # the client's partial copy is stale: send the whole file
+        byte_range = None if stored_gzip else parse_range(range_header, st.st_size)
+        if byte_range == "unsatisfiable":
+            self._send_head(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                            {"Content-Range": f"bytes */{st.st_size}", "Content-Length": "0",
+                             "Content-Type": ctype})
+            return self._record(416, range_header, 0)
+
+        if byte_range is not None:
+            start, end = byte_range
+            length = end - start + 1
+            self._send_head(HTTPStatus.PARTIAL_CONTENT,
+                            {**common, "ETag": etag, "Content-Length": str(length),
+                             "Content-Range": f"bytes {start}-{end}/{st.st_size}"})
+            sent = 0 if self.command == "HEAD" else self._copy(path, start, length)
+            return self._record(206, range_header, sent)
+
+        if stored_gzip:
+            # a .gz file in the tree: send it as is to clients that take gzip, inflate for others
+            if accepts_gzip:
+                return self._send_body_file(path, st, {**common, "ETag": etag[:-1] + '-gz"',
+                                                       "Content-Encoding": "gzip"})
+            body = gzip.decompress(path.read_bytes())
+            return self._send_bytes(body, {**common, "ETag": etag})
+
+        if accepts_gzip and is_compressible(ctype, path) and st.st_size > 512:
+            pre = path.with_name(path.name + ".gz")
+            if pre.is_file() and pre.stat().st_mtime >= st.st_mtime:
+                return self._send_body_file(pre, pre.stat(), {**common, "ETag": etag[:-1] + '-gz"',
+                                                              "Content-Encoding": "gzip"})
+            body = self.server.gzip_cache.get(path, st)
+            return self._send_bytes(body, {**common, "ETag": etag[:-1] + '-gz"',
+                                           "Content-Encoding": "gzip"})
+        self._send_body_file(path, st, {**common, "ETag": etag})
+
+    def _send_bytes(self, body: bytes, headers: dict[str, str]) -> None:
+        self._send_head(HTTPStatus.OK, {**headers, "Content-Length": str(len(body))})
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._record(200, None, 0 if self.command == "HEAD" else len(body))
+
+    def _send_body_file(self, path: Path, st: os.stat_result, headers: dict[str, str]) -> None:
+        self._send_head(HTTPStatus.OK, {**headers, "Content-Length": str(st.st_size)})
+        sent = 0 if self.command == "HEAD" else self._copy(path, 0, st.st_size)
+        self._record(200, None, sent)
+
+    def _copy(self, path: Path, start: int, length: int) -> int:
+        sent = 0
+        with path.open("rb") as fh:
+            fh.seek(start)
+            while sent < length:
+                block = fh.read(min(SEND_BLOCK, length - sent))
+                if not block:
+                    break
+                try:
+                    self.wfile.write(block)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+                    break
+                sent += len(block)
+        return sent
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, address, mounts: Mounts, *, verbose: bool = False,
+                 extra_headers: dict[str, str] | None = None) -> None:
+        super().__init__(address, Handler)
+        self.mounts = mounts
+        self.verbose = verbose
+        self.extra_headers = extra_headers or {}
+        self.request_log: collections.deque[dict] = collections.deque(maxlen=100_000)
+        self.gzip_cache = GzipCache()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/"
+
+
+def make_server(host: str = "127.0.0.1", port: int = 8000, *, project_root: Path = PROJECT,
+                data_root: Path = DEFAULT_DATA, verbose: bool = False,
+                isolate: bool = False) -> Server:
+    """A ready server (not yet serving): call ``serve_forever`` (in a thread for tests)."""
+    extra = {}
+    if isolate:  # cross-origin isolation: lets a Python worker touch the DOM (SharedArrayBuffer)
+        extra = {"Cross-Origin-Opener-Policy": "same-origin",
+                 "Cross-Origin-Embedder-Policy": "require-corp",
+                 "Cross-Origin-Resource-Policy": "cross-origin"}
+    return Server((host, port), Mounts(project_root, data_root), verbose=verbose, extra_headers=extra)
+
+
+def ensure_python_packages() -> None:
+    """Install the CPython packages the converter needs (numpy, pydicom, imagecodecs) if missing."""
+    try:
+        import imagecodecs  # noqa: F401
+        import numpy  # noqa: F401
+        import pydicom  # noqa: F401
+    except ImportError:
+        print("setup: installing Python packages from requirements.txt", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r",
+                        str(PROJECT / "requirements.txt")], check=True)
+
+
+def run_setup(data_root: Path) -> None:
+    """First-start set-up: runtime under static/ and, for the default data folder, the demo study."""
+    sys.path.insert(0, str(PROJECT))
+    from tools.setup_runtime import ensure_runtime
+
+    ensure_runtime()
+    if data_root.resolve() == DEFAULT_DATA.resolve():
+        ensure_python_packages()
+        from tools.demo_data import ensure_demo_data
+
+        ensure_demo_data(PROJECT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve the progressive DICOM viewer.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free)")
+    parser.add_argument("--root", type=Path, default=DEFAULT_DATA,
+                        help="data folder served at /dicomweb/ (default: the demo study)")
+    parser.add_argument("--no-setup", action="store_true", help="skip the first-start set-up")
+    parser.add_argument("--isolate", action="store_true",
+                        help="send COOP/COEP headers (cross-origin isolation)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    if not args.no_setup:
+        run_setup(args.root)
+    server = make_server(args.host, args.port, data_root=args.root, verbose=args.verbose,
+                         isolate=args.isolate)
+    print(f"Serving the viewer at {server.url}  (data: {args.root}; Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need on a fresh machine, then runs every test.
+#   bash tools/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# System packages: Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium;
+# never `playwright install`, which downloads a browser).
+need_apt=()
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need_apt[*]} (apt)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+echo "test.sh: Python packages"
+python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+
+echo "test.sh: browser runtime and demo data"
+python tools/setup_runtime.py
+python tools/demo_data.py
+
+echo "test.sh: pytest"
+exec python -m pytest "$@"

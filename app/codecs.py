@@ -19,7 +19,6 @@ reduced set) fails with a clear `DecodeError` for that transfer syntax only.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -39,6 +38,7 @@ __all__ = [
     "decode_frame",
     "to_modality",
     "reduced_size",
+    "area_mean",
 ]
 
 
@@ -275,7 +275,7 @@ def _decode_jpeg2k(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.nda
     # imagecodecs' OpenJPEG binding has no reduce argument: decode fully, then area-average, which
     # is what the skipped wavelet levels would have approximated.
     full = _imagecodecs_function("jpeg2k_decode")(data)
-    return _area_reduce(full, reduce) if reduce else full
+    return area_mean(full, 1 << reduce) if reduce else full
 
 
 def _decode_htj2k(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
@@ -291,9 +291,11 @@ def _decode_htj2k(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndar
     return decode(data, **kwargs)
 
 
-def _area_reduce(array: numpy.ndarray, k: int) -> numpy.ndarray:
-    """Mean over 2^k x 2^k blocks (partial blocks at the edges), rounded, same dtype."""
-    factor = 1 << k
+def area_mean(array: numpy.ndarray, factor: int) -> numpy.ndarray:
+    """Mean over factor x factor blocks (partial blocks at the edges), rounded, same dtype.
+
+    The output is ceil(rows / factor) x ceil(columns / factor), like a JPEG 2000 reduced level.
+    """
     rows, columns = array.shape[:2]
     row_starts = numpy.arange(0, rows, factor)
     column_starts = numpy.arange(0, columns, factor)
@@ -495,9 +497,3 @@ def to_modality(stored: numpy.ndarray, fmt: PixelFormat) -> numpy.ndarray:
         out *= numpy.float32(slope)
     out += numpy.float32(intercept)
     return out
-
-
-def resolution_levels_for(rows: int, columns: int, lowest: int = 64) -> int:
-    """Wavelet decompositions needed so the lowest resolution is at most `lowest` pixels a side."""
-    largest = max(rows, columns, 1)
-    return max(1, math.ceil(math.log2(largest / lowest))) if largest > lowest else 1

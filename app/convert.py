@@ -1,0 +1,815 @@
+"""Converter: DICOM files -> a static DICOMweb tree with progressive alternates.
+
+    python -m app.convert INPUT... -o OUT [--alternates jls,jlsThumbnail,lossy,htj2kThumbnail]
+                                         [--lossy-quality 70] [--raw] [--quiet]
+
+The tree follows the Static DICOMweb toolkit (mkdicomweb) layout. Every JSON file is written twice:
+gzipped (``index.json.gz``, ``metadata.gz``, what the toolkit writes; a server must send it with
+``Content-Encoding: gzip``) and plain (``index.json``, ``metadata``; for servers that cannot
+negotiate encodings). Both hold the same DICOM JSON.
+
+    OUT/dicomweb.json                                 manifest (below)
+    OUT/studies/index.json[.gz]                       QIDO studies
+    OUT/studies/{st}/index.json[.gz]                  QIDO this study (one-element array)
+    OUT/studies/{st}/series/index.json[.gz]           QIDO series of the study
+    OUT/studies/{st}/series/{se}/index.json[.gz]      QIDO instances of the series
+    OUT/studies/{st}/series/{se}/instances/index.json[.gz]   the same (URL .../instances)
+    OUT/studies/{st}/series/{se}/metadata[.gz]        series metadata (DICOM JSON array)
+    OUT/studies/{st}/series/{se}/alternates.json      what each frames directory holds (below)
+    OUT/studies/{st}/series/{se}/instances/{sop}/{alternate}/{n}   frame n (1-based)
+
+Series metadata: PixelData is ``{"vr": "OB", "BulkDataURI": "instances/{sop}/frames"}`` (relative
+to the series), AvailableTransferSyntaxUID (0008,3002) names what ``frames/`` holds (HTJ2K
+Lossless RPCL). Colour images are stored as RGB (PhotometricInterpretation "RGB", planar 0)
+whatever the source's photometric interpretation; other attributes are copied from the source.
+
+Alternates, each a sibling directory of ``frames/`` in the instance directory:
+
+    frames          HTJ2K Lossless RPCL .202: RPCL, TLM, one tile-part per resolution,
+                    lowest resolution <= 64 px (always written; option name "htj2k")
+    jls             JPEG-LS lossless .80
+    jlsThumbnail    JPEG-LS lossless .80 of the image area-averaged 4x per side
+    lossy           HTJ2K .203, irreversible, quantisation step 2^((100 - Q) / 10) stored units
+    htj2kThumbnail  HTJ2K Lossless RPCL .202 of the 4x area-averaged image
+
+A reduced image is ceil(Rows / 4) x ceil(Columns / 4); each output pixel is the rounded mean of
+its 4x4 block (of the pixels that exist, at the right and bottom edges).
+
+``alternates.json`` (per series; keys are directory names, so a viewer's framesPath is
+``/{key}/`` in place of ``/frames/``)::
+
+    {"frames": {"path": "frames", "transferSyntaxUID": "1.2.840.10008.1.2.4.202",
+                "mediaType": "image/jphc", "lossy": false, "scale": 1,
+                "rows": 2614, "columns": 3072, "resolutionLevels": 6},
+     "jlsThumbnail": {"path": "jlsThumbnail", "transferSyntaxUID": "1.2.840.10008.1.2.4.80",
+                "mediaType": "image/jls", "lossy": false, "scale": 4, "rows": 654, "columns": 768},
+     ...}
+
+rows / columns are those of the series' first instance; for any instance they are
+ceil(Rows / scale) x ceil(Columns / scale). Pixel attributes other than the size are those of
+the series metadata.
+
+Frame files are single-part multipart/related bodies exactly as the toolkit writes them::
+
+    --{boundary}\\r\\nContent-Type: image/jphc;transfer-syntax=1.2.840.10008.1.2.4.202\\r\\n\\r\\n
+    <codestream>\\r\\n--{boundary}--
+
+with one boundary per tree, chosen when the tree is created and kept on re-runs. With ``--raw``
+a frame file is the bare codestream. ``dicomweb.json`` at the root tells a server which::
+
+    {"version": 1, "framing": "multipart" | "raw", "boundary": "...",
+     "alternates": {"frames": {"transferSyntaxUID": "...", "mediaType": "image/jphc",
+                               "contentType": "multipart/related; type=\\"image/jphc\\"; boundary=..."},
+                    ...}}
+
+``contentType`` is the exact Content-Type header to send with a frame file of that alternate.
+
+Files are written to a temporary name in the same directory and then renamed, so an interrupted
+run never leaves a half-written file; after each input file the series metadata and the QIDO
+indexes are merged with what the tree already holds, so a re-run completes or updates a tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import struct
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import imagecodecs
+import numpy
+
+from app.codecs import (
+    DecodeError,
+    HTJ2K,
+    HTJ2K_LOSSLESS_RPCL,
+    JPEG_LS_LOSSLESS,
+    PixelFormat,
+    area_mean,
+    codec_for,
+    decode_frame,
+)
+
+CONVERTER_VERSION = "1"
+MANIFEST_VERSION = 1
+THUMBNAIL_SCALE = 4
+LOWEST_RESOLUTION = 64
+DEFAULT_LOSSY_QUALITY = 70.0
+
+
+class ConversionError(Exception):
+    """One input file could not be converted; the message says why."""
+
+
+# -- alternates -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    lossy_quality: float = DEFAULT_LOSSY_QUALITY
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    codestream: bytes
+    rows: int
+    columns: int
+    resolution_levels: int | None = None
+
+
+@dataclass(frozen=True)
+class Alternate:
+    """One frames directory of an instance: which encoding of the pixels it holds."""
+
+    name: str
+    transfer_syntax: str
+    media_type: str
+    lossy: bool
+    scale: int
+    encode: Callable[[numpy.ndarray, PixelFormat, EncodeSettings], EncodedFrame]
+
+    def part_content_type(self) -> str:
+        return f"{self.media_type};transfer-syntax={self.transfer_syntax}"
+
+
+def resolution_levels_for(rows: int, columns: int, lowest: int = LOWEST_RESOLUTION) -> int:
+    """Wavelet decompositions so the lowest resolution is at most `lowest` pixels a side (>= 1)."""
+    largest = max(rows, columns, 1)
+    if largest <= lowest:
+        return 1
+    return max(1, math.ceil(math.log2(largest / lowest)))
+
+
+def _unsigned_for_jls(pixels: numpy.ndarray, fmt: PixelFormat) -> numpy.ndarray:
+    """CharLS takes unsigned samples only: signed data goes in as its BitsStored bit pattern."""
+    if pixels.dtype.kind != "i":
+        return pixels
+    unsigned = pixels.view(pixels.dtype.str.replace("i", "u"))
+    bits = fmt.bits_stored
+    if bits >= unsigned.dtype.itemsize * 8:
+        return unsigned
+    return unsigned & numpy.asarray((1 << bits) - 1, dtype=unsigned.dtype)
+
+
+def _check_encodable(pixels: numpy.ndarray) -> None:
+    if pixels.dtype.itemsize > 2:
+        raise ConversionError(f"{pixels.dtype.itemsize * 8}-bit samples: the encoders take 8 or 16 bits")
+
+
+def _htj2k_lossless(pixels: numpy.ndarray) -> EncodedFrame:
+    _check_encodable(pixels)
+    rows, columns = pixels.shape[:2]
+    levels = resolution_levels_for(rows, columns)
+    codestream = imagecodecs.htj2k_encode(
+        numpy.ascontiguousarray(pixels),
+        reversible=True,
+        tlm=True,
+        tilepart=1,
+        resolutions=levels,
+        **_colour_options(pixels),
+    )
+    check_rpcl_codestream(codestream, levels)
+    return EncodedFrame(bytes(codestream), rows, columns, levels)
+
+
+def _colour_options(pixels: numpy.ndarray) -> dict[str, Any]:
+    # No multi-component transform: the codestream holds R, G, B, matching PhotometricInterpretation RGB.
+    return {"rgb": False, "planar": False} if pixels.ndim == 3 else {}
+
+
+def _encode_frames(pixels: numpy.ndarray, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
+    return _htj2k_lossless(pixels)
+
+
+def _encode_htj2k_thumbnail(pixels: numpy.ndarray, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
+    return _htj2k_lossless(area_mean(pixels, THUMBNAIL_SCALE))
+
+
+def _jls(pixels: numpy.ndarray, fmt: PixelFormat) -> EncodedFrame:
+    _check_encodable(pixels)
+    rows, columns = pixels.shape[:2]
+    codestream = imagecodecs.jpegls_encode(numpy.ascontiguousarray(_unsigned_for_jls(pixels, fmt)))
+    return EncodedFrame(bytes(codestream), rows, columns)
+
+
+def _encode_jls(pixels: numpy.ndarray, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
+    return _jls(pixels, fmt)
+
+
+def _encode_jls_thumbnail(pixels: numpy.ndarray, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
+    return _jls(area_mean(pixels, THUMBNAIL_SCALE), fmt)
+
+
+def lossy_step(quality: float) -> float:
+    """Quantisation step in stored-value units for a quality 1..100 (each 10 points halves it)."""
+    if not 0 < quality <= 100:
+        raise ValueError("lossy quality must be in (0, 100]")
+    return 2.0 ** ((100.0 - quality) / 10.0)
+
+
+def _encode_lossy(pixels: numpy.ndarray, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
+    _check_encodable(pixels)
+    rows, columns = pixels.shape[:2]
+    levels = resolution_levels_for(rows, columns)
+    # OpenJPH's step is relative to the container's full range (2^8 or 2^16).
+    step = lossy_step(settings.lossy_quality) / float(1 << (pixels.dtype.itemsize * 8))
+    codestream = imagecodecs.htj2k_encode(
+        numpy.ascontiguousarray(pixels),
+        step,
+        reversible=False,
+        tlm=True,
+        tilepart=1,
+        resolutions=levels,
+        **_colour_options(pixels),
+    )
+    return EncodedFrame(bytes(codestream), rows, columns, levels)
+
+
+ALTERNATES: dict[str, Alternate] = {
+    alternate.name: alternate
+    for alternate in (
+        Alternate("frames", HTJ2K_LOSSLESS_RPCL, "image/jphc", False, 1, _encode_frames),
+        Alternate("jls", JPEG_LS_LOSSLESS, "image/jls", False, 1, _encode_jls),
+        Alternate("jlsThumbnail", JPEG_LS_LOSSLESS, "image/jls", False, THUMBNAIL_SCALE, _encode_jls_thumbnail),
+        Alternate("lossy", HTJ2K, "image/jphc", True, 1, _encode_lossy),
+        Alternate("htj2kThumbnail", HTJ2K_LOSSLESS_RPCL, "image/jphc", False, THUMBNAIL_SCALE,
+                  _encode_htj2k_thumbnail),
+    )
+}
+ALTERNATE_ALIASES = {"htj2k": "frames"}
+DEFAULT_ALTERNATES = tuple(ALTERNATES)
+
+
+def parse_alternates(names: Iterable[str] | str | None) -> tuple[str, ...]:
+    """Alternate directory names from option values; `frames` is always included, first."""
+    if names is None:
+        return DEFAULT_ALTERNATES
+    if isinstance(names, str):
+        names = names.split(",")
+    chosen = ["frames"]
+    for raw in names:
+        name = raw.strip()
+        if not name or name == "none":
+            continue
+        if name == "all":
+            return DEFAULT_ALTERNATES
+        name = ALTERNATE_ALIASES.get(name, name)
+        if name not in ALTERNATES:
+            raise ValueError(f"unknown alternate {raw!r}; choose from htj2k, {', '.join(list(ALTERNATES)[1:])}")
+        if name not in chosen:
+            chosen.append(name)
+    return tuple(chosen)
+
+
+# -- codestream check -----------------------------------------------------------------------------
+
+PROGRESSION_ORDERS = ("LRCP", "RLCP", "RPCL", "PCRL", "CPRL")
+
+
+@dataclass(frozen=True)
+class MainHeader:
+    progression_order: str
+    decomposition_levels: int
+    has_tlm: bool
+
+
+def read_main_header(codestream: bytes) -> MainHeader:
+    """The COD progression order and levels, and whether a TLM marker is present."""
+    if codestream[:2] != b"\xff\x4f":
+        raise ValueError("not a JPEG 2000 codestream (no SOC)")
+    position = 2
+    order = None
+    levels = None
+    has_tlm = False
+    while position + 4 <= len(codestream):
+        marker = int.from_bytes(codestream[position : position + 2], "big")
+        if marker == 0xFF90:  # SOT: end of the main header
+            break
+        length = int.from_bytes(codestream[position + 2 : position + 4], "big")
+        if marker == 0xFF52:
+            order = PROGRESSION_ORDERS[codestream[position + 5]]
+            levels = codestream[position + 9]
+        elif marker == 0xFF55:
+            has_tlm = True
+        position += 2 + length
+    if order is None or levels is None:
+        raise ValueError("no COD marker in the main header")
+    return MainHeader(order, levels, has_tlm)
+
+
+def check_rpcl_codestream(codestream: bytes, levels: int) -> None:
+    header = read_main_header(codestream)
+    if header.progression_order != "RPCL" or not header.has_tlm or header.decomposition_levels != levels:
+        raise ConversionError(f"HTJ2K encoder wrote {header}, .202 needs RPCL, TLM and {levels} levels")
+
+
+# -- tree writing ---------------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, chunks: bytes | Sequence[bytes]) -> int:
+    """Write to a temporary name in the same directory, then rename; returns the size."""
+    if isinstance(chunks, (bytes, bytearray, memoryview)):
+        chunks = [chunks]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    size = 0
+    try:
+        with open(temporary, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+                size += len(chunk)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def write_json_pair(path: Path, value: Any) -> None:
+    """`path` plain and `path`.gz (for `metadata`) or `index.json` + `index.json.gz`."""
+    data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    write_atomic(path, data)
+    write_atomic(path.with_name(path.name + ".gz"), gzip.compress(data, compresslevel=6, mtime=0))
+
+
+def read_json_pair(path: Path, default: Any) -> Any:
+    for candidate, opener in ((path, open), (path.with_name(path.name + ".gz"), gzip.open)):
+        if candidate.exists():
+            try:
+                with opener(candidate, "rb") as handle:
+                    return json.loads(handle.read())
+            except (OSError, ValueError):
+                continue
+    return default
+
+
+@dataclass
+class TreeManifest:
+    boundary: str
+    framing: str  # "multipart" | "raw"
+
+    def content_type(self, alternate: Alternate) -> str:
+        if self.framing == "raw":
+            return f"{alternate.media_type}; transfer-syntax={alternate.transfer_syntax}"
+        return f'multipart/related; type="{alternate.media_type}"; boundary={self.boundary}'
+
+    def to_json(self) -> dict:
+        return {
+            "version": MANIFEST_VERSION,
+            "framing": self.framing,
+            "boundary": self.boundary,
+            "converterVersion": CONVERTER_VERSION,
+            "metadata": {"gzip": ["index.json.gz", "metadata.gz"], "plain": ["index.json", "metadata"]},
+            "alternates": {
+                name: {
+                    "transferSyntaxUID": alternate.transfer_syntax,
+                    "mediaType": alternate.media_type,
+                    "contentType": self.content_type(alternate),
+                }
+                for name, alternate in ALTERNATES.items()
+            },
+        }
+
+
+def open_manifest(out: Path, raw: bool) -> TreeManifest:
+    framing = "raw" if raw else "multipart"
+    existing = read_json_pair(out / "dicomweb.json", None) if (out / "dicomweb.json").exists() else None
+    if existing:
+        if existing.get("framing", "multipart") != framing:
+            raise ConversionError(
+                f"{out} holds {existing.get('framing')} frame files; convert with the same framing or to a new tree"
+            )
+        manifest = TreeManifest(existing["boundary"], framing)
+    else:
+        manifest = TreeManifest(f"DICOMwebBoundary{uuid.uuid4().hex}", framing)
+    out.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(manifest.to_json(), indent=2).encode() + b"\n"
+    write_atomic(out / "dicomweb.json", data)
+    return manifest
+
+
+def frame_file_chunks(manifest: TreeManifest, alternate: Alternate, codestream: bytes) -> list[bytes]:
+    if manifest.framing == "raw":
+        return [codestream]
+    boundary = manifest.boundary.encode("ascii")
+    if boundary in codestream:  # astronomically unlikely with a random 128-bit boundary
+        raise ConversionError("boundary string occurs inside a codestream")
+    head = b"--" + boundary + b"\r\nContent-Type: " + alternate.part_content_type().encode() + b"\r\n\r\n"
+    tail = b"\r\n--" + boundary + b"--"
+    return [head, codestream, tail]
+
+
+# -- DICOM JSON -----------------------------------------------------------------------------------
+
+
+def _element(vr: str, *values: Any) -> dict:
+    return {"vr": vr, "Value": list(values)} if values and values[0] not in (None, "") else {"vr": vr}
+
+
+def _first(obj: dict, tag: str, default: Any = None) -> Any:
+    values = (obj.get(tag) or {}).get("Value")
+    return values[0] if values else default
+
+
+_BULK_TAGS = ("7FE00010", "7FE00008", "7FE00009")
+
+
+def instance_json(ds: Any, sop_uid: str, fmt: PixelFormat) -> dict:
+    """DICOM JSON of one instance, pixel data replaced by its relative BulkDataURI."""
+    import pydicom
+
+    trimmed = pydicom.Dataset(ds)  # shallow copy of the top level
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in trimmed:
+            del trimmed[keyword]
+    obj = trimmed.to_json_dict(bulk_data_threshold=sys.maxsize, suppress_invalid_tags=True)
+    for tag in _BULK_TAGS:
+        obj.pop(tag, None)
+    if fmt.is_colour:
+        obj["00280004"] = _element("CS", "RGB")
+        obj["00280006"] = _element("US", 0)
+    obj["00083002"] = _element("UI", HTJ2K_LOSSLESS_RPCL)
+    obj["7FE00010"] = {"vr": "OB", "BulkDataURI": f"instances/{sop_uid}/frames"}
+    return dict(sorted(obj.items()))
+
+
+_STUDY_TAGS = ("00080020", "00080030", "00080050", "00080090", "00081030", "00100010", "00100020",
+               "00100030", "00100040", "0020000D", "00200010")
+_SERIES_TAGS = ("00080021", "00080031", "00080060", "0008103E", "0020000D", "0020000E", "00200011")
+_INSTANCE_TAGS = ("00080016", "00080018", "00083002", "0020000D", "0020000E", "00200013", "00280008",
+                  "00280010", "00280011", "00280100")
+
+
+def _pick(obj: dict, tags: Iterable[str]) -> dict:
+    return {tag: obj[tag] for tag in tags if tag in obj}
+
+
+def _instance_sort_key(obj: dict) -> tuple:
+    number = _first(obj, "00200013")
+    try:
+        number = int(number)
+    except (TypeError, ValueError):
+        number = sys.maxsize
+    return (number, str(_first(obj, "00080018", "")))
+
+
+def _series_dir(out: Path, study: str, series: str) -> Path:
+    return out / "studies" / study / "series" / series
+
+
+def commit_instance(out: Path, obj: dict, alternates: dict[str, dict]) -> None:
+    """Merge one converted instance into its series metadata and all QIDO indexes."""
+    study = _first(obj, "0020000D")
+    series = _first(obj, "0020000E")
+    sop = _first(obj, "00080018")
+    series_dir = _series_dir(out, study, series)
+    metadata = {_first(item, "00080018"): item for item in read_json_pair(series_dir / "metadata", [])}
+    metadata[sop] = obj
+    instances = sorted(metadata.values(), key=_instance_sort_key)
+    write_json_pair(series_dir / "metadata", instances)
+
+    known = read_json_pair(series_dir / "alternates.json", {})
+    first = instances[0]
+    for name, entry in alternates.items():
+        if first is not obj and name in known:
+            entry = {**entry, "rows": known[name]["rows"], "columns": known[name]["columns"]}
+        known[name] = entry
+    write_atomic(series_dir / "alternates.json", json.dumps(known, indent=2).encode() + b"\n")
+
+    instance_index = [_pick(item, _INSTANCE_TAGS) for item in instances]
+    write_json_pair(series_dir / "index.json", instance_index)
+    write_json_pair(series_dir / "instances" / "index.json", instance_index)
+    rebuild_study_indexes(out, study)
+
+
+def rebuild_study_indexes(out: Path, study: str) -> None:
+    study_dir = out / "studies" / study
+    series_entries = []
+    modalities: list[str] = []
+    instance_count = 0
+    study_source: dict = {}
+    for series_dir in sorted(path for path in (study_dir / "series").iterdir() if path.is_dir()):
+        instances = read_json_pair(series_dir / "metadata", [])
+        if not instances:
+            continue
+        first = instances[0]
+        study_source = study_source or first
+        entry = _pick(first, _SERIES_TAGS)
+        entry["00201209"] = _element("IS", len(instances))
+        series_entries.append(entry)
+        modality = _first(first, "00080060")
+        if modality and modality not in modalities:
+            modalities.append(modality)
+        instance_count += len(instances)
+    series_entries.sort(key=lambda item: (_first(item, "00200011") is None, _first(item, "00200011") or 0,
+                                          _first(item, "0020000E")))
+    write_json_pair(study_dir / "series" / "index.json", series_entries)
+    study_entry = _pick(study_source, _STUDY_TAGS)
+    study_entry["00080061"] = _element("CS", *modalities)
+    study_entry["00201206"] = _element("IS", len(series_entries))
+    study_entry["00201208"] = _element("IS", instance_count)
+    write_json_pair(study_dir / "index.json", [dict(sorted(study_entry.items()))])
+    rebuild_studies_index(out)
+
+
+def rebuild_studies_index(out: Path) -> None:
+    studies = []
+    root = out / "studies"
+    for study_dir in sorted(path for path in root.iterdir() if path.is_dir()):
+        studies.extend(read_json_pair(study_dir / "index.json", []))
+    write_json_pair(root / "index.json", studies)
+
+
+# -- conversion -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    path: Path
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    frames: int
+    rows: int
+    columns: int
+
+
+@dataclass
+class ConversionSummary:
+    out: Path
+    alternates: tuple[str, ...]
+    framing: str
+    boundary: str
+    instances: list[InstanceRecord] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    frames: int = 0
+    bytes_by_alternate: dict[str, int] = field(default_factory=dict)
+    seconds_by_alternate: dict[str, float] = field(default_factory=dict)
+    decode_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def files_converted(self) -> int:
+        return len(self.instances)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def series(self) -> list[tuple[str, str]]:
+        """(study, series) pairs in the order first converted."""
+        seen: dict[tuple[str, str], None] = {}
+        for record in self.instances:
+            seen.setdefault((record.study_uid, record.series_uid), None)
+        return list(seen)
+
+    def table(self) -> str:
+        lines = [f"{'alternate':<16} {'syntax':<24} {'frames':>7} {'bytes':>14} {'encode s':>9}"]
+        for name in self.alternates:
+            alternate = ALTERNATES[name]
+            lines.append(
+                f"{name:<16} {alternate.transfer_syntax:<24} {self.frames:>7} "
+                f"{self.bytes_by_alternate.get(name, 0):>14,} {self.seconds_by_alternate.get(name, 0.0):>9.2f}"
+            )
+        lines.append(
+            f"files: {self.files_converted} converted, {len(self.failures)} failed; frames: {self.frames}; "
+            f"decode {self.decode_seconds:.2f} s; total {self.seconds:.2f} s; framing {self.framing}"
+        )
+        return "\n".join(lines)
+
+
+def iter_input_files(inputs: Iterable[Path]) -> Iterator[Path]:
+    for path in inputs:
+        path = Path(path)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and not child.name.startswith(".") and child.name != "DICOMDIR":
+                    yield child
+        else:
+            yield path
+
+
+def _native_frames(pixel_data: bytes, fmt: PixelFormat) -> Iterator[memoryview]:
+    view = memoryview(pixel_data)
+    length = fmt.frame_length
+    if fmt.bits_allocated == 1 and fmt.number_of_frames > 1 and (fmt.rows * fmt.columns) % 8:
+        raise ConversionError("multi-frame 1-bit data with frames not on byte boundaries")
+    for index in range(fmt.number_of_frames):
+        frame = view[index * length : (index + 1) * length]
+        if len(frame) < length:
+            raise ConversionError(f"pixel data ends in frame {index + 1} ({len(view)} bytes)")
+        yield frame
+
+
+class Progress:
+    """One line per frame on stderr; a redrawn bar when stderr is a terminal."""
+
+    def __init__(self, total_files: int, stream=None, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.total = total_files
+        self.quiet = quiet
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def frame(self, file_index: int, path: Path, frame: int, frames: int, seconds: float) -> None:
+        if self.quiet:
+            return
+        done = (file_index - 1 + frame / frames) / max(1, self.total)
+        if self.tty:
+            bar = "#" * int(done * 30)
+            self.stream.write(
+                f"\r[{bar:<30}] {file_index}/{self.total} {path.name[:40]} frame {frame}/{frames} {seconds * 1000:.0f} ms\x1b[K"
+            )
+        else:
+            self.stream.write(
+                f"[{file_index}/{self.total}] {path.name} frame {frame}/{frames} {seconds * 1000:.0f} ms\n"
+            )
+        self.stream.flush()
+
+    def failure(self, path: Path, reason: str) -> None:
+        self.stream.write(("\n" if self.tty and not self.quiet else "") + f"FAILED {path}: {reason}\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty and not self.quiet:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def convert(
+    inputs: Sequence[Path | str],
+    out: Path | str,
+    alternates: Iterable[str] | str | None = None,
+    *,
+    lossy_quality: float = DEFAULT_LOSSY_QUALITY,
+    raw: bool = False,
+    quiet: bool = False,
+    progress_stream=None,
+) -> ConversionSummary:
+    """Convert DICOM files and folders into the static DICOMweb tree at `out` (see the module doc)."""
+    started = time.perf_counter()
+    out = Path(out)
+    names = parse_alternates(alternates)
+    settings = EncodeSettings(lossy_quality=lossy_quality)
+    lossy_step(lossy_quality)  # validate early
+    manifest = open_manifest(out, raw)
+    summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
+    files = list(iter_input_files(Path(path) for path in inputs))
+    progress = Progress(len(files), progress_stream, quiet)
+    for index, path in enumerate(files, 1):
+        try:
+            record = _convert_file(path, index, out, names, settings, manifest, summary, progress)
+        except (ConversionError, DecodeError, OSError, ValueError, MemoryError) as exc:
+            reason = str(exc) or type(exc).__name__
+            summary.failures.append(Failure(path, reason))
+            progress.failure(path, reason)
+            continue
+        summary.instances.append(record)
+    progress.done()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _read_dataset(path: Path) -> Any:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise ConversionError(f"not a DICOM file ({exc})") from exc
+    except (EOFError, KeyError, AttributeError, TypeError, struct.error) as exc:
+        raise ConversionError(f"unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
+    if "PixelData" not in ds:
+        raise ConversionError("no pixel data")
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        if not str(ds.get(keyword) or "").strip():
+            raise ConversionError(f"no {keyword}")
+    transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if not transfer_syntax:
+        raise ConversionError("no transfer syntax in the file meta information")
+    return ds
+
+
+def _frames_of(ds: Any, transfer_syntax: str, fmt: PixelFormat) -> Iterator[bytes | memoryview]:
+    if codec_for(transfer_syntax).media_type == "application/octet-stream":  # native
+        yield from _native_frames(ds.PixelData, fmt)
+        return
+    from pydicom.encaps import generate_frames
+
+    yield from generate_frames(ds.PixelData, number_of_frames=fmt.number_of_frames)
+
+
+def _convert_file(
+    path: Path,
+    file_index: int,
+    out: Path,
+    names: tuple[str, ...],
+    settings: EncodeSettings,
+    manifest: TreeManifest,
+    summary: ConversionSummary,
+    progress: Progress,
+) -> InstanceRecord:
+    ds = _read_dataset(path)
+    transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+    codec_for(transfer_syntax)
+    fmt = PixelFormat.from_dataset(ds)
+    if fmt.rows <= 0 or fmt.columns <= 0:
+        raise ConversionError(f"invalid image size {fmt.rows}x{fmt.columns}")
+    study, series, sop = (str(ds.get(k)).strip() for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+    instance_dir = _series_dir(out, study, series) / "instances" / sop
+    entries: dict[str, dict] = {}
+    count = 0
+    for number, frame in enumerate(_frames_of(ds, transfer_syntax, fmt), 1):
+        frame_started = time.perf_counter()
+        pixels = decode_frame(frame, transfer_syntax, fmt)
+        summary.decode_seconds += time.perf_counter() - frame_started
+        for name in names:
+            alternate = ALTERNATES[name]
+            encode_started = time.perf_counter()
+            encoded = alternate.encode(pixels, fmt, settings)
+            size = write_atomic(instance_dir / name / str(number),
+                                frame_file_chunks(manifest, alternate, encoded.codestream))
+            summary.seconds_by_alternate[name] = summary.seconds_by_alternate.get(name, 0.0) + (
+                time.perf_counter() - encode_started
+            )
+            summary.bytes_by_alternate[name] = summary.bytes_by_alternate.get(name, 0) + size
+            if name not in entries:
+                entries[name] = _alternate_entry(alternate, encoded)
+        count += 1
+        summary.frames += 1
+        progress.frame(file_index, path, number, fmt.number_of_frames, time.perf_counter() - frame_started)
+    if count != fmt.number_of_frames:
+        raise ConversionError(f"{count} frames found, NumberOfFrames is {fmt.number_of_frames}")
+    commit_instance(out, instance_json(ds, sop, fmt), entries)
+    return InstanceRecord(path, study, series, sop, count, fmt.rows, fmt.columns)
+
+
+def _alternate_entry(alternate: Alternate, encoded: EncodedFrame) -> dict:
+    entry = {
+        "path": alternate.name,
+        "transferSyntaxUID": alternate.transfer_syntax,
+        "mediaType": alternate.media_type,
+        "lossy": alternate.lossy,
+        "scale": alternate.scale,
+        "rows": encoded.rows,
+        "columns": encoded.columns,
+    }
+    if encoded.resolution_levels is not None:
+        entry["resolutionLevels"] = encoded.resolution_levels
+    return entry
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app.convert",
+        description="Convert DICOM files or folders into a static DICOMweb tree with progressive alternates.",
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="DICOM files or folders")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="root of the static DICOMweb tree")
+    parser.add_argument(
+        "--alternates",
+        default="all",
+        help="comma list of htj2k (frames/, always written), jls, jlsThumbnail, lossy, htj2kThumbnail; "
+        "'all' (default) or 'none'",
+    )
+    parser.add_argument("--lossy-quality", type=float, default=DEFAULT_LOSSY_QUALITY,
+                        help="1..100; quantisation step 2^((100-Q)/10) stored units (default %(default)s)")
+    parser.add_argument("--raw", action="store_true", help="write bare codestreams instead of multipart bodies")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no per-frame progress")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = convert(args.inputs, args.out, args.alternates, lossy_quality=args.lossy_quality,
+                          raw=args.raw, quiet=args.quiet)
+    except (ConversionError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.table())
+    for failure in summary.failures:
+        print(f"failed: {failure.path}: {failure.reason}", file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The page's configuration stays in step with the package it loads."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def test_every_app_module_is_shipped_to_the_browser():
+    config = tomllib.loads((PROJECT / "pyscript.toml").read_text())
+    shipped = {Path(src).as_posix().removeprefix("./") for src in config["files"]}
+    modules = {p.relative_to(PROJECT).as_posix() for p in (PROJECT / "app").rglob("*.py")}
+    browser_only_entry = {"app/main.py"}  # loaded by the <script type="py"> tag itself
+    cpython_only = {"app/convert.py", "app/cli.py", "app/__main__.py", "app/bench.py",
+                    "app/transport/native.py"}
+    assert modules - shipped - browser_only_entry - cpython_only == set()
+    assert shipped <= modules
+
+
+def test_runtime_comes_from_local_files_only():
+    config = tomllib.loads((PROJECT / "pyscript.toml").read_text())
+    assert config["interpreter"].startswith("./static/")
+    assert all(p.startswith("./static/wheels/") for p in config["packages"])
+    html = (PROJECT / "index.html").read_text()
+    assert not re.search(r"""(src|href)=["']https?://""", html)

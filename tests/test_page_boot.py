@@ -1,0 +1,102 @@
+"""The page boots offline in a real Chromium, served by serve.py, and its Python decodes real frames."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+from conftest import wait_for_app_state
+
+pytestmark = pytest.mark.browser
+
+READY = "window.appTimings && window.appTimings.readyMs > 0"
+
+
+@pytest.fixture
+def booted(page, demo_server):
+    page.page.goto(demo_server.url + "/?noload=1")
+    try:
+        page.page.wait_for_function(READY, timeout=90_000)
+    except Exception as exc:  # noqa: BLE001
+        raise AssertionError(f"never ready: {exc}\n{page.console[-20:]}\n{page.errors}") from exc
+    wait_for_app_state(page, ("ready", "loading", "idle"))
+    return page
+
+
+def test_page_reaches_ready_and_imports_packages(booted):
+    versions = json.loads(booted.page.evaluate("window.pyApp.importCheck()"))
+    assert versions["numpy"].startswith("2.")
+    assert versions["pydicom"] == "3.0.2"
+    assert versions["imagecodecs"] == "2026.10.10"
+    assert booted.page.inner_text("#status") != ""
+    assert booted.errors == []
+
+
+def test_no_request_leaves_the_origin(booted, demo_server):
+    origin = urlsplit(demo_server.url)
+    booted.page.evaluate("window.pyApp.importCheck()")
+    foreign = [u for u in booted.requests
+               if not u.startswith(("data:", "blob:")) and urlsplit(u).netloc != origin.netloc]
+    assert foreign == []
+    assert any(u.endswith("pyodide.asm.wasm") for u in booted.requests)
+
+
+def radiograph(demo_server):
+    """The demo radiograph: its frame URLs, pixel format and the source's stored pixels."""
+    import pydicom
+
+    from tools.demo_data import demo_sources
+
+    studies = json.loads((demo_server.server.mounts.data_root / "demo.json").read_text())
+    entry = next(s for s in studies if "3072" in s["name"])
+    source = pydicom.dcmread(demo_sources()["radiograph"])
+    return entry, source
+
+
+def test_in_page_decode_of_real_16bit_frames_is_bit_exact(booted, demo_server):
+    entry, source = radiograph(demo_server)
+    series_url = demo_server.url + entry["url"]
+    sop = source.SOPInstanceUID
+    expected = _source_pixels(source)
+    expected_sha = hashlib.sha256(expected.astype("<u2").tobytes()).hexdigest()
+    fmt = {"rows": int(source.Rows), "columns": int(source.Columns), "bits_allocated": 16,
+           "bits_stored": int(source.BitsStored), "pixel_representation": 0,
+           "photometric_interpretation": str(source.PhotometricInterpretation)}
+    for path, ts in (("frames", "1.2.840.10008.1.2.4.202"), ("jls", "1.2.840.10008.1.2.4.80")):
+        url = f"{series_url}/instances/{sop}/{path}/1"
+        got = json.loads(booted.page.evaluate(
+            "([u, f]) => window.pyApp.decodeFrame(u, f)",
+            [url, json.dumps({**fmt, "transfer_syntax": ts})]))
+        assert (got["rows"], got["columns"]) == (source.Rows, source.Columns)
+        assert got["dtype"] == "uint16"
+        assert got["sha256"] == expected_sha, path
+
+
+def _source_pixels(source) -> np.ndarray:
+    """Stored values of the (uncompressed) source, masked to BitsStored as the codecs table does."""
+    raw = np.frombuffer(source.PixelData, dtype="<u2").reshape(source.Rows, source.Columns)
+    return raw & ((1 << int(source.BitsStored)) - 1)
+
+
+def test_known_image_drawn_to_canvas_reads_back(booted):
+    from app.render import Appearance, Window, to_rgba
+
+    page = booted.page
+    page.evaluate("""() => { const c = document.createElement('canvas'); c.id = 'selftest';
+                             document.body.appendChild(c); }""")
+    shape = json.loads(page.evaluate("window.pyApp.drawPattern('selftest')"))
+    pixels = page.evaluate("""() => { const c = document.getElementById('selftest');
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }""")
+    got = np.array(pixels, dtype=np.uint8).reshape(shape["rows"], shape["columns"], 4)
+    ramp = (np.arange(256, dtype=np.uint16)[None, :] * 16).repeat(64, axis=0)
+    expected = to_rgba(ramp, Appearance(window=Window(2048, 4096))).view(np.uint8).reshape(64, 256, 4)
+    assert np.array_equal(got, expected)
+    # independent of render.py: the DICOM linear window formula, grey in R=G=B, opaque
+    grey = np.clip(np.rint(((ramp[0] - 2047.5) / 4095 + 0.5) * 255), 0, 255)
+    assert np.array_equal(got[0, :, 0], grey.astype(np.uint8))
+    assert np.array_equal(got[..., 0], got[..., 2]) and (got[..., 3] == 255).all()
+    assert got[0, 0, 0] < 5 and got[0, 255, 0] > 250

@@ -1,0 +1,149 @@
+"""DICOM JSON (PS3.18 F.2) helpers: tag access, BulkDataURI, InlineBinary, gzip-tolerant loading."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from typing import Any
+
+__all__ = [
+    "Tag",
+    "value",
+    "values",
+    "text",
+    "number",
+    "integer",
+    "floats",
+    "sequence",
+    "bulk_data_uri",
+    "inline_binary",
+    "loads",
+    "maybe_gunzip",
+]
+
+
+class Tag:
+    """Tags the viewer reads, as DICOM JSON keys."""
+
+    TRANSFER_SYNTAX_UID = "00020010"
+    SOP_CLASS_UID = "00080016"
+    SOP_INSTANCE_UID = "00080018"
+    MODALITY = "00080060"
+    AVAILABLE_TRANSFER_SYNTAX_UID = "00083002"
+    IMAGER_PIXEL_SPACING = "00181164"
+    STUDY_INSTANCE_UID = "0020000D"
+    SERIES_INSTANCE_UID = "0020000E"
+    SERIES_NUMBER = "00200011"
+    INSTANCE_NUMBER = "00200013"
+    IMAGE_POSITION_PATIENT = "00200032"
+    IMAGE_ORIENTATION_PATIENT = "00200037"
+    NUMBER_OF_SERIES_RELATED_INSTANCES = "00201209"
+    ROWS = "00280010"
+    COLUMNS = "00280011"
+    PIXEL_SPACING = "00280030"
+    NUMBER_OF_FRAMES = "00280008"
+    PHOTOMETRIC_INTERPRETATION = "00280004"
+    WINDOW_CENTER = "00281050"
+    WINDOW_WIDTH = "00281051"
+    RESCALE_INTERCEPT = "00281052"
+    RESCALE_SLOPE = "00281053"
+    PIXEL_MEASURES_SEQUENCE = "00289110"
+    PLANE_POSITION_SEQUENCE = "00209113"
+    PLANE_ORIENTATION_SEQUENCE = "00209116"
+    FRAME_VOI_LUT_SEQUENCE = "00289132"
+    SHARED_FUNCTIONAL_GROUPS = "52009229"
+    PER_FRAME_FUNCTIONAL_GROUPS = "52009230"
+    PIXEL_DATA = "7FE00010"
+    FLOAT_PIXEL_DATA = "7FE00008"
+    DOUBLE_PIXEL_DATA = "7FE00009"
+
+
+def _element(obj: dict, tag: str) -> dict | None:
+    el = obj.get(tag)
+    if el is None:
+        el = obj.get(tag.lower()) or obj.get(tag.upper())
+    return el if isinstance(el, dict) else None
+
+
+def values(obj: dict, tag: str) -> list[Any]:
+    el = _element(obj, tag)
+    if el is None:
+        return []
+    v = el.get("Value")
+    return v if isinstance(v, list) else []
+
+
+def value(obj: dict, tag: str, default: Any = None) -> Any:
+    v = values(obj, tag)
+    return v[0] if v and v[0] is not None else default
+
+
+def text(obj: dict, tag: str, default: str | None = None) -> str | None:
+    v = value(obj, tag)
+    if v is None:
+        return default
+    if isinstance(v, dict):  # person name
+        return v.get("Alphabetic", default)
+    return str(v).strip()
+
+
+def number(obj: dict, tag: str, default: float | None = None) -> float | None:
+    v = value(obj, tag)
+    try:
+        return float(v) if v is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def integer(obj: dict, tag: str, default: int | None = None) -> int | None:
+    v = number(obj, tag)
+    return int(v) if v is not None else default
+
+
+def floats(obj: dict, tag: str) -> list[float] | None:
+    """All values as floats (DS/FD may arrive as numbers or strings); None when absent or bad."""
+    v = values(obj, tag)
+    if not v:
+        return None
+    try:
+        return [float(x) for x in v]
+    except (TypeError, ValueError):
+        return None
+
+
+def sequence(obj: dict, tag: str) -> list[dict]:
+    return [item for item in values(obj, tag) if isinstance(item, dict)]
+
+
+def bulk_data_uri(obj: dict, tag: str) -> str | None:
+    el = _element(obj, tag)
+    uri = el.get("BulkDataURI") if el else None
+    return str(uri) if uri else None
+
+
+def inline_binary(obj: dict, tag: str) -> bytes | None:
+    el = _element(obj, tag)
+    data = el.get("InlineBinary") if el else None
+    if not data:
+        return None
+    if isinstance(data, list):
+        data = "".join(data)
+    return base64.b64decode(data)
+
+
+def maybe_gunzip(data: bytes | bytearray | memoryview) -> bytes:
+    """Static trees store ``.gz`` files that servers may send without Content-Encoding."""
+    data = bytes(data)
+    while data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return data
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    if isinstance(data, str):
+        return json.loads(data)
+    raw = maybe_gunzip(data)
+    if raw[:3] == b"\xef\xbb\xbf":
+        raw = raw[3:]
+    return json.loads(raw.decode("utf-8"))

@@ -1,0 +1,368 @@
+"""Study discovery and stack building: URL -> series metadata -> ordered frames.
+
+Accepts a DICOMweb root, a study URL (``.../studies/{st}``), a series URL
+(``.../studies/{st}/series/{se}``) or a metadata URL, served by a live DICOMweb server or a static
+tree (``index.json``/``metadata`` with or without ``.gz``). Instances are ordered along the slice
+normal (ImagePositionPatient projected on the cross product of ImageOrientationPatient), else by
+InstanceNumber; multi-frame instances become one stack item per frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+from . import dicomjson as dj
+from .codecs import PixelFormat
+from .dicomjson import Tag
+from .transport.base import Transport, TransportError
+
+__all__ = [
+    "Alternate",
+    "DiscoveryError",
+    "Stack",
+    "StackImage",
+    "discover",
+    "fetch_json",
+    "stack_from_metadata",
+]
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+JSON_ACCEPT = "application/dicom+json, application/json;q=0.9, */*;q=0.1"
+
+
+class DiscoveryError(Exception):
+    """The URL does not lead to a series with images."""
+
+
+@dataclass(frozen=True)
+class Alternate:
+    """One alternate encoding beside ``frames/`` (from the series ``alternates.json``)."""
+
+    frames_path: str  # "/jlsThumbnail/"
+    rows: int | None = None
+    columns: int | None = None
+    transfer_syntax: str | None = None
+    lossy: bool | None = None
+    thumbnail: bool = False
+
+
+@dataclass(frozen=True)
+class StackImage:
+    index: int
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    frame: int  # 1-based
+    frame_url: str  # .../instances/{sop}/frames/{frame}
+    transfer_syntax: str
+    fmt: PixelFormat
+    pixel_spacing: tuple[float, float] | None  # (row spacing, column spacing) in mm
+    windows: tuple[tuple[float, float], ...] = ()  # (center, width) presets
+    rescale_slope: float = 1.0
+    rescale_intercept: float = 0.0
+    photometric: str = "MONOCHROME2"
+    instance_number: int | None = None
+    position: tuple[float, float, float] | None = None
+    inline_data: bytes | None = field(default=None, repr=False)  # InlineBinary pixel data (native)
+
+    @property
+    def rows(self) -> int:
+        return self.fmt.rows
+
+    @property
+    def columns(self) -> int:
+        return self.fmt.columns
+
+
+@dataclass(frozen=True)
+class Stack:
+    study_uid: str
+    series_uid: str
+    series_url: str
+    images: tuple[StackImage, ...]
+    alternates: dict[str, Alternate] = field(default_factory=dict)
+    modality: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+async def fetch_json(transport: Transport, url: str) -> object | None:
+    """GET a JSON document (gzip by magic bytes); None for 404/204 and friends."""
+    resp = await transport.get(url, headers={"Accept": JSON_ACCEPT})
+    try:
+        if resp.status in (204, 404, 410) or (resp.status >= 400 and resp.status != 500):
+            async for _ in resp.chunks():
+                pass
+            return None
+        body = bytearray()
+        async for chunk in resp.chunks():
+            body += chunk
+        if resp.status != 200:
+            raise DiscoveryError(f"GET {url}: HTTP {resp.status}")
+    finally:
+        await resp.aclose()
+    if not body.strip():
+        return None
+    try:
+        return dj.loads(body)
+    except (ValueError, OSError) as exc:
+        raise DiscoveryError(f"GET {url}: not JSON ({exc})") from exc
+
+
+async def _first_json(transport: Transport, urls: list[str]) -> tuple[str, object] | None:
+    for url in urls:
+        try:
+            doc = await fetch_json(transport, url)
+        except (TransportError, DiscoveryError):
+            doc = None
+        if doc is not None:
+            return url, doc
+    return None
+
+
+def _strip(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), parts.query, ""))
+
+
+def _path_segments(url: str) -> list[str]:
+    return [s for s in urlsplit(url).path.split("/") if s]
+
+
+async def discover(transport: Transport, url: str, *, series_uid: str | None = None) -> Stack:
+    """Find the series the URL names (or the first/best one under it) and build its stack."""
+    url = _strip(url)
+    segs = _path_segments(url)
+    if segs and segs[-1] in ("metadata", "metadata.gz", "metadata.json"):
+        series_url = url.rsplit("/", 1)[0]
+        found = await _first_json(transport, [url])
+        if found is None:
+            raise DiscoveryError(f"no metadata at {url}")
+        return await _build(transport, series_url, found[1])
+    if len(segs) >= 2 and segs[-2] == "series":
+        return await _load_series(transport, url)
+    if len(segs) >= 2 and segs[-2] == "studies":
+        return await _load_study(transport, url, series_uid)
+    if segs and segs[-1] == "studies":
+        url = url.rsplit("/", 1)[0]
+    # a DICOMweb root: list studies
+    found = await _first_json(
+        transport, [f"{url}/studies", f"{url}/studies/index.json", f"{url}/studies/index.json.gz"]
+    )
+    if found is None or not isinstance(found[1], list) or not found[1]:
+        raise DiscoveryError(f"no studies found under {url}")
+    last_error: Exception | None = None
+    for study in found[1]:
+        st = dj.text(study, Tag.STUDY_INSTANCE_UID)
+        if not st:
+            continue
+        try:
+            return await _load_study(transport, f"{url}/studies/{st}", series_uid)
+        except DiscoveryError as exc:
+            last_error = exc
+    raise DiscoveryError(f"no series with images under {url}" + (f" ({last_error})" if last_error else ""))
+
+
+async def _load_study(transport: Transport, study_url: str, series_uid: str | None) -> Stack:
+    if series_uid:
+        return await _load_series(transport, f"{study_url}/series/{series_uid}")
+    found = await _first_json(
+        transport,
+        [f"{study_url}/series", f"{study_url}/series/index.json", f"{study_url}/series/index.json.gz"],
+    )
+    if found is None or not isinstance(found[1], list) or not found[1]:
+        raise DiscoveryError(f"no series found under {study_url}")
+    candidates = []
+    for i, series in enumerate(found[1]):
+        se = dj.text(series, Tag.SERIES_INSTANCE_UID)
+        if se:
+            count = dj.integer(series, Tag.NUMBER_OF_SERIES_RELATED_INSTANCES, 0) or 0
+            candidates.append((-count, i, se))
+    last_error: Exception | None = None
+    for _, _, se in sorted(candidates):  # the largest series first: most likely the stack wanted
+        try:
+            return await _load_series(transport, f"{study_url}/series/{se}")
+        except DiscoveryError as exc:
+            last_error = exc
+    raise DiscoveryError(f"no series with images under {study_url}" + (f" ({last_error})" if last_error else ""))
+
+
+async def _load_series(transport: Transport, series_url: str) -> Stack:
+    found = await _first_json(
+        transport, [f"{series_url}/metadata", f"{series_url}/metadata.gz", f"{series_url}/metadata.json"]
+    )
+    if found is None:
+        raise DiscoveryError(f"no series metadata at {series_url}/metadata")
+    return await _build(transport, series_url, found[1])
+
+
+async def _build(transport: Transport, series_url: str, metadata: object) -> Stack:
+    alternates: dict[str, Alternate] = {}
+    found = await _first_json(transport, [f"{series_url}/alternates.json", f"{series_url}/alternates.json.gz"])
+    if found is not None:
+        alternates = parse_alternates(found[1])
+    return stack_from_metadata(metadata, series_url, alternates)
+
+
+def parse_alternates(doc: object) -> dict[str, Alternate]:
+    """Accept a list of entries or a mapping name -> entry; keys are normalised framesPath."""
+    entries: list[tuple[str | None, dict]] = []
+    if isinstance(doc, dict) and isinstance(doc.get("alternates"), (list, dict)):
+        doc = doc["alternates"]
+    if isinstance(doc, dict):
+        entries = [(k, v) for k, v in doc.items() if isinstance(v, dict)]
+    elif isinstance(doc, list):
+        entries = [(None, v) for v in doc if isinstance(v, dict)]
+    out: dict[str, Alternate] = {}
+    for key, entry in entries:
+        name = entry.get("framesPath") or entry.get("path") or entry.get("name") or key
+        if not name:
+            continue
+        path = "/" + str(name).strip("/") + "/"
+
+        def num(*names):
+            for n in names:
+                if isinstance(entry.get(n), (int, float)):
+                    return int(entry[n])
+            return None
+
+        ts = entry.get("transferSyntaxUID") or entry.get("transferSyntax") or entry.get("transfer_syntax")
+        lossy = entry.get("lossy")
+        out[path] = Alternate(
+            frames_path=path,
+            rows=num("rows", "Rows"),
+            columns=num("columns", "Columns", "cols"),
+            transfer_syntax=str(ts) if ts else None,
+            lossy=bool(lossy) if lossy is not None else None,
+            thumbnail=bool(entry.get("thumbnail", False)) or (num("scale") or 1) > 1,
+        )
+    return out
+
+
+def _normal(iop: list[float] | None) -> tuple[float, float, float] | None:
+    if not iop or len(iop) != 6:
+        return None
+    r, c = iop[:3], iop[3:]
+    n = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+    norm = math.sqrt(sum(x * x for x in n))
+    return None if norm < 1e-6 else (n[0] / norm, n[1] / norm, n[2] / norm)
+
+
+def _frame_item(groups: list[dict], shared: list[dict], seq_tag: str, tag: str) -> list[float] | None:
+    for source in (groups, shared):
+        for group in source:
+            for item in dj.sequence(group, seq_tag):
+                v = dj.floats(item, tag)
+                if v:
+                    return v
+    return None
+
+
+def _frames_base(instance: dict, series_url: str, sop: str) -> str:
+    """Frames URL without the frame number; BulkDataURI relative to the series directory."""
+    uri = dj.bulk_data_uri(instance, Tag.PIXEL_DATA)
+    if uri:
+        absolute = urljoin(series_url + "/", uri)
+        path = urlsplit(absolute).path.rstrip("/")
+        if path.endswith("/frames"):
+            return absolute.rstrip("/")
+        if "/frames/" in path + "/":
+            return absolute[: absolute.rindex("/frames") + len("/frames")]
+    return f"{series_url}/instances/{sop}/frames"
+
+
+def stack_from_metadata(metadata: object, series_url: str, alternates: dict[str, Alternate] | None = None) -> Stack:
+    """Order the instances of a series metadata document into a stack of frames."""
+    if isinstance(metadata, dict):
+        metadata = [metadata]
+    if not isinstance(metadata, list):
+        raise DiscoveryError("series metadata is not a DICOM JSON array")
+    series_url = _strip(series_url)
+    items: list[dict] = []
+    study_uid = series_uid = modality = None
+    for instance in metadata:
+        if not isinstance(instance, dict):
+            continue
+        sop = dj.text(instance, Tag.SOP_INSTANCE_UID)
+        rows = dj.integer(instance, Tag.ROWS)
+        if not sop or not rows:
+            continue  # not an image (SR, presentation state, ...)
+        study_uid = study_uid or dj.text(instance, Tag.STUDY_INSTANCE_UID)
+        series_uid = series_uid or dj.text(instance, Tag.SERIES_INSTANCE_UID)
+        modality = modality or dj.text(instance, Tag.MODALITY)
+        fmt = PixelFormat.from_dicom_json(instance)
+        ts = (
+            dj.text(instance, Tag.AVAILABLE_TRANSFER_SYNTAX_UID)
+            or dj.text(instance, Tag.TRANSFER_SYNTAX_UID)
+            or EXPLICIT_VR_LITTLE_ENDIAN
+        )
+        shared = dj.sequence(instance, Tag.SHARED_FUNCTIONAL_GROUPS)
+        per_frame = dj.sequence(instance, Tag.PER_FRAME_FUNCTIONAL_GROUPS)
+        spacing = dj.floats(instance, Tag.PIXEL_SPACING) or _frame_item([], shared, Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING) or dj.floats(instance, Tag.IMAGER_PIXEL_SPACING)
+        iop = dj.floats(instance, Tag.IMAGE_ORIENTATION_PATIENT) or _frame_item([], shared, Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT)
+        centers = dj.floats(instance, Tag.WINDOW_CENTER) or []
+        widths = dj.floats(instance, Tag.WINDOW_WIDTH) or []
+        windows = tuple((c, w) for c, w in zip(centers, widths) if w > 0)
+        base = _frames_base(instance, series_url, sop)
+        inline = dj.inline_binary(instance, Tag.PIXEL_DATA)
+        frames = fmt.number_of_frames
+        for frame in range(1, frames + 1):
+            groups = [per_frame[frame - 1]] if frame - 1 < len(per_frame) else []
+            pos = dj.floats(instance, Tag.IMAGE_POSITION_PATIENT) if frames == 1 else None
+            pos = _frame_item(groups, [], Tag.PLANE_POSITION_SEQUENCE, Tag.IMAGE_POSITION_PATIENT) or pos
+            f_iop = _frame_item(groups, [], Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT) or iop
+            f_spacing = _frame_item(groups, [], Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING) or spacing
+            data = None
+            if inline is not None:
+                n = fmt.frame_length
+                data = inline[(frame - 1) * n : frame * n]
+            items.append(
+                dict(
+                    sop=sop,
+                    frame=frame,
+                    url=f"{base}/{frame}",
+                    ts=ts,
+                    fmt=fmt,
+                    spacing=(f_spacing[0], f_spacing[1]) if f_spacing and len(f_spacing) >= 2 else None,
+                    windows=windows,
+                    photometric=fmt.photometric_interpretation,
+                    number=dj.integer(instance, Tag.INSTANCE_NUMBER),
+                    pos=tuple(pos[:3]) if pos and len(pos) >= 3 else None,
+                    normal=_normal(f_iop),
+                    inline=data,
+                )
+            )
+    if not items:
+        raise DiscoveryError(f"series {series_url} has no images")
+    normals = {it["normal"] for it in items}
+    if len(items) > 1 and all(it["pos"] for it in items) and len(normals) == 1 and None not in normals:
+        (n,) = normals
+        key = lambda it: (sum(p * q for p, q in zip(it["pos"], n)), it["number"] or 0, it["frame"])  # noqa: E731
+    else:
+        key = lambda it: (it["number"] if it["number"] is not None else 1 << 31, it["frame"], it["sop"])  # noqa: E731
+    items.sort(key=key)
+    images = tuple(
+        StackImage(
+            index=i,
+            study_uid=study_uid or "",
+            series_uid=series_uid or "",
+            sop_instance_uid=it["sop"],
+            frame=it["frame"],
+            frame_url=it["url"],
+            transfer_syntax=it["ts"],
+            fmt=it["fmt"],
+            pixel_spacing=it["spacing"],
+            windows=it["windows"],
+            rescale_slope=it["fmt"].rescale_slope,
+            rescale_intercept=it["fmt"].rescale_intercept,
+            photometric=it["photometric"],
+            instance_number=it["number"],
+            position=it["pos"],
+            inline_data=it["inline"],
+        )
+        for i, it in enumerate(items)
+    )
+    return Stack(study_uid or "", series_uid or "", series_url, images, dict(alternates or {}), modality)

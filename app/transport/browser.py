@@ -1,0 +1,116 @@
+"""Pyodide transport over ``js.fetch``: streams the body with a ReadableStream reader.
+
+Mirrors NativeTransport: lower-case headers, bytes chunks, cancellation of the awaiting task aborts
+the fetch (AbortController). The browser hands over ~1.5 KB pieces; they are batched (>= 64 KB, or
+whatever arrived within one short time slice) so Python work runs per batch, not per piece.
+Content-Range is readable cross-origin only when the server exposes it (Access-Control-Expose-Headers).
+The browser decodes gzip itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator
+
+import js  # type: ignore[import-not-found]
+from pyodide.ffi import to_js  # type: ignore[import-not-found]
+
+from .base import TransportError, range_header
+
+__all__ = ["BrowserTransport", "BrowserResponse"]
+
+BATCH_BYTES = 64 * 1024
+BATCH_SECONDS = 0.016
+
+
+class BrowserTransport:
+    def __init__(self, *, batch_bytes: int = BATCH_BYTES, batch_seconds: float = BATCH_SECONDS, **_ignored) -> None:
+        self.batch_bytes = batch_bytes
+        self.batch_seconds = batch_seconds
+
+    async def get(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        byte_range: tuple[int, int | None] | None = None,
+    ) -> "BrowserResponse":
+        req_headers = dict(headers or {})
+        if byte_range is not None:
+            req_headers["Range"] = range_header(byte_range)
+        controller = js.AbortController.new()
+        options = to_js(
+            {"method": "GET", "headers": req_headers, "signal": controller.signal},
+            dict_converter=js.Object.fromEntries,
+        )
+        try:
+            resp = await js.fetch(url, options)
+        except asyncio.CancelledError:
+            controller.abort()
+            raise
+        except Exception as exc:  # JsException: network error, CORS, abort
+            raise TransportError(f"GET {url}: {exc}") from exc
+        headers_out: dict[str, str] = {}
+        for pair in resp.headers.entries():
+            name, value = pair[0], pair[1]
+            headers_out[str(name).lower()] = str(value)
+        return BrowserResponse(self, url, int(resp.status), headers_out, resp, controller)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class BrowserResponse:
+    def __init__(self, transport: BrowserTransport, url: str, status: int, headers: dict[str, str], resp, controller):
+        self._transport = transport
+        self.url = url
+        self.status = status
+        self.headers = headers
+        self._resp = resp
+        self._controller = controller
+        self._reader = None
+        self._done = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        body = self._resp.body
+        if body is None:
+            self._done = True
+            return
+        self._reader = body.getReader()
+        pending: list[bytes] = []
+        size = 0
+        since = 0.0
+        try:
+            while True:
+                try:
+                    result = await self._reader.read()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    raise TransportError(f"reading {self.url}: {exc}") from exc
+                if result.done:
+                    break
+                data = result.value.to_bytes()
+                if not pending:
+                    since = time.monotonic()
+                pending.append(data)
+                size += len(data)
+                if size >= self._transport.batch_bytes or time.monotonic() - since >= self._transport.batch_seconds:
+                    yield pending[0] if len(pending) == 1 else b"".join(pending)
+                    pending, size = [], 0
+            if pending:
+                yield pending[0] if len(pending) == 1 else b"".join(pending)
+            self._done = True
+        finally:
+            if not self._done:
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._controller.abort()
+        except Exception:
+            pass

@@ -466,6 +466,8 @@ def _normalise_values(pixels: numpy.ndarray, fmt: PixelFormat, codec: Codec) -> 
     if fmt.is_signed:
         shift = width - bits
         return (pixels << shift) >> shift
+    if codec.lossy:  # lossy reconstruction may overshoot MAXVAL: clip, masking would wrap it to 0
+        return numpy.minimum(pixels, numpy.asarray((1 << bits) - 1, dtype=container))
     return pixels & numpy.asarray((1 << bits) - 1, dtype=container)
 
 

@@ -1,0 +1,871 @@
+"""The progressive retrieve engine: stages over a stack, streaming and byte-range HTJ2K, alternates.
+
+Driven by a RetrieveConfig (Cornerstone3D's vocabulary). For every (image, stage) it requests the
+frame URL (``framesPath`` in place of ``/frames/``, ``urlArguments`` appended) and turns the bytes
+into Refinement events:
+
+- streaming: chunks go through the multipart reader and the codestream scanner; a partial decode
+  runs only when a resolution level has completely arrived (the newest one, never one smaller
+  than what is shown), then the lossless decode at the end;
+- byte ranges: the first range is ``chunkSize`` bytes (extended, once the TLM is known, to exactly
+  the end of the level that fills the viewport or the ``decodeLevel`` cap); a later stage asks for
+  the rest from the first byte not held, so no byte is fetched twice. A server that ignores Range
+  (200) replaces what is held and counts as complete; 416 at the end of the file means complete;
+- alternates (JPEG-LS thumbnail, lossy): a result never replaces a better one.
+
+Scheduling: one priority queue over the stack (the current image first, then stages in order,
+nearest images first), bounded concurrency, per-image stage order, cancellation of images no
+longer wanted (their transfers are cancelled and late results dropped), a memory budget over
+decoded pixels. Decoding is synchronous and bounded (one level per decode); the engine yields to
+the event loop after each decode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Iterable
+from urllib.parse import urlencode
+
+import numpy
+
+from .codecs import DecodeError, PixelFormat, codec_for, decode_frame
+from .config import ImageQualityStatus, RetrieveConfig, RetrieveOptions, RetrieveStage
+from .readers.codestream import (
+    CodestreamComplete,
+    CodestreamError,
+    CodestreamScanner,
+    MainHeader,
+    ResolutionComplete,
+)
+from .readers.multipart import (
+    MultipartEnd,
+    MultipartError,
+    MultipartReader,
+    PartData,
+    PartEnd,
+    PartHeaders,
+    boundary_from_content_type,
+    parse_media_type,
+)
+from .study import Stack, StackImage
+from .transport.base import Transport, TransportError, parse_content_range
+
+__all__ = [
+    "ACCEPT_ANY",
+    "RetrieveEngine",
+    "Refinement",
+    "ImageFailed",
+    "RequestStarted",
+    "FirstBytes",
+    "RequestFinished",
+    "EngineEvent",
+    "frame_request_url",
+]
+
+ACCEPT_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+DEFAULT_CONCURRENCY = 6
+DEFAULT_CACHE_BYTES = 1 << 30
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+
+_MEDIA_DEFAULT_SYNTAX = {
+    "image/jphc": "1.2.840.10008.1.2.4.201",
+    "image/jhc": "1.2.840.10008.1.2.4.201",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jpx": "1.2.840.10008.1.2.4.92",
+    "image/jpeg": "1.2.840.10008.1.2.4.50",
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+    "application/octet-stream": EXPLICIT_VR_LITTLE_ENDIAN,
+}
+
+
+# -- events --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """A decoded image for a stack position, better than anything shown before for it."""
+
+    index: int
+    sop_instance_uid: str
+    frame: int
+    stage_id: str
+    status: ImageQualityStatus
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float] | None  # scaled: a reduced image covers the same extent
+    bytes_received: int  # frame bytes received for this image so far (all requests)
+    t_ms: float  # since the image's first request
+    decode_ms: float
+    final: bool  # no later stage will improve this image
+    pixels: numpy.ndarray = field(repr=False, compare=False)
+    transfer_syntax: str
+    reduce: int = 0  # resolution levels skipped (0 = full size of the encoding)
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class ImageFailed:
+    index: int
+    sop_instance_uid: str
+    frame: int
+    stage_id: str
+    message: str
+    t_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class RequestStarted:
+    index: int
+    stage_id: str
+    url: str
+    byte_range: tuple[int, int | None] | None
+    t_ms: float
+
+
+@dataclass(frozen=True)
+class FirstBytes:
+    index: int
+    stage_id: str
+    url: str
+    status: int
+    t_ms: float
+
+
+@dataclass(frozen=True)
+class RequestFinished:
+    index: int
+    stage_id: str
+    url: str
+    status: int
+    bytes_received: int
+    t_ms: float
+    cancelled: bool = False
+
+
+EngineEvent = Refinement | ImageFailed | RequestStarted | FirstBytes | RequestFinished
+
+
+# -- URLs ----------------------------------------------------------------------------------------
+
+
+def frame_request_url(frame_url: str, options: RetrieveOptions) -> str:
+    """framesPath replaces the last ``/frames/``; urlArguments are appended as a query."""
+    url = frame_url
+    if options.frames_path:
+        path = "/" + options.frames_path.strip("/") + "/"
+        i = url.rfind("/frames/")
+        if i >= 0:
+            url = url[:i] + path + url[i + len("/frames/") :]
+    if options.url_arguments:
+        url += ("&" if "?" in url else "?") + urlencode(options.url_arguments)
+    return url
+
+
+# -- one frame resource's bytes --------------------------------------------------------------
+
+
+class _FrameBody:
+    """The bytes of one frame resource received so far, parsed as they arrive.
+
+    File bytes (what the server stores, possibly a single-part multipart wrapper) go in; the frame
+    bytes (codestream) accumulate in one bytearray; the scanner reports complete levels.
+    """
+
+    def __init__(self, url: str, fallback_syntax: str) -> None:
+        self.url = url
+        self.fallback_syntax = fallback_syntax
+        self.file_offset = 0  # file bytes fed
+        self.total: int | None = None  # file size when known (Content-Range / 200 end)
+        self.data = bytearray()
+        self.syntax: str | None = None
+        self._content_type: str | None = None
+        self._reader: MultipartReader | None = None
+        self._mode: str | None = None  # "multipart" | "raw"
+        self._sniff = bytearray()
+        self._part_done = False
+        self.scanner: CodestreamScanner | None = None
+        self.header: MainHeader | None = None
+        self.levels: list[ResolutionComplete] = []
+        self.codestream_complete = False
+        self.complete = False
+
+    @property
+    def data_offset(self) -> int | None:
+        """File offset of the first frame byte (after part headers)."""
+        if self._mode == "raw":
+            return 0
+        if self._reader is not None:
+            return self._reader.part_data_offset
+        return None
+
+    def set_content_type(self, content_type: str | None) -> None:
+        if self._content_type is None and content_type:
+            self._content_type = content_type
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        if not chunk:
+            return
+        self.file_offset += len(chunk)
+        if self._mode is None:
+            self._sniff += chunk
+            if len(self._sniff) < 2:
+                return
+            chunk, self._sniff = bytes(self._sniff), bytearray()
+            ctype = self._content_type or ""
+            boundary = boundary_from_content_type(ctype)
+            if boundary is not None or chunk.lstrip(b"\r\n")[:2] == b"--":
+                self._mode = "multipart"
+                self._reader = MultipartReader(boundary)
+            else:
+                self._mode = "raw"
+                self._set_syntax(ctype)
+        if self._mode == "raw":
+            self._add(chunk)
+            return
+        if self._part_done:
+            self._reader.feed(chunk)
+            return
+        for event in self._reader.feed(chunk):
+            if self._part_done:
+                break
+            if isinstance(event, PartHeaders):
+                self._set_syntax(event.content_type or self._content_type or "")
+            elif isinstance(event, PartData):
+                self._add(event.data)
+            elif isinstance(event, (PartEnd, MultipartEnd)):
+                self._part_done = True
+                self.complete = True
+
+    def end_of_file(self) -> None:
+        """All of the file has been fed (a 200 body ended, or the last range reached the end)."""
+        if self._mode == "raw" or self._mode is None:
+            if self._sniff:
+                sniff, self._sniff = bytes(self._sniff), bytearray()
+                self._mode = "raw"
+                self._set_syntax(self._content_type or "")
+                self._add(sniff)
+            self.complete = True
+        elif not self._part_done and not self.codestream_complete:
+            self._reader.close()  # raises MultipartError: the body ended inside the part
+        if self.scanner is not None:
+            try:
+                self.scanner.close()
+            except CodestreamError:
+                pass
+
+    def _set_syntax(self, content_type: str) -> None:
+        media, params = parse_media_type(content_type) if content_type else ("", {})
+        if media.startswith("multipart/"):
+            media = params.get("type", "").lower()
+        ts = params.get("transfer-syntax")
+        if ts and ts != "*":
+            self.syntax = ts
+        elif media in _MEDIA_DEFAULT_SYNTAX:
+            fallback = self.fallback_syntax
+            try:
+                same = codec_for(fallback).media_type == media
+            except DecodeError:
+                same = False
+            self.syntax = fallback if same else _MEDIA_DEFAULT_SYNTAX[media]
+        else:
+            self.syntax = self.fallback_syntax
+
+    def _add(self, data) -> None:
+        if not len(data):
+            return
+        start = len(self.data)
+        self.data += data
+        if self.scanner is None and start == 0 and len(self.data) >= 2:
+            if self.data[:2] == b"\xff\x4f":
+                self.scanner = CodestreamScanner()
+        if self.scanner is not None:
+            try:
+                events = self.scanner.feed(data)
+            except CodestreamError:
+                self.scanner = None
+                return
+            for e in events:
+                if isinstance(e, MainHeader):
+                    self.header = e
+                elif isinstance(e, ResolutionComplete):
+                    self.levels.append(e)
+                elif isinstance(e, CodestreamComplete):
+                    self.codestream_complete = True
+
+    @property
+    def decodable_complete(self) -> bool:
+        return self.complete or self.codestream_complete
+
+    def level_file_end(self, level: int) -> int | None:
+        """File offset (exclusive) where a level's last tile-part ends, from the TLM."""
+        if self.header is None or self.data_offset is None:
+            return None
+        ends = self.header.level_end_offsets()
+        if ends is None:
+            return None
+        return self.data_offset + ends[level]
+
+    def reset(self) -> None:
+        self.__init__(self.url, self.fallback_syntax)
+
+
+# -- per-image state -----------------------------------------------------------------------------
+
+
+@dataclass
+class _ImageState:
+    image: StackImage
+    t0: float | None = None
+    bytes_received: int = 0
+    best: Refinement | None = None
+    bodies: dict[str, _FrameBody] = field(default_factory=dict)
+    stages_done: set[int] = field(default_factory=set)
+    busy: bool = False
+    wanted: bool = True
+    generation: int = 0
+    task: asyncio.Task | None = None
+    failed: bool = False
+    final: bool = False
+
+    @property
+    def best_rank(self) -> tuple[int, int]:
+        b = self.best
+        return (int(b.status), b.rows * b.columns) if b else (0, 0)
+
+
+@dataclass(order=True)
+class _Job:
+    key: tuple
+    index: int = field(compare=False)
+    stage_pos: int = field(compare=False)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+# -- the engine ----------------------------------------------------------------------------------
+
+
+class RetrieveEngine:
+    """Load a stack progressively; events through ``run()`` (async iterator) and/or ``on_event``."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        config: RetrieveConfig,
+        transport: Transport,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        viewport: tuple[int, int] | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        on_event: Callable[[EngineEvent], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.stack = stack
+        self.config = config
+        self.transport = transport
+        self.concurrency = concurrency
+        self.viewport = viewport  # (rows, columns) in device pixels
+        self.cache_bytes = cache_bytes
+        self.on_event = on_event
+        self.clock = clock
+        self.current = 0
+        self._states = [_ImageState(im) for im in stack.images]
+        self._jobs: list[_Job] = []
+        self._queue: asyncio.Queue | None = None
+        self._wake: asyncio.Event | None = None
+        self._running = 0
+        self._lru: OrderedDict[int, int] = OrderedDict()  # index -> bytes of held pixels
+        self._cached = 0
+        self._requested: set[int] = set()
+
+    # -- public control ----------------------------------------------------------------------
+    def set_current(self, index: int) -> None:
+        """The image on screen: its jobs go first; the others are ordered by distance to it."""
+        self.current = max(0, min(index, len(self._states) - 1))
+        self._rekey()
+
+    def cancel(self, indices: Iterable[int]) -> None:
+        """Stop loading these images: pending jobs dropped, transfers cancelled, results ignored."""
+        for i in indices:
+            st = self._states[i]
+            st.wanted = False
+            st.generation += 1
+            self._jobs = [j for j in self._jobs if j.index != i]
+            if st.task is not None and not st.task.done():
+                st.task.cancel()
+            st.bodies.clear()
+        if self._wake:
+            self._wake.set()
+
+    def request(self, indices: Iterable[int]) -> None:
+        """(Re)queue images: stages not yet done for them are scheduled again."""
+        n = len(self._states)
+        for i in indices:
+            st = self._states[i]
+            if not st.wanted:
+                st.wanted = True
+            for pos, stage in enumerate(self.config.stages):
+                if pos in st.stages_done or not stage.selects(i, n):
+                    continue
+                if any(j.index == i and j.stage_pos == pos for j in self._jobs):
+                    continue
+                self._jobs.append(_Job(self._key(i, pos), i, pos))
+        self._rekey()
+        if self._wake:
+            self._wake.set()
+
+    def best(self, index: int) -> Refinement | None:
+        return self._states[index].best
+
+    # -- running -----------------------------------------------------------------------------
+    async def run(self, indices: Iterable[int] | None = None) -> AsyncIterator[EngineEvent]:
+        """Load the given images (default: the whole stack) through all stages; yield events."""
+        self._queue = asyncio.Queue()
+        self._wake = asyncio.Event()
+        wanted = list(range(len(self._states))) if indices is None else list(indices)
+        self._requested = set(wanted)
+        self.request(wanted)
+        runner = asyncio.ensure_future(self._run_workers())
+        try:
+            while True:
+                getter = asyncio.ensure_future(self._queue.get())
+                done, _ = await asyncio.wait({getter, runner}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                while not self._queue.empty():
+                    yield self._queue.get_nowait()
+                runner.result()
+                return
+        finally:
+            if not runner.done():
+                runner.cancel()
+                for st in self._states:
+                    if st.task is not None and not st.task.done():
+                        st.task.cancel()
+                try:
+                    await runner
+                except (asyncio.CancelledError, Exception):
+                    pass
+
+    def reached_final(self, index: int) -> bool:
+        return self._states[index].final
+
+    async def _run_workers(self) -> None:
+        workers = [asyncio.ensure_future(self._worker()) for _ in range(self.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+
+    async def _worker(self) -> None:
+        while True:
+            job = self._take_job()
+            if job is None:
+                if not self._jobs and self._running == 0:
+                    self._wake.set()
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            st = self._states[job.index]
+            st.busy = True
+            self._running += 1
+            task = asyncio.ensure_future(self._run_job(job))
+            st.task = task
+            try:
+                await task
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # the worker itself was cancelled
+            finally:
+                st.busy = False
+                st.task = None
+                self._running -= 1
+                self._wake.set()
+
+    def _take_job(self) -> _Job | None:
+        best = None
+        for job in self._jobs:
+            st = self._states[job.index]
+            if st.busy or not st.wanted:
+                continue
+            if any(j.index == job.index and j.stage_pos < job.stage_pos for j in self._jobs):
+                continue  # an earlier stage for this image is still pending
+            if best is None or job.key < best.key:
+                best = job
+        if best is not None:
+            self._jobs.remove(best)
+        return best
+
+    def _key(self, index: int, stage_pos: int) -> tuple:
+        stage = self.config.stages[stage_pos]
+        return (0 if index == self.current else 1, stage.priority, stage_pos, abs(index - self.current), index)
+
+    def _rekey(self) -> None:
+        for j in self._jobs:
+            j.key = self._key(j.index, j.stage_pos)
+
+    # -- events ------------------------------------------------------------------------------
+    def _emit(self, event: EngineEvent) -> None:
+        if self._queue is not None:
+            self._queue.put_nowait(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _t_ms(self, st: _ImageState) -> float:
+        if st.t0 is None:
+            st.t0 = self.clock()
+        return round((self.clock() - st.t0) * 1000.0, 3)
+
+    # -- one job -----------------------------------------------------------------------------
+    async def _run_job(self, job: _Job) -> None:
+        st = self._states[job.index]
+        stage = self.config.stages[job.stage_pos]
+        image = st.image
+        generation = st.generation
+        options = self.config.options_for(stage.retrieve_type, image.transfer_syntax)
+        try:
+            target = self._target_status(image, options)
+            if st.best is not None and st.best_rank >= (int(target), image.rows * image.columns):
+                return  # already as good as this stage can make it
+            if image.inline_data is not None:
+                self._deliver_inline(st, stage, job.stage_pos, generation)
+                return
+            await self._retrieve(st, stage, job.stage_pos, options, generation)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one bad image never stops the stack
+            if st.generation == generation and st.wanted:
+                st.failed = True
+                self._emit(ImageFailed(image.index, image.sop_instance_uid, image.frame, stage.id,
+                                       _message(exc), self._t_ms(st)))
+        finally:
+            st.stages_done.add(job.stage_pos)
+            self._trim(st)
+
+    def _target_status(self, image: StackImage, options: RetrieveOptions) -> ImageQualityStatus:
+        status = options.final_status
+        alt = self._alternate(options)
+        if status == ImageQualityStatus.FULL_RESOLUTION and alt is not None:
+            if alt.thumbnail:
+                status = ImageQualityStatus.SUBRESOLUTION
+            elif alt.lossy:
+                status = ImageQualityStatus.LOSSY
+        return status
+
+    def _alternate(self, options: RetrieveOptions):
+        if not options.frames_path:
+            return None
+        return self.stack.alternates.get("/" + options.frames_path.strip("/") + "/")
+
+    async def _retrieve(self, st: _ImageState, stage: RetrieveStage, stage_pos: int,
+                        options: RetrieveOptions, generation: int) -> None:
+        image = st.image
+        url = frame_request_url(image.frame_url, options)
+        alt = self._alternate(options)
+        fallback = (alt.transfer_syntax if alt and alt.transfer_syntax else image.transfer_syntax)
+        body = st.bodies.get(url)
+        if body is None:
+            body = st.bodies[url] = _FrameBody(url, fallback)
+        ranged = options.range_index is not None
+        if not body.decodable_complete:
+            if ranged and options.range_index >= 0:
+                want_end = options.chunk_size * (options.range_index + 1)
+                if body.file_offset < want_end:
+                    await self._fetch(st, stage, stage_pos, body, want_end, options, generation, streaming=False)
+                level = self._wanted_level(body, options)
+                if level is not None and not body.decodable_complete:
+                    end = body.level_file_end(level.level)
+                    if end is not None and end > body.file_offset:
+                        await self._fetch(st, stage, stage_pos, body, end, options, generation, streaming=False)
+            else:
+                await self._fetch(st, stage, stage_pos, body, None, options, generation,
+                                  streaming=options.streaming and not ranged)
+        self._check(st, generation)
+        if body.decodable_complete:
+            self._decode_and_emit(st, stage, stage_pos, body, options, generation, reduce=0, end=None)
+            st.bodies.pop(url, None)  # the frame is decoded: its bytes are no longer needed
+        elif ranged or options.streaming:
+            level = self._best_partial_level(body, st, options)
+            if level is not None:
+                self._decode_and_emit(st, stage, stage_pos, body, options, generation,
+                                      reduce=level.reduce, end=level.end_offset)
+
+    def _check(self, st: _ImageState, generation: int) -> None:
+        if st.generation != generation or not st.wanted:
+            raise _Cancelled()
+
+    # -- choosing levels ---------------------------------------------------------------------
+    def _allowed(self, level: ResolutionComplete, options: RetrieveOptions) -> bool:
+        return 1 <= level.reduce <= options.decode_level_cap
+
+    def _fills_viewport(self, level: ResolutionComplete) -> bool:
+        if self.viewport is None:
+            return False
+        vr, vc = self.viewport
+        return level.rows >= vr or level.columns >= vc
+
+    def _wanted_level(self, body: _FrameBody, options: RetrieveOptions) -> ResolutionComplete | None:
+        """For a first range: the level to hold exactly (fills the viewport, else the decodeLevel cap).
+
+        None when the TLM does not say where levels end, or a level at least as large is held.
+        """
+        h = body.header
+        if h is None or body.level_file_end(0) is None:
+            return None
+        d = h.cod.decompositions
+        levels = [ResolutionComplete(lv, d - lv, 0, *h.size_at(d - lv)) for lv in range(h.levels)]
+        allowed = [lv for lv in levels if self._allowed(lv, options)]  # ascending size
+        if not allowed:
+            return None
+        if self.viewport is not None:
+            target = next((lv for lv in allowed if self._fills_viewport(lv)), allowed[-1])
+        else:
+            target = allowed[0]
+        if any(done.level >= target.level for done in body.levels):
+            return None
+        return target
+
+    def _best_partial_level(self, body: _FrameBody, st: _ImageState,
+                            options: RetrieveOptions) -> ResolutionComplete | None:
+        """The newest complete level worth a decode: allowed, larger than what is shown."""
+        shown = st.best
+        if shown is not None:
+            if shown.status > ImageQualityStatus.SUBRESOLUTION:
+                return None
+            if self.viewport is not None and body.levels and self._fills_viewport(
+                    ResolutionComplete(0, 0, 0, shown.rows, shown.columns)):
+                return None  # beyond the viewport a partial level adds nothing before the final
+        area = shown.rows * shown.columns if shown is not None else 0
+        for level in reversed(body.levels):
+            if not self._allowed(level, options):
+                continue
+            return level if level.rows * level.columns > area else None
+        return None
+
+    # -- fetching ----------------------------------------------------------------------------
+    async def _fetch(self, st: _ImageState, stage: RetrieveStage, stage_pos: int, body: _FrameBody,
+                     want_end: int | None,
+                     options: RetrieveOptions, generation: int, *, streaming: bool) -> None:
+        """Bring body up to ``want_end`` (exclusive; None: the whole file) from what it holds."""
+        image = st.image
+        start = body.file_offset
+        if body.total is not None and want_end is not None:
+            want_end = min(want_end, body.total)
+        if want_end is not None and start >= want_end:
+            return
+        byte_range = None if (start == 0 and want_end is None) else (start, None if want_end is None else want_end - 1)
+        self._emit(RequestStarted(image.index, stage.id, body.url, byte_range, self._t_ms(st)))
+        received = 0
+        status = 0
+        cancelled = True
+        resp = await self.transport.get(body.url, headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
+        try:
+            status = resp.status
+            self._check(st, generation)
+            self._emit(FirstBytes(image.index, stage.id, body.url, status, self._t_ms(st)))
+            content_type = resp.headers.get("content-type")
+            whole = False
+            if status == 416:
+                cr = parse_content_range(resp.headers.get("content-range"))
+                if byte_range is not None and start > 0 and (cr is None or cr.total is None or cr.total <= start):
+                    body.total = start  # nothing more to fetch: we hold the whole file
+                    body.end_of_file()
+                    cancelled = False
+                    return
+                raise TransportError(f"HTTP 416 for {body.url} (range {byte_range})")
+            if status == 200:
+                if start > 0:
+                    body.reset()  # the server ignored Range: this body replaces the partial copy
+                whole = True
+            elif status == 206:
+                cr = parse_content_range(resp.headers.get("content-range"))
+                if cr is not None:
+                    if cr.start != start:
+                        if cr.start != 0:
+                            raise TransportError(f"{body.url}: asked for bytes from {start}, got {cr.start}")
+                        body.reset()
+                    if cr.total is not None:
+                        body.total = cr.total
+                    if cr.total is not None and cr.end + 1 >= cr.total:
+                        whole = True
+                elif byte_range is None:
+                    whole = True
+            else:
+                raise TransportError(f"HTTP {status} for {body.url}")
+            body.set_content_type(content_type)
+            async for chunk in resp.chunks():
+                if st.generation != generation or not st.wanted:
+                    raise _Cancelled()
+                n = len(chunk)
+                received += n
+                st.bytes_received += n
+                body.feed(chunk)
+                if streaming and body.levels and not body.decodable_complete:
+                    level = self._best_partial_level(body, st, options)
+                    if level is not None:
+                        self._decode_and_emit(st, stage, stage_pos, body, options,
+                                              generation, reduce=level.reduce, end=level.end_offset)
+                        await asyncio.sleep(0)
+            if whole or want_end is None:  # a 200, the last range, or an open-ended one: all is in
+                body.total = body.file_offset
+                body.end_of_file()
+            elif body.total is not None and body.file_offset >= body.total:
+                body.end_of_file()
+            cancelled = False
+        finally:
+            await resp.aclose()
+            self._emit(RequestFinished(image.index, stage.id, body.url, status, received, self._t_ms(st),
+                                       cancelled))
+
+    # -- decoding ----------------------------------------------------------------------------
+    def _decode_and_emit(self, st: _ImageState, stage: RetrieveStage, stage_pos: int, body: _FrameBody,
+                         options: RetrieveOptions, generation: int, *, reduce: int, end: int | None) -> None:
+        self._check(st, generation)
+        image = st.image
+        syntax = body.syntax or body.fallback_syntax
+        fmt = self._format_for(image, body, options)
+        t = self.clock()
+        with memoryview(body.data) as view:
+            part = view[:end] if end is not None else view
+            try:
+                pixels = decode_frame(part, syntax, fmt, reduce=reduce)
+            finally:
+                part.release()
+        decode_ms = round((self.clock() - t) * 1000.0, 3)
+        rows, columns = pixels.shape[:2]
+        partial = reduce > 0
+        status = ImageQualityStatus.SUBRESOLUTION if partial else self._target_status(image, options)
+        if not partial and (rows, columns) != (image.rows, image.columns) and status > ImageQualityStatus.SUBRESOLUTION:
+            status = ImageQualityStatus.SUBRESOLUTION
+        if status == ImageQualityStatus.FULL_RESOLUTION and codec_for(syntax).lossy:
+            status = ImageQualityStatus.LOSSY  # a lossy transfer syntax is never full quality
+        if st.best is not None and (int(status), rows * columns) <= st.best_rank:
+            return  # never replace a better (or equal) result
+        spacing = None
+        if image.pixel_spacing is not None:
+            spacing = (image.pixel_spacing[0] * image.rows / rows, image.pixel_spacing[1] * image.columns / columns)
+        final = not partial and not self._later_stage_improves(st, stage_pos, status, rows * columns)
+        ref = Refinement(
+            index=image.index,
+            sop_instance_uid=image.sop_instance_uid,
+            frame=image.frame,
+            stage_id=stage.id,
+            status=status,
+            rows=rows,
+            columns=columns,
+            pixel_spacing=spacing,
+            bytes_received=st.bytes_received,
+            t_ms=self._t_ms(st),
+            decode_ms=decode_ms,
+            final=final,
+            pixels=pixels,
+            transfer_syntax=syntax,
+            reduce=reduce,
+            url=body.url,
+        )
+        st.best = ref
+        st.final = st.final or final
+        self._remember(image.index, pixels.nbytes)
+        self._emit(ref)
+
+    def _deliver_inline(self, st: _ImageState, stage: RetrieveStage, stage_pos: int, generation: int) -> None:
+        image = st.image
+        body = _FrameBody(image.frame_url, image.transfer_syntax)
+        body.syntax = image.transfer_syntax
+        body.data += image.inline_data
+        body.complete = True
+        st.t0 = st.t0 or self.clock()
+        self._decode_and_emit(st, stage, stage_pos, body, RetrieveOptions(), generation, reduce=0, end=None)
+
+    def _format_for(self, image: StackImage, body: _FrameBody, options: RetrieveOptions) -> PixelFormat:
+        """The image's pixel format, with the size of this encoding (thumbnails are smaller)."""
+        fmt = image.fmt
+        size = None
+        if body.header is not None:
+            size = (body.header.siz.height, body.header.siz.width)
+        else:
+            size = _jpeg_size(body.data)
+            if size is None:
+                alt = self._alternate(options)
+                if alt is not None and alt.rows and alt.columns:
+                    size = (alt.rows, alt.columns)
+        if size is not None and size != (fmt.rows, fmt.columns):
+            fmt = dataclasses.replace(fmt, rows=size[0], columns=size[1], number_of_frames=1)
+        return fmt
+
+    def _later_stage_improves(self, st: _ImageState, stage_pos: int, status: ImageQualityStatus, area: int) -> bool:
+        image = st.image
+        n = len(self._states)
+        for pos in range(stage_pos + 1, len(self.config.stages)):
+            stage = self.config.stages[pos]
+            if not stage.selects(image.index, n) or image.index not in self._requested:
+                continue
+            target = self._target_status(image, self.config.options_for(stage.retrieve_type, image.transfer_syntax))
+            if (int(target), image.rows * image.columns) > (int(status), area):
+                return True
+        return False
+
+    # -- memory ------------------------------------------------------------------------------
+    def _remember(self, index: int, nbytes: int) -> None:
+        self._cached += nbytes - self._lru.pop(index, 0)
+        self._lru[index] = nbytes
+        while self._cached > self.cache_bytes and len(self._lru) > 1:
+            victim = max((i for i in self._lru if i != index), key=lambda i: abs(i - self.current), default=None)
+            if victim is None:
+                break
+            self._cached -= self._lru.pop(victim)
+            vst = self._states[victim]
+            if vst.best is not None:
+                vst.best = dataclasses.replace(vst.best, pixels=numpy.empty((0, 0), vst.best.pixels.dtype))
+
+    def _trim(self, st: _ImageState) -> None:
+        if not st.wanted:
+            st.bodies.clear()
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(len(b.data) for s in self._states for b in s.bodies.values())
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, _Cancelled):
+        return "cancelled"
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, (DecodeError, TransportError, MultipartError)) else f"{type(exc).__name__}: {text}"
+
+
+def _jpeg_size(data: bytearray) -> tuple[int, int] | None:
+    """(rows, columns) from the SOF of a JPEG / JPEG-LS stream, None if it is not one."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    n = len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):
+            if i + 9 > n:
+                return None
+            rows = (data[i + 5] << 8) | data[i + 6]
+            cols = (data[i + 7] << 8) | data[i + 8]
+            return rows, cols
+        i += 2 + length
+    return None

@@ -291,6 +291,16 @@ def _decode_htj2k(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndar
     return decode(data, **kwargs)
 
 
+def _decode_htj2k_lossy(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
+    # Irreversible decoding over- and undershoots. OpenJPH (htj2k_decode) wraps the result into the
+    # sample type; for unsigned data that fills the whole type the wrap cannot be undone afterwards,
+    # so those full-resolution decodes go to OpenJPEG, which clamps.
+    full_width = not fmt.is_signed and fmt.bits_stored >= fmt.bits_allocated
+    if full_width and not reduce and imagecodecs is not None and hasattr(imagecodecs, "jpeg2k_decode"):
+        return _decode_jpeg2k(data, fmt, 0)
+    return _decode_htj2k(data, fmt, reduce)
+
+
 def area_mean(array: numpy.ndarray, factor: int) -> numpy.ndarray:
     """Mean over factor x factor blocks (partial blocks at the edges), rounded, same dtype.
 
@@ -339,8 +349,9 @@ CODECS: dict[str, Codec] = {
                converts_colour=True),
         _codec(HTJ2K_LOSSLESS_RPCL, "HTJ2K Lossless RPCL", "image/jphc", _decode_htj2k, lossy=False,
                progressive=True, converts_colour=True),
-        _codec(HTJ2K, "HTJ2K", "image/jphc", _decode_htj2k, lossy=True, progressive=True, converts_colour=True),
-        _codec(HTJ2K_PRIVATE, "HTJ2K (private UID)", "image/jphc", _decode_htj2k, lossy=True, progressive=True,
+        _codec(HTJ2K, "HTJ2K", "image/jphc", _decode_htj2k_lossy, lossy=True, progressive=True,
+               converts_colour=True),
+        _codec(HTJ2K_PRIVATE, "HTJ2K (private UID)", "image/jphc", _decode_htj2k_lossy, lossy=True, progressive=True,
                converts_colour=True),
     )
 }

@@ -396,3 +396,13 @@ def test_to_modality():
     numpy.testing.assert_allclose(scaled, [[1, 2048.5]])
     wide = to_modality(numpy.array([[65535]], numpy.uint16), PixelFormat(rows=1, columns=1, rescale_slope=2))
     assert wide.dtype == numpy.int32 and wide[0, 0] == 131070
+
+
+def test_lossy_htj2k_of_full_width_unsigned_data_does_not_wrap():
+    """Black next to white: the 9/7 wavelet undershoots below 0, which must not come back as 255."""
+    image = numpy.zeros((64, 64), numpy.uint8)
+    image[:, 32:] = 255
+    image[20:40, 20:40] = 0
+    encoded = imagecodecs.htj2k_encode(image, 8 / 256, reversible=False, resolutions=3)
+    decoded = decode_frame(encoded, "1.2.840.10008.1.2.4.203", fmt_for(image))
+    assert numpy.abs(decoded.astype(int) - image).max() <= 16

@@ -309,8 +309,9 @@ def area_mean(array: numpy.ndarray, factor: int) -> numpy.ndarray:
     rows, columns = array.shape[:2]
     row_starts = numpy.arange(0, rows, factor)
     column_starts = numpy.arange(0, columns, factor)
-    sums = numpy.add.reduceat(array.astype(numpy.float64), row_starts, axis=0)
-    sums = numpy.add.reduceat(sums, column_starts, axis=1)
+    accumulator = numpy.int64 if array.dtype.kind in "uib" else numpy.float64
+    sums = numpy.add.reduceat(array, row_starts, axis=0, dtype=accumulator)
+    sums = numpy.add.reduceat(sums, column_starts, axis=1, dtype=accumulator)
     row_counts = numpy.diff(numpy.append(row_starts, rows))
     column_counts = numpy.diff(numpy.append(column_starts, columns))
     counts = numpy.outer(row_counts, column_counts)

@@ -134,10 +134,25 @@ class Alternate:
     media_type: str
     lossy: bool
     scale: int
-    encode: Callable[[numpy.ndarray, PixelFormat, EncodeSettings], EncodedFrame]
+    encode: Callable[["FrameImage", PixelFormat, EncodeSettings], EncodedFrame]
 
     def part_content_type(self) -> str:
         return f"{self.media_type};transfer-syntax={self.transfer_syntax}"
+
+
+class FrameImage:
+    """The decoded stored pixels of one frame, and its area-averaged reductions, each made once."""
+
+    def __init__(self, pixels: numpy.ndarray):
+        self.pixels = pixels
+        self._reduced: dict[int, numpy.ndarray] = {}
+
+    def reduced(self, scale: int) -> numpy.ndarray:
+        if scale == 1:
+            return self.pixels
+        if scale not in self._reduced:
+            self._reduced[scale] = area_mean(self.pixels, scale)
+        return self._reduced[scale]
 
 
 def resolution_levels_for(rows: int, columns: int, lowest: int = LOWEST_RESOLUTION) -> int:
@@ -185,12 +200,12 @@ def _colour_options(pixels: numpy.ndarray) -> dict[str, Any]:
     return {"rgb": False, "planar": False} if pixels.ndim == 3 else {}
 
 
-def _encode_frames(pixels: numpy.ndarray, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
-    return _htj2k_lossless(pixels)
+def _encode_frames(image: FrameImage, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
+    return _htj2k_lossless(image.pixels)
 
 
-def _encode_htj2k_thumbnail(pixels: numpy.ndarray, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
-    return _htj2k_lossless(area_mean(pixels, THUMBNAIL_SCALE))
+def _encode_htj2k_thumbnail(image: FrameImage, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
+    return _htj2k_lossless(image.reduced(THUMBNAIL_SCALE))
 
 
 def _jls(pixels: numpy.ndarray, fmt: PixelFormat) -> EncodedFrame:
@@ -200,12 +215,12 @@ def _jls(pixels: numpy.ndarray, fmt: PixelFormat) -> EncodedFrame:
     return EncodedFrame(bytes(codestream), rows, columns)
 
 
-def _encode_jls(pixels: numpy.ndarray, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
-    return _jls(pixels, fmt)
+def _encode_jls(image: FrameImage, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
+    return _jls(image.pixels, fmt)
 
 
-def _encode_jls_thumbnail(pixels: numpy.ndarray, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
-    return _jls(area_mean(pixels, THUMBNAIL_SCALE), fmt)
+def _encode_jls_thumbnail(image: FrameImage, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
+    return _jls(image.reduced(THUMBNAIL_SCALE), fmt)
 
 
 def lossy_step(quality: float) -> float:
@@ -215,7 +230,8 @@ def lossy_step(quality: float) -> float:
     return 2.0 ** ((100.0 - quality) / 10.0)
 
 
-def _encode_lossy(pixels: numpy.ndarray, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
+def _encode_lossy(image: FrameImage, fmt: PixelFormat, settings: EncodeSettings) -> EncodedFrame:
+    pixels = image.pixels
     _check_encodable(pixels)
     rows, columns = pixels.shape[:2]
     levels = resolution_levels_for(rows, columns)
@@ -736,12 +752,12 @@ def _convert_file(
     count = 0
     for number, frame in enumerate(_frames_of(ds, transfer_syntax, fmt), 1):
         frame_started = time.perf_counter()
-        pixels = decode_frame(frame, transfer_syntax, fmt)
+        image = FrameImage(decode_frame(frame, transfer_syntax, fmt))
         summary.decode_seconds += time.perf_counter() - frame_started
         for name in names:
             alternate = ALTERNATES[name]
             encode_started = time.perf_counter()
-            encoded = alternate.encode(pixels, fmt, settings)
+            encoded = alternate.encode(image, fmt, settings)
             size = write_atomic(instance_dir / name / str(number),
                                 frame_file_chunks(manifest, alternate, encoded.codestream))
             summary.seconds_by_alternate[name] = summary.seconds_by_alternate.get(name, 0.0) + (

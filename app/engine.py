@@ -265,15 +265,21 @@ class _FrameBody:
         ts = params.get("transfer-syntax")
         if ts and ts != "*":
             self.syntax = ts
-        elif media in _MEDIA_DEFAULT_SYNTAX:
-            fallback = self.fallback_syntax
-            try:
-                same = codec_for(fallback).media_type == media
-            except DecodeError:
-                same = False
-            self.syntax = fallback if same else _MEDIA_DEFAULT_SYNTAX[media]
+        elif media in _MEDIA_DEFAULT_SYNTAX and media != "application/octet-stream":
+            self.syntax = self.fallback_syntax if _media_of(self.fallback_syntax) == media else _MEDIA_DEFAULT_SYNTAX[media]
         else:
-            self.syntax = self.fallback_syntax
+            self.syntax = None  # generic type: decided from the bytes (resolved_syntax)
+
+    @property
+    def resolved_syntax(self) -> str:
+        """The transfer syntax of the frame bytes: declared, else the expected one if the bytes
+        look compressed (a raw static tree serves every frame as application/octet-stream)."""
+        if self.syntax:
+            return self.syntax
+        looks_compressed = self.data[:2] in (b"\xff\x4f", b"\xff\xd8") or self.data[:4] == b"\x00\x00\x00\x0c"
+        if looks_compressed or _media_of(self.fallback_syntax) == "application/octet-stream":
+            return self.fallback_syntax
+        return EXPLICIT_VR_LITTLE_ENDIAN
 
     def _add(self, data) -> None:
         if not len(data):
@@ -735,7 +741,7 @@ class RetrieveEngine:
                          options: RetrieveOptions, generation: int, *, reduce: int, end: int | None) -> None:
         self._check(st, generation)
         image = st.image
-        syntax = body.syntax or body.fallback_syntax
+        syntax = body.resolved_syntax
         fmt = self._format_for(image, body, options)
         t = self.clock()
         with memoryview(body.data) as view:
@@ -845,6 +851,13 @@ def _message(exc: BaseException) -> str:
         return "cancelled"
     text = str(exc) or type(exc).__name__
     return text if isinstance(exc, (DecodeError, TransportError, MultipartError)) else f"{type(exc).__name__}: {text}"
+
+
+def _media_of(syntax: str) -> str | None:
+    try:
+        return codec_for(syntax).media_type
+    except DecodeError:
+        return None
 
 
 def _jpeg_size(data: bytearray) -> tuple[int, int] | None:

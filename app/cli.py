@@ -1,0 +1,134 @@
+"""``python -m app load URL``: run the progressive engine from the command line, one JSON line per event."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import enum
+import hashlib
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Sequence, TextIO
+
+import numpy
+
+from .config import PRESETS, ConfigError, RetrieveConfig, parse_config, preset
+from .engine import DEFAULT_CONCURRENCY, EngineEvent, Refinement, RetrieveEngine
+from .study import DiscoveryError, Stack, discover
+from .transport import TransportError, default_transport
+
+__all__ = ["main", "load", "pixel_sha256", "event_json"]
+
+
+def pixel_sha256(pixels: numpy.ndarray) -> str:
+    """SHA-256 of the stored values as a contiguous little-endian array in their own dtype."""
+    array = numpy.ascontiguousarray(pixels)
+    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder == "big"):
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return hashlib.sha256(array.tobytes()).hexdigest()
+
+
+def event_json(event: EngineEvent) -> dict:
+    out: dict = {"event": type(event).__name__}
+    for f in dataclasses.fields(event):
+        if f.name == "pixels":
+            continue
+        value = getattr(event, f.name)
+        if isinstance(value, enum.Enum):
+            value = value.name
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    if isinstance(event, Refinement):
+        out["sha256"] = pixel_sha256(event.pixels)
+    return out
+
+
+def load_config(value: str | None) -> RetrieveConfig:
+    if value is None:
+        return preset("single")
+    if value in PRESETS:
+        return preset(value)
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError("$", f"{value!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    return parse_config(path.read_text(encoding="utf-8"))
+
+
+async def load(
+    url: str,
+    config: RetrieveConfig,
+    *,
+    series: str | None = None,
+    images: int | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    viewport: tuple[int, int] | None = None,
+    out: TextIO = sys.stdout,
+    transport=None,
+) -> tuple[Stack, list[int], int]:
+    """Discover the stack, load it, write JSON lines; returns (stack, requested, images final)."""
+    own = transport is None
+    transport = transport or default_transport()
+    try:
+        t0 = time.perf_counter()
+        stack = await discover(transport, url, series_uid=series)
+        out.write(json.dumps({
+            "event": "StackReady", "study_uid": stack.study_uid, "series_uid": stack.series_uid,
+            "images": len(stack), "series_url": stack.series_url,
+            "t_ms": round((time.perf_counter() - t0) * 1000, 3),
+        }) + "\n")
+        requested = list(range(len(stack) if images is None else min(images, len(stack))))
+        engine = RetrieveEngine(stack, config, transport, concurrency=concurrency, viewport=viewport)
+        async for event in engine.run(requested):
+            out.write(json.dumps(event_json(event)) + "\n")
+            out.flush()
+        finals = sum(1 for i in requested if engine.reached_final(i))
+        return stack, requested, finals
+    finally:
+        if own:
+            await transport.aclose()
+
+
+def _viewport(text: str) -> tuple[int, int]:
+    try:
+        rows, cols = text.lower().split("x")
+        return int(rows), int(cols)
+    except ValueError:
+        raise argparse.ArgumentTypeError("viewport is ROWSxCOLUMNS, e.g. 900x1280") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app load", description="Load a DICOM stack progressively.")
+    parser.add_argument("url", help="DICOMweb root, study, series or metadata URL (static trees too)")
+    parser.add_argument("--config", help=f"preset ({', '.join(PRESETS)}) or a JSON file (Cornerstone3D shape)")
+    parser.add_argument("--series", help="SeriesInstanceUID to load when the URL names a study or root")
+    parser.add_argument("--images", type=int, help="load only the first N images of the stack")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight")
+    parser.add_argument("--viewport", type=_viewport, help="ROWSxCOLUMNS the image is shown in")
+    parser.add_argument("--debug", action="store_true", help="tracebacks on errors")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.images is not None and args.images < 1:
+            raise ValueError("--images must be >= 1")
+        _, requested, finals = asyncio.run(load(
+            args.url, config, series=args.series, images=args.images,
+            concurrency=args.concurrency, viewport=args.viewport,
+        ))
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, DiscoveryError, TransportError, ValueError, OSError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one line for the user, traceback on request
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0 if finals == len(requested) else 1

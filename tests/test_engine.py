@@ -1,0 +1,421 @@
+"""The progressive engine against real loopback servers (serve.py, and a misbehaving one)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from app.config import ImageQualityStatus, RetrieveConfig, preset
+from app.convert import convert
+from app.engine import (
+    FirstBytes,
+    ImageFailed,
+    Refinement,
+    RequestFinished,
+    RequestStarted,
+    RetrieveEngine,
+    frame_request_url,
+)
+from app.study import discover
+from app.transport.native import NativeTransport
+
+PROJECT = Path(__file__).resolve().parent.parent
+RADIOGRAPH_SERIES = "1.3.51.0.7.2481275770.33884.26178.36453.11104.7622.4803"
+MR_STACK_SERIES = "0.0.0.0.3.8811.2.20010413115754.12432"
+
+
+# -- a small misbehaving static server -----------------------------------------------------------
+
+
+class Behaviour:
+    def __init__(self, **kw) -> None:
+        self.ignore_range = False  # always 200 with the whole file
+        self.full_after_first_range = False  # 206 for the first Range request of a file, then 200
+        self.no_content_range = False  # 206 without Content-Range
+        self.delay = 0.0  # seconds per 16 KB
+        self.missing: set[str] = set()  # path fragments answered with 404
+        self.__dict__.update(kw)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        srv = self.server
+        b: Behaviour = srv.behaviour
+        path = self.path.split("?")[0]
+        rel = path.removeprefix("/dicomweb").lstrip("/")
+        file = srv.root / rel
+        if not file.is_file() and (srv.root / (rel + ".gz")).is_file():
+            file = srv.root / (rel + ".gz")
+        entry = {"path": path, "status": 404, "range": self.headers.get("Range"), "bytes_sent": 0, "aborted": False}
+        srv.log.append(entry)
+        if any(m in path for m in b.missing) or not file.is_file():
+            self._head(404, {"Content-Length": "0"})
+            return
+        data = file.read_bytes()
+        ctype = "application/octet-stream"
+        if data.startswith(b"--"):
+            boundary = data[2 : data.index(b"\r\n")].decode()
+            ctype = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
+        rng = self.headers.get("Range")
+        status, start, end = 200, 0, len(data) - 1
+        m = re.match(r"bytes=(\d+)-(\d*)$", rng or "")
+        honour = m and not b.ignore_range and not (b.full_after_first_range and srv.ranges_seen.get(path))
+        if m:
+            srv.ranges_seen[path] = srv.ranges_seen.get(path, 0) + 1
+        headers = {"Content-Type": ctype, "Accept-Ranges": "bytes"}
+        if honour:
+            start = int(m.group(1))
+            end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
+            if start >= len(data):
+                entry["status"] = 416
+                self._head(416, {"Content-Range": f"bytes */{len(data)}", "Content-Length": "0"})
+                return
+            status = 206
+            if not b.no_content_range:
+                headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        body = data[start : end + 1]
+        headers["Content-Length"] = str(len(body))
+        entry["status"] = status
+        self._head(status, headers)
+        try:
+            for i in range(0, len(body), 16384):
+                if b.delay:
+                    time.sleep(b.delay)
+                self.wfile.write(body[i : i + 16384])
+                entry["bytes_sent"] += len(body[i : i + 16384])
+        except (BrokenPipeError, ConnectionResetError):
+            entry["aborted"] = True
+            self.close_connection = True
+
+    def _head(self, status: int, headers: dict) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+
+
+class OddServer:
+    def __init__(self, root: Path, behaviour: Behaviour) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.root = root
+        self.httpd.behaviour = behaviour
+        self.httpd.log = []
+        self.httpd.ranges_seen = {}
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/dicomweb"
+
+    @property
+    def log(self) -> list[dict]:
+        return self.httpd.log
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def radiograph(demo_data):
+    """(series URL path, source pixels) of the real 3072x2614 radiograph."""
+    meta = json.loads((demo_data / "demo.json").read_text())
+    entry = next(d for d in meta if d["seriesInstanceUID"] == RADIOGRAPH_SERIES)
+    source = pydicom.dcmread(PROJECT / ".cache" / "demo" / "radiograph" / "cat.dcm").pixel_array
+    return entry["url"], source
+
+
+@pytest.fixture(scope="module")
+def mr_stack_url(demo_data) -> str:
+    meta = json.loads((demo_data / "demo.json").read_text())
+    return next(d for d in meta if d["seriesInstanceUID"] == MR_STACK_SERIES)["url"]
+
+
+@pytest.fixture(scope="module")
+def ct_tree(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ct")
+    summary = convert([get_testdata_file("CT_small.dcm")], out, "jls,jlsThumbnail", quiet=True)
+    assert not summary.failures
+    return out
+
+
+@pytest.fixture(scope="module")
+def ct_raw_tree(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ctraw")
+    summary = convert([get_testdata_file("CT_small.dcm")], out, "jls", raw=True, quiet=True)
+    assert not summary.failures
+    return out
+
+
+def ct_pixels() -> np.ndarray:
+    return pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array
+
+
+def run_engine(url: str, config: RetrieveConfig, *, control=None, **kwargs) -> tuple[list, RetrieveEngine]:
+    async def main():
+        transport = NativeTransport()
+        try:
+            stack = await discover(transport, url)
+            engine = RetrieveEngine(stack, config, transport, **kwargs)
+            events = []
+            async for ev in engine.run():
+                events.append(ev)
+                if control:
+                    control(engine, ev)
+            return events, engine
+        finally:
+            await transport.aclose()
+
+    return asyncio.run(main())
+
+
+def refinements(events, index=None) -> list[Refinement]:
+    return [e for e in events if isinstance(e, Refinement) and (index is None or e.index == index)]
+
+
+def frame_log(log, fragment="/frames/"):
+    return [e for e in log if fragment in e["path"]]
+
+
+# -- the real radiograph through serve.py ----------------------------------------------------------
+
+
+def test_streaming_htj2k_refines_by_whole_levels_to_the_lossless_image(radiograph, demo_server):
+    path, source = radiograph
+    demo_server.log.clear()
+    events, engine = run_engine(demo_server.url + path, preset("htj2k"))
+    refs = refinements(events)
+    sizes = [r.rows * r.columns for r in refs]
+    assert len(refs) >= 3 and sizes == sorted(set(sizes)), [(r.rows, r.columns) for r in refs]
+    assert all(r.status == ImageQualityStatus.SUBRESOLUTION and not r.final for r in refs[:-1])
+    last = refs[-1]
+    assert last.final and last.status == ImageQualityStatus.FULL_RESOLUTION
+    assert (last.rows, last.columns) == (2614, 3072) == source.shape
+    np.testing.assert_array_equal(last.pixels, source)
+    for r in refs[:-1]:  # each refinement covers the same physical extent
+        assert r.pixel_spacing[1] * r.columns == pytest.approx(0.14 * 3072, rel=1e-9)
+        assert r.rows == -(-2614 // (1 << r.reduce))
+    frames = frame_log(demo_server.log)
+    assert len(frames) == 1 and frames[0]["status"] == 200
+    assert engine.reached_final(0)
+
+
+def test_byte_ranges_fetch_every_byte_once(radiograph, demo_server, demo_data):
+    path, source = radiograph
+    demo_server.log.clear()
+    events, _ = run_engine(demo_server.url + path, preset("htj2kByteRange"))
+    frames = frame_log(demo_server.log)
+    assert [e["status"] for e in frames] == [206] * len(frames) and len(frames) >= 2
+    size = next((demo_data / path.removeprefix("/dicomweb/")).glob("instances/*/frames/1")).stat().st_size
+    assert sum(e["bytes_sent"] for e in frames) == size
+    spans = []
+    for e in frames:
+        a, b = re.match(r"bytes=(\d+)-(\d*)", e["range"]).groups()
+        spans.append((int(a), int(b) if b else size - 1))
+    assert spans[0][0] == 0 and all(spans[i][1] + 1 == spans[i + 1][0] for i in range(len(spans) - 1))
+    assert spans[0][1] == 65535  # chunkSize
+    refs = refinements(events)
+    first, last = refs[0], refs[-1]
+    assert first.status == ImageQualityStatus.SUBRESOLUTION and first.reduce == 3  # decodeLevel 3: 384x327
+    assert (first.rows, first.columns) == (327, 384)
+    assert first.bytes_received == spans[-2][1] + 1 if len(spans) > 2 else True
+    np.testing.assert_array_equal(last.pixels, source)
+    assert last.final
+
+
+def test_first_range_holds_exactly_the_level_that_fills_the_viewport(radiograph, demo_server):
+    path, source = radiograph
+    demo_server.log.clear()
+    events, _ = run_engine(demo_server.url + path, preset("htj2kByteRange"), viewport=(600, 700))
+    first = refinements(events)[0]
+    assert (first.rows, first.columns) == (654, 768)  # the smallest level >= 600x700 on one side
+    starts = [e for e in events if isinstance(e, RequestStarted)]
+    assert starts[1].byte_range[1] + 1 == first.bytes_received  # stopped exactly at the level's end
+    np.testing.assert_array_equal(refinements(events)[-1].pixels, source)
+
+
+def test_jls_reduced_asks_for_the_thumbnail_first(radiograph, demo_server):
+    path, source = radiograph
+    demo_server.log.clear()
+    events, _ = run_engine(demo_server.url + path, preset("jlsReduced"))
+    paths = [e["path"] for e in demo_server.log if "/instances/" in e["path"]]
+    assert "/jlsThumbnail/" in paths[0] and "/jls/" in paths[1] and len(paths) == 2
+    thumb, final = refinements(events)
+    assert thumb.status == ImageQualityStatus.SUBRESOLUTION and (thumb.rows, thumb.columns) == (654, 768)
+    assert thumb.pixel_spacing == pytest.approx((0.14 * 2614 / 654, 0.14 * 3072 / 768))
+    assert final.final and final.status == ImageQualityStatus.FULL_RESOLUTION
+    np.testing.assert_array_equal(final.pixels, source)
+
+
+# -- edge cases on a misbehaving server ------------------------------------------------------------
+
+
+def series_url(server: OddServer, tree: Path) -> str:
+    (study,) = [p for p in (tree / "studies").iterdir() if p.is_dir()]
+    (series,) = [p for p in (study / "series").iterdir() if p.is_dir()]
+    return f"{server.url}/studies/{study.name}/series/{series.name}"
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        {"ignore_range": True},
+        {"full_after_first_range": True},
+        {"no_content_range": True},
+    ],
+)
+def test_odd_range_servers_still_end_in_the_right_image(radiograph, demo_data, behaviour):
+    path, source = radiograph
+    server = OddServer(demo_data, Behaviour(**behaviour))
+    try:
+        events, engine = run_engine(server.url + path.removeprefix("/dicomweb"), preset("htj2kByteRange"))
+    finally:
+        server.close()
+    assert not [e for e in events if isinstance(e, ImageFailed)]
+    last = refinements(events)[-1]
+    assert last.final
+    np.testing.assert_array_equal(last.pixels, source)
+    frames = frame_log(server.log)
+    if behaviour.get("ignore_range"):
+        assert len(frames) == 1 and frames[0]["status"] == 200  # the full body is used as the final
+    if behaviour.get("full_after_first_range"):
+        assert [e["status"] for e in frames][-1] == 200
+
+
+def test_416_at_the_end_of_a_raw_file_means_complete(ct_raw_tree):
+    server = OddServer(ct_raw_tree, Behaviour(no_content_range=True))
+    config = RetrieveConfig.from_json({
+        "stages": [{"id": "fast", "retrieveType": "singleFast"}, {"id": "final", "retrieveType": "singleFinal"}],
+        "retrieveOptions": {
+            "singleFast": {"framesPath": "/jls/", "rangeIndex": 0},
+            "singleFinal": {"framesPath": "/jls/", "rangeIndex": -1},
+        },
+    })
+    try:
+        events, _ = run_engine(series_url(server, ct_raw_tree), config)
+    finally:
+        server.close()
+    assert [e["status"] for e in frame_log(server.log, "/jls/")] == [206, 416]
+    (ref,) = refinements(events)
+    assert ref.final
+    np.testing.assert_array_equal(ref.pixels, ct_pixels())
+
+
+def test_a_cancelled_image_stops_its_transfer(radiograph, demo_data):
+    path, _ = radiograph
+    server = OddServer(demo_data, Behaviour(delay=0.01))  # ~1.6 MB/s: 4+ s for the whole frame
+
+    def control(engine, ev):
+        if isinstance(ev, FirstBytes):
+            asyncio.get_running_loop().call_later(0.2, engine.cancel, [ev.index])
+
+    t = time.perf_counter()
+    try:
+        events, engine = run_engine(server.url + path.removeprefix("/dicomweb"), preset("htj2k"), control=control)
+        time.sleep(0.3)  # let the server notice the closed connection
+    finally:
+        server.close()
+    assert time.perf_counter() - t < 3
+    finished = [e for e in events if isinstance(e, RequestFinished)]
+    assert finished and finished[-1].cancelled
+    (entry,) = frame_log(server.log)
+    assert entry["bytes_sent"] < 2_000_000
+    assert not [r for r in refinements(events) if r.t_ms > finished[-1].t_ms]
+    assert not engine.reached_final(0)
+
+
+# -- stacks ----------------------------------------------------------------------------------------
+
+
+def test_one_bad_image_never_stops_the_stack(mr_stack_url, demo_data):
+    server = OddServer(demo_data, Behaviour())
+    url = server.url + mr_stack_url.removeprefix("/dicomweb")
+    try:
+        events, engine = run_engine(url, preset("single"))
+        sop = refinements(events)[3].sop_instance_uid
+        server.httpd.behaviour = Behaviour(missing={sop})
+        events, engine = run_engine(url, preset("single"))
+    finally:
+        server.close()
+    failed = [e for e in events if isinstance(e, ImageFailed)]
+    assert len(failed) == 1 and failed[0].sop_instance_uid == sop and "404" in failed[0].message
+    assert sum(engine.reached_final(i) for i in range(20)) == 19
+
+
+def test_current_image_first_and_bounded_concurrency(mr_stack_url, demo_server):
+    in_flight = []
+
+    def control(engine, ev):
+        if isinstance(ev, RequestStarted):
+            in_flight.append(1)
+        elif isinstance(ev, RequestFinished):
+            in_flight.append(-1)
+
+    async def main():
+        transport = NativeTransport()
+        stack = await discover(transport, demo_server.url + mr_stack_url)
+        engine = RetrieveEngine(stack, preset("single"), transport, concurrency=3, on_event=lambda e: control(None, e))
+        engine.set_current(12)
+        events = [e async for e in engine.run()]
+        await transport.aclose()
+        return events, engine
+
+    events, engine = asyncio.run(main())
+    starts = [e.index for e in events if isinstance(e, RequestStarted)]
+    assert starts[0] == 12 and set(starts[1:3]) == {11, 13}
+    running, peak = 0, 0
+    for d in in_flight:
+        running += d
+        peak = max(peak, running)
+    assert peak <= 3
+    assert all(engine.reached_final(i) for i in range(20))
+    positions = [engine.stack.images[i].position[2] for i in range(20)]
+    assert positions == sorted(positions) or positions == sorted(positions, reverse=True)
+
+
+def test_interleaved_stack_with_small_images(mr_stack_url, demo_server):
+    events, engine = run_engine(demo_server.url + mr_stack_url, preset("interleavedStack"))
+    assert all(engine.reached_final(i) for i in range(20))
+    assert all(r.rows == 256 for r in refinements(events))
+
+
+def test_thumbnail_never_replaces_a_better_image(ct_tree):
+    server = OddServer(ct_tree, Behaviour())
+    config = RetrieveConfig.from_json({
+        "stages": [{"id": "full", "retrieveType": "a"}, {"id": "thumb", "retrieveType": "b"}],
+        "retrieveOptions": {"a": {}, "b": {"framesPath": "/jlsThumbnail/", "imageQualityStatus": 6}},
+    })
+    try:
+        events, engine = run_engine(series_url(server, ct_tree), config)
+    finally:
+        server.close()
+    (ref,) = refinements(events)
+    assert ref.stage_id == "full" and ref.final
+    np.testing.assert_array_equal(ref.pixels, ct_pixels())
+    assert not frame_log(server.log, "/jlsThumbnail/")  # skipped: it could only be worse
+
+
+def test_frame_request_url():
+    from app.config import RetrieveOptions
+
+    url = "http://h/s/instances/1.2/frames/1"
+    assert frame_request_url(url, RetrieveOptions(frames_path="/jlsThumbnail/")) == "http://h/s/instances/1.2/jlsThumbnail/1"
+    assert frame_request_url(url, RetrieveOptions(url_arguments={"accept": "image/jhc"})) == url + "?accept=image%2Fjhc"

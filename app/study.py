@@ -113,13 +113,20 @@ async def fetch_json(transport: Transport, url: str) -> object | None:
 
 
 async def _first_json(transport: Transport, urls: list[str]) -> tuple[str, object] | None:
+    """The first of the candidate URLs that answers JSON; a network failure on all is raised."""
+    failures: list[Exception] = []
     for url in urls:
         try:
             doc = await fetch_json(transport, url)
-        except (TransportError, DiscoveryError):
+        except TransportError as exc:
+            failures.append(exc)
+            continue
+        except DiscoveryError:
             doc = None
         if doc is not None:
             return url, doc
+    if failures and len(failures) == len(urls):
+        raise DiscoveryError(str(failures[-1]))
     return None
 
 

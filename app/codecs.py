@@ -14,7 +14,13 @@ reduced set) fails with a clear `DecodeError` for that transfer syntax only.
   as int8 / int16 / int32 sign-extended from BitsStored;
 - MONOCHROME1 stays as stored (inverting it is a display decision), PALETTE COLOR stays indices.
 
-`reduce=k` skips k wavelet resolution levels; only the JPEG 2000 family supports it.
+`reduce=k` skips k wavelet resolution levels; only the JPEG 2000 family supports it. imagecodecs'
+OpenJPH binding wraps under- and overshooting samples of reduced (and lossy) decodes into the
+sample type; unsigned data with BitsStored below the type are read as signed and clipped. For data
+that fills its type (8 of 8, 16 of 16 bits) a wrapped value cannot be told from a real one: lossy
+full-resolution decodes of such data go to OpenJPEG, which clamps, but reduced decodes of it can
+still show wrapped samples next to strong edges (the 5/3 low-pass under- and overshoots by up to
+about a quarter of the range there).
 """
 
 from __future__ import annotations

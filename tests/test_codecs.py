@@ -406,3 +406,4 @@ def test_lossy_htj2k_of_full_width_unsigned_data_does_not_wrap():
     encoded = imagecodecs.htj2k_encode(image, 8 / 256, reversible=False, resolutions=3)
     decoded = decode_frame(encoded, "1.2.840.10008.1.2.4.203", fmt_for(image))
     assert numpy.abs(decoded.astype(int) - image).max() <= 16
+

@@ -253,8 +253,8 @@ def _decode_rle_pydicom(data: memoryview, fmt: PixelFormat) -> numpy.ndarray:
         raise DecodeError("no DICOM RLE decoder: imagecodecs lacks dicomrle and pydicom is missing") from exc
     raw = _rle_decode_frame(bytes(data), fmt.rows, fmt.columns, fmt.samples_per_pixel, fmt.bits_allocated)
     size = max(1, fmt.bits_allocated // 8)
-    # pydicom returns each sample's bytes most significant first, planar by sample.
-    planes = numpy.frombuffer(bytes(raw), f">u{size}").astype(f"<u{size}")
+    # pydicom returns little-endian samples, planar by sample.
+    planes = numpy.frombuffer(raw, f"<u{size}")
     return _interleave(planes, fmt)
 
 

@@ -603,6 +603,7 @@ class RetrieveEngine:
         if body.decodable_complete:
             self._decode_and_emit(st, stage, stage_pos, body, options, generation, reduce=0, end=None)
             st.bodies.pop(url, None)  # the frame is decoded: its bytes are no longer needed
+            await asyncio.sleep(0)
         elif ranged or options.streaming:
             level = self._best_partial_level(body, st, options)
             if level is not None:
@@ -786,6 +787,33 @@ class RetrieveEngine:
         st.final = st.final or final
         self._remember(image.index, pixels.nbytes)
         self._emit(ref)
+        if stage.nearby_frames:
+            self._replicate(ref, stage)
+
+    def _replicate(self, ref: Refinement, stage: RetrieveStage) -> None:
+        """Show this image at nearby slices that have nothing better yet (Cornerstone's nearbyFrames)."""
+        n = len(self._states)
+        for nearby in stage.nearby_frames:
+            i = ref.index + nearby.offset
+            if not 0 <= i < n or i == ref.index:
+                continue
+            st = self._states[i]
+            if not st.wanted or i not in self._requested:
+                continue
+            status = nearby.image_quality_status or ImageQualityStatus.ADJACENT_REPLICATE
+            if st.best is not None and int(st.best.status) >= int(status):
+                continue
+            im = st.image
+            spacing = None
+            if im.pixel_spacing is not None:
+                spacing = (im.pixel_spacing[0] * im.rows / ref.rows, im.pixel_spacing[1] * im.columns / ref.columns)
+            copy = dataclasses.replace(
+                ref, index=i, sop_instance_uid=im.sop_instance_uid, frame=im.frame, status=status,
+                pixel_spacing=spacing, bytes_received=st.bytes_received, decode_ms=0.0,
+                final=False, url="",
+            )
+            st.best = copy
+            self._emit(copy)
 
     def _deliver_inline(self, st: _ImageState, stage: RetrieveStage, stage_pos: int, generation: int) -> None:
         image = st.image
@@ -838,8 +866,19 @@ class RetrieveEngine:
                 vst.best = dataclasses.replace(vst.best, pixels=numpy.empty((0, 0), vst.best.pixels.dtype))
 
     def _trim(self, st: _ImageState) -> None:
+        """After a job: drop the bytes of unwanted images; keep held bytes within the budget."""
         if not st.wanted:
             st.bodies.clear()
+        over = self._cached + self.held_bytes - self.cache_bytes
+        if over <= 0:
+            return
+        for other in sorted(self._states, key=lambda s: -abs(s.image.index - self.current)):
+            if over <= 0:
+                break
+            if other.busy or not other.bodies:
+                continue
+            over -= sum(len(b.data) for b in other.bodies.values())
+            other.bodies.clear()  # a later stage fetches this image again from the start
 
     @property
     def held_bytes(self) -> int:

@@ -394,7 +394,13 @@ def test_current_image_first_and_bounded_concurrency(mr_stack_url, demo_server):
 def test_interleaved_stack_with_small_images(mr_stack_url, demo_server):
     events, engine = run_engine(demo_server.url + mr_stack_url, preset("interleavedStack"))
     assert all(engine.reached_final(i) for i in range(20))
-    assert all(r.rows == 256 for r in refinements(events))
+    refs = refinements(events)
+    assert all(r.rows == 256 for r in refs)
+    replicas = [r for r in refs if r.status < ImageQualityStatus.SUBRESOLUTION]
+    assert replicas  # nearbyFrames: neighbours show a copy until their own image arrives
+    for i in range(20):  # never a step down
+        statuses = [r.status for r in refinements(events, i)]
+        assert statuses == sorted(statuses) and statuses[-1] == ImageQualityStatus.FULL_RESOLUTION
 
 
 def test_thumbnail_never_replaces_a_better_image(ct_tree):
@@ -419,3 +425,60 @@ def test_frame_request_url():
     url = "http://h/s/instances/1.2/frames/1"
     assert frame_request_url(url, RetrieveOptions(frames_path="/jlsThumbnail/")) == "http://h/s/instances/1.2/jlsThumbnail/1"
     assert frame_request_url(url, RetrieveOptions(url_arguments={"accept": "image/jhc"})) == url + "?accept=image%2Fjhc"
+
+
+# -- the CPython transport ---------------------------------------------------------------------------
+
+
+class _Chunked(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        import gzip as gz
+
+        payload = bytes(range(256)) * 1000
+        if self.path == "/slow":
+            time.sleep(1.0)
+        body = gz.compress(payload)
+        try:
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(body), 1000):
+                piece = body[i : i + 1000]
+                self.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+def test_native_transport_chunked_gzip_keep_alive_and_timeout():
+    from app.transport import TransportError
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Chunked)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    async def main():
+        transport = NativeTransport(read_timeout=0.3)
+        try:
+            for _ in range(3):
+                resp = await transport.get(url + "/x")
+                data = b"".join([c async for c in resp.chunks()])
+                assert resp.status == 200 and data == bytes(range(256)) * 1000
+            assert transport.connections_opened == 1  # kept alive and reused
+            with pytest.raises(TransportError, match="timed out"):
+                await transport.get(url + "/slow")
+        finally:
+            await transport.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

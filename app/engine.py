@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -344,11 +345,10 @@ class _ImageState:
         return (int(b.status), b.rows * b.columns) if b else (0, 0)
 
 
-@dataclass(order=True)
+@dataclass(frozen=True)
 class _Job:
-    key: tuple
-    index: int = field(compare=False)
-    stage_pos: int = field(compare=False)
+    index: int
+    stage_pos: int
 
 
 class _Cancelled(Exception):
@@ -385,7 +385,9 @@ class RetrieveEngine:
         self.clock = clock
         self.current = 0
         self._states = [_ImageState(im) for im in stack.images]
-        self._jobs: list[_Job] = []
+        # per image: stage positions still to run, in order; the heap holds each idle image's next one
+        self._pending: dict[int, list[int]] = {}
+        self._heap: list[tuple[tuple, int, int]] = []
         self._queue: asyncio.Queue | None = None
         self._wake: asyncio.Event | None = None
         self._running = 0
@@ -397,7 +399,7 @@ class RetrieveEngine:
     def set_current(self, index: int) -> None:
         """The image on screen: its jobs go first; the others are ordered by distance to it."""
         self.current = max(0, min(index, len(self._states) - 1))
-        self._rekey()
+        self._rebuild_heap()
 
     def cancel(self, indices: Iterable[int]) -> None:
         """Stop loading these images: pending jobs dropped, transfers cancelled, results ignored."""
@@ -405,7 +407,7 @@ class RetrieveEngine:
             st = self._states[i]
             st.wanted = False
             st.generation += 1
-            self._jobs = [j for j in self._jobs if j.index != i]
+            self._pending.pop(i, None)
             if st.task is not None and not st.task.done():
                 st.task.cancel()
             st.bodies.clear()
@@ -417,15 +419,13 @@ class RetrieveEngine:
         n = len(self._states)
         for i in indices:
             st = self._states[i]
-            if not st.wanted:
-                st.wanted = True
-            for pos, stage in enumerate(self.config.stages):
-                if pos in st.stages_done or not stage.selects(i, n):
-                    continue
-                if any(j.index == i and j.stage_pos == pos for j in self._jobs):
-                    continue
-                self._jobs.append(_Job(self._key(i, pos), i, pos))
-        self._rekey()
+            st.wanted = True
+            self._requested.add(i)
+            todo = [pos for pos, stage in enumerate(self.config.stages)
+                    if pos not in st.stages_done and stage.selects(i, n)]
+            if todo:
+                self._pending[i] = todo
+                self._push(i)
         if self._wake:
             self._wake.set()
 
@@ -438,7 +438,7 @@ class RetrieveEngine:
         self._queue = asyncio.Queue()
         self._wake = asyncio.Event()
         wanted = list(range(len(self._states))) if indices is None else list(indices)
-        self._requested = set(wanted)
+        self._requested = set()
         self.request(wanted)
         runner = asyncio.ensure_future(self._run_workers())
         try:
@@ -479,7 +479,7 @@ class RetrieveEngine:
         while True:
             job = self._take_job()
             if job is None:
-                if not self._jobs and self._running == 0:
+                if not self._pending and self._running == 0:
                     self._wake.set()
                     return
                 self._wake.clear()
@@ -493,35 +493,42 @@ class RetrieveEngine:
             try:
                 await task
             except asyncio.CancelledError:
-                if not task.cancelled():
-                    raise  # the worker itself was cancelled
+                me = asyncio.current_task()
+                if not task.cancelled() or (me is not None and me.cancelling()):
+                    raise  # the worker itself is being cancelled
             finally:
                 st.busy = False
                 st.task = None
                 self._running -= 1
+                self._push(job.index)  # its next stage, if any
                 self._wake.set()
 
     def _take_job(self) -> _Job | None:
-        best = None
-        for job in self._jobs:
-            st = self._states[job.index]
-            if st.busy or not st.wanted:
-                continue
-            if any(j.index == job.index and j.stage_pos < job.stage_pos for j in self._jobs):
-                continue  # an earlier stage for this image is still pending
-            if best is None or job.key < best.key:
-                best = job
-        if best is not None:
-            self._jobs.remove(best)
-        return best
+        while self._heap:
+            key, i, pos = heapq.heappop(self._heap)
+            pending = self._pending.get(i)
+            st = self._states[i]
+            if not pending or pending[0] != pos or st.busy or not st.wanted or key != self._key(i, pos):
+                continue  # stale entry
+            pending.pop(0)
+            if not pending:
+                del self._pending[i]
+            return _Job(i, pos)
+        return None
+
+    def _push(self, index: int) -> None:
+        pending = self._pending.get(index)
+        if pending and not self._states[index].busy:
+            heapq.heappush(self._heap, (self._key(index, pending[0]), index, pending[0]))
+
+    def _rebuild_heap(self) -> None:
+        self._heap = [(self._key(i, p[0]), i, p[0]) for i, p in self._pending.items()
+                      if p and not self._states[i].busy]
+        heapq.heapify(self._heap)
 
     def _key(self, index: int, stage_pos: int) -> tuple:
         stage = self.config.stages[stage_pos]
         return (0 if index == self.current else 1, stage.priority, stage_pos, abs(index - self.current), index)
-
-    def _rekey(self) -> None:
-        for j in self._jobs:
-            j.key = self._key(j.index, j.stage_pos)
 
     # -- events ------------------------------------------------------------------------------
     def _emit(self, event: EngineEvent) -> None:

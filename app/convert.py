@@ -65,8 +65,10 @@ a frame file is the bare codestream. ``dicomweb.json`` at the root tells a serve
 ``contentType`` is the exact Content-Type header to send with a frame file of that alternate.
 
 Files are written to a temporary name in the same directory and then renamed, so an interrupted
-run never leaves a half-written file; after each input file the series metadata and the QIDO
-indexes are merged with what the tree already holds, so a re-run completes or updates a tree.
+run never leaves a half-written file. Converted instances are merged into the series metadata
+and the QIDO indexes (with what the tree already holds) every 64 instances or 10 seconds, at the
+end of a run and when a run is interrupted; the metadata lists only instances whose frames are all
+written, and a re-run completes or updates a tree.
 """
 
 from __future__ import annotations
@@ -481,29 +483,27 @@ def _series_dir(out: Path, study: str, series: str) -> Path:
     return out / "studies" / study / "series" / series
 
 
-def commit_instance(out: Path, obj: dict, alternates: dict[str, dict]) -> None:
-    """Merge one converted instance into its series metadata and all QIDO indexes."""
-    study = _first(obj, "0020000D")
-    series = _first(obj, "0020000E")
-    sop = _first(obj, "00080018")
+def commit_series(out: Path, study: str, series: str, converted: list[tuple[dict, dict[str, dict]]]) -> None:
+    """Merge converted instances (DICOM JSON, alternate entries) into one series' files."""
     series_dir = _series_dir(out, study, series)
     metadata = {_first(item, "00080018"): item for item in read_json_pair(series_dir / "metadata", [])}
-    metadata[sop] = obj
+    known = read_json_pair(series_dir / "alternates.json", {})
+    for obj, _ in converted:
+        metadata[_first(obj, "00080018")] = obj
     instances = sorted(metadata.values(), key=_instance_sort_key)
     write_json_pair(series_dir / "metadata", instances)
 
-    known = read_json_pair(series_dir / "alternates.json", {})
-    first = instances[0]
-    for name, entry in alternates.items():
-        if first is not obj and name in known:
-            entry = {**entry, "rows": known[name]["rows"], "columns": known[name]["columns"]}
-        known[name] = entry
+    for _, alternates in converted:
+        known.update(alternates)
+    first_rows, first_columns = int(_first(instances[0], "00280010", 0)), int(_first(instances[0], "00280011", 0))
+    for entry in known.values():  # sizes of the series' first instance
+        scale = int(entry.get("scale", 1))
+        entry["rows"], entry["columns"] = -(-first_rows // scale), -(-first_columns // scale)
     write_atomic(series_dir / "alternates.json", json.dumps(known, indent=2).encode() + b"\n")
 
     instance_index = [_pick(item, _INSTANCE_TAGS) for item in instances]
     write_json_pair(series_dir / "index.json", instance_index)
     write_json_pair(series_dir / "instances" / "index.json", instance_index)
-    rebuild_study_indexes(out, study)
 
 
 def rebuild_study_indexes(out: Path, study: str) -> None:
@@ -533,7 +533,6 @@ def rebuild_study_indexes(out: Path, study: str) -> None:
     study_entry["00201206"] = _element("IS", len(series_entries))
     study_entry["00201208"] = _element("IS", instance_count)
     write_json_pair(study_dir / "index.json", [dict(sorted(study_entry.items()))])
-    rebuild_studies_index(out)
 
 
 def rebuild_studies_index(out: Path) -> None:
@@ -607,6 +606,42 @@ class ConversionSummary:
             f"decode {self.decode_seconds:.2f} s; total {self.seconds:.2f} s; framing {self.framing}"
         )
         return "\n".join(lines)
+
+
+class _PendingMetadata:
+    """Converted instances not yet merged into the tree's JSON; merged in batches.
+
+    Merging after every file would rewrite a series' metadata once per instance (quadratic for
+    large series); a batch is merged every 64 instances or 10 seconds, and at the end of a run.
+    """
+
+    def __init__(self, out: Path, batch: int = 64, seconds: float = 10.0):
+        self.out = out
+        self.batch = batch
+        self.seconds = seconds
+        self.items: dict[tuple[str, str], list[tuple[dict, dict[str, dict]]]] = {}
+        self.count = 0
+        self.since = time.monotonic()
+
+    def add(self, record: InstanceRecord, obj: dict, entries: dict[str, dict]) -> None:
+        self.items.setdefault((record.study_uid, record.series_uid), []).append((obj, entries))
+        self.count += 1
+        if self.count >= self.batch or time.monotonic() - self.since >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        studies = []
+        for (study, series), converted in self.items.items():
+            commit_series(self.out, study, series, converted)
+            if study not in studies:
+                studies.append(study)
+        for study in studies:
+            rebuild_study_indexes(self.out, study)
+        if studies:
+            rebuild_studies_index(self.out)
+        self.items.clear()
+        self.count = 0
+        self.since = time.monotonic()
 
 
 def iter_input_files(inputs: Iterable[Path]) -> Iterator[Path]:
@@ -686,16 +721,21 @@ def convert(
     summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
     files = list(iter_input_files(Path(path) for path in inputs))
     progress = Progress(len(files), progress_stream, quiet)
-    for index, path in enumerate(files, 1):
-        try:
-            record = _convert_file(path, index, out, names, settings, manifest, summary, progress)
-        except (ConversionError, DecodeError, OSError, ValueError, MemoryError) as exc:
-            reason = str(exc) or type(exc).__name__
-            summary.failures.append(Failure(path, reason))
-            progress.failure(path, reason)
-            continue
-        summary.instances.append(record)
-    progress.done()
+    pending = _PendingMetadata(out)
+    try:
+        for index, path in enumerate(files, 1):
+            try:
+                record, obj, entries = _convert_file(path, index, out, names, settings, manifest, summary, progress)
+            except (ConversionError, DecodeError, OSError, ValueError, MemoryError) as exc:
+                reason = str(exc) or type(exc).__name__
+                summary.failures.append(Failure(path, reason))
+                progress.failure(path, reason)
+                continue
+            summary.instances.append(record)
+            pending.add(record, obj, entries)
+    finally:
+        pending.flush()  # also on KeyboardInterrupt: completed instances reach the metadata
+        progress.done()
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -739,7 +779,7 @@ def _convert_file(
     manifest: TreeManifest,
     summary: ConversionSummary,
     progress: Progress,
-) -> InstanceRecord:
+) -> tuple[InstanceRecord, dict, dict[str, dict]]:
     ds = _read_dataset(path)
     transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
     codec_for(transfer_syntax)
@@ -771,8 +811,7 @@ def _convert_file(
         progress.frame(file_index, path, number, fmt.number_of_frames, time.perf_counter() - frame_started)
     if count != fmt.number_of_frames:
         raise ConversionError(f"{count} frames found, NumberOfFrames is {fmt.number_of_frames}")
-    commit_instance(out, instance_json(ds, sop, fmt), entries)
-    return InstanceRecord(path, study, series, sop, count, fmt.rows, fmt.columns)
+    return InstanceRecord(path, study, series, sop, count, fmt.rows, fmt.columns), instance_json(ds, sop, fmt), entries
 
 
 def _alternate_entry(alternate: Alternate, encoded: EncodedFrame) -> dict:

@@ -317,7 +317,9 @@ def test_rerun_after_interruption_completes_the_tree(tmp_path, monkeypatch):
     real_write = convert_module.write_atomic
 
     def interrupted_write(path, chunks):
-        calls["n"] += path.parent.name in ALTERNATES
+        if path.parent.name not in ALTERNATES:
+            return real_write(path, chunks)
+        calls["n"] += 1
         if calls["n"] == 7:  # the second instance's second frame file, half written
             chunks = list(chunks) if not isinstance(chunks, bytes) else [chunks]
 
@@ -406,3 +408,22 @@ def test_demo_tree_lists_the_demo_series(radiograph):
         assert demo["url"] == f"/dicomweb/studies/{demo['studyInstanceUID']}/series/{demo['seriesInstanceUID']}"
         series_dir = out / "studies" / demo["studyInstanceUID"] / "series" / demo["seriesInstanceUID"]
         assert (series_dir / "metadata.gz").is_file() and (series_dir / "alternates.json").is_file()
+
+
+def test_metadata_merged_in_batches(tmp_path, monkeypatch):
+    source = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    source.SeriesInstanceUID = generate_uid()
+    inputs = []
+    for number in (3, 1, 5, 2, 4):
+        source.SOPInstanceUID = generate_uid()
+        source.InstanceNumber = number
+        path = tmp_path / f"mr{number}.dcm"
+        source.save_as(path)
+        inputs.append(path)
+    monkeypatch.setattr(convert_module._PendingMetadata.__init__, "__defaults__", (2, 10.0))
+    summary = convert(inputs, tmp_path / "out", alternates="none", quiet=True)
+    assert summary.ok
+    series_dir = tmp_path / "out" / "studies" / source.StudyInstanceUID / "series" / source.SeriesInstanceUID
+    metadata = read_json(series_dir / "metadata")
+    assert [item["00200013"]["Value"][0] for item in metadata] == [1, 2, 3, 4, 5]
+    assert len(read_json(series_dir / "index.json")) == 5

@@ -419,3 +419,19 @@ def test_rle_fallback_without_imagecodecs_dicomrle(name, monkeypatch):
 
     monkeypatch.setattr(codecs, "_imagecodecs_function", missing)
     numpy.testing.assert_array_equal(decode_file(name), expected)
+
+
+def test_htj2k_falls_back_to_openjpeg_when_openjph_is_missing(monkeypatch):
+    image = smooth_image(40, 30, 12)
+    encoded = imagecodecs.htj2k_encode(image, reversible=True, tlm=True, tilepart=1, resolutions=2)
+    real = codecs._imagecodecs_function
+
+    def without_openjph(*names):
+        if names == ("htj2k_decode",):
+            raise DecodeError("not in this build")
+        return real(*names)
+
+    monkeypatch.setattr(codecs, "_imagecodecs_function", without_openjph)
+    fmt = fmt_for(image, 12)
+    numpy.testing.assert_array_equal(decode_frame(encoded, "1.2.840.10008.1.2.4.202", fmt), image)
+    assert decode_frame(encoded, "1.2.840.10008.1.2.4.202", fmt, reduce=1).shape == (20, 15)

@@ -412,7 +412,7 @@ def decode_frame(
             raise DecodeError(f"{codec.name} decode failed: {exc}") from exc
         raise
     rows, columns = reduced_size(fmt.rows, fmt.columns, reduce)
-    if transfer_syntax in _NATIVE and fmt.photometric_interpretation == "YBR_FULL_422" and fmt.is_colour:
+    if codec.uid in _NATIVE and fmt.photometric_interpretation == "YBR_FULL_422" and fmt.is_colour:
         return _normalise_values(_ybr_to_rgb(_expand_422(decoded, fmt)), fmt, codec)
     pixels = _shape(decoded, rows, columns, fmt, codec)
     if fmt.is_colour and not codec.converts_colour and fmt.photometric_interpretation in ("YBR_FULL", "YBR_FULL_422"):

@@ -33,7 +33,16 @@ from urllib.parse import urlencode
 
 import numpy
 
-from .codecs import DecodeError, PixelFormat, codec_for, decode_frame
+from .codecs import (
+    HTJ2K,
+    HTJ2K_LOSSLESS,
+    HTJ2K_LOSSLESS_RPCL,
+    HTJ2K_PRIVATE,
+    DecodeError,
+    PixelFormat,
+    codec_for,
+    decode_frame,
+)
 from .config import ImageQualityStatus, RetrieveConfig, RetrieveOptions, RetrieveStage
 from .readers.codestream import (
     CodestreamComplete,
@@ -71,6 +80,8 @@ ACCEPT_ANY = 'multipart/related; type="application/octet-stream"; transfer-synta
 DEFAULT_CONCURRENCY = 6
 DEFAULT_CACHE_BYTES = 1 << 30
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+# syntaxes whose decoder reads a prefix holding whole resolution levels (OpenJPH, skipres)
+PREFIX_DECODABLE = frozenset({HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL, HTJ2K, HTJ2K_PRIVATE})
 
 _MEDIA_DEFAULT_SYNTAX = {
     "image/jphc": "1.2.840.10008.1.2.4.201",
@@ -194,6 +205,7 @@ class _FrameBody:
         self.levels: list[ResolutionComplete] = []
         self.codestream_complete = False
         self.complete = False
+        self.partial_failed = False
 
     @property
     def data_offset(self) -> int | None:
@@ -622,8 +634,9 @@ class RetrieveEngine:
             raise _Cancelled()
 
     # -- choosing levels ---------------------------------------------------------------------
-    def _allowed(self, level: ResolutionComplete, options: RetrieveOptions) -> bool:
-        return 1 <= level.reduce <= options.decode_level_cap
+    def _allowed(self, level: ResolutionComplete, options: RetrieveOptions, body: _FrameBody) -> bool:
+        return (1 <= level.reduce <= options.decode_level_cap and not body.partial_failed
+                and body.resolved_syntax in PREFIX_DECODABLE)
 
     def _fills_viewport(self, level: ResolutionComplete) -> bool:
         if self.viewport is None:
@@ -641,7 +654,7 @@ class RetrieveEngine:
             return None
         d = h.cod.decompositions
         levels = [ResolutionComplete(lv, d - lv, 0, *h.size_at(d - lv)) for lv in range(h.levels)]
-        allowed = [lv for lv in levels if self._allowed(lv, options)]  # ascending size
+        allowed = [lv for lv in levels if self._allowed(lv, options, body)]  # ascending size
         if not allowed:
             return None
         if self.viewport is not None:
@@ -664,7 +677,7 @@ class RetrieveEngine:
                 return None  # beyond the viewport a partial level adds nothing before the final
         area = shown.rows * shown.columns if shown is not None else 0
         for level in reversed(body.levels):
-            if not self._allowed(level, options):
+            if not self._allowed(level, options, body):
                 continue
             return level if level.rows * level.columns > area else None
         return None
@@ -756,6 +769,11 @@ class RetrieveEngine:
             part = view[:end] if end is not None else view
             try:
                 pixels = decode_frame(part, syntax, fmt, reduce=reduce)
+            except DecodeError:
+                if reduce == 0:
+                    raise
+                body.partial_failed = True  # this decoder cannot read prefixes: wait for the whole frame
+                return
             finally:
                 part.release()
         decode_ms = round((self.clock() - t) * 1000.0, 3)

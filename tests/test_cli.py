@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 from pydicom.data import get_testdata_file
 
 from app.cli import pixel_sha256

@@ -675,7 +675,9 @@ class RetrieveEngine:
             if self.viewport is not None and body.levels and self._fills_viewport(
                     ResolutionComplete(0, 0, 0, shown.rows, shown.columns)):
                 return None  # beyond the viewport a partial level adds nothing before the final
-        area = shown.rows * shown.columns if shown is not None else 0
+        # a replica of a neighbour (nearbyFrames) is not this image: any real level beats it
+        real = shown is not None and shown.status >= ImageQualityStatus.SUBRESOLUTION
+        area = shown.rows * shown.columns if real else 0
         for level in reversed(body.levels):
             if not self._allowed(level, options, body):
                 continue
@@ -697,7 +699,7 @@ class RetrieveEngine:
         self._emit(RequestStarted(image.index, stage.id, body.url, byte_range, self._t_ms(st)))
         received = 0
         status = 0
-        cancelled = True
+        cancelled = False
         resp = await self.transport.get(body.url, headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
         try:
             status = resp.status
@@ -710,7 +712,6 @@ class RetrieveEngine:
                 if byte_range is not None and start > 0 and (cr is None or cr.total is None or cr.total <= start):
                     body.total = start  # nothing more to fetch: we hold the whole file
                     body.end_of_file()
-                    cancelled = False
                     return
                 raise TransportError(f"HTTP 416 for {body.url} (range {byte_range})")
             if status == 200:
@@ -751,7 +752,9 @@ class RetrieveEngine:
                 body.end_of_file()
             elif body.total is not None and body.file_offset >= body.total:
                 body.end_of_file()
-            cancelled = False
+        except (asyncio.CancelledError, _Cancelled):
+            cancelled = True
+            raise
         finally:
             await resp.aclose()
             self._emit(RequestFinished(image.index, stage.id, body.url, status, received, self._t_ms(st),

@@ -198,7 +198,7 @@ def frame_log(log, fragment="/frames/"):
 # -- the real radiograph through serve.py ----------------------------------------------------------
 
 
-def test_streaming_htj2k_refines_by_whole_levels_to_the_lossless_image(radiograph, demo_server):
+def test_streaming_htj2k_refines_by_whole_levels_to_the_lossless_image(radiograph, demo_server, demo_data):
     path, source = radiograph
     demo_server.log.clear()
     events, engine = run_engine(demo_server.url + path, preset("htj2k"))
@@ -216,6 +216,17 @@ def test_streaming_htj2k_refines_by_whole_levels_to_the_lossless_image(radiograp
     frames = frame_log(demo_server.log)
     assert len(frames) == 1 and frames[0]["status"] == 200
     assert engine.reached_final(0)
+    # every partial decode had all the tile-parts of its level: never a guess from a byte count
+    from app.readers import CodestreamScanner, MultipartReader, PartData
+
+    (frame_file,) = demo_data.glob(f"studies/*/series/{RADIOGRAPH_SERIES}/instances/*/frames/1")
+    raw = frame_file.read_bytes()
+    reader = MultipartReader(None)
+    codestream = b"".join(bytes(e.data) for e in reader.feed(raw) if isinstance(e, PartData))
+    ends = CodestreamScanner().feed(codestream)[0].level_end_offsets()
+    for r in refs[:-1]:
+        level = len(ends) - 1 - r.reduce
+        assert r.bytes_received >= reader.part_data_offset + ends[level]
 
 
 def test_byte_ranges_fetch_every_byte_once(radiograph, demo_server, demo_data):

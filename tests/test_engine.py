@@ -519,3 +519,17 @@ def test_scrolling_away_cancels_and_reprioritises(mr_stack_url, demo_data):
     assert not [e for e in after if isinstance(e, Refinement) and e.index < 10]
     assert all(engine.reached_final(i) for i in range(10, 20))
     assert not any(engine.reached_final(i) for i in range(0, 10))
+
+
+def test_streaming_on_a_slow_link_shows_levels_long_before_the_last_byte(radiograph, demo_data):
+    path, source = radiograph
+    server = OddServer(demo_data, Behaviour(delay=0.002))  # ~8 MB/s
+    try:
+        events, _ = run_engine(server.url + path.removeprefix("/dicomweb"), preset("htj2k"))
+    finally:
+        server.close()
+    refs = refinements(events)
+    (done,) = [e for e in events if isinstance(e, RequestFinished)]
+    assert refs[0].t_ms < done.t_ms / 4 and refs[0].bytes_received < 300_000
+    assert len(refs) >= 4  # one decode per level that arrived while the rest was on its way
+    np.testing.assert_array_equal(refs[-1].pixels, source)

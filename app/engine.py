@@ -441,6 +441,13 @@ class RetrieveEngine:
         if self._wake:
             self._wake.set()
 
+    async def aclose(self) -> None:
+        """Stop everything: pending jobs dropped, transfers cancelled (the transport stays open)."""
+        self.cancel(range(len(self._states)))
+        tasks = [st.task for st in self._states if st.task is not None and not st.task.done()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     def best(self, index: int) -> Refinement | None:
         return self._states[index].best
 

@@ -533,3 +533,33 @@ def test_streaming_on_a_slow_link_shows_levels_long_before_the_last_byte(radiogr
     assert refs[0].t_ms < done.t_ms / 4 and refs[0].bytes_received < 300_000
     assert len(refs) >= 4  # one decode per level that arrived while the rest was on its way
     np.testing.assert_array_equal(refs[-1].pixels, source)
+
+
+def test_aclose_stops_a_running_load(radiograph, demo_data):
+    path, _ = radiograph
+    server = OddServer(demo_data, Behaviour(delay=0.01))
+
+    async def main():
+        transport = NativeTransport()
+        stack = await discover(transport, server.url + path.removeprefix("/dicomweb"))
+        engine = RetrieveEngine(stack, preset("htj2k"), transport)
+        events = []
+
+        async def consume():
+            async for ev in engine.run():
+                events.append(ev)
+
+        consumer = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.3)
+        await engine.aclose()
+        await asyncio.wait_for(consumer, 2)
+        await transport.aclose()
+        return events
+
+    t = time.perf_counter()
+    try:
+        events = asyncio.run(main())
+    finally:
+        server.close()
+    assert time.perf_counter() - t < 2.5
+    assert [e for e in events if isinstance(e, RequestFinished)][-1].cancelled

@@ -115,3 +115,14 @@ def test_garbage_is_an_error():
     bad = cs[:-2] + b"\xff\x52"
     with pytest.raises(CodestreamError):
         scan([bad])
+
+
+@pytest.mark.parametrize("order", [0, 3, 4])  # LRCP, PCRL, CPRL: a prefix is not a resolution level
+def test_other_progression_orders_complete_only_at_the_end(order):
+    cs = bytearray(encoded(True, 1))
+    cod = cs.index(b"\xff\x52")
+    cs[cod + 5] = order
+    events = scan([bytes(cs[i : i + 500]) for i in range(0, len(cs), 500)])
+    levels = [e for e in events if isinstance(e, ResolutionComplete)]
+    assert [(e.level, e.reduce, e.end_offset) for e in levels] == [(5, 0, len(cs))]
+    assert events[0].level_end_offsets() is None

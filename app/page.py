@@ -342,7 +342,10 @@ class Viewer:
             await self.loader.aclose()
             self.loader = None
         try:
-            stack, loader = await open_stack(url, self.config)
+            vp = el("viewport")
+            dpr = float(window.devicePixelRatio or 1)
+            stack, loader = await open_stack(
+                url, self.config, viewport=(int(vp.clientHeight * dpr), int(vp.clientWidth * dpr)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is a message, never a traceback
@@ -384,7 +387,7 @@ class Viewer:
 
     def _init_image_geometry(self) -> None:
         image = self.stack.images[self.index]
-        fmt = image.pixel_format
+        fmt = image.fmt
         spacing = getattr(image, "pixel_spacing", None)
         aspect = (spacing[0] / spacing[1]) if spacing and spacing[1] else 1.0
         self.viewport.set_geometry(fmt.rows, fmt.columns, aspect)
@@ -434,7 +437,7 @@ class Viewer:
         drawn = index == self.index
         if drawn:
             if self.viewport.window is None:
-                fmt = self.stack.images[index].pixel_format
+                fmt = self.stack.images[index].fmt
                 self.viewport.window = default_window(event.pixels, fmt.rescale_slope, fmt.rescale_intercept)
                 self._fill_window_presets()
             self.viewport.show(record.shown)
@@ -514,7 +517,7 @@ class Viewer:
                 ("Series", getattr(self.stack, "series_description", "")),
                 ("Modality", getattr(self.stack, "modality", "")),
                 ("Images", str(len(self.stack.images))),
-                ("Size", f"{image.pixel_format.columns} x {image.pixel_format.rows}"),
+                ("Size", f"{image.fmt.columns} x {image.fmt.rows}"),
                 ("Transfer syntax", getattr(image, "transfer_syntax", "") or "")]
         for name, value in rows:
             dt, dd = document.createElement("dt"), document.createElement("dd")
@@ -616,7 +619,7 @@ class Viewer:
             self._init_image_geometry()
             shown = self.images[self.index].shown
             if self.viewport.window is None and shown is not None:
-                fmt = self.stack.images[self.index].pixel_format
+                fmt = self.stack.images[self.index].fmt
                 self.viewport.window = default_window(shown.pixels, fmt.rescale_slope, fmt.rescale_intercept)
         self.viewport.reset_view()
         self.update_overlay()

@@ -13,7 +13,8 @@ from conftest import wait_for_app_state
 
 pytestmark = pytest.mark.browser
 
-READY = "window.appTimings && window.appTimings.readyMs > 0"
+READY = ("(window.appTimings && window.appTimings.readyMs > 0)"
+         " || document.documentElement.dataset.app === 'error'")
 
 
 @pytest.fixture
@@ -49,11 +50,12 @@ def radiograph(demo_server):
     """The demo radiograph: its frame URLs, pixel format and the source's stored pixels."""
     import pydicom
 
-    from tools.demo_data import demo_sources
+    from tools.demo_data import PROJECT_ROOT
 
     studies = json.loads((demo_server.server.mounts.data_root / "demo.json").read_text())
     entry = next(s for s in studies if "3072" in s["name"])
-    source = pydicom.dcmread(demo_sources()["radiograph"])
+    source_file = next((PROJECT_ROOT / ".cache" / "demo" / "radiograph").rglob("cat.dcm"))
+    source = pydicom.dcmread(source_file)
     return entry, source
 
 

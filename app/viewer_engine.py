@@ -1,0 +1,55 @@
+"""What the page needs from the engine, in one place: open a study URL, run it, steer it.
+
+Kept apart from ``page.py`` so it has no DOM in it and runs (and is tested) in CPython too.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from app.config import RetrieveConfig
+from app.engine import EngineEvent, RetrieveEngine
+from app.study import Stack, discover
+from app.transport import Transport, default_transport
+
+
+class StackLoader:
+    """One study being loaded: the engine over its stack, and the transport it owns."""
+
+    def __init__(self, stack: Stack, config: RetrieveConfig, transport: Transport,
+                 viewport: tuple[int, int] | None = None) -> None:
+        self.stack = stack
+        self.transport = transport
+        self.engine = RetrieveEngine(stack, config, transport, viewport=viewport)
+
+    def set_current(self, index: int) -> None:
+        self.engine.set_current(index)
+
+    async def run(self, current: int, on_event: Callable[[EngineEvent], None]) -> None:
+        self.engine.set_current(current)
+        async for event in self.engine.run():
+            on_event(event)
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()
+        await self.transport.aclose()
+
+
+async def open_stack(url: str, config: RetrieveConfig, *, series_uid: str | None = None,
+                     viewport: tuple[int, int] | None = None,
+                     transport: Transport | None = None) -> tuple[Stack, StackLoader]:
+    """Discover the stack behind a study/series URL; raises with a readable message on failure."""
+    transport = transport or default_transport()
+    try:
+        stack = await discover(transport, url, series_uid=series_uid)
+    except BaseException:
+        await transport.aclose()
+        raise
+    if not stack.images:
+        await transport.aclose()
+        raise ValueError("the series has no images")
+    return stack, StackLoader(stack, config, transport, viewport)
+
+
+async def run_stack(loader: StackLoader, current: int, on_event: Callable[[EngineEvent], None]) -> None:
+    await loader.run(current, on_event)

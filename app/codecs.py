@@ -25,6 +25,7 @@ about a quarter of the range there).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -45,7 +46,13 @@ __all__ = [
     "to_modality",
     "reduced_size",
     "area_mean",
+    "declared_size",
+    "MAX_FRAME_BYTES",
 ]
+
+# Most bytes one decoded frame may take. A frame or metadata declaring more (65535 x 65535 x 3
+# samples of 16 bits is 24 GiB) is refused before any decoder allocates it.
+MAX_FRAME_BYTES = 1 << 30
 
 
 class DecodeError(Exception):
@@ -173,6 +180,12 @@ class PixelFormat:
         if size is None:
             raise DecodeError(f"unsupported BitsAllocated {self.bits_allocated}")
         return numpy.dtype(f"<{'i' if self.is_signed else 'u'}{size}")
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of one decoded frame (what the memory budget is checked against)."""
+        size = {1: 1, 8: 1, 16: 2, 32: 4}.get(self.bits_allocated, 4)
+        return max(0, self.rows) * max(0, self.columns) * max(1, self.samples_per_pixel) * size
 
     @property
     def frame_length(self) -> int:
@@ -374,6 +387,34 @@ def codec_for(transfer_syntax: str) -> Codec:
     return codec
 
 
+def declared_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG 2000 codestream (SIZ) or JPEG / JPEG-LS stream (SOF) declares.
+
+    None when the bytes are neither or the header is not within the first 64 KiB.
+    """
+    head = bytes(data[:65536])
+    if head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 20:
+        xs, ys, xo, yo = struct.unpack_from(">IIII", head, 8)
+        return (ys - yo, xs - xo) if xs > xo and ys > yo else (0, 0)
+    if head[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):
+            if i + 9 > len(head):
+                return None
+            rows = (head[i + 5] << 8) | head[i + 6]
+            return (rows, (head[i + 7] << 8) | head[i + 8]) if rows else None  # 0: rows come in DNL
+        i += 2 + ((head[i + 2] << 8) | head[i + 3])
+    return None
+
+
 def reduced_size(rows: int, columns: int, reduce: int) -> tuple[int, int]:
     """Size of a JPEG 2000 image with `reduce` resolution levels skipped (origin at 0, 0)."""
     factor = 1 << reduce
@@ -398,9 +439,18 @@ def decode_frame(
         raise ValueError(f"{codec.name} cannot skip resolution levels (reduce={reduce})")
     if fmt.rows <= 0 or fmt.columns <= 0:
         raise DecodeError(f"invalid image size {fmt.rows}x{fmt.columns}")
+    if fmt.decoded_bytes > MAX_FRAME_BYTES:
+        raise DecodeError(f"{fmt.rows}x{fmt.columns} frame of {fmt.decoded_bytes} bytes is over the "
+                          f"{MAX_FRAME_BYTES}-byte budget")
     view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
     if len(view) == 0:
         raise DecodeError(f"{codec.name} decode failed: empty frame")
+    if codec.uid not in _NATIVE and codec.uid != RLE_LOSSLESS:
+        # the decoder allocates what the stream declares, not what the metadata says
+        size = declared_size(view)
+        if size is not None and size != (fmt.rows, fmt.columns):
+            raise DecodeError(f"{codec.name} decode failed: the stream declares {size[0]}x{size[1]}, "
+                              f"the image is {fmt.rows}x{fmt.columns}")
     try:
         decoded = codec.decode(view, fmt, reduce)
     except DecodeError as exc:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from . import dicomjson as dj
-from .codecs import PixelFormat
+from .codecs import MAX_FRAME_BYTES, PixelFormat
 from .dicomjson import Tag
 from .transport.base import Transport, TransportError
 
@@ -30,6 +30,7 @@ __all__ = [
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 JSON_ACCEPT = "application/dicom+json, application/json;q=0.9, */*;q=0.1"
+MAX_STACK_IMAGES = 100_000  # frames of one series; more is a broken or hostile metadata document
 
 
 class DiscoveryError(Exception):
@@ -301,6 +302,12 @@ def stack_from_metadata(metadata: object, series_url: str, alternates: dict[str,
         series_uid = series_uid or dj.text(instance, Tag.SERIES_INSTANCE_UID)
         modality = modality or dj.text(instance, Tag.MODALITY)
         fmt = PixelFormat.from_dicom_json(instance)
+        if fmt.decoded_bytes > MAX_FRAME_BYTES:
+            raise DiscoveryError(f"instance {sop}: a {fmt.rows}x{fmt.columns} frame needs {fmt.decoded_bytes} "
+                                 f"bytes, over the {MAX_FRAME_BYTES}-byte budget")
+        if len(items) + fmt.number_of_frames > MAX_STACK_IMAGES:
+            raise DiscoveryError(f"instance {sop}: {fmt.number_of_frames} frames take the series over "
+                                 f"{MAX_STACK_IMAGES} images")
         ts = (
             dj.text(instance, Tag.AVAILABLE_TRANSFER_SYNTAX_UID)
             or dj.text(instance, Tag.TRANSFER_SYNTAX_UID)

@@ -204,6 +204,7 @@ class _FrameBody:
         self.header: MainHeader | None = None
         self.levels: list[ResolutionComplete] = []
         self.codestream_complete = False
+        self.codestream_error: str | None = None  # the scanner's reason to reject the codestream
         self.complete = False
         self.partial_failed = False
 
@@ -305,8 +306,9 @@ class _FrameBody:
         if self.scanner is not None:
             try:
                 events = self.scanner.feed(data)
-            except CodestreamError:
+            except CodestreamError as exc:
                 self.scanner = None
+                self.codestream_error = str(exc)
                 return
             for e in events:
                 if isinstance(e, MainHeader):
@@ -315,6 +317,14 @@ class _FrameBody:
                     self.levels.append(e)
                 elif isinstance(e, CodestreamComplete):
                     self.codestream_complete = True
+
+    def check_whole_codestream(self) -> None:
+        """A JPEG 2000 codestream cut short (or garbled past its headers) often decodes without an
+        error to a wrong image: never let one through as the whole frame."""
+        if self.codestream_error is not None:
+            raise DecodeError(f"corrupt codestream: {self.codestream_error}")
+        if self.scanner is not None and not self.scanner.complete:
+            raise DecodeError(f"codestream truncated: {len(self.data)} bytes end before its EOC marker")
 
     @property
     def decodable_complete(self) -> bool:
@@ -775,6 +785,8 @@ class RetrieveEngine:
         syntax = body.resolved_syntax
         fmt = self._format_for(image, body, options)
         t = self.clock()
+        if end is None:
+            body.check_whole_codestream()
         with memoryview(body.data) as view:
             part = view[:end] if end is not None else view
             try:

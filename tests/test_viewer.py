@@ -1,0 +1,211 @@
+"""The viewer in a real Chromium on the demo study: progressive drawing, presets, input, errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+
+import serve
+from conftest import PROJECT, wait_for_app_state
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = PROJECT / "test-artifacts"
+FAST4G = {"offline": False, "latency": 165, "downloadThroughput": 1_012_500, "uploadThroughput": 168_750}
+
+
+def demo_entry(demo_data: Path, word: str) -> dict:
+    entries = json.loads((demo_data / "demo.json").read_text())
+    return next(e for e in entries if word in e["name"])
+
+
+def open_viewer(record, base_url: str, query: str = "", state=("idle",), timeout_ms=90_000) -> None:
+    record.page.goto(f"{base_url}/{query}")
+    wait_for_app_state(record, state, timeout_ms)
+
+
+def canvas_pixels(page, selector: str = "#canvas") -> np.ndarray:
+    """The red channel of a canvas (the images are grey), moved as base64 to stay fast."""
+    width, height, b64 = page.evaluate(f"""() => {{ const c = document.querySelector('{selector}');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let s = ''; for (let i = 0; i < d.length; i += 0x8000)
+            s += String.fromCharCode.apply(null, d.subarray(i, i + 0x8000));
+        return [c.width, c.height, btoa(s)]; }}""")
+    rgba = np.frombuffer(base64.b64decode(b64), dtype=np.uint8).reshape(height, width, 4)
+    return rgba[..., 0].copy()
+
+
+def render_log(page) -> list[dict]:
+    return page.evaluate("Array.from(window.renderLog)")
+
+
+def throttle(page, conditions: dict) -> None:
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+    cdp.send("Network.emulateNetworkConditions", conditions)
+
+
+def test_subresolution_drawn_before_final_on_a_slow_link(page, demo_server, demo_data):
+    """Paste the URL, press Load: a reduced image is on the canvas long before the lossless one."""
+    entry = demo_entry(demo_data, "Radiograph")
+    p = page.page
+    open_viewer(page, demo_server.url, "?noload=1", state=("ready",))
+    throttle(p, FAST4G)
+    p.fill("#url", entry["url"])
+    p.click("#load")
+    p.wait_for_function("window.renderLog.length > 0", timeout=60_000)
+    badge = p.inner_text("#overlay-tr")
+    ARTIFACTS.mkdir(exist_ok=True)
+    p.screenshot(path=str(ARTIFACTS / "viewer-loading.png"))
+    first_pixels = canvas_pixels(p)
+    log = render_log(p)
+    assert badge == "SUBRESOLUTION"
+    assert log[0]["status"] == "SUBRESOLUTION" and not log[0]["final"] and log[0]["drawn"]
+    assert log[0]["columns"] < 3072 and log[0]["rows"] < 2614
+    assert (first_pixels > 20).mean() > 0.2, "the reduced image is on the canvas"
+    assert not any(e["final"] for e in log), "the screenshot and pixels show the reduced image"
+    wait_for_app_state(page, ("idle",), 90_000)
+    log = render_log(p)
+    finals = [e for e in log if e["final"]]
+    assert len(finals) == 1 and finals[0]["status"] == "FULL_RESOLUTION"
+    assert (finals[0]["rows"], finals[0]["columns"]) == (2614, 3072)
+    sizes = [e["columns"] for e in log]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), "strictly increasing resolutions"
+    assert finals[0]["t_ms"] > log[0]["t_ms"] + 500
+    final_pixels = canvas_pixels(p)
+    assert final_pixels.shape == first_pixels.shape
+    # same picture, same place and size on screen (no jump), sharper: small mean difference, not zero
+    diff = np.abs(final_pixels.astype(int) - first_pixels.astype(int))
+    assert 0 < diff.mean() < 12
+    p.screenshot(path=str(ARTIFACTS / "viewer-final.png"))
+    assert "FULL" in p.inner_text("#overlay-tr")
+    overlay = p.inner_text("#overlay-tl")
+    assert "Native 3072x2614" in overlay and "showing 3072x2614" in overlay
+    assert "final" in p.inner_text("#overlay-br")
+
+
+def test_jls_reduced_preset_requests_the_thumbnail_first(page, demo_server, demo_data):
+    entry = demo_entry(demo_data, "Radiograph")
+    p = page.page
+    open_viewer(page, demo_server.url, f"?url={quote(entry['url'])}")
+    page.requests.clear()
+    p.select_option("#preset", "jlsReduced")
+    wait_for_app_state(page, ("loading", "idle"))
+    p.wait_for_function("window.renderLog.some(e => e.final)", timeout=60_000)
+    frames = [u for u in page.requests if "/instances/" in u]
+    assert "/jlsThumbnail/" in frames[0]
+    assert any("/jls/" in u for u in frames[1:])
+    log = render_log(p)
+    assert log[0]["status"] == "SUBRESOLUTION" and (log[0]["rows"], log[0]["columns"]) == (654, 768)
+    assert log[-1]["final"] and log[-1]["columns"] == 3072
+    stored = json.loads(p.evaluate("localStorage.getItem('progressive-dicom.retrieveConfig')"))
+    assert stored["preset"] == "jlsReduced"
+
+
+def test_wheel_and_arrow_keys_change_the_image(page, demo_server, demo_data):
+    entry = demo_entry(demo_data, "MR")
+    p = page.page
+    open_viewer(page, demo_server.url, f"?url={quote(entry['url'])}")
+    assert len([e for e in render_log(p) if e["final"]]) == 20
+
+    def shown():
+        return p.inner_text("#overlay-tl").splitlines()[0]
+
+    start = shown()
+    before = canvas_pixels(p)
+    p.hover("#viewport")
+    p.mouse.wheel(0, 120)
+    p.wait_for_function(f"document.getElementById('overlay-tl').textContent.split('\\n')[0] !== {json.dumps(start)}")
+    after_wheel = shown()
+    assert after_wheel != start
+    p.wait_for_timeout(100)  # one animation frame for the redraw
+    assert not np.array_equal(before, canvas_pixels(p))
+    p.focus("#viewport")
+    p.keyboard.press("ArrowDown")
+    p.wait_for_timeout(100)
+    after_key = shown()
+    assert after_key not in (after_wheel, start)
+    index = lambda text: int(text.split()[1])  # noqa: E731
+    assert index(after_key) == index(after_wheel) + 1 == index(start) + 2
+    p.keyboard.press("ArrowUp")
+    p.wait_for_timeout(100)
+    assert shown() == after_wheel
+    assert p.eval_on_selector("#slider", "s => s.value") == str(index(after_wheel) - 1)
+
+
+def test_window_level_drag_changes_canvas_pixels(page, demo_server, demo_data):
+    entry = demo_entry(demo_data, "MR")
+    p = page.page
+    open_viewer(page, demo_server.url, f"?url={quote(entry['url'])}")
+    before = canvas_pixels(p)
+    wl_before = p.inner_text("#overlay-bl")
+    box = p.locator("#viewport").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    p.mouse.move(cx, cy)
+    p.mouse.down()
+    p.mouse.move(cx + 120, cy + 60, steps=6)
+    p.mouse.up()
+    p.wait_for_timeout(150)
+    assert p.inner_text("#overlay-bl") != wl_before
+    after = canvas_pixels(p)
+    assert np.abs(after.astype(int) - before.astype(int)).mean() > 1
+
+
+def test_invalid_configuration_names_the_path_and_keeps_the_old_one(page, demo_server, demo_data):
+    entry = demo_entry(demo_data, "Radiograph")
+    p = page.page
+    open_viewer(page, demo_server.url, f"?url={quote(entry['url'])}&config=htj2kByteRange")
+    kept = p.eval_on_selector("#config", "t => t.value")
+    stored = p.evaluate("localStorage.getItem('progressive-dicom.retrieveConfig')")
+    p.fill("#config", json.dumps({"stages": [{"id": "x", "decimate": 0}]}))
+    p.click("#apply")
+    error = p.inner_text("#config-error")
+    assert "$.stages[0].decimate" in error
+    assert p.evaluate("localStorage.getItem('progressive-dicom.retrieveConfig')") == stored
+    p.fill("#config", '{"stages": [')
+    p.click("#apply")
+    assert "line 1" in p.inner_text("#config-error")
+    # the configuration in force is still the byte-range one: a reload fetches a first range again
+    page.requests.clear()
+    p.fill("#config", kept)
+    p.click("#apply")
+    assert p.is_hidden("#config-error")
+    wait_for_app_state(page, ("idle",))
+    assert render_log(p)[-1]["final"]
+
+
+class FailOneInstance(serve.Handler):
+    """serve.py's handler, except that one instance's frames answer 500."""
+
+    failing_uid = ""
+
+    def do_GET(self):  # noqa: N802 (stdlib name)
+        if self.failing_uid and f"/instances/{self.failing_uid}/" in self.path:
+            return self._send_error(HTTPStatus.INTERNAL_SERVER_ERROR, "injected failure")
+        return super().do_GET()
+
+
+def test_server_error_on_one_image_is_shown_and_the_others_load(page, demo_data, runtime, serve_dir):
+    entry = demo_entry(demo_data, "MR")
+    live = serve_dir(demo_data)
+    series_dir = demo_data / entry["url"].removeprefix("/dicomweb/")
+    victim = sorted(p.name for p in (series_dir / "instances").iterdir() if p.is_dir())[3]
+    handler = type("Failing", (FailOneInstance,), {"failing_uid": victim})
+    live.server.RequestHandlerClass = handler
+    p = page.page
+    open_viewer(page, live.url, f"?url={quote(entry['url'])}&config=htj2k")
+    errors = p.inner_text("#errors")
+    assert "500" in errors or "injected failure" in errors or "Internal Server Error" in errors
+    assert "Traceback" not in errors
+    finals = {e["index"] for e in render_log(p) if e["final"]}
+    assert len(finals) == 19
+    assert p.evaluate("document.documentElement.dataset.app") == "idle"

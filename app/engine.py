@@ -79,6 +79,10 @@ __all__ = [
 ACCEPT_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 DEFAULT_CONCURRENCY = 6
 DEFAULT_CACHE_BYTES = 1 << 30
+DEFAULT_RETRIES = 2  # further attempts after a 5xx/429 answer or a failed transfer
+DEFAULT_RETRY_BACKOFF = 0.5  # seconds before the first retry; doubles each time
+MAX_RETRY_AFTER = 5.0  # longest Retry-After honoured (seconds)
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 # syntaxes whose decoder reads a prefix holding whole resolution levels (OpenJPH, skipres)
 PREFIX_DECODABLE = frozenset({HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL, HTJ2K, HTJ2K_PRIVATE})
@@ -377,6 +381,22 @@ class _Cancelled(Exception):
     pass
 
 
+class _Retryable(TransportError):
+    """A failure worth another attempt: a 5xx/429 answer, or the transport lost the transfer."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds of a Retry-After header given in seconds (an HTTP date counts as absent)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
 # -- the engine ----------------------------------------------------------------------------------
 
 
@@ -394,9 +414,17 @@ class RetrieveEngine:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         on_event: Callable[[EngineEvent], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        retries: int = DEFAULT_RETRIES,
+        retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+        max_retry_after: float = MAX_RETRY_AFTER,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if retries < 0 or retry_backoff < 0 or max_retry_after < 0:
+            raise ValueError("retries, retry_backoff and max_retry_after must be >= 0")
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self.max_retry_after = max_retry_after
         self.stack = stack
         self.config = config
         self.transport = transport
@@ -705,7 +733,28 @@ class RetrieveEngine:
     async def _fetch(self, st: _ImageState, stage: RetrieveStage, stage_pos: int, body: _FrameBody,
                      want_end: int | None,
                      options: RetrieveOptions, generation: int, *, streaming: bool) -> None:
-        """Bring body up to ``want_end`` (exclusive; None: the whole file) from what it holds."""
+        """Bring body up to ``want_end`` (exclusive; None: the whole file) from what it holds.
+
+        A 5xx/429 answer or a lost transfer is tried again (``retries`` times, backing off or
+        waiting what Retry-After says); a transfer cut mid-body resumes from the first byte not held.
+        """
+        for attempt in range(self.retries + 1):
+            try:
+                return await self._fetch_once(st, stage, stage_pos, body, want_end, options, generation,
+                                              streaming=streaming)
+            except _Retryable as exc:
+                if attempt == self.retries:
+                    tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                    raise TransportError(f"{exc}{tries}") from exc
+                delay = self.retry_backoff * (1 << attempt)
+                if exc.retry_after is not None:
+                    delay = min(exc.retry_after, self.max_retry_after)
+                await asyncio.sleep(delay)
+                self._check(st, generation)
+
+    async def _fetch_once(self, st: _ImageState, stage: RetrieveStage, stage_pos: int, body: _FrameBody,
+                          want_end: int | None,
+                          options: RetrieveOptions, generation: int, *, streaming: bool) -> None:
         image = st.image
         start = body.file_offset
         if body.total is not None and want_end is not None:
@@ -717,7 +766,11 @@ class RetrieveEngine:
         received = 0
         status = 0
         cancelled = False
-        resp = await self.transport.get(body.url, headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
+        try:
+            resp = await self.transport.get(body.url, headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
+        except TransportError as exc:
+            self._emit(RequestFinished(image.index, stage.id, body.url, 0, 0, self._t_ms(st)))
+            raise _Retryable(str(exc)) from exc
         try:
             status = resp.status
             self._check(st, generation)
@@ -748,10 +801,12 @@ class RetrieveEngine:
                         whole = True
                 elif byte_range is None:
                     whole = True
+            elif status in RETRY_STATUSES:
+                raise _Retryable(f"HTTP {status} for {body.url}", _retry_after(resp.headers.get("retry-after")))
             else:
                 raise TransportError(f"HTTP {status} for {body.url}")
             body.set_content_type(content_type)
-            async for chunk in resp.chunks():
+            async for chunk in self._chunks(resp):
                 if st.generation != generation or not st.wanted:
                     raise _Cancelled()
                 n = len(chunk)
@@ -776,6 +831,17 @@ class RetrieveEngine:
             await resp.aclose()
             self._emit(RequestFinished(image.index, stage.id, body.url, status, received, self._t_ms(st),
                                        cancelled))
+
+    @staticmethod
+    async def _chunks(resp) -> AsyncIterator[bytes]:
+        """The body's chunks; the transport losing the transfer is worth a retry."""
+        try:
+            async for chunk in resp.chunks():
+                yield chunk
+        except _Retryable:
+            raise
+        except TransportError as exc:
+            raise _Retryable(str(exc)) from exc
 
     # -- decoding ----------------------------------------------------------------------------
     def _decode_and_emit(self, st: _ImageState, stage: RetrieveStage, stage_pos: int, body: _FrameBody,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
-import gzip
+import binascii
 import json
+import zlib
 from typing import Any
 
 __all__ = [
@@ -20,7 +21,10 @@ __all__ = [
     "inline_binary",
     "loads",
     "maybe_gunzip",
+    "MAX_JSON_BYTES",
 ]
+
+MAX_JSON_BYTES = 256 << 20  # most bytes a (gzip) DICOM JSON document may inflate to
 
 
 class Tag:
@@ -123,27 +127,56 @@ def bulk_data_uri(obj: dict, tag: str) -> str | None:
 
 
 def inline_binary(obj: dict, tag: str) -> bytes | None:
+    """The decoded InlineBinary of an element; ValueError when it is not base64."""
     el = _element(obj, tag)
     data = el.get("InlineBinary") if el else None
     if not data:
         return None
     if isinstance(data, list):
-        data = "".join(data)
-    return base64.b64decode(data)
+        data = "".join(str(item) for item in data)
+    if not isinstance(data, str):
+        raise ValueError(f"InlineBinary of {tag} is not a string")
+    try:
+        return base64.b64decode("".join(data.split()), validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"InlineBinary of {tag} is not base64: {exc}") from exc
 
 
 def maybe_gunzip(data: bytes | bytearray | memoryview) -> bytes:
-    """Static trees store ``.gz`` files that servers may send without Content-Encoding."""
+    """Static trees store ``.gz`` files that servers may send without Content-Encoding.
+
+    A truncated or corrupt gzip stream is a ValueError.
+    """
     data = bytes(data)
     while data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+        data = _gunzip(data, MAX_JSON_BYTES)
     return data
 
 
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """gzip members one after another, refusing more than ``limit`` bytes (a gzip bomb)."""
+    out = bytearray()
+    rest = data
+    try:
+        while rest:
+            member = zlib.decompressobj(wbits=31)
+            out += member.decompress(rest, limit + 1 - len(out))
+            if len(out) > limit or member.unconsumed_tail:
+                raise ValueError(f"gzip data inflates to more than {limit} bytes")
+            if not member.eof:
+                raise ValueError("bad gzip data: truncated")
+            rest = member.unused_data.lstrip(b"\x00")
+    except zlib.error as exc:
+        raise ValueError(f"bad gzip data: {exc}") from exc
+    return bytes(out)
+
+
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    if isinstance(data, str):
-        return json.loads(data)
-    raw = maybe_gunzip(data)
-    if raw[:3] == b"\xef\xbb\xbf":
-        raw = raw[3:]
-    return json.loads(raw.decode("utf-8"))
+    """Parse DICOM JSON (gzip by magic bytes, BOM tolerated); ValueError when it is not JSON."""
+    raw = data if isinstance(data, str) else maybe_gunzip(data)
+    if isinstance(raw, bytes):
+        raw = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    try:
+        return json.loads(raw)
+    except RecursionError as exc:  # "[[[[..." nested deeper than the parser goes
+        raise ValueError("JSON nested too deeply") from exc

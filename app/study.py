@@ -321,7 +321,10 @@ def stack_from_metadata(metadata: object, series_url: str, alternates: dict[str,
         widths = dj.floats(instance, Tag.WINDOW_WIDTH) or []
         windows = tuple((c, w) for c, w in zip(centers, widths) if w > 0)
         base = _frames_base(instance, series_url, sop)
-        inline = dj.inline_binary(instance, Tag.PIXEL_DATA)
+        try:
+            inline = dj.inline_binary(instance, Tag.PIXEL_DATA)
+        except ValueError as exc:
+            raise DiscoveryError(f"instance {sop}: {exc}") from exc
         frames = fmt.number_of_frames
         for frame in range(1, frames + 1):
             groups = [per_frame[frame - 1]] if frame - 1 < len(per_frame) else []

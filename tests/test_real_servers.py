@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -194,20 +193,19 @@ def encoded_variants(path: Path, variants: tuple[str, ...]):
         if variant == "native":  # the file exactly as it is
             yield variant, ds, sha, path.read_bytes()
             continue
-        if True:
-            for tag in [t for t in ds.keys() if t.group == 0]:  # stray command elements
-                del ds[tag]
-            fmt = PixelFormat.from_dataset(ds)
-            pixels = decode_frame(ds.PixelData, ds.file_meta.TransferSyntaxUID, fmt)
-            alternate = ALTERNATES[variant]  # frames = HTJ2K .202 RPCL+TLM, jls = JPEG-LS lossless
-            encoded = alternate.encode(FrameImage(pixels), fmt, EncodeSettings())
-            ds.PixelData = encapsulate([encoded.codestream])
-            ds["PixelData"].VR = "OB"
-            ds.file_meta.TransferSyntaxUID = alternate.transfer_syntax
-            ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(source.SeriesInstanceUID), variant])
-            ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(source.SOPInstanceUID), variant])
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.SeriesDescription = f"{source.get('SeriesDescription', '')} {variant}".strip()
+        for tag in [t for t in ds.keys() if t.group == 0]:  # stray command elements
+            del ds[tag]
+        fmt = PixelFormat.from_dataset(ds)
+        pixels = decode_frame(ds.PixelData, ds.file_meta.TransferSyntaxUID, fmt)
+        alternate = ALTERNATES[variant]  # frames = HTJ2K .202 RPCL+TLM, jls = JPEG-LS lossless
+        encoded = alternate.encode(FrameImage(pixels), fmt, EncodeSettings())
+        ds.PixelData = encapsulate([encoded.codestream])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = alternate.transfer_syntax
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(source.SeriesInstanceUID), variant])
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(source.SOPInstanceUID), variant])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesDescription = f"{source.get('SeriesDescription', '')} {variant}".strip()
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         yield variant, ds, sha, buf.getvalue()
@@ -306,8 +304,8 @@ def test_orthanc_qido_and_metadata_discovery(orthanc):
     assert root.images and root.series_url.startswith(orthanc.url + "/dicom-web/studies/")
     assert len(mr) == 20 and mr.study_uid == MR_STUDY
     positions = [img.position for img in mr.images]
-    assert all(positions) and positions == sorted(positions, key=lambda p: p[2]) or \
-        positions == sorted(positions, key=lambda p: -p[2])
+    assert all(positions)
+    assert positions in (sorted(positions, key=lambda p: p[2]), sorted(positions, key=lambda p: -p[2]))
     status, headers, _ = http(f"{orthanc.url}/dicom-web/studies?StudyInstanceUID={MR_STUDY}",
                               headers={"Accept": "application/dicom+json"})
     assert status == 200 and headers["Content-Type"].startswith("application/dicom+json")

@@ -101,6 +101,12 @@ class Mounts:
 
     def resolve(self, url_path: str) -> tuple[Path | None, bool]:
         """Return (file, in_data_tree) or (None, _) when the path is not servable."""
+        try:
+            return self._resolve(url_path)
+        except (OSError, ValueError):  # a name too long for the file system, and the like
+            return None, False
+
+    def _resolve(self, url_path: str) -> tuple[Path | None, bool]:
         if url_path in self.files:
             return self.files[url_path], False
         if url_path == "/dicomweb":

@@ -242,6 +242,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"  # errors for unparseable request lines keep their status line
     server_version = "progressive-dicom-serve/1"
     timeout = 60  # a client silent this long loses its connection, others keep being served
     disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart (delayed ACK)

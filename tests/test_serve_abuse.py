@@ -1,0 +1,272 @@
+"""serve.py under abuse: traversal tricks, oversized requests, many clients, slow clients.
+
+It keeps serving everyone else and never exposes a file outside its roots. (tests/test_serve.py
+covers the plain traversal cases; these are the ones it does not.)
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+SECRET = b"top secret outside the root"
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    base = tmp_path_factory.mktemp("abuse")
+    root = base / "data"
+    frames = root / "studies" / "1" / "series" / "2" / "instances" / "3" / "frames"
+    frames.mkdir(parents=True)
+    files = {}
+    for n in range(1, 6):
+        files[n] = os.urandom(5_000 * n)
+        (frames / str(n)).write_bytes(files[n])
+    (root / "big.bin").write_bytes(os.urandom(4 << 20))
+    (base / "secret.txt").write_bytes(SECRET)
+    (base / "outside").mkdir()
+    (base / "outside" / "1").write_bytes(SECRET)
+    # links out of the root: relative, chained, a directory, a link to a link inside the root
+    (root / "rel").symlink_to("../secret.txt")
+    (root / "hop1").symlink_to(root / "hop2")
+    (root / "hop2").symlink_to(base / "secret.txt")
+    (root / "studies" / "1" / "series" / "2" / "instances" / "4").symlink_to(base / "outside")
+    (frames / "9").symlink_to(frames / "1")  # inside the root: fine to follow
+    (root / "loop").symlink_to(root / "loop")
+    return {"root": root, "files": files, "base": base}
+
+
+@pytest.fixture(scope="module")
+def live(tree, serve_dir):
+    return serve_dir(tree["root"])
+
+
+def address(live):
+    return live.server.server_address[:2]
+
+
+def raw(live, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, read the answer until the server closes or goes quiet."""
+    with socket.create_connection(address(live), timeout=timeout) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)  # nothing more is coming: the server need not wait for it
+        out = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+                if b"\r\n\r\n" in out and len(out) > 4096:
+                    break
+        except socket.timeout:
+            pass
+    return out
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0
+
+
+def get(live, path, headers=None, timeout=10.0):
+    conn = http.client.HTTPConnection(*address(live), timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+FRAME = "/dicomweb/studies/1/series/2/instances/3/frames/{}"
+
+
+def assert_still_serving(live, tree):
+    status, body = get(live, FRAME.format(2), timeout=3)
+    assert status == 200 and body == tree["files"][2]
+
+
+# -- traversal --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [
+    "/dicomweb/rel",
+    "/dicomweb/hop1",
+    "/dicomweb/loop",
+    "/dicomweb/studies/1/series/2/instances/4/1",  # a directory link out of the root
+    "/dicomweb/studies/1/series/2/instances/4",
+    "/dicomweb/%2e%2e%2fsecret.txt",
+    "/dicomweb/studies/%2F..%2F..%2F..%2F..%2Fsecret.txt",
+    "/dicomweb/studies/1/../../../secret.txt",
+    "/dicomweb/./../secret.txt",
+    "/dicomweb/..;/secret.txt",
+    "/dicomweb/%c0%ae%c0%ae/secret.txt",  # overlong UTF-8 dots
+    "/dicomweb/%25252e%25252e/secret.txt",  # triple-encoded
+    "/dicomweb/..%255csecret.txt",
+    "/dicomweb/..\\secret.txt",
+    "/dicomweb/C:/secret.txt",
+    "/dicomweb/%00/../secret.txt",
+    "/dicomweb/studies%00.json",
+    "//dicomweb/../secret.txt",
+    "/static/../../secret.txt",
+    "/app/%2e%2e/%2e%2e/secret.txt",
+    "/index.html/../secret.txt",
+    "/dicomweb/studies/1/series/2/instances/3/frames/1/../../../../../../../secret.txt",
+])
+def test_traversal_variants_never_leave_the_root(live, path):
+    status, body = get(live, path)
+    assert status in (400, 404), (path, status)
+    assert SECRET not in body
+
+
+@pytest.mark.parametrize("target", [
+    b"/dicomweb/../secret.txt",
+    b"http://127.0.0.1/dicomweb/../secret.txt",  # absolute-form request target
+    b"../secret.txt",
+    b"*",
+    b"/dicomweb/\xff\xfe",
+])
+def test_raw_request_targets_never_leave_the_root(live, target):
+    answer = raw(live, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status_of(answer) in (400, 404)
+    assert SECRET not in answer
+
+
+def test_links_inside_the_root_are_followed(live, tree):
+    assert get(live, FRAME.format(9)) == (200, tree["files"][1])
+
+
+# -- oversized and malformed requests ------------------------------------------------------------------------
+
+
+def test_very_long_url_is_414_and_the_server_keeps_serving(live, tree):
+    answer = raw(live, b"GET /dicomweb/" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(answer) == 414
+    status, _ = get(live, "/dicomweb/" + "a/" * 4000)  # long but under the limit: just not found
+    assert status == 404
+    assert_still_serving(live, tree)
+
+
+def test_very_long_header_line_is_431(live, tree):
+    answer = raw(live, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n")
+    assert status_of(answer) == 431
+    assert_still_serving(live, tree)
+
+
+def test_too_many_headers_is_431(live, tree):
+    headers = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+    answer = raw(live, b"GET / HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    assert status_of(answer) == 431
+    assert_still_serving(live, tree)
+
+
+@pytest.mark.parametrize("request_bytes, statuses", [
+    (b"GARBAGE\r\n\r\n", (400,)),
+    (b"GET\r\n\r\n", (400,)),
+    (b"GET / HTTP/9.9\r\n\r\n", (505,)),
+    (b"GET / HTTP/1.1 extra\r\n\r\n", (400,)),
+    (b"POST /dicomweb/big.bin HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", (501,)),
+    (b"DELETE /dicomweb/big.bin HTTP/1.1\r\n\r\n", (501,)),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64), (400, 0)),  # a TLS hello
+])
+def test_malformed_requests_get_an_error_and_the_server_keeps_serving(live, tree, request_bytes, statuses):
+    assert status_of(raw(live, request_bytes, timeout=3)) in statuses
+    assert_still_serving(live, tree)
+
+
+@pytest.mark.parametrize("spec", ["bytes=99999999999999999999999-", "bytes=-99999999999999999999999",
+                                  "bytes=5-1", "bytes=--1", "bytes=0-0," * 2000 + "0-0", "items=0-10"])
+def test_hostile_ranges(live, tree, spec):
+    status, body = get(live, FRAME.format(1), {"Range": spec})
+    size = len(tree["files"][1])
+    assert status in (200, 206, 416)
+    if status == 200:
+        assert body == tree["files"][1]
+    if status == 206:
+        assert len(body) <= size and body == tree["files"][1][-len(body):]
+
+
+# -- load -----------------------------------------------------------------------------------------------------
+
+
+def test_many_concurrent_clients_all_get_the_right_bytes(live, tree):
+    files = tree["files"]
+
+    def client(k: int) -> int:
+        conn = http.client.HTTPConnection(*address(live), timeout=10)
+        ok = 0
+        try:
+            for i in range(20):
+                n = 1 + (k + i) % 5
+                if i % 3 == 0:
+                    conn.request("GET", FRAME.format(n), headers={"Range": "bytes=100-4099"})
+                    resp = conn.getresponse()
+                    ok += resp.status == 206 and resp.read() == files[n][100:4100]
+                else:
+                    conn.request("GET", FRAME.format(n))
+                    resp = conn.getresponse()
+                    ok += resp.status == 200 and resp.read() == files[n]
+        finally:
+            conn.close()
+        return ok
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(client, range(50)))
+    assert results == [20] * 50
+    assert time.perf_counter() - t < 20
+
+
+# -- slow clients ----------------------------------------------------------------------------------------------
+
+
+def test_clients_holding_half_requests_do_not_block_others(live, tree):
+    holders = []
+    try:
+        for i in range(80):
+            s = socket.create_connection(address(live), timeout=5)
+            s.sendall(b"GET /dicomweb/big.bin HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * i)  # never finished
+            holders.append(s)
+        t = time.perf_counter()
+        for n in range(1, 6):
+            assert get(live, FRAME.format(n), timeout=3) == (200, tree["files"][n])
+        assert time.perf_counter() - t < 2
+    finally:
+        for s in holders:
+            s.close()
+    assert_still_serving(live, tree)
+
+
+def test_a_client_that_never_reads_does_not_block_others(live, tree):
+    stuck = []
+    try:
+        for _ in range(5):
+            s = socket.create_connection(address(live), timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET /dicomweb/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")  # 4 MB it never reads
+            stuck.append(s)
+        time.sleep(0.2)
+        t = time.perf_counter()
+        assert_still_serving(live, tree)
+        assert time.perf_counter() - t < 2
+    finally:
+        for s in stuck:
+            s.close()
+
+
+def test_a_client_that_hangs_up_mid_body_does_not_hurt_the_server(live, tree):
+    for _ in range(10):
+        s = socket.create_connection(address(live), timeout=5)
+        s.sendall(b"GET /dicomweb/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.recv(1000)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+        s.close()
+    assert_still_serving(live, tree)
+    alive = [t for t in threading.enumerate() if t.name.startswith("Thread")]
+    assert len(alive) < 500

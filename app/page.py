@@ -328,15 +328,16 @@ class Viewer:
             self.load_task.cancel()
         self.current_url = url
         self.load_generation += 1
+        # synchronous, so whoever asked for the load sees "loading" at once, never a stale "idle"
+        set_state("loading")
+        window.renderLog = window.Array.new()
         self.load_task = asyncio.ensure_future(self.load(url, self.load_generation))
 
     async def load(self, url: str, generation: int) -> None:
         from app.viewer_engine import open_stack, run_stack
 
-        set_state("loading")
         clear_errors()
         el("status").textContent = "Loading study…"
-        window.renderLog = window.Array.new()
         self.load_started_ms = now_ms()
         if self.loader is not None:
             await self.loader.aclose()
@@ -747,9 +748,17 @@ def import_check_hook() -> str:
                        "pydicom": pydicom.__version__})
 
 
-def _expose_hooks(viewer: Viewer | None) -> None:
+def _expose_hooks(viewer: Viewer) -> None:
+    def pixels_sha256(index: int) -> str | None:
+        """sha256 of the stored values held for a stack image (little-endian, native dtype)."""
+        shown = viewer.images[int(index)].shown if 0 <= int(index) < len(viewer.images) else None
+        if shown is None:
+            return None
+        stored = np.ascontiguousarray(shown.pixels)
+        return hashlib.sha256(stored.astype(stored.dtype.newbyteorder("<"), copy=False).tobytes()).hexdigest()
+
     hooks = {"decodeFrame": decode_frame_hook, "drawPattern": draw_pattern_hook,
-             "importCheck": import_check_hook}
+             "importCheck": import_check_hook, "pixelsSha256": pixels_sha256}
     api = window.Object.new()
     for name, fn in hooks.items():
         setattr(api, name, _keep(fn))

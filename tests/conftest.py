@@ -131,3 +131,13 @@ def wait_for_app_state(record: PageRecord, states=("ready",), timeout_ms: int = 
         text = page.inner_text("#errors")
         raise AssertionError(f"page reported an error: {text}\nconsole: {record.console[-20:]}")
     return state
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests last: Playwright's sync API keeps an event loop running in the main thread
+    for the rest of the session, after which ``asyncio.run`` in CPython engine tests would fail."""
+    def uses_browser(item) -> bool:
+        return item.get_closest_marker("browser") is not None or bool(
+            {"browser", "page"} & set(getattr(item, "fixturenames", ())))
+
+    items.sort(key=uses_browser)

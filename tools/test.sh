@@ -16,6 +16,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# Real servers for the orthanc/nginx tests (Debian's nginx-light, orthanc, orthanc-dicomweb).
+bash tools/install_servers.sh
+
 echo "test.sh: Python packages"
 python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 

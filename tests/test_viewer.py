@@ -43,6 +43,17 @@ def canvas_pixels(page, selector: str = "#canvas") -> np.ndarray:
     return rgba[..., 0].copy()
 
 
+def source_sha256(key: str, name: str) -> str:
+    """sha256 of a demo source's stored values, masked to BitsStored (what the viewer holds)."""
+    import hashlib
+
+    import pydicom
+
+    source = pydicom.dcmread(next((PROJECT / ".cache" / "demo" / key).rglob(name)))
+    raw = np.frombuffer(source.PixelData, dtype="<u2").reshape(source.Rows, source.Columns)
+    return hashlib.sha256((raw & ((1 << int(source.BitsStored)) - 1)).astype("<u2").tobytes()).hexdigest()
+
+
 def render_log(page) -> list[dict]:
     return page.evaluate("Array.from(window.renderLog)")
 
@@ -87,6 +98,7 @@ def test_subresolution_drawn_before_final_on_a_slow_link(page, demo_server, demo
     diff = np.abs(final_pixels.astype(int) - first_pixels.astype(int))
     assert 0 < diff.mean() < 12
     p.screenshot(path=str(ARTIFACTS / "viewer-final.png"))
+    assert p.evaluate("window.pyApp.pixelsSha256(0)") == source_sha256("radiograph", "cat.dcm")
     assert "FULL" in p.inner_text("#overlay-tr")
     overlay = p.inner_text("#overlay-tl")
     assert "Native 3072x2614" in overlay and "showing 3072x2614" in overlay

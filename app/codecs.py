@@ -393,9 +393,14 @@ def declared_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | Non
     None when the bytes are neither or the header is not within the first 64 KiB.
     """
     head = bytes(data[:65536])
-    if head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 20:
-        xs, ys, xo, yo = struct.unpack_from(">IIII", head, 8)
-        return (ys - yo, xs - xo) if xs > xo and ys > yo else (0, 0)
+    if head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 42:
+        xs, ys, xo, yo, xt, yt, xto, yto, csiz = struct.unpack_from(">IIIIIIIIH", head, 8)
+        # ISO 15444-1 A.5.1: the tile grid must start at or before the image and overlap it.
+        # OpenJPH never returns from a stream whose tile origin lies past the image origin.
+        if not (xs > xo and ys > yo and xt and yt and xto <= xo and yto <= yo and xto + xt > xo
+                and yto + yt > yo and 1 <= csiz <= 16384):
+            return (0, 0)
+        return ys - yo, xs - xo
     if head[:2] != b"\xff\xd8":
         return None
     i = 2

@@ -376,6 +376,8 @@ def _parse_siz(seg: bytes) -> Siz:
     (_, xs, ys, xo, yo, xt, yt, xto, yto, csiz) = struct.unpack_from(">HIIIIIIIIH", seg, 0)
     if len(seg) < 36 + 3 * csiz or csiz == 0 or xt == 0 or yt == 0 or xs <= xo or ys <= yo:
         raise CodestreamError("bad SIZ")
+    if xto > xo or yto > yo or xto + xt <= xo or yto + yt <= yo:  # ISO 15444-1 A.5.1
+        raise CodestreamError("bad SIZ: the tile grid does not cover the image origin")
     ssiz = seg[36]
     tiles = _ceil_div(xs - xto, xt) * _ceil_div(ys - yto, yt)
     return Siz(

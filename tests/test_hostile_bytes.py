@@ -408,3 +408,29 @@ def test_gzip_bomb_metadata_is_refused():
     bomb = gzip.compress(b" " * (dj.MAX_JSON_BYTES + 1), compresslevel=1)
     with time_limit(10), pytest.raises(ValueError, match="inflates"):
         dj.loads(bomb)
+
+
+def test_tile_origin_past_the_image_origin_is_refused_before_the_decoder(tmp_path):
+    """Found by tools/fuzz.py: one bit flip making YTOsiz 2 (> YOsiz 0) sent OpenJPH into an endless
+    loop inside C, which no signal interrupts: the stream must never reach the decoder."""
+    data, _ = ct_codestream()
+    bad = bytearray(data)
+    struct.pack_into(">I", bad, 36, 2)  # YTOsiz
+    with pytest.raises(CodestreamError, match="tile grid"):
+        scan(bytes(bad), [])
+    (tmp_path / "bad.j2c").write_bytes(bad)
+    script = (
+        "import sys; from app.codecs import decode_frame, DecodeError, PixelFormat\n"
+        f"data = open({str(tmp_path / 'bad.j2c')!r}, 'rb').read()\n"
+        "try:\n"
+        f"    decode_frame(data, {HTJ2K_RPCL!r}, PixelFormat(128, 128, pixel_representation=1))\n"
+        "except DecodeError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.stdout.startswith("refused:"), done.stdout + done.stderr[-500:]

@@ -101,6 +101,8 @@ async def fetch_json(transport: Transport, url: str) -> object | None:
         body = bytearray()
         async for chunk in resp.chunks():
             body += chunk
+            if len(body) > dj.MAX_JSON_BYTES:
+                raise DiscoveryError(f"GET {url}: more than {dj.MAX_JSON_BYTES} bytes of JSON")
         if resp.status != 200:
             raise DiscoveryError(f"GET {url}: HTTP {resp.status}")
     finally:

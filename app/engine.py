@@ -38,6 +38,7 @@ from .codecs import (
     HTJ2K_LOSSLESS,
     HTJ2K_LOSSLESS_RPCL,
     HTJ2K_PRIVATE,
+    MAX_FRAME_BYTES,
     DecodeError,
     PixelFormat,
     codec_for,
@@ -417,12 +418,14 @@ class RetrieveEngine:
         retries: int = DEFAULT_RETRIES,
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         max_retry_after: float = MAX_RETRY_AFTER,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         if retries < 0 or retry_backoff < 0 or max_retry_after < 0:
             raise ValueError("retries, retry_backoff and max_retry_after must be >= 0")
         self.retries = retries
+        self.max_frame_bytes = max_frame_bytes  # a frame resource larger than this is refused
         self.retry_backoff = retry_backoff
         self.max_retry_after = max_retry_after
         self.stack = stack
@@ -812,6 +815,8 @@ class RetrieveEngine:
                 n = len(chunk)
                 received += n
                 st.bytes_received += n
+                if body.file_offset + n > self.max_frame_bytes:
+                    raise TransportError(f"{body.url}: more than {self.max_frame_bytes} bytes for one frame")
                 body.feed(chunk)
                 if streaming and body.levels and not body.decodable_complete:
                     level = self._best_partial_level(body, st, options)

@@ -113,6 +113,14 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(a.pause)
             self.wfile.write(body[a.at :])
             return
+        if kind == "endless":  # a chunked body that never ends
+            self._head(200, {"Content-Type": ctype, "Transfer-Encoding": "chunked"})
+            block = data[: a.block] or b"x" * a.block
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+            self.close_connection = True
+            return
         if kind == "full":  # ignore Range
             return self._send(200, data, {"Content-Type": ctype})
         m = re.match(r"bytes=(\d+)-(\d*)$", rng or "")
@@ -185,7 +193,7 @@ def tree(tmp_path_factory):
 
 
 def run(tree, script: Script, config: RetrieveConfig | None = None, *, read_timeout: float = 2.0,
-        retries: int = 2, hit: int = HIT) -> tuple[list, RetrieveEngine, ScriptedServer, float]:
+        retries: int = 2, hit: int = HIT, **engine_options) -> tuple[list, RetrieveEngine, ScriptedServer, float]:
     async def main(server):
         transport = NativeTransport(connect_timeout=1.0, read_timeout=read_timeout)
         try:
@@ -193,7 +201,8 @@ def run(tree, script: Script, config: RetrieveConfig | None = None, *, read_time
             assert len(stack) == IMAGES
             server.httpd.hit_sop = stack.images[hit].sop_instance_uid
             engine = RetrieveEngine(stack, config or preset("single"), transport, retries=retries,
-                                    retry_backoff=0.01, max_retry_after=0.5, concurrency=2)
+                                    retry_backoff=0.01, max_retry_after=0.5, concurrency=2,
+                                    **engine_options)
             events = [ev async for ev in engine.run()]
             return events, engine
         finally:
@@ -437,3 +446,40 @@ def test_corrupt_end_after_a_good_partial_is_never_final(tree, tail):
     assert "codestream" in failed.message
     assert not engine.reached_final(HIT)
     assert_others_final(tree, events, engine)
+
+
+def test_an_endless_frame_body_is_cut_at_the_frame_budget(tree):
+    events, engine, _, elapsed = run(tree, lambda p, n, r: Action("endless", block=65536), retries=0,
+                                     max_frame_bytes=4 << 20)
+    (failed,) = failures(events, HIT)
+    assert "bytes for one frame" in failed.message and elapsed < 8
+    assert_others_final(tree, events, engine)
+
+
+def test_an_endless_metadata_body_is_refused(tree, monkeypatch):
+    from app import dicomjson
+    from app.study import DiscoveryError, fetch_json
+
+    monkeypatch.setattr(dicomjson, "MAX_JSON_BYTES", 1 << 20)
+    server = ScriptedServer(tree["root"], "-", lambda p, n, r: None)
+    original = _Handler._act
+
+    def act(self, a, data, ctype, rng):
+        if "metadata" in self.path:
+            return original(self, Action("endless", block=65536), b"[" * 65536, ctype, rng)
+        return original(self, a, data, ctype, rng)
+
+    monkeypatch.setattr(_Handler, "_act", act)
+
+    async def main():
+        transport = NativeTransport(connect_timeout=1.0, read_timeout=2.0)
+        try:
+            await fetch_json(transport, f"{server.url}/{tree['series']}/metadata")
+        finally:
+            await transport.aclose()
+
+    try:
+        with pytest.raises(DiscoveryError, match="bytes of JSON"):
+            asyncio.run(asyncio.wait_for(main(), 10))
+    finally:
+        server.close()

@@ -11,7 +11,10 @@ into Refinement events:
   the end of the level that fills the viewport or the ``decodeLevel`` cap); a later stage asks for
   the rest from the first byte not held, so no byte is fetched twice. A server that ignores Range
   (200) replaces what is held and counts as complete; 416 at the end of the file means complete;
-- alternates (JPEG-LS thumbnail, lossy): a result never replaces a better one.
+- alternates (JPEG-LS thumbnail, lossy): a result never replaces a better one;
+- failures: a 5xx/429 answer or a lost transfer is retried (``retries``, doubling back-off,
+  Retry-After capped) and a cut transfer resumes from the first byte not held; a JPEG 2000
+  codestream that ends before EOC or that the scanner rejects never becomes the final image.
 
 Scheduling: one priority queue over the stack (the current image first, then stages in order,
 nearest images first), bounded concurrency, per-image stage order, cancellation of images no

@@ -6,6 +6,7 @@ import gzip
 import http.client
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -191,5 +192,8 @@ def test_head_has_length_and_no_body(live, tree):
 def test_requests_are_logged_with_bytes_sent(live, tree):
     before = len(live.log)
     request(live, FRAME, {"Range": "bytes=10-19"})
+    deadline = time.monotonic() + 5
+    while len(live.log) <= before and time.monotonic() < deadline:
+        time.sleep(0.01)  # the handler thread logs after the last byte is written
     entry = list(live.log)[before]
     assert entry["status"] == 206 and entry["bytes_sent"] == 10 and entry["range"] == "bytes=10-19"

@@ -420,6 +420,66 @@ def declared_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | Non
     return None
 
 
+MAX_MAGNITUDE_BITS = 30  # OpenJPH keeps sample magnitudes in 32-bit integers: more crashes it
+
+
+def _quantization_problem(data: memoryview) -> str | None:
+    """Why a JPEG 2000 codestream's QCD/QCC cannot be decoded safely, or None.
+
+    The magnitude bits of a sub-band are guard bits + exponent - 1 (ISO 15444-1 E.1). OpenJPH
+    segfaults past 30 (one bit flip of a real stream's QCD did it); no real image needs more.
+    Walks the main header and every tile-part header (by Psot) that the bytes hold.
+    """
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0x4F:
+        return None
+    components = 1
+    pos = 2
+    in_main = True
+    psot, tile_part_end = 0, n
+    while pos + 4 <= n:
+        marker = (data[pos] << 8) | data[pos + 1]
+        if marker == 0xFF90:  # SOT: its tile-part header follows
+            if pos + 12 > n:
+                return None
+            psot = int.from_bytes(data[pos + 6 : pos + 10], "big")
+            if psot and psot < 14:
+                return None  # malformed: left to the decoder, which rejects it
+            in_main, tile_part_end = False, pos + psot if psot else n
+            pos += 12
+            continue
+        if marker == 0xFF93:  # SOD: skip the packet data to the next tile-part
+            if not psot or tile_part_end <= pos:
+                return None
+            pos = tile_part_end
+            continue
+        if marker == 0xFFD9 or marker >> 8 != 0xFF:
+            return None
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker == 0xFF51 and len(segment) >= 36:
+            components = int.from_bytes(segment[34:36], "big")
+        elif marker in (0xFF5C, 0xFF5D):  # QCD, QCC
+            skip = 0 if marker == 0xFF5C else (2 if components >= 257 else 1)
+            if len(segment) < skip + 1:
+                return None
+            style = segment[skip]
+            guard, kind = style >> 5, style & 0x1F
+            entries = segment[skip + 1 :]
+            if kind == 0:
+                exponents = [b >> 3 for b in entries]
+            else:
+                exponents = [entries[i] >> 3 for i in range(0, len(entries) - 1, 2)]
+            if exponents and guard + max(exponents) - 1 > MAX_MAGNITUDE_BITS:
+                where = "main header" if in_main else f"tile-part header at {pos}"
+                return (f"quantization in the {where} gives {guard + max(exponents) - 1} magnitude bits "
+                        f"(at most {MAX_MAGNITUDE_BITS})")
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
 def reduced_size(rows: int, columns: int, reduce: int) -> tuple[int, int]:
     """Size of a JPEG 2000 image with `reduce` resolution levels skipped (origin at 0, 0)."""
     factor = 1 << reduce
@@ -456,6 +516,10 @@ def decode_frame(
         if size is not None and size != (fmt.rows, fmt.columns):
             raise DecodeError(f"{codec.name} decode failed: the stream declares {size[0]}x{size[1]}, "
                               f"the image is {fmt.rows}x{fmt.columns}")
+        if codec.resolution_progressive:
+            problem = _quantization_problem(view)
+            if problem:
+                raise DecodeError(f"{codec.name} decode failed: {problem}")
     try:
         decoded = codec.decode(view, fmt, reduce)
     except DecodeError as exc:

@@ -434,3 +434,35 @@ def test_tile_origin_past_the_image_origin_is_refused_before_the_decoder(tmp_pat
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.stdout.startswith("refused:"), done.stdout + done.stderr[-500:]
+
+
+@pytest.mark.parametrize("guard, exponent", [(1, 31), (2, 30), (7, 26)])
+def test_quantization_beyond_30_magnitude_bits_is_refused_before_the_decoder(tmp_path, guard, exponent):
+    """Found by tools/fuzz.py: one bit flip in a real lossy stream's QCD (exponent 15 -> 31) made
+    OpenJPH segfault; guard bits + exponent - 1 > 30 must never reach the decoder."""
+    data, _ = ct_codestream()
+    bad = bytearray(data)
+    q = bad.index(b"\xff\x5c")  # QCD: Lqcd, Sqcd (guard bits << 5 | style), SPqcd...
+    style = bad[q + 4] & 0x1F
+    bad[q + 4] = (guard << 5) | style
+    if style == 0:
+        bad[q + 5] = (exponent << 3) | (bad[q + 5] & 7)
+    else:
+        bad[q + 5] = (exponent << 3) | (bad[q + 5] & 7)
+    (tmp_path / "bad.j2c").write_bytes(bad)
+    script = (
+        "from app.codecs import decode_frame, DecodeError, PixelFormat\n"
+        f"data = open({str(tmp_path / 'bad.j2c')!r}, 'rb').read()\n"
+        "for ts in ('1.2.840.10008.1.2.4.202', '1.2.840.10008.1.2.4.203'):\n"
+        "    try:\n"
+        "        decode_frame(data, ts, PixelFormat(128, 128, pixel_representation=1))\n"
+        "    except DecodeError as exc:\n"
+        "        print('refused:', exc)\n"
+    )
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and done.stdout.count("magnitude bits") == 2, done.stdout + done.stderr[-300:]

@@ -16,8 +16,8 @@ DiscoveryError, ValueError), ``silent`` (a mutated frame passed every check and 
 pixels than the original: a wrong image nothing can detect without a checksum), ``crash`` (any
 other exception) and ``slow`` (a case over --case-seconds). Crashes and slow cases are saved
 under --save for replay. A case stuck inside a C decoder cannot be interrupted: after four times
---case-seconds the run exits (status 1, Python traceback on stderr) and --save/last-case.bin holds
-the input. Exit status 1 when there was a crash or a slow case.
+--case-seconds the run exits (status 1, Python traceback on stderr); a decoder that segfaults ends
+the run too (status -11/139). Either way --save/last-case.bin and last-case.json hold the input. Exit status 1 when there was a crash or a slow case.
 """
 
 from __future__ import annotations
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", type=Path, default=None, help="folder for crashing / slow inputs")
     args = parser.parse_args(argv)
 
+    faulthandler.enable()  # a segfault in a decoder prints where it happened
     swallowed = collections.Counter()
     sys.unraisablehook = lambda u: swallowed.update([type(u.exc_value).__name__])  # OpenJPH's noise
     cases, corpus = load_inputs(args.root, args.limit)

@@ -351,6 +351,29 @@ def write_atomic(path: Path, chunks: bytes | Sequence[bytes]) -> int:
     return size
 
 
+def remove_stale_temporaries(out: Path) -> int:
+    """Delete ``.NAME.<pid>.tmp`` files left by a run that was killed (no ``finally`` ran then)."""
+    removed = 0
+    if not out.is_dir():
+        return removed
+    for temporary in out.rglob(".*.tmp"):
+        pid_text = temporary.name.rsplit(".", 2)[-2]
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _process_alive(int(pid_text)):
+            temporary.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but not ours: leave its files alone
+    return True
+
+
 def write_json_pair(path: Path, value: Any) -> None:
     """`path` plain and `path`.gz (for `metadata`) or `index.json` + `index.json.gz`."""
     data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -718,6 +741,7 @@ def convert(
     settings = EncodeSettings(lossy_quality=lossy_quality)
     lossy_step(lossy_quality)  # validate early
     manifest = open_manifest(out, raw)
+    remove_stale_temporaries(out)
     summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
     files = list(iter_input_files(Path(path) for path in inputs))
     progress = Progress(len(files), progress_stream, quiet)

@@ -119,7 +119,6 @@ def test_a_rerun_completes_the_tree(killed):
                                           pixels)
 
 
-@pytest.mark.xfail(strict=True, reason="open: convert.py leaves the temporaries of a killed run in place")
 def test_a_rerun_removes_the_killed_runs_temporaries(killed):
     """A kill inside write_atomic leaves ``.N.<pid>.tmp`` beside the frame (no finally runs then)."""
     inputs, out, *_ = killed

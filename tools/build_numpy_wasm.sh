@@ -251,6 +251,10 @@ PKG_INIT=$(find "$DEST" -path '*/numpy/__init__.py' -not -path '*/numpy/*/numpy/
 [[ -n $PKG_INIT ]] || { echo "installed numpy not found under $DEST" >&2; exit 1; }
 SITE=$(dirname "$(dirname "$PKG_INIT")")
 echo "installed to $SITE"
+# numpy/__config__.py records compiler paths: drop the work-dir prefix so the
+# wheel does not depend on where it was built (everything else is path-free)
+sed -i "s|$W/|<numpy-build>/|g" "$SITE/numpy/__config__.py"
+if grep -rlF --exclude-dir=__pycache__ "$W" "$SITE/numpy"; then echo "work-dir paths left in the files above" >&2; exit 1; fi
 find "$SITE/numpy" -name '*.so' | sed "s|$SITE/||" | sort
 # every symbol the extension modules import must exist in Pyodide 314
 "$NODE" "$HELPERS/check_imports.mjs" "$X/pyodide/package/pyodide.asm.wasm" "$SITE/numpy"

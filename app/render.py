@@ -55,12 +55,7 @@ def grey_lut(dtype: np.dtype, appearance: Appearance) -> np.ndarray:
         stored = np.arange(65536, dtype=np.uint16).view(dtype)
     else:
         raise ValueError(f"no lookup table for {dtype}")
-    modality = stored.astype(np.float32) * np.float32(appearance.rescale_slope) + np.float32(
-        appearance.rescale_intercept)
-    grey = apply_window(modality, appearance.window)
-    if appearance.invert != appearance.monochrome1:
-        grey = 255 - grey
-    return grey.astype(np.uint32) * GREY_TO_RGBA | OPAQUE
+    return _grey_rgba(stored, appearance)
 
 
 def to_rgba(pixels: np.ndarray, appearance: Appearance) -> np.ndarray:
@@ -71,7 +66,12 @@ def to_rgba(pixels: np.ndarray, appearance: Appearance) -> np.ndarray:
         lut = grey_lut(pixels.dtype, appearance)
         index = pixels.view(np.uint8 if pixels.dtype.itemsize == 1 else np.uint16)
         return np.take(lut, index)
-    modality = pixels.astype(np.float32) * np.float32(appearance.rescale_slope) + np.float32(
+    return _grey_rgba(pixels, appearance)
+
+
+def _grey_rgba(values: np.ndarray, appearance: Appearance) -> np.ndarray:
+    """Rescale, window and MONOCHROME1/invert, packed as opaque grey RGBA words."""
+    modality = values.astype(np.float32) * np.float32(appearance.rescale_slope) + np.float32(
         appearance.rescale_intercept)
     grey = apply_window(modality, appearance.window)
     if appearance.invert != appearance.monochrome1:

@@ -225,11 +225,22 @@ def _imagecodecs_function(*names: str) -> Callable[..., Any]:
         raise DecodeError("imagecodecs is not installed")
     for name in names:
         function = getattr(imagecodecs, name, None)
-        if function is not None:
-            available = getattr(imagecodecs, name.rsplit("_", 1)[0].upper(), None)
-            if available is None or getattr(available, "available", True):
-                return function
+        if function is not None and _codec_available(name.rsplit("_", 1)[0].upper()):
+            return function
     raise DecodeError(f"this imagecodecs build has none of {', '.join(names)}")
+
+
+def _codec_available(codec: str) -> bool:
+    """Whether imagecodecs' ``codec`` (e.g. ``DICOMRLE``) was built and its module loads.
+
+    A build without the codec's extension module (the browser runtime is trimmed to the viewer's
+    codecs) answers with a stub class that is falsy and raises ImportError on any attribute.
+    """
+    try:
+        flag = getattr(imagecodecs, codec, None)
+        return flag is None or (bool(flag) and bool(getattr(flag, "available", True)))
+    except ImportError:
+        return False
 
 
 def _decode_native(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:

@@ -11,6 +11,13 @@ Result::
     static/pyodide/   pyodide.mjs, pyodide.asm.mjs, pyodide.asm.wasm, python_stdlib.zip, pyodide-lock.json
     static/pyscript/  core.js, core.css and the chunks they import
     static/wheels/    numpy, imagecodecs (wasm32), pydicom
+
+Then the stdlib zip and the wheels are *slimmed* for a fast start (``tools/runtime/slim.py``, run
+inside Pyodide under Node by ``tools/runtime/compile.mjs``): every ``.py`` becomes sourceless
+bytecode compiled by the page's own interpreter (Pyodide ships sources only and never writes
+bytecode, so each start compiled every imported module again), and files the viewer never uses
+are dropped (imagecodecs' other codecs, numpy.random/fft, typing stubs, pydicom's test files).
+Navigation to ready went from 4.6 s to 2.4 s on a quiet 2-core machine.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 CACHE = PROJECT / ".cache" / "downloads"
 STATIC = PROJECT / "static"
-STAMP_VERSION = 3
+STAMP_VERSION = 4
 
 PYODIDE_VERSION = "314.0.7"
 PYSCRIPT_VERSION = "0.7.31"
@@ -76,6 +83,28 @@ PYODIDE_FILES = ("pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_s
 
 #: Wheels in the order the page loads them (numpy before imagecodecs, which needs it).
 WHEELS = (NUMPY_WHEEL, WHEEL_IMAGECODECS.filename, WHEEL_PYDICOM.filename)
+
+#: imagecodecs extension modules the viewer's codecs need (app/codecs.py); the others are dropped.
+#: ``_imcd`` stays out on purpose: its PackBits-based codecs (DICOMRLE among them) need symbols
+#: Pyodide lacks and would abort the interpreter; DICOM RLE falls back to pydicom.
+IMAGECODECS_MODULES = ("_shared", "_htj2k", "_jpeg2k", "_jpeg8", "_jpegls", "_ljpeg")
+
+#: What slim.py does per zip: ``prefix`` is where Pyodide puts the files (for code objects'
+#: file names); ``drop``/``keep`` are fnmatch patterns.
+SITE = "/lib/python3.14/site-packages/"
+SLIM_JOBS = {
+    # stored, not deflated: zipimport reads it without inflating and serve.py sends its gzip twin
+    "python_stdlib.zip": {"prefix": "/lib/python314.zip/", "store": True},
+    NUMPY_WHEEL: {"prefix": SITE, "drop": ["*.pyi", "numpy/random/*", "numpy/fft/*", "numpy/f2py/*",
+                                           "numpy/_pyinstaller/*", "numpy/testing/_private/*"]},
+    WHEEL_IMAGECODECS.filename: {
+        "prefix": SITE,
+        "drop": ["*.pyi", "imagecodecs/_*.so", "imagecodecs/numcodecs.py", "imagecodecs/zarr.py"],
+        "keep": [f"imagecodecs/{m}.*.so" for m in IMAGECODECS_MODULES],
+    },
+    WHEEL_PYDICOM.filename: {"prefix": SITE, "drop": ["pydicom/data/test_files/*"]},
+}
+SLIM_TOOLS = (PROJECT / "tools" / "runtime" / "slim.py", PROJECT / "tools" / "runtime" / "compile.mjs")
 
 #: Runtime assets worth storing pre-compressed next to the original (serve.py sends them gzipped).
 PRECOMPRESS_SUFFIXES = (".wasm", ".mjs", ".js", ".css", ".zip", ".json")
@@ -161,7 +190,34 @@ def stamp_contents() -> dict:
         "pyscript": NPM_PYSCRIPT.sha256,
         "wheels": [WHEEL_PYDICOM.sha256, WHEEL_IMAGECODECS.sha256,
                    sha256_of(numpy_wheel())],
+        "slim": hashlib.sha256(json.dumps(SLIM_JOBS, sort_keys=True).encode()
+                               + b"".join(p.read_bytes() for p in SLIM_TOOLS)).hexdigest(),
     }
+
+
+def slim(targets: dict[str, Path]) -> list[dict]:
+    """Rewrite ``targets`` (zip name -> path in static/) in place with tools/runtime/slim.py."""
+    work = PROJECT / ".cache" / "runtime-slim"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    items = []
+    for name, path in targets.items():
+        shutil.copyfile(path, work / ("in-" + name))
+        items.append({"src": f"/work/in-{name}", "dst": f"/work/{name}", **SLIM_JOBS[name]})
+    (work / "job.json").write_text(json.dumps({"items": items}))
+    node = shutil.which("node")
+    if node is None:
+        raise SystemExit("setup: Node.js is needed to prepare the runtime (apt install nodejs)")
+    done = subprocess.run([node, str(SLIM_TOOLS[1]), str(STATIC / "pyodide"), str(work)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"setup: slimming the runtime failed:\n{done.stdout}{done.stderr}")
+    results = json.loads((work / "job.result.json").read_text())
+    for name, path in targets.items():
+        (work / name).replace(path)
+        path.chmod(0o644)
+    shutil.rmtree(work, ignore_errors=True)
+    return results
 
 
 def ensure_runtime(force: bool = False) -> Path:
@@ -192,6 +248,11 @@ def ensure_runtime(force: bool = False) -> Path:
     (STATIC / "wheels").mkdir(parents=True, exist_ok=True)
     for path in wheel_paths:
         shutil.copyfile(path, STATIC / "wheels" / path.name)
+    targets = {"python_stdlib.zip": STATIC / "pyodide" / "python_stdlib.zip"}
+    targets.update({path.name: STATIC / "wheels" / path.name for path in wheel_paths})
+    for result in slim(targets):
+        print(f"setup: slimmed {result['src'].removeprefix('/work/in-')}: {result['compiled']} modules "
+              f"compiled, {result['dropped']} files dropped", flush=True)
     precompress(STATIC / "pyodide")
     precompress(STATIC / "pyscript")
     stamp.write_text(json.dumps(wanted, indent=1))

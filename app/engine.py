@@ -8,8 +8,9 @@ into Refinement events:
   runs only when a resolution level has completely arrived (the newest one, never one smaller
   than what is shown), then the lossless decode at the end;
 - byte ranges: the first range is ``chunkSize`` bytes (extended, once the TLM is known, to exactly
-  the end of the level that fills the viewport or the ``decodeLevel`` cap); a later stage asks for
-  the rest from the first byte not held, so no byte is fetched twice. A server that ignores Range
+  the end of the smallest allowed level it reaches into); a later stage asks for the rest from the
+  first byte not held, so no byte is fetched twice, streamed if ``streaming`` (levels that fill
+  the viewport show as they complete). A server that ignores Range
   (200) replaces what is held and counts as complete; 416 at the end of the file means complete;
 - alternates (JPEG-LS thumbnail, lossy): a result never replaces a better one;
 - failures: a 5xx/429 answer or a lost transfer is retried (``retries``, doubling back-off,
@@ -661,14 +662,16 @@ class RetrieveEngine:
                 want_end = options.chunk_size * (options.range_index + 1)
                 if body.file_offset < want_end:
                     await self._fetch(st, stage, stage_pos, body, want_end, options, generation, streaming=False)
-                level = self._wanted_level(body, options)
+                level = self._wanted_level(body, options, want_end)
                 if level is not None and not body.decodable_complete:
                     end = body.level_file_end(level.level)
                     if end is not None and end > body.file_offset:
                         await self._fetch(st, stage, stage_pos, body, end, options, generation, streaming=False)
             else:
+                # the whole body, or (rangeIndex -1) the rest of it: streamed when asked, so the
+                # levels between the first range and the final one can show as they complete
                 await self._fetch(st, stage, stage_pos, body, None, options, generation,
-                                  streaming=options.streaming and not ranged)
+                                  streaming=options.streaming)
         self._check(st, generation)
         if body.decodable_complete:
             self._decode_and_emit(st, stage, stage_pos, body, options, generation, reduce=0, end=None)
@@ -695,10 +698,15 @@ class RetrieveEngine:
         vr, vc = self.viewport
         return level.rows >= vr or level.columns >= vc
 
-    def _wanted_level(self, body: _FrameBody, options: RetrieveOptions) -> ResolutionComplete | None:
-        """For a first range: the level to hold exactly (fills the viewport, else the decodeLevel cap).
+    def _wanted_level(self, body: _FrameBody, options: RetrieveOptions,
+                      chunk_end: int) -> ResolutionComplete | None:
+        """For a first range: the level to hold exactly.
 
-        None when the TLM does not say where levels end, or a level at least as large is held.
+        The smallest allowed level that the ``chunkSize`` range reaches into (so the range ends
+        where a level does, not part way through one), else the largest allowed level inside it.
+        Larger levels are the next stage's business: they cost more bytes before anything shows,
+        and a streamed rest decodes them as they complete. None when the TLM does not say where
+        levels end, or a level at least as large is already held.
         """
         h = body.header
         if h is None or body.level_file_end(0) is None:
@@ -708,10 +716,8 @@ class RetrieveEngine:
         allowed = [lv for lv in levels if self._allowed(lv, options, body)]  # ascending size
         if not allowed:
             return None
-        if self.viewport is not None:
-            target = next((lv for lv in allowed if self._fills_viewport(lv)), allowed[-1])
-        else:
-            target = allowed[0]
+        target = next((lv for lv in allowed if (body.level_file_end(lv.level) or 0) >= chunk_end),
+                      allowed[-1])
         if any(done.level >= target.level for done in body.levels):
             return None
         return target

@@ -252,15 +252,23 @@ def test_byte_ranges_fetch_every_byte_once(radiograph, demo_server, demo_data):
     assert last.final
 
 
-def test_first_range_holds_exactly_the_level_that_fills_the_viewport(radiograph, demo_server):
+def test_first_range_ends_at_the_level_it_reaches_then_the_rest_streams(radiograph, demo_server):
     path, source = radiograph
     demo_server.log.clear()
     events, _ = run_engine(demo_server.url + path, preset("htj2kByteRange"), viewport=(600, 700))
-    first = refinements(events)[0]
-    assert (first.rows, first.columns) == (654, 768)  # the smallest level >= 600x700 on one side
+    refs = refinements(events)
+    first = refs[0]
+    # decodeLevel 3 allows 384x327 and up; 64 KB reaches into that level: the range ends with it,
+    # not with the (larger) level that fills the viewport
+    assert (first.rows, first.columns) == (327, 384)
     starts = [e for e in events if isinstance(e, RequestStarted)]
+    assert starts[0].byte_range == (0, 65535)
     assert starts[1].byte_range[1] + 1 == first.bytes_received  # stopped exactly at the level's end
-    np.testing.assert_array_equal(refinements(events)[-1].pixels, source)
+    assert starts[2].byte_range == (first.bytes_received, None)  # then the rest, once
+    # the rest is streamed: the level that fills 600x700 shows before the lossless image
+    assert [(r.rows, r.columns) for r in refs[1:]] == [(654, 768), (2614, 3072)]
+    assert refs[1].status == ImageQualityStatus.SUBRESOLUTION
+    np.testing.assert_array_equal(refs[-1].pixels, source)
 
 
 def test_jls_reduced_asks_for_the_thumbnail_first(radiograph, demo_server):

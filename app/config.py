@@ -711,7 +711,8 @@ PRESETS: dict[str, dict] = {
     "htj2kByteRange": {
         "stages": _STAGE_SETS["sequential"],
         "retrieveOptions": {
-            "singleFast": {"rangeIndex": 0, "chunkSize": DEFAULT_CHUNK_SIZE, "decodeLevel": 3},
+            # 128 KB, as in Cornerstone3D's published byte-range row
+            "singleFast": {"rangeIndex": 0, "chunkSize": 2 * DEFAULT_CHUNK_SIZE, "decodeLevel": 3},
             "singleFinal": {"rangeIndex": -1, "streaming": True},
         },
     },
@@ -737,7 +738,7 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     "jls": "One request per image for the lossless JPEG-LS alternate under /jls/; nothing shows until it is complete.",
     "jlsReduced": "JPEG-LS thumbnail (1/4 size each way) from /jlsThumbnail/ shown as SUBRESOLUTION, then the full JPEG-LS from /jls/.",
     "htj2k": "One streamed HTJ2K request from /frames/; decoded as resolution levels arrive (SUBRESOLUTION while partial), full at the end.",
-    "htj2kByteRange": "First 64 KB of the HTJ2K frame, extended to the end of the resolution level it reaches (Range, decode level capped at 3), as SUBRESOLUTION; then one streamed Range request for the rest.",
+    "htj2kByteRange": "First 128 KB of the HTJ2K frame (Range, decode level capped at 3; extended to the end of a level if it holds no whole one) as SUBRESOLUTION, then one streamed Range request for the rest.",
     "nonProgressive": "One complete request per image from /frames/, no streaming or ranges: the image appears only when fully decoded.",
     "interleavedStack": "Interleaved over the stack: middle/first/last in full, 64 KB HTJ2K ranges of every 4th slice copied to neighbours, then the rest of every slice.",
 }

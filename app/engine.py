@@ -7,10 +7,10 @@ into Refinement events:
 - streaming: chunks go through the multipart reader and the codestream scanner; a partial decode
   runs only when a resolution level has completely arrived (the newest one, never one smaller
   than what is shown), then the lossless decode at the end;
-- byte ranges: the first range is ``chunkSize`` bytes (extended, once the TLM is known, to exactly
-  the end of the smallest allowed level it reaches into); a later stage asks for the rest from the
-  first byte not held, so no byte is fetched twice, streamed if ``streaming`` (levels that fill
-  the viewport show as they complete). A server that ignores Range
+- byte ranges: the first range is ``chunkSize`` bytes; if they hold no whole allowed level, a
+  second range (asked for as soon as the TLM is in) ends exactly where the smallest allowed level
+  does; a later stage asks for the rest from the first byte not held, so no byte is fetched
+  twice, streamed if ``streaming`` (levels that fill the viewport show as they complete). A server that ignores Range
   (200) replaces what is held and counts as complete; 416 at the end of the file means complete;
 - alternates (JPEG-LS thumbnail, lossy): a result never replaces a better one;
 - failures: a 5xx/429 answer or a lost transfer is retried (``retries``, doubling back-off,
@@ -659,14 +659,7 @@ class RetrieveEngine:
         ranged = options.range_index is not None
         if not body.decodable_complete:
             if ranged and options.range_index >= 0:
-                want_end = options.chunk_size * (options.range_index + 1)
-                if body.file_offset < want_end:
-                    await self._fetch(st, stage, stage_pos, body, want_end, options, generation, streaming=False)
-                level = self._wanted_level(body, options, want_end)
-                if level is not None and not body.decodable_complete:
-                    end = body.level_file_end(level.level)
-                    if end is not None and end > body.file_offset:
-                        await self._fetch(st, stage, stage_pos, body, end, options, generation, streaming=False)
+                await self._first_ranges(st, stage, stage_pos, body, options, generation)
             else:
                 # the whole body, or (rangeIndex -1) the rest of it: streamed when asked, so the
                 # levels between the first range and the final one can show as they complete
@@ -682,6 +675,97 @@ class RetrieveEngine:
             if level is not None:
                 self._decode_and_emit(st, stage, stage_pos, body, options, generation,
                                       reduce=level.reduce, end=level.end_offset)
+
+    async def _first_ranges(self, st: _ImageState, stage: RetrieveStage, stage_pos: int, body: _FrameBody,
+                            options: RetrieveOptions, generation: int) -> None:
+        """``rangeIndex`` >= 0: ``chunkSize`` bytes, then on to the end of a level if needed.
+
+        The second range is asked for as soon as the first one's main header (its TLM) says where
+        that level ends, so its round trip overlaps the first transfer instead of following it.
+        Whatever is still missing after that (no TLM in the first bytes, the early request failed
+        or was answered oddly) is fetched the plain way, from the first byte not held.
+        """
+        want_end = options.chunk_size * (options.range_index + 1)
+        ahead: dict = {}
+
+        def on_chunk() -> bool:
+            """Called by a range the server honours, after each chunk: True if it started one."""
+            if "task" in ahead or body.header is None:
+                return False
+            level = self._wanted_level(body, options, want_end)
+            end = body.level_file_end(level.level) if level is not None else None
+            ahead["task"] = None
+            if end is not None and end > want_end and not body.decodable_complete:
+                ahead["task"] = asyncio.ensure_future(self._read_ahead(st, stage, body, want_end, end))
+            return ahead["task"] is not None
+
+        try:
+            if body.file_offset < want_end:
+                await self._fetch(st, stage, stage_pos, body, want_end, options, generation,
+                                  streaming=False, on_chunk=on_chunk)
+            task = ahead.get("task")
+            if task is not None:
+                try:
+                    chunks, total = await task
+                except (TransportError, DecodeError):
+                    chunks, total = None, None
+                self._check(st, generation)
+                if chunks is not None and body.file_offset == want_end and not body.decodable_complete:
+                    for chunk in chunks:
+                        st.bytes_received += len(chunk)
+                        body.feed(chunk)
+                    if total is not None:
+                        body.total = total
+                        if body.file_offset >= total:
+                            body.end_of_file()
+        finally:
+            task = ahead.get("task")
+            if task is not None:
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # retrieved: a failed early range is not worth a warning
+        level = self._wanted_level(body, options, want_end)
+        if level is not None and not body.decodable_complete:
+            end = body.level_file_end(level.level)
+            if end is not None and end > body.file_offset:
+                await self._fetch(st, stage, stage_pos, body, end, options, generation, streaming=False)
+
+    async def _read_ahead(self, st: _ImageState, stage: RetrieveStage, body: _FrameBody,
+                          start: int, end: int) -> tuple[list[bytes], int | None]:
+        """Bytes ``start``..``end``-1 of body's URL, held aside until the body reaches ``start``.
+
+        Anything but a 206 for exactly that start raises TransportError (the caller then fetches
+        the plain way); one attempt only, no retries: the plain way has them.
+        """
+        image = st.image
+        self._emit(RequestStarted(image.index, stage.id, body.url, (start, end - 1), self._t_ms(st)))
+        chunks: list[bytes] = []
+        received = 0
+        status = 0
+        cancelled = False
+        resp = None
+        try:
+            resp = await self.transport.get(body.url, headers={"Accept": ACCEPT_ANY}, byte_range=(start, end - 1))
+            status = resp.status
+            self._emit(FirstBytes(image.index, stage.id, body.url, status, self._t_ms(st)))
+            cr = parse_content_range(resp.headers.get("content-range"))
+            if status != 206 or cr is None or cr.start != start:
+                raise TransportError(f"{body.url}: the early range request got HTTP {status}")
+            async for chunk in resp.chunks():
+                received += len(chunk)
+                if start + received > self.max_frame_bytes:
+                    raise TransportError(f"{body.url}: more than {self.max_frame_bytes} bytes for one frame")
+                chunks.append(bytes(chunk))
+            return chunks, cr.total
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            if resp is not None:
+                await resp.aclose()
+            self._emit(RequestFinished(image.index, stage.id, body.url, status, received, self._t_ms(st),
+                                       cancelled))
 
     def _check(self, st: _ImageState, generation: int) -> None:
         if st.generation != generation or not st.wanted:
@@ -702,8 +786,8 @@ class RetrieveEngine:
                       chunk_end: int) -> ResolutionComplete | None:
         """For a first range: the level to hold exactly.
 
-        The smallest allowed level that the ``chunkSize`` range reaches into (so the range ends
-        where a level does, not part way through one), else the largest allowed level inside it.
+        The largest allowed level the ``chunkSize`` range holds whole; if it holds none, the
+        smallest allowed level (so the range ends where a level does, not part way through one).
         Larger levels are the next stage's business: they cost more bytes before anything shows,
         and a streamed rest decodes them as they complete. None when the TLM does not say where
         levels end, or a level at least as large is already held.
@@ -716,8 +800,11 @@ class RetrieveEngine:
         allowed = [lv for lv in levels if self._allowed(lv, options, body)]  # ascending size
         if not allowed:
             return None
-        target = next((lv for lv in allowed if (body.level_file_end(lv.level) or 0) >= chunk_end),
-                      allowed[-1])
+        inside = [lv for lv in allowed if (body.level_file_end(lv.level) or 0) <= chunk_end]
+        if inside:
+            target = inside[-1]  # the chunk already holds a whole allowed level: no extension
+        else:
+            target = allowed[0]
         if any(done.level >= target.level for done in body.levels):
             return None
         return target
@@ -744,7 +831,8 @@ class RetrieveEngine:
     # -- fetching ----------------------------------------------------------------------------
     async def _fetch(self, st: _ImageState, stage: RetrieveStage, stage_pos: int, body: _FrameBody,
                      want_end: int | None,
-                     options: RetrieveOptions, generation: int, *, streaming: bool) -> None:
+                     options: RetrieveOptions, generation: int, *, streaming: bool,
+                     on_chunk: Callable[[], bool] | None = None) -> None:
         """Bring body up to ``want_end`` (exclusive; None: the whole file) from what it holds.
 
         A 5xx/429 answer or a lost transfer is tried again (``retries`` times, backing off or
@@ -753,7 +841,7 @@ class RetrieveEngine:
         for attempt in range(self.retries + 1):
             try:
                 return await self._fetch_once(st, stage, stage_pos, body, want_end, options, generation,
-                                              streaming=streaming)
+                                              streaming=streaming, on_chunk=on_chunk)
             except _Retryable as exc:
                 if attempt == self.retries:
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
@@ -766,7 +854,8 @@ class RetrieveEngine:
 
     async def _fetch_once(self, st: _ImageState, stage: RetrieveStage, stage_pos: int, body: _FrameBody,
                           want_end: int | None,
-                          options: RetrieveOptions, generation: int, *, streaming: bool) -> None:
+                          options: RetrieveOptions, generation: int, *, streaming: bool,
+                          on_chunk: Callable[[], bool] | None = None) -> None:
         image = st.image
         start = body.file_offset
         if body.total is not None and want_end is not None:
@@ -827,6 +916,8 @@ class RetrieveEngine:
                 if body.file_offset + n > self.max_frame_bytes:
                     raise TransportError(f"{body.url}: more than {self.max_frame_bytes} bytes for one frame")
                 body.feed(chunk)
+                if on_chunk is not None and status == 206 and not whole and on_chunk():
+                    await asyncio.sleep(0)  # let the request it started go out now
                 if streaming and body.levels and not body.decodable_complete:
                     level = self._best_partial_level(body, st, options)
                     if level is not None:

@@ -9,6 +9,7 @@ InstanceNumber; multi-frame instances become one stack item per frame.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -147,11 +148,7 @@ async def discover(transport: Transport, url: str, *, series_uid: str | None = N
     url = _strip(url)
     segs = _path_segments(url)
     if segs and segs[-1] in ("metadata", "metadata.gz", "metadata.json"):
-        series_url = url.rsplit("/", 1)[0]
-        found = await _first_json(transport, [url])
-        if found is None:
-            raise DiscoveryError(f"no metadata at {url}")
-        return await _build(transport, series_url, found[1])
+        return await _load_series(transport, url.rsplit("/", 1)[0], [url])
     if len(segs) >= 2 and segs[-2] == "series":
         return await _load_series(transport, url)
     if len(segs) >= 2 and segs[-2] == "studies":
@@ -200,21 +197,24 @@ async def _load_study(transport: Transport, study_url: str, series_uid: str | No
     raise DiscoveryError(f"no series with images under {study_url}" + (f" ({last_error})" if last_error else ""))
 
 
-async def _load_series(transport: Transport, series_url: str) -> Stack:
-    found = await _first_json(
-        transport, [f"{series_url}/metadata", f"{series_url}/metadata.gz", f"{series_url}/metadata.json"]
-    )
-    if found is None:
-        raise DiscoveryError(f"no series metadata at {series_url}/metadata")
-    return await _build(transport, series_url, found[1])
+async def _load_series(transport: Transport, series_url: str, metadata_urls: list[str] | None = None) -> Stack:
+    # alternates.json is asked for at the same time as the metadata: one round trip, not two,
+    # before the first frame request (a server without one answers 404, which costs nothing)
+    alternates = asyncio.ensure_future(_alternates(transport, series_url))
+    urls = metadata_urls or [f"{series_url}/metadata", f"{series_url}/metadata.gz", f"{series_url}/metadata.json"]
+    try:
+        found = await _first_json(transport, urls)
+        if found is None:
+            raise DiscoveryError(f"no series metadata at {urls[0]}")
+    except BaseException:
+        alternates.cancel()
+        raise
+    return stack_from_metadata(found[1], series_url, await alternates)
 
 
-async def _build(transport: Transport, series_url: str, metadata: object) -> Stack:
-    alternates: dict[str, Alternate] = {}
+async def _alternates(transport: Transport, series_url: str) -> dict[str, Alternate]:
     found = await _first_json(transport, [f"{series_url}/alternates.json", f"{series_url}/alternates.json.gz"])
-    if found is not None:
-        alternates = parse_alternates(found[1])
-    return stack_from_metadata(metadata, series_url, alternates)
+    return parse_alternates(found[1]) if found is not None else {}
 
 
 def parse_alternates(doc: object) -> dict[str, Alternate]:

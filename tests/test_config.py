@@ -87,7 +87,7 @@ def test_published_modes() -> None:
     htj2k = preset("htj2k").options_for("single", HTJ2K_RPCL)
     assert htj2k.streaming and htj2k.frames_path is None and htj2k.range_index is None
     byte_range = preset("htj2kByteRange")
-    assert byte_range.options_for("singleFast") == RetrieveOptions(range_index=0, chunk_size=65536, decode_level=3)
+    assert byte_range.options_for("singleFast") == RetrieveOptions(range_index=0, chunk_size=131072, decode_level=3)
     assert byte_range.options_for("singleFinal").range_index == -1
     plain = preset("nonProgressive").options_for("single")
     assert not plain.streaming and plain.range_index is None and plain.frames_path is None

@@ -173,6 +173,41 @@ def test_every_url_form_finds_the_series(tree, serve_dir):
     assert run(lambda t: discover(t, base)).series_uid in {s for _, s in uids(tree)}
 
 
+class _Recording:
+    """A real NativeTransport that notes when each request starts and when its body is read."""
+
+    def __init__(self, transport, log):
+        self.transport, self.log = transport, log
+
+    async def get(self, url, **kwargs):
+        name = url.rsplit("/", 1)[-1]
+        self.log.append(("start", name))
+        resp = await self.transport.get(url, **kwargs)
+        log, chunks = self.log, resp.chunks
+
+        async def recorded():
+            async for chunk in chunks():
+                yield chunk
+            log.append(("end", name))
+
+        resp.chunks = recorded
+        return resp
+
+    async def aclose(self):
+        await self.transport.aclose()
+
+
+def test_metadata_and_alternates_are_asked_for_together(tree, serve_dir):
+    """One round trip before the first frame request, not two."""
+    server = serve_dir(tree)
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    url = f"{server.url}/dicomweb/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}"
+    log: list[tuple[str, str]] = []
+    stack = run(lambda t: discover(_Recording(t, log), url))
+    assert "/jls/" in stack.alternates and len(stack) == 1
+    assert log.index(("start", "alternates.json")) < log.index(("end", "metadata")), log
+
+
 class _GzipOnly(BaseHTTPRequestHandler):
     """Serves only the ``.gz`` files of a tree, as bytes without Content-Encoding."""
 

@@ -2,7 +2,8 @@
 
 Mirrors NativeTransport: lower-case headers, bytes chunks, cancellation of the awaiting task aborts
 the fetch (AbortController). The browser hands over ~1.5 KB pieces; they are batched (>= 64 KB, or
-whatever arrived within one short time slice) so Python work runs per batch, not per piece.
+whatever arrived within one short time slice) so Python work runs per batch, not per piece; the
+first piece is handed over at once (the main header and TLM the engine plans with are in it).
 Content-Range is readable cross-origin only when the server exposes it (Access-Control-Expose-Headers).
 The browser decodes gzip itself.
 """
@@ -81,6 +82,7 @@ class BrowserResponse:
         pending: list[bytes] = []
         size = 0
         since = 0.0
+        first = True  # the first piece goes on at once: it holds the headers the engine acts on
         try:
             while True:
                 try:
@@ -92,6 +94,10 @@ class BrowserResponse:
                 if result.done:
                     break
                 data = result.value.to_bytes()
+                if first:
+                    first = False
+                    yield data
+                    continue
                 if not pending:
                     since = time.monotonic()
                 pending.append(data)

@@ -6,6 +6,7 @@ import time
 from pyscript import document, window
 
 _t0 = time.perf_counter()
+window.appTimings.pythonStartMs = window.performance.now()  # interpreter up, wheels installed
 
 
 def _fail(message: str) -> None:

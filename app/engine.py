@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import heapq
 import time
 from collections import OrderedDict
@@ -67,7 +68,14 @@ from .readers.multipart import (
     parse_media_type,
 )
 from .study import Stack, StackImage
-from .transport.base import Transport, TransportError, parse_content_range
+from .transport.base import (
+    DIGEST_ALGORITHMS,
+    ProtocolError,
+    Transport,
+    TransportError,
+    parse_content_digest,
+    parse_content_range,
+)
 
 __all__ = [
     "ACCEPT_ANY",
@@ -216,6 +224,10 @@ class _FrameBody:
         self.codestream_error: str | None = None  # the scanner's reason to reject the codestream
         self.complete = False
         self.partial_failed = False
+        # the part's Content-Digest (the converter writes one), checked before the final decode;
+        # hashed as the bytes arrive, so the check costs nothing when the last byte is in
+        self.digest: tuple[str, bytes] | None = None
+        self._hasher = None
 
     @property
     def data_offset(self) -> int | None:
@@ -258,6 +270,9 @@ class _FrameBody:
                 break
             if isinstance(event, PartHeaders):
                 self._set_syntax(event.content_type or self._content_type or "")
+                self.digest = parse_content_digest(event.headers.get("content-digest"))
+                if self.digest is not None and not self.data:
+                    self._hasher = hashlib.new(DIGEST_ALGORITHMS[self.digest[0]])
             elif isinstance(event, PartData):
                 self._add(event.data)
             elif isinstance(event, (PartEnd, MultipartEnd)):
@@ -309,6 +324,8 @@ class _FrameBody:
             return
         start = len(self.data)
         self.data += data
+        if self._hasher is not None:
+            self._hasher.update(data)
         if self.scanner is None and start == 0 and len(self.data) >= 2:
             if self.data[:2] == b"\xff\x4f":
                 self.scanner = CodestreamScanner()
@@ -329,11 +346,15 @@ class _FrameBody:
 
     def check_whole_codestream(self) -> None:
         """A JPEG 2000 codestream cut short (or garbled past its headers) often decodes without an
-        error to a wrong image: never let one through as the whole frame."""
+        error to a wrong image: never let one through as the whole frame. Neither bytes that fail
+        the Content-Digest of their part (a bit flip inside entropy-coded data decodes silently)."""
         if self.codestream_error is not None:
             raise DecodeError(f"corrupt codestream: {self.codestream_error}")
         if self.scanner is not None and not self.scanner.complete:
             raise DecodeError(f"codestream truncated: {len(self.data)} bytes end before its EOC marker")
+        if self._hasher is not None and self._hasher.digest() != self.digest[1]:
+            raise DecodeError(f"the frame's bytes do not match their Content-Digest ({self.digest[0]}): "
+                              "corrupted on the server or on the way")
 
     @property
     def decodable_complete(self) -> bool:
@@ -943,8 +964,8 @@ class RetrieveEngine:
         try:
             async for chunk in resp.chunks():
                 yield chunk
-        except _Retryable:
-            raise
+        except (_Retryable, ProtocolError):
+            raise  # a ProtocolError would come back the same: not worth another attempt
         except TransportError as exc:
             raise _Retryable(str(exc)) from exc
 

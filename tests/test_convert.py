@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import json
 import math
 import shutil
@@ -71,11 +73,15 @@ def read_frame_file(path: Path, manifest: dict, alternate: str) -> bytes:
     boundary = manifest["boundary"].encode()
     entry = manifest["alternates"][alternate]
     head = (b"--" + boundary + b"\r\nContent-Type: " + entry["mediaType"].encode() + b";transfer-syntax="
-            + entry["transferSyntaxUID"].encode() + b"\r\n\r\n")
+            + entry["transferSyntaxUID"].encode() + b"\r\nContent-Digest: sha-256=:")
     tail = b"\r\n--" + boundary + b"--"
-    assert data.startswith(head), data[:120]
+    assert data.startswith(head), data[:160]
     assert data.endswith(tail)
-    return data[len(head) : -len(tail)]
+    digest_end = data.index(b":\r\n\r\n", len(head))
+    codestream = data[digest_end + 5 : -len(tail)]
+    # the part's Content-Digest is the SHA-256 of exactly the codestream
+    assert base64.b64decode(data[len(head) : digest_end]) == hashlib.sha256(codestream).digest()
+    return codestream
 
 
 def read_json(path: Path):

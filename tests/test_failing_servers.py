@@ -25,6 +25,7 @@ from pydicom.uid import generate_uid
 
 from app.config import ImageQualityStatus, RetrieveConfig, preset
 from app.convert import convert
+from app.codecs import HTJ2K_LOSSLESS_RPCL, PixelFormat, decode_frame
 from app.engine import ImageFailed, Refinement, RetrieveEngine
 from app.readers import CodestreamScanner, MultipartReader, PartData
 from app.study import discover
@@ -103,6 +104,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, gzip.compress(data), {"Content-Type": ctype, "Content-Encoding": "gzip"})
         if kind == "ctype":
             return self._send(200, data, {"Content-Type": a.value})
+        if kind == "encoding":  # a Content-Encoding the client never asked for
+            return self._send(200, data, {"Content-Type": ctype, "Content-Encoding": a.value})
         if kind == "body":  # another body, properly framed
             return self._send(200, a.make(data), {"Content-Type": ctype})
         if kind == "split":  # a good prefix, a pause, then another tail
@@ -483,3 +486,55 @@ def test_an_endless_metadata_body_is_refused(tree, monkeypatch):
             asyncio.run(asyncio.wait_for(main(), 10))
     finally:
         server.close()
+
+
+# -- integrity -------------------------------------------------------------------------------------
+
+
+def _silent_flip(codestream: bytes, fmt, expected: np.ndarray) -> bytes:
+    """The codestream with one bit flipped inside entropy-coded data such that the decoder raises
+    nothing and returns wrong pixels: what only the converter's Content-Digest can catch."""
+    for offset in range(len(codestream) * 2 // 3, len(codestream) - 16):
+        mangled = bytearray(codestream)
+        mangled[offset] ^= 0x10
+        try:
+            scanner = CodestreamScanner()
+            scanner.feed(bytes(mangled))
+            scanner.close()
+            pixels = decode_frame(bytes(mangled), HTJ2K_LOSSLESS_RPCL, fmt)
+        except Exception:  # noqa: BLE001 - this flip is caught anyway; look for a silent one
+            continue
+        if pixels.shape == expected.shape and not np.array_equal(pixels, expected):
+            return bytes(mangled)
+    raise AssertionError("no silent bit flip found")
+
+
+@pytest.mark.parametrize("config", ["htj2k", "nonProgressive", "htj2kByteRange"])
+def test_a_silent_bit_flip_is_caught_by_the_content_digest(tree, config):
+    """One flipped bit inside entropy-coded data decodes without an error to wrong pixels; the
+    part's Content-Digest (written by the converter) turns it into ImageFailed, never a final."""
+    sample = next((tree["root"] / tree["series"]).glob("instances/*/frames/1")).read_bytes()
+    assert b"Content-Digest: sha-256=:" in sample[:400]
+    expected = tree["pixels"]
+    fmt = PixelFormat(rows=expected.shape[0], columns=expected.shape[1], bits_allocated=16,
+                      bits_stored=16, pixel_representation=int(expected.dtype.kind == "i"))
+
+    def make(data: bytes) -> bytes:
+        begin, cs, closing = _frame_parts(data)
+        return data[:begin] + _silent_flip(cs, fmt, expected) + closing
+
+    events, engine, _, _ = run(tree, lambda p, n, r: Action("body", make=make), preset(config))
+    assert not [r for r in refinements(events, HIT) if r.final], "corrupt bytes became the final image"
+    failed = failures(events, HIT)  # one per stage that fetched the frame
+    assert failed and all("Content-Digest" in f.message for f in failed)
+    assert not engine.reached_final(HIT)
+    assert_others_final(tree, events, engine)
+
+
+def test_an_unsupported_content_encoding_fails_at_once(tree):
+    """Asking again would get the same answer: one request, a clear message, no retries."""
+    events, engine, server, _ = run(tree, lambda p, n, r: Action("encoding", value="br"), retries=3)
+    (failed,) = failures(events, HIT)
+    assert "unsupported Content-Encoding 'br'" in failed.message
+    assert len(server.hits()) == 1
+    assert_others_final(tree, events, engine)

@@ -466,3 +466,33 @@ def test_quantization_beyond_30_magnitude_bits_is_refused_before_the_decoder(tmp
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0 and done.stdout.count("magnitude bits") == 2, done.stdout + done.stderr[-300:]
+
+
+# -- Content-Digest (RFC 9530) part headers --------------------------------------------------------
+
+
+def test_content_digest_parsing():
+    import base64
+    import hashlib
+
+    from app.transport.base import parse_content_digest
+
+    d256 = hashlib.sha256(b"x").digest()
+    d512 = hashlib.sha512(b"x").digest()
+    b64 = lambda d: base64.b64encode(d).decode()  # noqa: E731
+    assert parse_content_digest(f"sha-256=:{b64(d256)}:") == ("sha-256", d256)
+    assert parse_content_digest(f"SHA-256 = :{b64(d256)}: ") == ("sha-256", d256)
+    # the strongest known algorithm wins; unknown ones are ignored
+    assert parse_content_digest(f"md5=:AAAA:, sha-256=:{b64(d256)}:, sha-512=:{b64(d512)}:") == ("sha-512", d512)
+    for bad in (None, "", "sha-256", "sha-256=", "sha-256=::", f"sha-256={b64(d256)}", "sha-256=:!!!!:",
+                f"sha-256=:{b64(d256[:-1])}:", f"sha-512=:{b64(d256)}:", "crc32c=:AAAAAA==:"):
+        assert parse_content_digest(bad) is None, bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_content_digest_parsing_never_raises(value):
+    from app.transport.base import parse_content_digest
+
+    result = parse_content_digest(value)
+    assert result is None or result[0] in ("sha-256", "sha-512")

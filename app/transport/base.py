@@ -7,6 +7,9 @@ awaits it cancels the transfer (CPython: the connection is closed; browser: Abor
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, runtime_checkable
@@ -15,14 +18,21 @@ __all__ = [
     "Response",
     "Transport",
     "TransportError",
+    "ProtocolError",
     "ContentRange",
     "range_header",
     "parse_content_range",
+    "parse_content_digest",
 ]
 
 
 class TransportError(Exception):
     """The request could not be made or its answer could not be read (not an HTTP status)."""
+
+
+class ProtocolError(TransportError):
+    """The answer arrived but cannot be read (an unsupported Content-Encoding, a corrupt gzip
+    body): asking again would get the same answer, so it is not retried."""
 
 
 @runtime_checkable
@@ -77,3 +87,30 @@ def parse_content_range(value: str | None) -> ContentRange | None:
     if end < start:
         return None
     return ContentRange(start, end, None if m.group(3) == "*" else int(m.group(3)))
+
+
+#: RFC 9530 Content-Digest algorithms checked, strongest first, with their hashlib names.
+DIGEST_ALGORITHMS = {"sha-512": "sha512", "sha-256": "sha256"}
+
+
+def parse_content_digest(value: str | None) -> tuple[str, bytes] | None:
+    """``sha-256=:<base64>:`` (RFC 9530, a dictionary of byte sequences): the strongest
+    algorithm this knows, with its digest; None when there is none (unknown ones are ignored)."""
+    if not value:
+        return None
+    found: dict[str, bytes] = {}
+    for member in value.split(","):
+        name, sep, rest = member.partition("=")
+        name, rest = name.strip().lower(), rest.strip()
+        if not sep or name not in DIGEST_ALGORITHMS or len(rest) < 2 or rest[0] != ":" or rest[-1] != ":":
+            continue
+        try:
+            digest = base64.b64decode(rest[1:-1], validate=True)
+        except (ValueError, binascii.Error):
+            continue
+        if len(digest) == hashlib.new(DIGEST_ALGORITHMS[name]).digest_size:
+            found[name] = digest
+    for name in DIGEST_ALGORITHMS:
+        if name in found:
+            return name, found[name]
+    return None

@@ -13,7 +13,7 @@ import zlib
 from typing import AsyncIterator
 from urllib.parse import urlsplit
 
-from .base import TransportError, range_header
+from .base import ProtocolError, TransportError, range_header
 
 __all__ = ["NativeTransport", "NativeResponse"]
 
@@ -180,7 +180,7 @@ class NativeResponse:
         elif encoding == "deflate":
             inflater = zlib.decompressobj()
         elif encoding not in ("", "identity"):
-            raise TransportError(f"unsupported Content-Encoding {encoding!r}")
+            raise ProtocolError(f"unsupported Content-Encoding {encoding!r}")
         try:
             async for raw in self._raw_chunks():
                 if inflater is None:
@@ -189,7 +189,7 @@ class NativeResponse:
                     try:
                         out = inflater.decompress(raw)
                     except zlib.error as exc:
-                        raise TransportError(f"bad {encoding} body: {exc}") from exc
+                        raise ProtocolError(f"bad {encoding} body: {exc}") from exc
                     if out:
                         yield out
             if inflater is not None:

@@ -22,6 +22,7 @@ from app.config import (PRESET_DESCRIPTIONS, PRESETS, ConfigError, ImageQualityS
                         RetrieveConfig, parse_config, preset)
 from app.render import Appearance, Window, default_window, to_rgba
 from app.viewer_engine import open_stack, run_stack
+from app.study import dicom_date, person_name
 
 CONFIG_STORAGE_KEY = "progressive-dicom.retrieveConfig"
 DEFAULT_PRESET = "htj2k"
@@ -512,10 +513,14 @@ class Viewer:
         info = el("study-info")
         info.replaceChildren()
         image = self.stack.images[self.index]
-        rows = [("Patient", getattr(self.stack, "patient_name", "")),
-                ("Study", getattr(self.stack, "study_description", "")),
-                ("Series", getattr(self.stack, "series_description", "")),
-                ("Modality", getattr(self.stack, "modality", "")),
+        stack = self.stack
+        series = " ".join(x for x in (f"#{stack.series_number}" if stack.series_number is not None else "",
+                                      stack.series_description or "") if x)
+        rows = [("Patient", person_name(stack.patient_name)),
+                ("Patient ID", stack.patient_id),
+                ("Study", " ".join(x for x in (dicom_date(stack.study_date), stack.study_description) if x)),
+                ("Series", series),
+                ("Modality", stack.modality),
                 ("Images", str(len(self.stack.images))),
                 ("Size", f"{image.fmt.columns} x {image.fmt.rows}"),
                 ("Transfer syntax", getattr(image, "transfer_syntax", "") or "")]

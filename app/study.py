@@ -86,6 +86,12 @@ class Stack:
     images: tuple[StackImage, ...]
     alternates: dict[str, Alternate] = field(default_factory=dict)
     modality: str | None = None
+    patient_name: str | None = None  # PN as DICOM writes it (Family^Given); the page shows it as text
+    patient_id: str | None = None
+    study_date: str | None = None  # YYYYMMDD
+    study_description: str | None = None
+    series_description: str | None = None
+    series_number: int | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -384,4 +390,26 @@ def stack_from_metadata(metadata: object, series_url: str, alternates: dict[str,
         )
         for i, it in enumerate(items)
     )
-    return Stack(study_uid or "", series_uid or "", series_url, images, dict(alternates or {}), modality)
+    first = next((i for i in metadata if isinstance(i, dict)), {}) if isinstance(metadata, list) else {}
+    return Stack(study_uid or "", series_uid or "", series_url, images, dict(alternates or {}), modality,
+                 patient_name=dj.text(first, Tag.PATIENT_NAME), patient_id=dj.text(first, Tag.PATIENT_ID),
+                 study_date=dj.text(first, Tag.STUDY_DATE),
+                 study_description=dj.text(first, Tag.STUDY_DESCRIPTION),
+                 series_description=dj.text(first, Tag.SERIES_DESCRIPTION),
+                 series_number=dj.integer(first, Tag.SERIES_NUMBER))
+
+
+def person_name(pn: str | None) -> str:
+    """DICOM PN ``Family^Given^Middle^Prefix^Suffix`` as "Family, Given Middle" (text, not parsed further)."""
+    if not pn:
+        return ""
+    parts = [p.strip() for p in pn.split("=")[0].split("^")]
+    family, rest = parts[0], " ".join(p for p in parts[1:] if p)
+    return f"{family}, {rest}" if family and rest else family or rest
+
+
+def dicom_date(da: str | None) -> str:
+    """DICOM DA ``YYYYMMDD`` as ``YYYY-MM-DD``; anything else as it came."""
+    if da and len(da) == 8 and da.isdigit():
+        return f"{da[:4]}-{da[4:6]}-{da[6:]}"
+    return da or ""

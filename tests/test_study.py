@@ -251,3 +251,18 @@ def test_nothing_there_is_a_clear_error(tmp_path, serve_dir):
         run(lambda t: discover(t, server.url + "/dicomweb"))
     with pytest.raises(DiscoveryError):
         run(lambda t: discover(t, server.url + "/dicomweb/studies/1.2/series/3.4"))
+
+
+def test_patient_study_and_series_text_come_from_the_metadata(tree, serve_dir):
+    from app.study import dicom_date, person_name
+
+    server = serve_dir(tree)
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    stack = run(lambda t: discover(t, f"{server.url}/dicomweb/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}"))
+    assert stack.patient_name == str(ct.PatientName) and stack.patient_id == ct.PatientID
+    assert stack.study_date == ct.StudyDate and stack.modality == ct.Modality
+    assert stack.series_number == ct.SeriesNumber
+    assert person_name("Doe^John^A^Dr") == "Doe, John A Dr"
+    assert person_name("Doe") == "Doe" and person_name("^John") == "John" and person_name(None) == ""
+    assert person_name("Yamada^Tarou=山田^太郎") == "Yamada, Tarou"  # the alphabetic group
+    assert dicom_date("20040826") == "2004-08-26" and dicom_date("2004") == "2004" and dicom_date(None) == ""

@@ -152,6 +152,17 @@ def test_wheel_and_arrow_keys_change_the_image(page, demo_server, demo_data):
     p.wait_for_timeout(100)
     assert shown() == after_wheel
     assert p.eval_on_selector("#slider", "s => s.value") == str(index(after_wheel) - 1)
+    # patient, study and series as the series metadata has them (text, never HTML)
+    from app import dicomjson as dj
+    from app.study import dicom_date, person_name
+
+    first = json.loads((demo_data / entry["url"].removeprefix("/dicomweb/") / "metadata").read_text())[0]
+    info = dict(zip(p.eval_on_selector_all("#study-info dt", "l => l.map(e => e.textContent)"),
+                    p.eval_on_selector_all("#study-info dd", "l => l.map(e => e.textContent)")))
+    assert info["Patient"] == (person_name(dj.text(first, dj.Tag.PATIENT_NAME)) or "-")
+    assert info["Modality"] == dj.text(first, dj.Tag.MODALITY) == "MR"
+    assert dicom_date(dj.text(first, dj.Tag.STUDY_DATE)) in info["Study"]
+    assert info["Images"] == "20"
 
 
 def test_window_level_drag_changes_canvas_pixels(page, demo_server, demo_data):

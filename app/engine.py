@@ -96,6 +96,7 @@ DEFAULT_RETRIES = 2  # further attempts after a 5xx/429 answer or a failed trans
 DEFAULT_RETRY_BACKOFF = 0.5  # seconds before the first retry; doubles each time
 MAX_RETRY_AFTER = 5.0  # longest Retry-After honoured (seconds)
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+LOW_SPEED = (1024, 30.0)  # bytes, seconds: curl's --speed-limit / --speed-time, per transfer
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 # syntaxes whose decoder reads a prefix holding whole resolution levels (OpenJPH, skipres)
 PREFIX_DECODABLE = frozenset({HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL, HTJ2K, HTJ2K_PRIVATE})
@@ -444,6 +445,7 @@ class RetrieveEngine:
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         max_retry_after: float = MAX_RETRY_AFTER,
         max_frame_bytes: int = MAX_FRAME_BYTES,
+        low_speed: tuple[int, float] = LOW_SPEED,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -451,6 +453,9 @@ class RetrieveEngine:
             raise ValueError("retries, retry_backoff and max_retry_after must be >= 0")
         self.retries = retries
         self.max_frame_bytes = max_frame_bytes  # a frame resource larger than this is refused
+        # fewer than low_speed[0] bytes in low_speed[1] seconds: the transfer is given up (and tried
+        # again like a lost one); a trickle just under the transport's read timeout never ends otherwise
+        self.low_speed_bytes, self.low_speed_seconds = low_speed
         self.retry_backoff = retry_backoff
         self.max_retry_after = max_retry_after
         self.stack = stack
@@ -928,10 +933,18 @@ class RetrieveEngine:
             else:
                 raise TransportError(f"HTTP {status} for {body.url}")
             body.set_content_type(content_type)
+            window_start, window_bytes = self.clock(), 0
             async for chunk in self._chunks(resp):
                 if st.generation != generation or not st.wanted:
                     raise _Cancelled()
                 n = len(chunk)
+                window_bytes += n
+                now = self.clock()
+                if now - window_start >= self.low_speed_seconds:
+                    if window_bytes < self.low_speed_bytes:
+                        raise _Retryable(f"{body.url}: fewer than {self.low_speed_bytes} bytes in "
+                                         f"{self.low_speed_seconds:g} s")
+                    window_start, window_bytes = now, 0
                 received += n
                 st.bytes_received += n
                 if body.file_offset + n > self.max_frame_bytes:

@@ -98,6 +98,13 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(a.pause)
             self.close_connection = True
             return
+        if kind == "drip":  # the whole body, a few bytes at a time, each well inside the read timeout
+            self._head(200, {"Content-Type": ctype, "Content-Length": str(len(data))})
+            for i in range(0, len(data), a.step):
+                self.wfile.write(data[i : i + a.step])
+                self.wfile.flush()
+                time.sleep(a.pause)
+            return
         if kind == "content_range":  # 206 with a Content-Range that lies about the start
             return self._send(206, data, {"Content-Type": ctype, "Content-Range": a.value.format(size=len(data))})
         if kind == "gzip":
@@ -537,4 +544,13 @@ def test_an_unsupported_content_encoding_fails_at_once(tree):
     (failed,) = failures(events, HIT)
     assert "unsupported Content-Encoding 'br'" in failed.message
     assert len(server.hits()) == 1
+    assert_others_final(tree, events, engine)
+
+
+def test_a_drip_under_the_read_timeout_is_given_up(tree):
+    """20 bytes every 50 ms never trips a 2 s read timeout; the low-speed limit ends it."""
+    events, engine, server, _ = run(tree, lambda p, n, r: Action("drip", step=20, pause=0.05),
+                                    retries=0, low_speed=(2000, 0.5))
+    (failed,) = failures(events, HIT)
+    assert "fewer than 2000 bytes in 0.5 s" in failed.message
     assert_others_final(tree, events, engine)

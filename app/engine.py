@@ -772,13 +772,13 @@ class RetrieveEngine:
         cancelled = False
         resp = None
         try:
-            resp = await self.transport.get(body.url, headers={"Accept": ACCEPT_ANY}, byte_range=(start, end - 1))
+            resp = await self._get(body.url, (start, end - 1))
             status = resp.status
             self._emit(FirstBytes(image.index, stage.id, body.url, status, self._t_ms(st)))
             cr = parse_content_range(resp.headers.get("content-range"))
             if status != 206 or cr is None or cr.start != start:
                 raise TransportError(f"{body.url}: the early range request got HTTP {status}")
-            async for chunk in resp.chunks():
+            async for chunk in self._chunks(resp, body.url):
                 received += len(chunk)
                 if start + received > self.max_frame_bytes:
                     raise TransportError(f"{body.url}: more than {self.max_frame_bytes} bytes for one frame")
@@ -894,7 +894,7 @@ class RetrieveEngine:
         status = 0
         cancelled = False
         try:
-            resp = await self.transport.get(body.url, headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
+            resp = await self._get(body.url, byte_range)
         except TransportError as exc:
             self._emit(RequestFinished(image.index, stage.id, body.url, 0, 0, self._t_ms(st)))
             raise _Retryable(str(exc)) from exc
@@ -934,7 +934,7 @@ class RetrieveEngine:
                 raise TransportError(f"HTTP {status} for {body.url}")
             body.set_content_type(content_type)
             window_start, window_bytes = self.clock(), 0
-            async for chunk in self._chunks(resp):
+            async for chunk in self._chunks(resp, body.url):
                 if st.generation != generation or not st.wanted:
                     raise _Cancelled()
                 n = len(chunk)
@@ -971,16 +971,36 @@ class RetrieveEngine:
             self._emit(RequestFinished(image.index, stage.id, body.url, status, received, self._t_ms(st),
                                        cancelled))
 
-    @staticmethod
-    async def _chunks(resp) -> AsyncIterator[bytes]:
-        """The body's chunks; the transport losing the transfer is worth a retry."""
+    async def _chunks(self, resp, url: str) -> AsyncIterator[bytes]:
+        """The body's chunks; the transport losing the transfer, or no byte arriving for the
+        low-speed time (the browser's fetch has no read timeout of its own), is worth a retry."""
+        chunks = resp.chunks().__aiter__()
         try:
-            async for chunk in resp.chunks():
+            while True:
+                try:
+                    async with asyncio.timeout(self.low_speed_seconds):
+                        chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+                except TimeoutError as exc:
+                    raise _Retryable(f"{url}: no bytes for {self.low_speed_seconds:g} s") from exc
                 yield chunk
         except (_Retryable, ProtocolError):
             raise  # a ProtocolError would come back the same: not worth another attempt
         except TransportError as exc:
             raise _Retryable(str(exc)) from exc
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _get(self, url: str, byte_range: tuple[int, int | None] | None):
+        """transport.get, with the low-speed time as the deadline for the answer's headers."""
+        try:
+            async with asyncio.timeout(self.low_speed_seconds):
+                return await self.transport.get(url, headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
+        except TimeoutError as exc:
+            raise TransportError(f"GET {url}: no answer in {self.low_speed_seconds:g} s") from exc
 
     # -- decoding ----------------------------------------------------------------------------
     def _decode_and_emit(self, st: _ImageState, stage: RetrieveStage, stage_pos: int, body: _FrameBody,

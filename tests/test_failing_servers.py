@@ -98,6 +98,12 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(a.pause)
             self.close_connection = True
             return
+        if kind == "stall":  # headers, then nothing at all
+            self._head(200, {"Content-Type": ctype, "Content-Length": str(len(data))})
+            self.wfile.flush()
+            time.sleep(a.pause)
+            self.close_connection = True
+            return
         if kind == "drip":  # the whole body, a few bytes at a time, each well inside the read timeout
             self._head(200, {"Content-Type": ctype, "Content-Length": str(len(data))})
             for i in range(0, len(data), a.step):
@@ -553,4 +559,14 @@ def test_a_drip_under_the_read_timeout_is_given_up(tree):
                                     retries=0, low_speed=(2000, 0.5))
     (failed,) = failures(events, HIT)
     assert "fewer than 2000 bytes in 0.5 s" in failed.message
+    assert_others_final(tree, events, engine)
+
+
+def test_a_stall_is_given_up_whatever_the_transport(tree):
+    """No byte after the headers: the engine's own deadline ends it, not only the transport's
+    read timeout (the browser's fetch has none)."""
+    events, engine, server, _ = run(tree, lambda p, n, r: Action("stall", pause=3.0), retries=0,
+                                    read_timeout=10.0, low_speed=(1000, 0.5))
+    (failed,) = failures(events, HIT)
+    assert "no bytes for 0.5 s" in failed.message
     assert_others_final(tree, events, engine)

@@ -389,6 +389,8 @@ class _ImageState:
     wanted: bool = True
     generation: int = 0
     task: asyncio.Task | None = None
+    job: "_Job | None" = None  # the job running for it, if any
+    preempted: bool = False  # its running job was asked to give way to the image on screen
     failed: bool = False
     final: bool = False
 
@@ -483,6 +485,26 @@ class RetrieveEngine:
         """The image on screen: its jobs go first; the others are ordered by distance to it."""
         self.current = max(0, min(index, len(self._states) - 1))
         self._rebuild_heap()
+        self._preempt()
+
+    def _preempt(self) -> None:
+        """Scrolled onto an image that waits while every slot is taken: the running job that
+        matters least gives way. Its transfer is cancelled, what it received is kept, and it
+        resumes from the first byte not held when its turn comes again (on a slow link the image
+        on screen gets the bandwidth instead of sharing it with prefetches)."""
+        pending = self._pending.get(self.current)
+        cur = self._states[self.current]
+        if cur.busy or not pending or not cur.wanted or self._running < self.concurrency:
+            return
+        running = [st for st in self._states if st.busy and st.job is not None and not st.preempted
+                   and st.task is not None and not st.task.done()]
+        if not running:
+            return
+        victim = max(running, key=lambda st: self._key(st.job.index, st.job.stage_pos))
+        if self._key(victim.job.index, victim.job.stage_pos) <= self._key(self.current, pending[0]):
+            return  # what runs matters more than what waits
+        victim.preempted = True
+        victim.task.cancel()
 
     def cancel(self, indices: Iterable[int]) -> None:
         """Stop loading these images: pending jobs dropped, transfers cancelled, results ignored."""
@@ -577,6 +599,8 @@ class RetrieveEngine:
                 continue
             st = self._states[job.index]
             st.busy = True
+            st.job = job
+            st.preempted = False
             self._running += 1
             task = asyncio.ensure_future(self._run_job(job))
             st.task = task
@@ -589,6 +613,7 @@ class RetrieveEngine:
             finally:
                 st.busy = False
                 st.task = None
+                st.job = None
                 self._running -= 1
                 self._push(job.index)  # its next stage, if any
                 self._wake.set()
@@ -639,6 +664,7 @@ class RetrieveEngine:
         image = st.image
         generation = st.generation
         options = self.config.options_for(stage.retrieve_type, image.transfer_syntax)
+        gave_way = False
         try:
             target = self._target_status(image, options)
             if st.best is not None and st.best_rank >= (int(target), image.rows * image.columns):
@@ -648,14 +674,20 @@ class RetrieveEngine:
                 return
             await self._retrieve(st, stage, job.stage_pos, options, generation)
         except asyncio.CancelledError:
-            raise
+            if not (st.preempted and st.wanted and st.generation == generation):
+                raise
+            gave_way = True  # asked to by _preempt: not an error, and the stage is not done
         except Exception as exc:  # one bad image never stops the stack
             if st.generation == generation and st.wanted:
                 st.failed = True
                 self._emit(ImageFailed(image.index, image.sop_instance_uid, image.frame, stage.id,
                                        _message(exc), self._t_ms(st)))
         finally:
-            st.stages_done.add(job.stage_pos)
+            if gave_way:
+                st.preempted = False
+                self._pending.setdefault(job.index, []).insert(0, job.stage_pos)  # its turn comes again
+            else:
+                st.stages_done.add(job.stage_pos)
             self._trim(st)
 
     def _target_status(self, image: StackImage, options: RetrieveOptions) -> ImageQualityStatus:
@@ -898,6 +930,9 @@ class RetrieveEngine:
         except TransportError as exc:
             self._emit(RequestFinished(image.index, stage.id, body.url, 0, 0, self._t_ms(st)))
             raise _Retryable(str(exc)) from exc
+        except asyncio.CancelledError:  # before the answer came: the request still ends, cancelled
+            self._emit(RequestFinished(image.index, stage.id, body.url, 0, 0, self._t_ms(st), True))
+            raise
         try:
             status = resp.status
             self._check(st, generation)

@@ -537,6 +537,40 @@ def test_scrolling_away_cancels_and_reprioritises(mr_stack_url, demo_data):
     assert not any(engine.reached_final(i) for i in range(0, 10))
 
 
+def test_scrolling_onto_a_waiting_image_preempts_the_least_wanted_transfer(mr_stack_url, demo_data):
+    """Every slot busy with prefetches when the user scrolls to an image nobody has asked for yet:
+    the running job farthest from it gives way at once, resumes later from the first byte it did
+    not hold, and every image still ends lossless."""
+    server = OddServer(demo_data, Behaviour(delay=0.1))  # nothing for 0.1 s, then 16 KB per 0.1 s
+    url = server.url + mr_stack_url.removeprefix("/dicomweb")
+    marks = {}
+
+    def control(engine, ev):
+        seen.append(ev)
+        if isinstance(ev, RequestStarted) and ev.index == 1 and "scrolled" not in marks:
+            marks["scrolled"] = len(seen)
+            engine.set_current(15)  # 0 and 1 are running, 15 waits
+
+    seen: list = []
+    try:
+        events, engine = run_engine(url, preset("single"), control=control, concurrency=2)
+        log = list(server.httpd.log)
+    finally:
+        server.close()
+    after = seen[marks["scrolled"]:]
+    (gave_way,) = [e for e in after if isinstance(e, RequestFinished) and e.cancelled]
+    assert gave_way.index == 0  # of the two running, the one farthest from 15
+    starts = [e for e in after if isinstance(e, RequestStarted)]
+    assert starts[0].index == 15  # the image on screen took the freed slot
+    resumed = [e for e in starts if e.index == 0]
+    assert len(resumed) == 1 and resumed[0].byte_range == ((gave_way.bytes_received, None)
+                                                           if gave_way.bytes_received else None)
+    assert all(engine.reached_final(i) for i in range(20))
+    assert not [e for e in events if isinstance(e, ImageFailed)]
+    frames = [e for e in log if "/frames/" in e["path"]]
+    assert len(frames) == 21  # one request per image, and one more for the image that gave way
+
+
 def test_streaming_on_a_slow_link_shows_levels_long_before_the_last_byte(radiograph, demo_data):
     path, source = radiograph
     server = OddServer(demo_data, Behaviour(delay=0.002))  # ~8 MB/s

@@ -96,6 +96,7 @@ DEFAULT_RETRIES = 2  # further attempts after a 5xx/429 answer or a failed trans
 DEFAULT_RETRY_BACKOFF = 0.5  # seconds before the first retry; doubles each time
 MAX_RETRY_AFTER = 5.0  # longest Retry-After honoured (seconds)
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+PREEMPT_DELAY = 0.2  # seconds
 LOW_SPEED = (1024, 30.0)  # bytes, seconds: curl's --speed-limit / --speed-time, per transfer
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 # syntaxes whose decoder reads a prefix holding whole resolution levels (OpenJPH, skipres)
@@ -448,6 +449,7 @@ class RetrieveEngine:
         max_retry_after: float = MAX_RETRY_AFTER,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         low_speed: tuple[int, float] = LOW_SPEED,
+        preempt_delay: float = PREEMPT_DELAY,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -458,6 +460,10 @@ class RetrieveEngine:
         # fewer than low_speed[0] bytes in low_speed[1] seconds: the transfer is given up (and tried
         # again like a lost one); a trickle just under the transport's read timeout never ends otherwise
         self.low_speed_bytes, self.low_speed_seconds = low_speed
+        # how long the image on screen may wait for a slot before a running job gives way: while
+        # the user scrolls fast nothing is cancelled, only where they stop
+        self.preempt_delay = preempt_delay
+        self._preempt_handle: asyncio.Handle | None = None
         self.retry_backoff = retry_backoff
         self.max_retry_after = max_retry_after
         self.stack = stack
@@ -485,13 +491,24 @@ class RetrieveEngine:
         """The image on screen: its jobs go first; the others are ordered by distance to it."""
         self.current = max(0, min(index, len(self._states) - 1))
         self._rebuild_heap()
-        self._preempt()
+        if self._preempt_handle is not None:
+            self._preempt_handle.cancel()
+            self._preempt_handle = None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not loading yet: the first jobs follow the new order anyway
+        if self.preempt_delay <= 0:
+            self._preempt()
+        else:
+            self._preempt_handle = loop.call_later(self.preempt_delay, self._preempt)
 
     def _preempt(self) -> None:
         """Scrolled onto an image that waits while every slot is taken: the running job that
         matters least gives way. Its transfer is cancelled, what it received is kept, and it
         resumes from the first byte not held when its turn comes again (on a slow link the image
         on screen gets the bandwidth instead of sharing it with prefetches)."""
+        self._preempt_handle = None
         pending = self._pending.get(self.current)
         cur = self._states[self.current]
         if cur.busy or not pending or not cur.wanted or self._running < self.concurrency:

@@ -124,6 +124,7 @@ class Shown:
     final: bool
     rows: int
     columns: int
+    index: int = -1  # the stack image these pixels belong to
 
 
 class Viewport:
@@ -145,6 +146,7 @@ class Viewport:
         self.pan = (0.0, 0.0)
         self._rgba_key = None
         self._frame_pending = False
+        self.current_index = -1  # the stack position on screen (the viewer sets it)
 
     # geometry
     def set_geometry(self, rows: int, columns: int, aspect: float) -> None:
@@ -204,6 +206,11 @@ class Viewport:
         # smooth when reducing or showing a reduced image; crisp pixels when zoomed past 1:1
         ctx.imageSmoothingEnabled = (draw_w / shown.columns) < 2.5 or not shown.final
         ctx.drawImage(self.image_canvas, 0, 0, shown.columns, shown.rows, x, y, draw_w, draw_h)
+        # what was drawn, for users' scripts and the tests: [image index, index on screen, status]
+        log = window.drawLog
+        log.push(window.Array.of(shown.index, self.current_index, shown.status))
+        if log.length > 2000:
+            log.splice(0, log.length - 2000)
 
     def displayed_scale(self) -> float:
         if not self.full_columns:
@@ -361,6 +368,7 @@ class Viewer:
         self.stack, self.loader = stack, loader
         self.images = [ImageRecord() for _ in range(len(stack.images))]
         self.index = min(len(stack.images) // 2, len(stack.images) - 1) if len(stack.images) > 2 else 0
+        self.viewport.current_index = self.index
         slider = el("slider")
         slider.max = str(max(0, len(stack.images) - 1))
         slider.value = str(self.index)
@@ -427,7 +435,7 @@ class Viewer:
                       and event.columns > current.columns) or (event.final and not current.final))
         if not better:
             return  # a result never replaces a better one
-        record.shown = Shown(event.pixels, status, bool(event.final), int(event.rows), int(event.columns))
+        record.shown = Shown(event.pixels, status, bool(event.final), int(event.rows), int(event.columns), index)
         record.bytes = int(event.bytes_received)
         if record.first_ms is None:
             record.first_ms = t
@@ -458,6 +466,7 @@ class Viewer:
         if index == self.index:
             return
         self.index = index
+        self.viewport.current_index = index
         el("slider").value = str(index)
         if self.loader is not None:
             self.loader.set_current(index)
@@ -761,8 +770,17 @@ def _expose_hooks(viewer: Viewer) -> None:
         stored = np.ascontiguousarray(shown.pixels)
         return hashlib.sha256(stored.astype(stored.dtype.newbyteorder("<"), copy=False).tobytes()).hexdigest()
 
+    def memory_usage() -> str:
+        """The wasm heap (numpy arrays live there) and the decoded pixels the page holds."""
+        import pyodide_js
+
+        held = [r.shown.pixels.nbytes for r in viewer.images if r.shown is not None]
+        return json.dumps({"wasmHeapBytes": int(pyodide_js._module.HEAPU8.length),
+                           "heldPixelBytes": int(sum(held)), "heldImages": len(held)})
+
     hooks = {"decodeFrame": decode_frame_hook, "drawPattern": draw_pattern_hook,
-             "importCheck": import_check_hook, "pixelsSha256": pixels_sha256}
+             "importCheck": import_check_hook, "pixelsSha256": pixels_sha256,
+             "memoryUsage": memory_usage}
     api = window.Object.new()
     for name, fn in hooks.items():
         setattr(api, name, _keep(fn))

@@ -553,7 +553,7 @@ def test_scrolling_onto_a_waiting_image_preempts_the_least_wanted_transfer(mr_st
 
     seen: list = []
     try:
-        events, engine = run_engine(url, preset("single"), control=control, concurrency=2)
+        events, engine = run_engine(url, preset("single"), control=control, concurrency=2, preempt_delay=0)
         log = list(server.httpd.log)
     finally:
         server.close()
@@ -569,6 +569,29 @@ def test_scrolling_onto_a_waiting_image_preempts_the_least_wanted_transfer(mr_st
     assert not [e for e in events if isinstance(e, ImageFailed)]
     frames = [e for e in log if "/frames/" in e["path"]]
     assert len(frames) == 21  # one request per image, and one more for the image that gave way
+
+
+def test_fast_scrolling_preempts_only_where_the_user_stops(mr_stack_url, demo_data):
+    """set_current five times within the preempt delay: one transfer gives way, not five."""
+    server = OddServer(demo_data, Behaviour(delay=0.1))
+    url = server.url + mr_stack_url.removeprefix("/dicomweb")
+    marks = {}
+
+    def control(engine, ev):
+        if isinstance(ev, RequestStarted) and ev.index == 1 and "scrolled" not in marks:
+            marks["scrolled"] = True
+            for target in (15, 16, 17, 18, 19):
+                engine.set_current(target)
+
+    try:
+        events, engine = run_engine(url, preset("single"), control=control, concurrency=2, preempt_delay=0.05)
+    finally:
+        server.close()
+    gave_way = [e for e in events if isinstance(e, RequestFinished) and e.cancelled]
+    assert len(gave_way) == 1
+    starts = [e.index for e in events if isinstance(e, RequestStarted)]
+    assert starts[2] == 19  # where the user stopped
+    assert all(engine.reached_final(i) for i in range(20))
 
 
 def test_streaming_on_a_slow_link_shows_levels_long_before_the_last_byte(radiograph, demo_data):

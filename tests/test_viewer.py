@@ -232,3 +232,79 @@ def test_server_error_on_one_image_is_shown_and_the_others_load(page, demo_data,
     finals = {e["index"] for e in render_log(p) if e["final"]}
     assert len(finals) == 19
     assert p.evaluate("document.documentElement.dataset.app") == "idle"
+
+
+SLOW4G = {"offline": False, "latency": 562.5, "downloadThroughput": 180_000, "uploadThroughput": 84_375}
+
+
+def test_fast_scrolling_on_slow4g(page, demo_server, demo_data):
+    """Scroll through the 20 slices while they load on "Slow 4G": no image of another slice is ever
+    drawn over the current one, transfers that matter less give way (cancelled, resumed later),
+    memory stays bounded, and the slice the user stops on ends lossless and bit-exact."""
+    import hashlib
+
+    import pydicom
+
+    from app.study import stack_from_metadata
+
+    entry = demo_entry(demo_data, "MR")
+    p = page.page
+    open_viewer(page, demo_server.url, f"?noload=1&url={quote(entry['url'])}&config=htj2k", state=("ready",))
+    cdp = p.context.new_cdp_session(p)
+    cdp.send("HeapProfiler.collectGarbage")
+    js_before = cdp.send("Runtime.getHeapUsage")["usedSize"]
+    wasm_before = json.loads(p.evaluate("window.pyApp.memoryUsage()"))["wasmHeapBytes"]
+    cancelled: list = []
+    cdp.on("Network.loadingFailed", lambda e: cancelled.append(e) if e.get("canceled") else None)
+    frame_ids: set = set()
+    received: dict = {}  # bytes the page actually took in, per frame request (what crossed the link)
+    cdp.on("Network.requestWillBeSent",
+           lambda e: frame_ids.add(e["requestId"]) if "/frames/" in e["request"]["url"] else None)
+    cdp.on("Network.dataReceived", lambda e: received.__setitem__(
+        e["requestId"], received.get(e["requestId"], 0) + e["encodedDataLength"]))
+    cdp.send("Network.enable")
+    cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+    cdp.send("Network.emulateNetworkConditions", SLOW4G)
+    demo_server.log.clear()
+    p.click("#load")
+    p.wait_for_function("document.getElementById('slider').max === '19'", timeout=30_000)
+    p.focus("#viewport")
+    for key in ["ArrowDown"] * 9 + ["ArrowUp"] * 19:  # from the middle to the last slice, then to the first
+        p.keyboard.press(key)
+        p.wait_for_timeout(40)
+    assert p.eval_on_selector("#slider", "s => s.value") == "0"
+    p.wait_for_function("Array.from(window.renderLog).some(e => e.index === 0 && e.final && e.drawn)",
+                        timeout=60_000, polling=50)
+    wait_for_app_state(page, ("idle",), timeout_ms=120_000)
+
+    draws = p.evaluate("Array.from(window.drawLog, e => Array.from(e))")
+    assert draws, "nothing was drawn"
+    stale = [d for d in draws if d[0] != d[1]]
+    assert not stale, f"images of other slices drawn over the current one: {stale[:5]}"
+    assert any(d[0] == 0 and d[2] == "FULL_RESOLUTION" for d in draws)
+    assert cancelled, "no transfer gave way while scrolling onto slices that were still waiting"
+
+    series_dir = demo_data / entry["url"].removeprefix("/dicomweb/")
+    sop = stack_from_metadata(json.loads((series_dir / "metadata").read_text()),
+                              demo_server.url + entry["url"]).images[0].sop_instance_uid
+    source = next(ds for ds in (pydicom.dcmread(f) for f in (PROJECT / ".cache" / "demo" / "mr-stack").glob("*.dcm"))
+                  if ds.SOPInstanceUID == sop)
+    stored = source.pixel_array  # 16 bits stored: nothing to mask
+    expected = hashlib.sha256(stored.astype(stored.dtype.newbyteorder("<")).tobytes()).hexdigest()
+    assert p.evaluate("window.pyApp.pixelsSha256(0)") == expected
+
+    cdp.send("HeapProfiler.collectGarbage")
+    js_after = cdp.send("Runtime.getHeapUsage")["usedSize"]
+    mem = json.loads(p.evaluate("window.pyApp.memoryUsage()"))
+    frames = [e for e in demo_server.log if "/frames/" in e["path"]]
+    sizes = sum(f.stat().st_size for f in series_dir.glob("instances/*/frames/1"))
+    taken_in = sum(n for rid, n in received.items() if rid in frame_ids)
+    print(f"slow4g scroll: {len(draws)} draws, {len(cancelled)} transfers gave way, {len(frames)} frame "
+          f"requests; the page took in {taken_in} B of frames for {sizes} B of frame files "
+          f"(the server wrote {sum(e['bytes_sent'] for e in frames)} B into its sockets); "
+          f"JS heap {js_before / 1e6:.1f} -> {js_after / 1e6:.1f} MB, wasm heap {wasm_before / 1e6:.1f} -> "
+          f"{mem['wasmHeapBytes'] / 1e6:.1f} MB, pixels held {mem['heldPixelBytes'] / 1e6:.2f} MB in {mem['heldImages']} images")
+    assert taken_in <= 1.1 * sizes  # what gave way resumed from the first byte it did not hold
+    assert mem["heldImages"] == 20 and mem["heldPixelBytes"] <= 20 * 256 * 256 * 2
+    assert js_after - js_before < 32e6
+    assert mem["wasmHeapBytes"] - wasm_before < 64e6

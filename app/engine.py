@@ -536,6 +536,18 @@ class RetrieveEngine:
         if self._wake:
             self._wake.set()
 
+    def forget(self, indices: Iterable[int]) -> None:
+        """Drop everything held for these images (pixels, bytes, stages done): the page evicted
+        them to stay within its memory budget. ``request`` (or a new ``run``) loads them again."""
+        indices = list(indices)
+        self.cancel(indices)
+        for i in indices:
+            st = self._states[i]
+            st.best, st.final, st.failed = None, False, False
+            st.stages_done.clear()
+            self._cached -= self._lru.pop(i, 0)
+            st.wanted = True
+
     def request(self, indices: Iterable[int]) -> None:
         """(Re)queue images: stages not yet done for them are scheduled again."""
         n = len(self._states)
@@ -703,7 +715,7 @@ class RetrieveEngine:
             if gave_way:
                 st.preempted = False
                 self._pending.setdefault(job.index, []).insert(0, job.stage_pos)  # its turn comes again
-            else:
+            elif st.generation == generation:  # a cancelled stage is not a done one
                 st.stages_done.add(job.stage_pos)
             self._trim(st)
 

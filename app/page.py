@@ -26,6 +26,7 @@ from app.study import dicom_date, person_name
 
 CONFIG_STORAGE_KEY = "progressive-dicom.retrieveConfig"
 DEFAULT_PRESET = "htj2k"
+DEFAULT_CACHE_MB = 1024  # decoded pixels held by the page; farthest images are dropped beyond it
 VIEWER_PRESETS = {  # the published modes, as the sidebar names them
     "htj2k": "HTJ2K streaming",
     "htj2kByteRange": "HTJ2K Byte Range",
@@ -245,6 +246,7 @@ class ImageRecord:
     first_ms: float | None = None
     final_ms: float | None = None
     failed: str | None = None
+    evicted: bool = False  # its pixels were dropped to stay within the memory budget
     timeline: list = field(default_factory=list)  # (kind, ms since load start, label)
 
 
@@ -264,6 +266,8 @@ class Viewer:
         self.drag = None
         self._waterfall_pending = False
         self.demo_entries: list[dict] = []
+        self.cache_bytes = DEFAULT_CACHE_MB << 20  # decoded pixels the page may hold (?cacheMB=)
+        self.resume_task: asyncio.Task | None = None
 
     # ---- configuration sidebar ----
     def init_sidebar(self) -> None:
@@ -335,6 +339,8 @@ class Viewer:
     def start_load(self, url: str) -> None:
         if self.load_task is not None and not self.load_task.done():
             self.load_task.cancel()
+        if self.resume_task is not None and not self.resume_task.done():
+            self.resume_task.cancel()
         self.current_url = url
         self.load_generation += 1
         # synchronous, so whoever asked for the load sees "loading" at once, never a stale "idle"
@@ -390,8 +396,11 @@ class Viewer:
     def _finish_state(self) -> None:
         failed = sum(1 for r in self.images if r.failed)
         done = sum(1 for r in self.images if r.final_ms is not None)
+        evicted = sum(1 for r in self.images if r.evicted)
         el("status").textContent = (f"{done}/{len(self.images)} lossless"
-                                    + (f", {failed} failed" if failed else ""))
+                                    + (f", {failed} failed" if failed else "")
+                                    + (f", {evicted} dropped to stay within {self.cache_bytes >> 20} MB"
+                                       if evicted else ""))
         set_state("idle")
 
     def _init_image_geometry(self) -> None:
@@ -443,6 +452,8 @@ class Viewer:
             record.final_ms = t
         record.timeline.append(("final" if event.final else status, t,
                                 f"{event.columns}x{event.rows}"))
+        record.evicted = False
+        self._evict_beyond_budget()
         drawn = index == self.index
         if drawn:
             if self.viewport.window is None:
@@ -458,6 +469,56 @@ class Viewer:
             ["bytes", int(event.bytes_received)], ["final", bool(event.final)], ["drawn", drawn],
             ["decode_ms", round(float(getattr(event, "decode_ms", 0.0)), 1)]]))
 
+    # ---- memory ----
+    def held_bytes(self) -> int:
+        return sum(r.shown.pixels.nbytes for r in self.images if r.shown is not None)
+
+    def _evict_beyond_budget(self) -> None:
+        """Over the budget: drop the pixels of the images farthest from the one on screen (never
+        it or its direct neighbours); the engine forgets them too and loads them again on return."""
+        held = self.held_bytes()
+        if held <= self.cache_bytes or self.loader is None:
+            return
+        dropped = []
+        for i in sorted(range(len(self.images)), key=lambda i: -abs(i - self.index)):
+            record = self.images[i]
+            if held <= self.cache_bytes or abs(i - self.index) <= 1:
+                break
+            if record.shown is None:
+                continue
+            held -= record.shown.pixels.nbytes
+            record.shown, record.evicted, record.final_ms = None, True, None
+            record.timeline.append(("evicted", now_ms() - self.load_started_ms, ""))
+            dropped.append(i)
+        if dropped:
+            self.loader.forget(dropped)
+
+    def _reload_evicted_near(self, index: int) -> None:
+        """Back on evicted images: load them (and evicted neighbours) again, current first."""
+        near = [i for i in range(max(0, index - 2), min(len(self.images), index + 3)) if self.images[i].evicted]
+        if not near or self.loader is None:
+            return
+        for i in near:
+            self.images[i].evicted = False
+        if self.load_task is not None and not self.load_task.done():
+            self.loader.request(near)  # the running load picks them up
+            return
+        if self.resume_task is not None and not self.resume_task.done():
+            self.loader.request(near)
+            return
+        set_state("loading")
+        self.resume_task = asyncio.ensure_future(self._resume(near, self.load_generation))
+
+    async def _resume(self, indices: list[int], generation: int) -> None:
+        try:
+            await run_stack(self.loader, self.index, self.on_event, indices)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            show_error(f"Loading stopped: {exc}")
+        if generation == self.load_generation:
+            self._finish_state()
+
     # ---- navigation ----
     def go_to(self, index: int) -> None:
         if not self.images:
@@ -470,6 +531,7 @@ class Viewer:
         el("slider").value = str(index)
         if self.loader is not None:
             self.loader.set_current(index)
+            self._reload_evicted_near(index)
         self.viewport.show(self.images[index].shown)
         self.update_overlay()
 
@@ -819,6 +881,11 @@ async def start() -> None:
     viewer.init_sidebar()
     viewer.bind_input()
     params = parse_qs(urlsplit(str(window.location.href)).query)
+    try:
+        viewer.cache_bytes = max(1, int(params.get("cacheMB", [DEFAULT_CACHE_MB])[0])) << 20
+    except ValueError:
+        show_error("cacheMB must be a whole number of megabytes; using the default "
+                   f"({DEFAULT_CACHE_MB} MB)")
     if "config" in params:
         value = params["config"][0]
         el("config").value = json.dumps(PRESETS[value], indent=2) if value in PRESETS else value

@@ -25,9 +25,16 @@ class StackLoader:
     def set_current(self, index: int) -> None:
         self.engine.set_current(index)
 
-    async def run(self, current: int, on_event: Callable[[EngineEvent], None]) -> None:
+    def forget(self, indices) -> None:
+        self.engine.forget(indices)
+
+    def request(self, indices) -> None:
+        self.engine.request(indices)
+
+    async def run(self, current: int, on_event: Callable[[EngineEvent], None], indices=None) -> None:
+        """Load the stack (or only ``indices``: images loaded again after an eviction)."""
         self.engine.set_current(current)
-        async for event in self.engine.run():
+        async for event in self.engine.run(indices):
             on_event(event)
 
     async def aclose(self) -> None:
@@ -51,5 +58,6 @@ async def open_stack(url: str, config: RetrieveConfig, *, series_uid: str | None
     return stack, StackLoader(stack, config, transport, viewport)
 
 
-async def run_stack(loader: StackLoader, current: int, on_event: Callable[[EngineEvent], None]) -> None:
-    await loader.run(current, on_event)
+async def run_stack(loader: StackLoader, current: int, on_event: Callable[[EngineEvent], None],
+                    indices=None) -> None:
+    await loader.run(current, on_event, indices)

@@ -241,12 +241,6 @@ def test_fast_scrolling_on_slow4g(page, demo_server, demo_data):
     """Scroll through the 20 slices while they load on "Slow 4G": no image of another slice is ever
     drawn over the current one, transfers that matter less give way (cancelled, resumed later),
     memory stays bounded, and the slice the user stops on ends lossless and bit-exact."""
-    import hashlib
-
-    import pydicom
-
-    from app.study import stack_from_metadata
-
     entry = demo_entry(demo_data, "MR")
     p = page.page
     open_viewer(page, demo_server.url, f"?noload=1&url={quote(entry['url'])}&config=htj2k", state=("ready",))
@@ -284,19 +278,14 @@ def test_fast_scrolling_on_slow4g(page, demo_server, demo_data):
     assert any(d[0] == 0 and d[2] == "FULL_RESOLUTION" for d in draws)
     assert cancelled, "no transfer gave way while scrolling onto slices that were still waiting"
 
-    series_dir = demo_data / entry["url"].removeprefix("/dicomweb/")
-    sop = stack_from_metadata(json.loads((series_dir / "metadata").read_text()),
-                              demo_server.url + entry["url"]).images[0].sop_instance_uid
-    source = next(ds for ds in (pydicom.dcmread(f) for f in (PROJECT / ".cache" / "demo" / "mr-stack").glob("*.dcm"))
-                  if ds.SOPInstanceUID == sop)
-    stored = source.pixel_array  # 16 bits stored: nothing to mask
-    expected = hashlib.sha256(stored.astype(stored.dtype.newbyteorder("<")).tobytes()).hexdigest()
+    expected = _mr_source_sha(demo_server, demo_data, entry, 0)
     assert p.evaluate("window.pyApp.pixelsSha256(0)") == expected
 
     cdp.send("HeapProfiler.collectGarbage")
     js_after = cdp.send("Runtime.getHeapUsage")["usedSize"]
     mem = json.loads(p.evaluate("window.pyApp.memoryUsage()"))
     frames = [e for e in demo_server.log if "/frames/" in e["path"]]
+    series_dir = demo_data / entry["url"].removeprefix("/dicomweb/")
     sizes = sum(f.stat().st_size for f in series_dir.glob("instances/*/frames/1"))
     taken_in = sum(n for rid, n in received.items() if rid in frame_ids)
     print(f"slow4g scroll: {len(draws)} draws, {len(cancelled)} transfers gave way, {len(frames)} frame "
@@ -308,3 +297,41 @@ def test_fast_scrolling_on_slow4g(page, demo_server, demo_data):
     assert mem["heldImages"] == 20 and mem["heldPixelBytes"] <= 20 * 256 * 256 * 2
     assert js_after - js_before < 32e6
     assert mem["wasmHeapBytes"] - wasm_before < 64e6
+
+
+def _mr_source_sha(demo_server, demo_data, entry, index: int) -> str:
+    import hashlib
+
+    import pydicom
+
+    from app.study import stack_from_metadata
+
+    series_dir = demo_data / entry["url"].removeprefix("/dicomweb/")
+    sop = stack_from_metadata(json.loads((series_dir / "metadata").read_text()),
+                              demo_server.url + entry["url"]).images[index].sop_instance_uid
+    source = next(ds for ds in (pydicom.dcmread(f) for f in (PROJECT / ".cache" / "demo" / "mr-stack").glob("*.dcm"))
+                  if ds.SOPInstanceUID == sop)
+    return hashlib.sha256(source.pixel_array.astype("<i2").tobytes()).hexdigest()
+
+
+def test_memory_budget_drops_far_images_and_reloads_them_on_return(page, demo_server, demo_data):
+    """?cacheMB=1 on the 20-slice MR (128 KB per slice): the page keeps about 8 slices around the one
+    on screen; going back to a dropped slice loads it again, lossless and bit-exact."""
+    entry = demo_entry(demo_data, "MR")
+    p = page.page
+    open_viewer(page, demo_server.url, f"?url={quote(entry['url'])}&config=htj2k&cacheMB=1")
+    mem = json.loads(p.evaluate("window.pyApp.memoryUsage()"))
+    assert mem["heldPixelBytes"] <= 1 << 20 and 3 <= mem["heldImages"] < 20, mem
+    assert "dropped to stay within 1 MB" in p.inner_text("#status")
+    assert p.evaluate("window.pyApp.pixelsSha256(0)") is None  # the first slice is far from the middle
+    before = len(render_log(p))
+    p.focus("#viewport")
+    p.keyboard.press("Home")
+    p.wait_for_function(f"Array.from(window.renderLog).slice({before}).some(e => e.index === 0 && e.final && e.drawn)",
+                        timeout=30_000, polling=50)
+    wait_for_app_state(page, ("idle",))
+    assert p.evaluate("window.pyApp.pixelsSha256(0)") == _mr_source_sha(demo_server, demo_data, entry, 0)
+    mem = json.loads(p.evaluate("window.pyApp.memoryUsage()"))
+    assert mem["heldPixelBytes"] <= 1 << 20, mem
+    draws = p.evaluate("Array.from(window.drawLog, e => Array.from(e))")
+    assert all(d[0] == d[1] for d in draws)

@@ -94,6 +94,13 @@ _HOOK_JS = """
   new MutationObserver(() => {
     bench.states.push([document.documentElement.dataset.app, performance.now()]);
   }).observe(document, {attributes: true, subtree: true, attributeFilter: ['data-app']});
+  // main-thread tasks over 50 ms (decodes run on the page's thread): [start, duration]
+  bench.longtasks = [];
+  try {
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) bench.longtasks.push([e.startTime, e.duration]);
+    }).observe({type: 'longtask', buffered: true});
+  } catch (e) {}
 })();
 """
 # when the last runtime file (Pyodide, its stdlib, the wheels) had arrived, ms since navigation
@@ -108,7 +115,7 @@ _DONE_JS = """() => { const s = document.documentElement.dataset.app;
   return seen && s === 'idle'; }"""
 _COLLECT_JS = """() => ({
   log: Array.from(window.renderLog).map(e => Object.assign({}, e)),
-  states: window.__bench.states, click: window.__bench.click,
+  states: window.__bench.states, click: window.__bench.click, longtasks: window.__bench.longtasks,
   appState: document.documentElement.dataset.app,
   errors: document.getElementById('errors') ? document.getElementById('errors').innerText : '',
   timings: Object.assign({}, window.appTimings)})"""
@@ -439,8 +446,10 @@ def _browser_load(b: _Browser, server, demo: Demo, entry: dict, preset: str, pro
         if data["appState"] == "error" or errors:
             raise RuntimeError(f"page error ({preset}, {profile}): {data['errors']} {errors}")
         loading = next((t for s, t in data["states"] if s == "loading"), None)
+        after = [d for start, d in data.get("longtasks") or [] if start >= t_click]
         return {"log": data["log"], "t_click": t_click, "t_loading": loading,
-                "bytes_frames": frames, "bytes_total": total, "frame_requests": count}
+                "bytes_frames": frames, "bytes_total": total, "frame_requests": count,
+                "longest_task_ms": max(after, default=0.0), "long_tasks_ms": sum(after)}
     finally:
         context.close()
 
@@ -614,6 +623,8 @@ def _row(mode: str, profile: str, runs: list[dict], files: dict[str, int]) -> di
     row["frame_requests"] = _stats([r["frame_requests"] for r in runs])
     row["bytes_ratio"] = (row["bytes_moved"]["median"] / lossless) if (lossless and row["bytes_moved"]) else None
     row["click_to_request_ms"] = _stats([_click_to_request(r) for r in runs])
+    row["longest_task_ms"] = _stats([r.get("longest_task_ms") for r in runs])
+    row["long_tasks_ms"] = _stats([r.get("long_tasks_ms") for r in runs])
     ff = [(_floor_ms(profile, p["first_bytes"], p["first_decode_ms"]), p["first_image_ms"]) for p in per
           if p["first_bytes"] is not None and p["first_image_ms"] is not None]
     fl = [(_floor_ms(profile, p["final_bytes"], p["final_decode_ms"]), p["final_image_ms"]) for p in per
@@ -842,6 +853,16 @@ def render_markdown(result: dict) -> str:
     add("Click to request = from the click on Load to the image's first frame request: form handling, the "
         "first-load imports of the engine modules, and study discovery (QIDO/metadata requests under the same "
         "emulation). It is in the 'from click' columns, not in the first/final render columns.\n")
+    if any((r.get("longest_task_ms") or {}).get("n") for r in result["rows"]):
+        add("### Main thread: long tasks (> 50 ms) from the click to the lossless image, ms\n")
+        add("| Type | Network | Longest task | All long tasks |")
+        add("|---|---|---|---|")
+        for r in result["rows"]:
+            add(f"| {r['type']} | {r['profile']} | {_fmt_ms(r.get('longest_task_ms'))} | "
+                f"{_fmt_ms(r.get('long_tasks_ms'))} |")
+        add("")
+        add("Decoding runs on the page's thread: a task over 50 ms is one the page cannot answer input during "
+            "(the lossless decode of the radiograph is most of it).\n")
     if result.get("stack"):
         add("### 20-slice MR stack, from the click, median (min-max), ms\n")
         add("| Preset | Network | Every slice shows something | Every slice its own data | Every slice lossless | "

@@ -22,6 +22,7 @@ from .base import TransportError, range_header
 __all__ = ["BrowserTransport", "BrowserResponse"]
 
 BATCH_BYTES = 64 * 1024
+MIN_BATCH_BYTES = 8 * 1024
 BATCH_SECONDS = 0.016
 
 
@@ -83,6 +84,7 @@ class BrowserResponse:
         size = 0
         since = 0.0
         first = True  # the first piece goes on at once: it holds the headers the engine acts on
+        total = 0
         try:
             while True:
                 try:
@@ -102,7 +104,11 @@ class BrowserResponse:
                     since = time.monotonic()
                 pending.append(data)
                 size += len(data)
-                if size >= self._transport.batch_bytes or time.monotonic() - since >= self._transport.batch_seconds:
+                total += len(data)
+                # small batches while the body is young (its first resolution levels are small and
+                # the first picture waits on them), up to batch_bytes once it has grown
+                limit = min(self._transport.batch_bytes, max(MIN_BATCH_BYTES, total // 4))
+                if size >= limit or time.monotonic() - since >= self._transport.batch_seconds:
                     yield pending[0] if len(pending) == 1 else b"".join(pending)
                     pending, size = [], 0
             if pending:

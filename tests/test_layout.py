@@ -26,3 +26,11 @@ def test_runtime_comes_from_local_files_only():
     assert all(p.startswith("./static/wheels/") for p in config["packages"])
     html = (PROJECT / "index.html").read_text()
     assert not re.search(r"""(src|href)=["']https?://""", html)
+
+
+def test_the_lazily_loaded_pydicom_wheel_is_the_one_set_up_lays_out():
+    from tools.setup_runtime import WHEEL_PYDICOM
+
+    page = (PROJECT / "app" / "page.py").read_text()
+    (wheel,) = re.findall(r'^PYDICOM_WHEEL = "\./static/wheels/([^"]+)"', page, re.M)
+    assert wheel == WHEEL_PYDICOM.filename

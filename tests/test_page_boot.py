@@ -29,6 +29,7 @@ def booted(page, demo_server):
 
 
 def test_page_reaches_ready_and_imports_packages(booted):
+    assert not [u for u in booted.requests if "pydicom" in u]  # loaded on first need only
     versions = json.loads(booted.page.evaluate("window.pyApp.importCheck()"))
     assert versions["numpy"].startswith("2.")
     assert versions["pydicom"] == "3.0.2"

@@ -335,3 +335,45 @@ def test_memory_budget_drops_far_images_and_reloads_them_on_return(page, demo_se
     assert mem["heldPixelBytes"] <= 1 << 20, mem
     draws = p.evaluate("Array.from(window.drawLog, e => Array.from(e))")
     assert all(d[0] == d[1] for d in draws)
+
+
+def test_an_rle_series_loads_pydicom_on_demand(page, runtime, serve_dir, tmp_path):
+    """pydicom is not part of the page's start; a DICOM RLE series makes the page install it from
+    the local wheel, and the RLE frames then decode to the source pixels."""
+    import gzip
+    import hashlib
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from app.codecs import RLE_LOSSLESS
+    from app.convert import convert
+
+    source_path = get_testdata_file("MR_small_RLE.dcm")
+    source = pydicom.dcmread(source_path)
+    out = tmp_path / "tree"
+    assert convert([source_path], out, "jls", quiet=True).ok
+    series_dir = next(d for d in (out / "studies").glob("*/series/*") if d.is_dir())
+    frame = next(series_dir.glob("instances/*/frames/1"))
+    boundary = b"rle-boundary-0123456789"
+    rle = next(pydicom.encaps.generate_frames(source.PixelData, number_of_frames=1))
+    frame.write_bytes(b"--" + boundary + b"\r\nContent-Type: application/octet-stream;transfer-syntax="
+                      + RLE_LOSSLESS.encode() + b"\r\n\r\n" + rle + b"\r\n--" + boundary + b"--")
+    metadata = json.loads((series_dir / "metadata").read_text())
+    metadata[0]["00083002"] = {"vr": "UI", "Value": [RLE_LOSSLESS]}
+    (series_dir / "metadata").write_text(json.dumps(metadata))
+    (series_dir / "metadata.gz").write_bytes(gzip.compress(json.dumps(metadata).encode()))
+    (series_dir / "alternates.json").unlink()
+    (series_dir / "alternates.json.gz").unlink(missing_ok=True)
+    live = serve_dir(out)
+    url = "/dicomweb/" + series_dir.relative_to(out).as_posix()
+    p = page.page
+    open_viewer(page, live.url, f"?noload=1&url={quote(url)}&config=nonProgressive", state=("ready",))
+    assert not [u for u in page.requests if "pydicom" in u]  # not at start
+    p.click("#load")
+    wait_for_app_state(page, ("idle",))
+    assert [u for u in page.requests if u.endswith("pydicom-3.0.2-py3-none-any.whl")]
+    log = render_log(p)
+    assert log and log[-1]["final"], (p.inner_text("#errors"), page.console[-10:])
+    expected = hashlib.sha256(source.pixel_array.astype("<i2").tobytes()).hexdigest()
+    assert p.evaluate("window.pyApp.pixelsSha256(0)") == expected

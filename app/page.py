@@ -396,14 +396,7 @@ class Viewer:
         self.viewport.reset_view()
         self.update_overlay()
         el("status").textContent = f"Loading {len(stack.images)} image(s)…"
-        try:
-            await run_stack(loader, self.index, self.on_event)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            show_error(f"Loading stopped: {exc}")
-        if generation == self.load_generation:
-            self._finish_state()
+        await self._run(None, generation)
 
     def _finish_state(self) -> None:
         failed = sum(1 for r in self.images if r.failed)
@@ -519,9 +512,10 @@ class Viewer:
             self.loader.request(near)
             return
         set_state("loading")
-        self.resume_task = asyncio.ensure_future(self._resume(near, self.load_generation))
+        self.resume_task = asyncio.ensure_future(self._run(near, self.load_generation))
 
-    async def _resume(self, indices: list[int], generation: int) -> None:
+    async def _run(self, indices: list[int] | None, generation: int) -> None:
+        """Run the loader over the stack (or only ``indices``), then say how it ended."""
         try:
             await run_stack(self.loader, self.index, self.on_event, indices)
         except asyncio.CancelledError:

@@ -548,6 +548,10 @@ class RetrieveEngine:
             self._cached -= self._lru.pop(i, 0)
             st.wanted = True
 
+    def pending(self) -> list[int]:
+        """Images with stages still to run (requested, not running)."""
+        return sorted(i for i, todo in self._pending.items() if todo and self._states[i].wanted)
+
     def request(self, indices: Iterable[int]) -> None:
         """(Re)queue images: stages not yet done for them are scheduled again."""
         n = len(self._states)

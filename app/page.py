@@ -518,6 +518,9 @@ class Viewer:
         """Run the loader over the stack (or only ``indices``), then say how it ended."""
         try:
             await run_stack(self.loader, self.index, self.on_event, indices)
+            # images asked for again while the run was winding down (its workers already gone)
+            while generation == self.load_generation and self.loader.pending():
+                await run_stack(self.loader, self.index, self.on_event, self.loader.pending())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001

@@ -31,6 +31,10 @@ class StackLoader:
     def request(self, indices) -> None:
         self.engine.request(indices)
 
+    def pending(self) -> list[int]:
+        """Images with stages still to run."""
+        return self.engine.pending()
+
     async def run(self, current: int, on_event: Callable[[EngineEvent], None], indices=None) -> None:
         """Load the stack (or only ``indices``: images loaded again after an eviction)."""
         self.engine.set_current(current)

@@ -271,6 +271,7 @@ class Viewer:
         self._waterfall_pending = False
         self.demo_entries: list[dict] = []
         self.cache_bytes = DEFAULT_CACHE_MB << 20  # decoded pixels the page may hold (?cacheMB=)
+        self.held = 0
         self.resume_task: asyncio.Task | None = None
 
     # ---- configuration sidebar ----
@@ -385,6 +386,7 @@ class Viewer:
                 return
         self.stack, self.loader = stack, loader
         self.images = [ImageRecord() for _ in range(len(stack.images))]
+        self.held = 0  # bytes of the pixels in self.images (kept as they change: no sum per event)
         self.index = min(len(stack.images) // 2, len(stack.images) - 1) if len(stack.images) > 2 else 0
         self.viewport.current_index = self.index
         slider = el("slider")
@@ -449,6 +451,7 @@ class Viewer:
                       and event.columns > current.columns) or (event.final and not current.final))
         if not better:
             return  # a result never replaces a better one
+        self.held += event.pixels.nbytes - (current.pixels.nbytes if current is not None else 0)
         record.shown = Shown(event.pixels, status, bool(event.final), int(event.rows), int(event.columns), index)
         record.bytes = int(event.bytes_received)
         if record.first_ms is None:
@@ -475,13 +478,10 @@ class Viewer:
             ["decode_ms", round(float(getattr(event, "decode_ms", 0.0)), 1)]]))
 
     # ---- memory ----
-    def held_bytes(self) -> int:
-        return sum(r.shown.pixels.nbytes for r in self.images if r.shown is not None)
-
     def _evict_beyond_budget(self) -> None:
         """Over the budget: drop the pixels of the images farthest from the one on screen (never
         it or its direct neighbours); the engine forgets them too and loads them again on return."""
-        held = self.held_bytes()
+        held = self.held
         if held <= self.cache_bytes or self.loader is None:
             return
         dropped = []
@@ -495,6 +495,7 @@ class Viewer:
             record.shown, record.evicted, record.final_ms = None, True, None
             record.timeline.append(("evicted", now_ms() - self.load_started_ms, ""))
             dropped.append(i)
+        self.held = held
         if dropped:
             self.loader.forget(dropped)
 
@@ -866,7 +867,8 @@ def _expose_hooks(viewer: Viewer) -> None:
 
         held = [r.shown.pixels.nbytes for r in viewer.images if r.shown is not None]
         return json.dumps({"wasmHeapBytes": int(pyodide_js._module.HEAPU8.length),
-                           "heldPixelBytes": int(sum(held)), "heldImages": len(held)})
+                           "heldPixelBytes": int(sum(held)), "heldImages": len(held),
+                           "heldCounted": int(viewer.held)})
 
     hooks = {"decodeFrame": decode_frame_hook, "drawPattern": draw_pattern_hook,
              "importCheck": import_check_hook, "pixelsSha256": pixels_sha256,

@@ -322,6 +322,7 @@ def test_memory_budget_drops_far_images_and_reloads_them_on_return(page, demo_se
     open_viewer(page, demo_server.url, f"?url={quote(entry['url'])}&config=htj2k&cacheMB=1")
     mem = json.loads(p.evaluate("window.pyApp.memoryUsage()"))
     assert mem["heldPixelBytes"] <= 1 << 20 and 3 <= mem["heldImages"] < 20, mem
+    assert mem["heldCounted"] == mem["heldPixelBytes"]  # the running count the budget uses
     assert "dropped to stay within 1 MB" in p.inner_text("#status")
     assert p.evaluate("window.pyApp.pixelsSha256(0)") is None  # the first slice is far from the middle
     before = len(render_log(p))
@@ -332,7 +333,7 @@ def test_memory_budget_drops_far_images_and_reloads_them_on_return(page, demo_se
     wait_for_app_state(page, ("idle",))
     assert p.evaluate("window.pyApp.pixelsSha256(0)") == _mr_source_sha(demo_server, demo_data, entry, 0)
     mem = json.loads(p.evaluate("window.pyApp.memoryUsage()"))
-    assert mem["heldPixelBytes"] <= 1 << 20, mem
+    assert mem["heldPixelBytes"] <= 1 << 20 and mem["heldCounted"] == mem["heldPixelBytes"], mem
     draws = p.evaluate("Array.from(window.drawLog, e => Array.from(e))")
     assert all(d[0] == d[1] for d in draws)
 

@@ -893,13 +893,20 @@ async def default_study_url() -> str:
 
 
 def warm_up_decoders() -> None:
-    """The first decode in a fresh wasm instance is ~70 ms slower: pay that before "ready"."""
+    """The first decode in a fresh wasm instance is slower (~70 ms): pay that before "ready", on the
+    paths a first frame takes: a reduced HTJ2K level, a full one, JPEG-LS, then the LUT to RGBA."""
     import imagecodecs
 
+    from app.codecs import HTJ2K_LOSSLESS, JPEG_LS_LOSSLESS, PixelFormat, decode_frame
+
     tile = (np.arange(64 * 64, dtype=np.uint16) % 4096).reshape(64, 64)
+    fmt = PixelFormat(rows=64, columns=64, bits_allocated=16, bits_stored=12)
     try:
-        imagecodecs.htj2k_decode(imagecodecs.htj2k_encode(tile))
-        imagecodecs.jpegls_decode(imagecodecs.jpegls_encode(tile))
+        htj2k = imagecodecs.htj2k_encode(tile, resolutions=3)
+        decode_frame(htj2k, HTJ2K_LOSSLESS, fmt, reduce=1)
+        pixels = decode_frame(htj2k, HTJ2K_LOSSLESS, fmt)
+        decode_frame(imagecodecs.jpegls_encode(tile), JPEG_LS_LOSSLESS, fmt)
+        to_rgba(pixels, Appearance(window=Window(center=2048, width=4096)))
     except Exception:  # noqa: BLE001 - a codec missing here is reported when a frame needs it
         pass
 

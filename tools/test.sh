@@ -10,6 +10,9 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # never `playwright install`, which downloads a browser).
 need_apt=()
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# Node.js and npm: set-up packs the runtime from the npm registry and compiles it inside Pyodide
+# under Node (tools/runtime/); machines of this kind have them, this is for one that does not.
+command -v node >/dev/null && command -v npm >/dev/null || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]} (apt)"
   as_root apt-get update -qq

@@ -119,3 +119,19 @@ def test_in_page_rle_decodes_bit_exactly(booted):
     got = json.loads(booted.page.evaluate("([u, f]) => window.pyApp.decodeFrame(u, f)", [url, json.dumps(fmt)]))
     assert (got["rows"], got["columns"], got["dtype"]) == (61, 83, "uint16")
     assert got["sha256"] == hashlib.sha256(image.astype("<u2").tobytes()).hexdigest()
+
+
+def test_discovery_starts_while_python_boots(page, demo_server):
+    """With ?url= a series, the page's own script preloads its metadata and alternates.json at
+    navigation; the engine's fetch of the same URLs takes those responses (one request each)."""
+    entries = json.loads((demo_server.server.mounts.data_root / "demo.json").read_text())
+    url = next(e for e in entries if "MR" in e["name"])["url"]
+    demo_server.log.clear()
+    page.page.goto(f"{demo_server.url}/?url={url}&config=htj2k")
+    wait_for_app_state(page, ("idle",))
+    timings = page.page.evaluate("Object.assign({}, window.appTimings)")
+    python_started = (timings["navigationStart"] + timings["pythonStartMs"]) / 1000.0
+    for name in ("metadata", "alternates.json"):
+        hits = [e for e in demo_server.log if e["path"] == f"{url}/{name}"]
+        assert len(hits) == 1, (name, hits)
+        assert hits[0]["time"] < python_started  # asked for before any Python ran

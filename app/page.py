@@ -373,17 +373,14 @@ class Viewer:
                 set_state("error")
                 el("status").textContent = "Error"
             return
-        if generation != self.load_generation:
-            await loader.aclose()
-            return
         if any(im.transfer_syntax in PYDICOM_SYNTAXES for im in stack.images):
             try:
                 await ensure_pydicom()
             except Exception as exc:  # noqa: BLE001 - the images will fail one by one, clearly
                 show_error(f"Could not load pydicom for {stack.images[0].transfer_syntax} frames: {exc}")
-            if generation != self.load_generation:
-                await loader.aclose()
-                return
+        if generation != self.load_generation:
+            await loader.aclose()
+            return
         self.stack, self.loader = stack, loader
         self.images = [ImageRecord() for _ in range(len(stack.images))]
         self.held = 0  # bytes of the pixels in self.images (kept as they change: no sum per event)
@@ -506,11 +503,8 @@ class Viewer:
             return
         for i in near:
             self.images[i].evicted = False
-        if self.load_task is not None and not self.load_task.done():
+        if any(t is not None and not t.done() for t in (self.load_task, self.resume_task)):
             self.loader.request(near)  # the running load picks them up
-            return
-        if self.resume_task is not None and not self.resume_task.done():
-            self.loader.request(near)
             return
         set_state("loading")
         self.resume_task = asyncio.ensure_future(self._run(near, self.load_generation))

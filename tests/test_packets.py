@@ -8,18 +8,28 @@ pixels at its level.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import os
+import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 import imagecodecs
 import numpy as np
+import pydicom
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from app.codecs import HTJ2K_LOSSLESS
+from app.convert import ALTERNATES, frame_file_chunks, open_manifest
 from app.readers import packets
 from app.readers.codestream import CodestreamError, CodestreamScanner, ResolutionComplete
 from htj2k_helpers import level_ends, one_tile_part, packet_bytes_before, scan, split, tile_parts
@@ -119,12 +129,13 @@ def test_a_level_is_reported_when_its_last_byte_arrives_and_not_before():
         assert before == list(range(level)) and after == [level]
 
 
+PROJECT = Path(__file__).resolve().parent.parent
+
+
 @functools.cache
 def radiograph_tlm() -> bytes:
     """The demo radiograph's frame as the converter stored it (3072x2614, 16-bit, 6 levels, TLM)."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent / "static" / "dicomweb"
+    root = PROJECT / "static" / "dicomweb"
     frames = sorted(root.glob("studies/1.3.51.0.7.3365391312*/series/*/instances/*/frames/1"))
     if not frames:
         pytest.skip("demo tree not set up (tools/demo_data.py)")
@@ -291,3 +302,47 @@ def test_the_scanner_refuses_data_after_an_error():
         s.feed(b"\xff\x4f")
     with pytest.raises(CodestreamError):
         s.close()
+
+
+# -- the CLI, streaming a no-TLM tree of the radiograph from serve.py ------------------------------
+
+RADIOGRAPH_SERIES = "1.3.51.0.7.2481275770.33884.26178.36453.11104.7622.4803"
+
+
+def no_tlm_tree(demo_data: Path, out: Path) -> Path:
+    """The demo radiograph's study as the toolkit would store it: its frame RPCL, one tile-part, no
+    TLM, labelled .201. Everything else is hard-linked from the demo tree, never written through."""
+    study = next(demo_data.glob("studies/*/series/" + RADIOGRAPH_SERIES)).parent.parent
+    shutil.copytree(study, out / "studies" / study.name, copy_function=os.link)
+    for name in ("dicomweb.json", "demo.json"):
+        shutil.copyfile(demo_data / name, out / name)
+    frame = next(out.glob("studies/*/series/*/instances/*/frames/1"))
+    raw = frame.read_bytes()
+    codestream = one_tile_part(raw[raw.index(b"\xff\x4f\xff\x51") : raw.rindex(b"\xff\xd9") + 2])
+    frame.unlink()  # a hard link: replace it, never write into it
+    alternate = dataclasses.replace(ALTERNATES["frames"], transfer_syntax=HTJ2K_LOSSLESS)
+    frame.write_bytes(b"".join(frame_file_chunks(open_manifest(out, raw=False), alternate, codestream)))
+    return out
+
+
+def test_cli_streams_levels_of_a_no_tlm_radiograph_before_the_final(demo_data, serve_dir, tmp_path):
+    tree = no_tlm_tree(demo_data, tmp_path / "tree")
+    server = serve_dir(tree)
+    meta = json.loads((tree / "demo.json").read_text())
+    url = server.url + next(d for d in meta if d["seriesInstanceUID"] == RADIOGRAPH_SERIES)["url"]
+    result = subprocess.run([sys.executable, "-m", "app", "load", url, "--config", "htj2k"], cwd=PROJECT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    refs = [e for e in map(json.loads, result.stdout.splitlines()) if e["event"] == "Refinement"]
+    *partial, final = refs
+    assert partial and all(r["status"] == "SUBRESOLUTION" and not r["final"] and r["reduce"] > 0 for r in partial)
+    assert [r["reduce"] for r in partial] == sorted({r["reduce"] for r in partial}, reverse=True)
+    assert all((r["rows"], r["columns"]) == SIZES[r["reduce"]] for r in partial)
+    assert final["final"] and final["status"] == "FULL_RESOLUTION" and final["transfer_syntax"] == HTJ2K_LOSSLESS
+    source = pydicom.dcmread(PROJECT / ".cache" / "demo" / "radiograph" / "cat.dcm").pixel_array
+    assert final["sha256"] == hashlib.sha256(np.ascontiguousarray(source, "<u2").tobytes()).hexdigest()
+    frame = next(tree.glob("studies/*/series/*/instances/*/frames/1"))
+    assert final["bytes_received"] == frame.stat().st_size  # nothing fetched twice
+
+
+SIZES = {r: ((2614 + (1 << r) - 1) >> r, (3072 + (1 << r) - 1) >> r) for r in range(7)}

@@ -132,6 +132,18 @@ def test_a_level_is_reported_when_its_last_byte_arrives_and_not_before():
 PROJECT = Path(__file__).resolve().parent.parent
 
 
+def test_a_tile_part_running_to_eoc_reports_its_lower_levels_early():
+    cs = bytearray(toolkit_encoding(smooth_image(8, 200, 180, 1, "uint16"), 4))
+    (sot, _, _), = tile_parts(bytes(cs))
+    struct.pack_into(">I", cs, sot + 6, 0)  # Psot = 0: the tile-part runs to EOC
+    known = level_ends(toolkit_encoding(smooth_image(8, 200, 180, 1, "uint16"), 4))
+    s = CodestreamScanner()
+    early = [e for e in s.feed(bytes(cs[:-2])) if isinstance(e, ResolutionComplete)]
+    assert early == known[:-1]
+    late = [e for e in s.feed(bytes(cs[-2:])) + s.close() if isinstance(e, ResolutionComplete)]
+    assert [(e.level, e.end_offset) for e in late] == [(4, len(cs))]
+
+
 @functools.cache
 def radiograph_tlm() -> bytes:
     """The demo radiograph's frame as the converter stored it (3072x2614, 16-bit, 6 levels, TLM)."""

@@ -27,6 +27,7 @@ from .packets import ComponentCoding, LevelEnd, PacketError, PacketReader, TileC
 __all__ = [
     "CodestreamScanner",
     "CodestreamError",
+    "ScannerState",
     "MainHeader",
     "Siz",
     "Cod",
@@ -201,6 +202,7 @@ class CodestreamComplete:
 
 
 Event = MainHeader | ResolutionComplete | CodestreamComplete
+
 
 class ScannerState(enum.Enum):
     """Where the scanner is in the codestream; ERROR is final (h11 style)."""

@@ -358,3 +358,17 @@ def test_cli_streams_levels_of_a_no_tlm_radiograph_before_the_final(demo_data, s
 
 
 SIZES = {r: ((2614 + (1 << r) - 1) >> r, (3072 + (1 << r) - 1) >> r) for r in range(7)}
+
+
+def test_hostile_headers_are_refused_cheaply():
+    cs = toolkit_encoding(smooth_image(4, 128, 128, 1, "uint16"), 5)
+    coding, data, _ = _coding_and_packets(cs)
+    endless = packets.PacketReader(coding, data)  # a tile-part to EOC of nothing but 0xFF
+    with pytest.raises(packets.PacketError):
+        for _ in range(100):
+            endless.feed(b"\xff" * 4096)
+    huge = dataclasses.replace(coding, x1=1 << 30, y1=1 << 30)  # a SIZ no real image has
+    tiny = dataclasses.replace(coding.components[0], precincts=((1, 1),) * 6, block_exponents=(2, 2))
+    for bad in (huge, dataclasses.replace(huge, components=(tiny,))):
+        with pytest.raises(packets.PacketError, match="more than"):
+            packets.packet_plan(bad, 4)

@@ -236,6 +236,11 @@ class _TilePartPackets:
         self._reader: PacketReader | None = None
         self._plan = packet_plan(coding, last_level)  # raises PacketError for what it cannot read
 
+    @property
+    def done(self) -> bool:
+        """Every level below the top is found: the rest of the tile-part need not be looked at."""
+        return self._reader is not None and self._reader.done
+
     def feed(self, data: bytes | bytearray | memoryview, base: int) -> list[LevelEnd]:
         lo = max(base, self._next)
         hi = base + len(data) if self.end is None else min(base + len(data), self.end)
@@ -490,7 +495,7 @@ class CodestreamScanner:
         self._progressive = True
 
     def _feed_packets(self, data: bytes | bytearray | memoryview, base: int) -> None:
-        if self._packets is None:
+        if self._packets is None or self._packets.done:
             return
         try:
             for e in self._packets.feed(data, base):

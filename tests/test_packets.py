@@ -372,3 +372,26 @@ def test_hostile_headers_are_refused_cheaply():
     for bad in (huge, dataclasses.replace(huge, components=(tiny,))):
         with pytest.raises(packets.PacketError, match="more than"):
             packets.packet_plan(bad, 4)
+
+
+@pytest.mark.browser
+def test_page_streams_levels_of_a_no_tlm_radiograph_before_the_final(page, runtime, demo_data, serve_dir, tmp_path):
+    from test_viewer import FAST4G, open_viewer, render_log, source_sha256, throttle
+
+    tree = no_tlm_tree(demo_data, tmp_path / "tree")
+    server = serve_dir(tree)
+    entry = next(d for d in json.loads((tree / "demo.json").read_text()) if d["seriesInstanceUID"] == RADIOGRAPH_SERIES)
+    p = page.page
+    open_viewer(page, server.url, "?noload=1", state=("ready",))
+    throttle(p, FAST4G)
+    p.fill("#url", entry["url"])
+    p.click("#load")
+    p.wait_for_function("window.renderLog.some(e => e.final)", timeout=90_000)
+    log = render_log(p)
+    *partial, final = log
+    assert partial and all(e["status"] == "SUBRESOLUTION" and not e["final"] for e in partial)
+    sizes = [e["columns"] for e in log]
+    assert sizes == sorted(set(sizes)), "strictly increasing resolutions"
+    assert final["final"] and (final["rows"], final["columns"]) == (2614, 3072)
+    assert final["t_ms"] > partial[0]["t_ms"] + 500
+    assert p.evaluate("window.pyApp.pixelsSha256(0)") == source_sha256("radiograph", "cat.dcm")

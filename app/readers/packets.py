@@ -117,8 +117,8 @@ def packet_plan(coding: TileCoding, last_level: int | None = None) -> list[list[
 
 
 def _check_supported(coding: TileCoding) -> None:
-    if coding.order not in RESOLUTION_MAJOR or (coding.order == "LRCP" and coding.layers != 1):
-        raise PacketError(f"{coding.order} with {coding.layers} layers is not resolution-major")
+    if coding.order not in RESOLUTION_MAJOR:
+        raise PacketError(f"{coding.order} progression is not resolution-major")
     if coding.layers != 1:
         raise PacketError("more than one quality layer")
     if not coding.components or len({c.decompositions for c in coding.components}) != 1:
@@ -469,6 +469,7 @@ class PacketReader:
                     self._held += data[i:]
                 self._parse_later()
                 return
+            self._parse_at = 0
             if header >= before:
                 i += header - before
                 self._held = bytearray()

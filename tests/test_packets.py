@@ -395,3 +395,45 @@ def test_page_streams_levels_of_a_no_tlm_radiograph_before_the_final(page, runti
     assert final["final"] and (final["rows"], final["columns"]) == (2614, 3072)
     assert final["t_ms"] > partial[0]["t_ms"] + 500
     assert p.evaluate("window.pyApp.pixelsSha256(0)") == source_sha256("radiograph", "cat.dcm")
+
+
+# -- HT codeword segments bit by bit (no encoder at hand writes refinement or placeholder passes) -
+
+
+def stuffed(bits: str) -> bytes:
+    """Packet-header bits as an encoder writes them: MSB first, a 0 stuffed after each 0xFF."""
+    out, value, count, room = bytearray(), 0, 0, 8
+    for b in bits:
+        value, count = (value << 1) | int(b), count + 1
+        if count == room:
+            out.append(value)
+            room, value, count = (7 if value == 0xFF else 8), 0, 0
+    if count:
+        out.append(value << (room - count))
+    if out and out[-1] == 0xFF:
+        out.append(0)
+    return bytes(out)
+
+
+ONE_BLOCK = "1" + "1" + "1"  # non-empty packet; the block is included; no zero bit-plane
+PASSES = {1: "0", 2: "10", 3: "1100", 4: "1101", 6: "111100000"}
+
+
+@pytest.mark.parametrize(("passes", "lengths", "body"), [
+    (1, "0101", 5),  # Lblock 3 + 1 (one increment): cleanup in 4 bits
+    (2, "0101" + "0011", 8),  # then SigProp alone: 4 bits
+    (3, "0101" + "00011", 8),  # then SigProp + MagRef: Lblock + 1 bits
+    (3, "0000" + "0", 0),  # placeholders only: a zero cleanup, one more zero bit (3 passes)
+    (6, "000101" + "00011", 8),  # 3 placeholders + cleanup (Lblock + 2), 2 refinements (Lblock + 1)
+])
+def test_ht_segment_lengths(passes, lengths, body):
+    bits = ONE_BLOCK + PASSES[passes] + "10" + lengths  # Lblock: one increment, to 4
+    data = stuffed(bits)
+    packet = packets._Packet(0, 0, ((1, 1),), True, packets.HT_BLOCKS)
+    assert packets._read_packet(data, 0, len(data), len(data), packet, False, False) == (len(data), body)
+
+
+def test_classic_passes_share_one_segment():
+    data = stuffed(ONE_BLOCK + PASSES[3] + "10" + "01010")  # 3 passes: Lblock 4 + floor(log2 3) = 5 bits
+    packet = packets._Packet(0, 0, ((1, 1),), False, 0)
+    assert packets._read_packet(data, 0, len(data), len(data), packet, False, False) == (len(data), 10)

@@ -15,7 +15,7 @@ def test_every_app_module_is_shipped_to_the_browser():
     modules = {p.relative_to(PROJECT).as_posix() for p in (PROJECT / "app").rglob("*.py")}
     browser_only_entry = {"app/main.py"}  # loaded by the <script type="py"> tag itself
     cpython_only = {"app/convert.py", "app/cli.py", "app/__main__.py", "app/bench.py",
-                    "app/transport/native.py"}
+                    "app/transport/native.py", "app/transport/framing.py", "app/transport/mock.py"}
     assert modules - shipped - browser_only_entry - cpython_only == set()
     assert shipped <= modules
 

@@ -17,7 +17,7 @@ from typing import Sequence, TextIO
 import numpy
 
 from .config import PRESETS, ConfigError, RetrieveConfig, parse_config, preset
-from .engine import DEFAULT_CONCURRENCY, EngineEvent, Refinement, RetrieveEngine
+from .engine import DEFAULT_CONCURRENCY, EngineEvent, Refinement, RetrieveEngine, RetrievePolicy
 from .study import DiscoveryError, Stack, discover
 from .transport import TransportError, default_transport
 
@@ -82,7 +82,8 @@ async def load(
             "t_ms": round((time.perf_counter() - t0) * 1000, 3),
         }) + "\n")
         requested = list(range(len(stack) if images is None else min(images, len(stack))))
-        engine = RetrieveEngine(stack, config, transport, concurrency=concurrency, viewport=viewport)
+        engine = RetrieveEngine(stack, config, transport, policy=RetrievePolicy(concurrency=concurrency),
+                                viewport=viewport)
         async for event in engine.run(requested):
             out.write(json.dumps(event_json(event)) + "\n")
             out.flush()

@@ -324,3 +324,113 @@ class ScriptedServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# -- a DICOMweb site in memory, for MockTransport ------------------------------------------------------
+
+BASE = "http://mock.test/dicomweb/studies/1.2.3/series/1.2.3.4"
+
+
+def image_pixels(rows: int = 256, columns: int = 256, seed: int = 0, dtype="<u2"):
+    """A smooth image with noise (so every resolution level carries bytes)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:columns]
+    top = 255 if np.dtype(dtype).itemsize == 1 else 4000
+    base = (x * 3 + y * 5 + seed * 17) % top
+    return (base + rng.integers(0, 16, (rows, columns))).clip(0, top).astype(dtype)
+
+
+def htj2k_frame(pixels) -> bytes:
+    """A lossless RPCL HTJ2K codestream with TLM, as the converter writes it."""
+    from app.convert import _htj2k_lossless
+
+    return bytes(_htj2k_lossless(pixels).codestream)
+
+
+def multipart_frame(data: bytes, syntax: str, boundary: str = "B0UNDARY") -> tuple[bytes, str]:
+    """A single-part multipart/related body (bytes, Content-Type) as DICOMweb serves frames."""
+    head = f"--{boundary}\r\nContent-Type: application/octet-stream; transfer-syntax={syntax}\r\n\r\n"
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/octet-stream"; boundary={boundary}'
+
+
+def instance_json(sop: str, number: int, rows: int, columns: int, syntax: str, bits: int = 16) -> dict:
+    def el(vr, *values):
+        return {"vr": vr, "Value": list(values)}
+
+    return {
+        "0020000D": el("UI", "1.2.3"), "0020000E": el("UI", "1.2.3.4"), "00080018": el("UI", sop),
+        "00280010": el("US", rows), "00280011": el("US", columns), "00280100": el("US", bits),
+        "00280101": el("US", bits), "00280103": el("US", 0), "00280002": el("US", 1),
+        "00280004": el("CS", "MONOCHROME2"), "00200013": el("IS", number),
+        "00200032": el("DS", 0, 0, number), "00200037": el("DS", 1, 0, 0, 0, 1, 0),
+        "00083002": el("UI", syntax), "7FE00010": {"vr": "OB", "BulkDataURI": f"instances/{sop}/frames"},
+    }
+
+
+class Site:
+    """Frames (and JSON documents) by URL, answered like a static server; ``script(request, n)``
+    may answer instead (n: how many times that URL was asked for, from 1)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, str, dict]] = {}
+        self.counts: dict[str, int] = {}
+        self.script = None
+        self.pixels: list = []
+        self.metadata: list[dict] = []
+
+    def add_frame(self, index: int, pixels, data: bytes, syntax: str, *, multipart: bool = True) -> str:
+        sop = f"1.2.3.4.{index + 1}"
+        url = f"{BASE}/instances/{sop}/frames/1"
+        body, ctype = multipart_frame(data, syntax) if multipart else (data, "application/octet-stream")
+        self.files[url] = (body, ctype, {})
+        self.pixels.append(pixels)
+        self.metadata.append(instance_json(sop, index + 1, *pixels.shape[:2], syntax, pixels.dtype.itemsize * 8))
+        return url
+
+    def stack(self):
+        from app.study import stack_from_metadata
+
+        return stack_from_metadata(self.metadata, BASE)
+
+    def handler(self, request):
+        from app.transport.mock import MockResponse, serve_bytes
+
+        url = request.url.split("?")[0]
+        n = self.counts[url] = self.counts.get(url, 0) + 1
+        if self.script is not None:
+            answer = self.script(request, n)
+            if answer is not None:
+                return answer
+        if url not in self.files:
+            return MockResponse(404, {"content-length": "0"})
+        body, ctype, headers = self.files[url]
+        return serve_bytes(request, body, ctype, headers=headers)
+
+    def transport(self):
+        from app.transport.mock import MockTransport
+
+        return MockTransport(self.handler)
+
+
+def run_mock(site: "Site", config, *, transport=None, control=None, indices=None, **options):
+    """Run a RetrieveEngine over ``site`` with a MockTransport; (events, engine, transport)."""
+    import asyncio
+
+    from app.engine import RetrieveEngine
+
+    transport = transport or site.transport()
+
+    async def main():
+        engine = RetrieveEngine(site.stack(), config, transport, **engine_options(**options))
+        events = []
+        async for event in engine.run(indices):
+            events.append(event)
+            if control is not None:
+                control(engine, event)
+        return events, engine
+
+    events, engine = asyncio.run(asyncio.wait_for(main(), 30))
+    return events, engine, transport

@@ -122,6 +122,7 @@ async def _read_all(url: str) -> bytes:
         await transport.aclose()
 
 
+@pytest.mark.servers
 def test_two_equal_content_lengths_then_an_early_close_is_retryable():
     url = _raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 10\r\n\r\nabcd")
     with pytest.raises(IncompleteBody, match="after 4 of 10 bytes") as info:
@@ -129,6 +130,7 @@ def test_two_equal_content_lengths_then_an_early_close_is_retryable():
     assert info.value.retryable
 
 
+@pytest.mark.servers
 def test_a_connection_reset_mid_body_is_a_retryable_network_error():
     url = _raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000, reset=True)
     with pytest.raises(NetworkError) as info:
@@ -136,6 +138,7 @@ def test_a_connection_reset_mid_body_is_a_retryable_network_error():
     assert info.value.retryable
 
 
+@pytest.mark.servers
 def test_conflicting_content_lengths_are_not_retried():
     url = _raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 12\r\n\r\nabcd")
     with pytest.raises(ProtocolError):

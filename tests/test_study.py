@@ -237,6 +237,7 @@ class _GzipOnly(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+@pytest.mark.servers
 def test_static_tree_with_gzip_files_only(tree):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _GzipOnly)
     httpd.root = tree

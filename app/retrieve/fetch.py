@@ -139,9 +139,9 @@ class Attempt:
             whole = self._accept(resp, byte_range, start)
             if whole is None:
                 return  # 416 past the end: everything is held
+            self._note_encoding(resp, 0)
             await self._read(resp, received, whole=whole, streaming=streaming,
                              on_chunk=on_chunk if resp.status == 206 and not whole else None)
-            self._note_encoding(resp, byte_range, received[0])
             if whole or want_end is None:  # a 200, the last range, or an open-ended one: all is in
                 body.total = body.file_offset
                 body.end_of_file()
@@ -190,12 +190,14 @@ class Attempt:
             body.total = cr.total
         return cr.total is not None and cr.end + 1 >= cr.total
 
-    def _note_encoding(self, resp: Response, byte_range: ByteRange | None, received: int) -> None:
+    def _note_encoding(self, resp: Response, received: int) -> None:
         """A Content-Encoded answer (or, where the browser hides the header, more decoded bytes
         than the range held) means file offsets are not ours to count: no more ranges for it."""
+        if self.body.encoded:
+            return
         encoding = resp.headers.get("content-encoding", "").strip().lower()
-        cr = parse_content_range(resp.headers.get("content-range"))
-        grew = resp.status == 206 and cr is not None and received > cr.end - cr.start + 1
+        cr = parse_content_range(resp.headers.get("content-range")) if resp.status == 206 else None
+        grew = cr is not None and received > cr.end - cr.start + 1
         if encoding not in ("", "identity") or grew:
             self.body.encoded = True
             self.engine.frames_encoded = True
@@ -217,6 +219,8 @@ class Attempt:
                 window_start, window_bytes = now, 0
             received[0] += n
             st.bytes_received += n
+            if resp.status == 206:
+                self._note_encoding(resp, received[0])
             if body.file_offset + n > settings.max_frame_bytes:
                 raise ProtocolError(f"{body.url}: more than {settings.max_frame_bytes} bytes for one frame")
             body.feed(chunk)

@@ -107,10 +107,14 @@ function rawView(image, info) {
 
 // ---- WebGL2 ----
 
+// The image's destination rectangle only: the rest of the canvas is cleared, not shaded.
 const VERTEX = `#version 300 es
+uniform vec4 u_dest;      // x, y, width, height in device px, top-left origin
+uniform vec2 u_canvas;
 void main() {
-  vec2 corner = vec2(float((gl_VertexID << 1) & 2), float(gl_VertexID & 2));
-  gl_Position = vec4(corner * 2.0 - 1.0, 0.0, 1.0);
+  vec2 corner = vec2(float(gl_VertexID & 1), float((gl_VertexID >> 1) & 1));
+  vec2 clip = (u_dest.xy + corner * u_dest.zw) / u_canvas * 2.0 - 1.0;
+  gl_Position = vec4(clip.x, -clip.y, 0.0, 1.0);
 }`;
 
 // colourAt(p) per kind of image; the rest (placement, nearest/bilinear) is shared.
@@ -138,8 +142,8 @@ const COLOUR_AT = {
 function fragmentSource(kind) {
   return `#version 300 es
 precision highp float; precision highp int;
-uniform vec4 u_dest;      // x, y, width, height in device px, top-left origin
-uniform float u_canvasHeight;
+uniform vec4 u_dest;
+uniform vec2 u_canvas;
 uniform ivec2 u_size;     // texels of the uploaded (maybe reduced) image
 uniform bool u_smooth;
 uniform bool u_flip;
@@ -147,7 +151,7 @@ uniform vec3 u_background;
 out vec4 outColour;
 ${COLOUR_AT[kind]}
 void main() {
-  vec2 frag = vec2(gl_FragCoord.x, u_canvasHeight - gl_FragCoord.y);
+  vec2 frag = vec2(gl_FragCoord.x, u_canvas.y - gl_FragCoord.y);
   vec2 uv = (frag - u_dest.xy) / u_dest.zw;
   if (any(lessThan(uv, vec2(0.0))) || any(greaterThanEqual(uv, vec2(1.0)))) {
     outColour = vec4(u_background, 1.0);
@@ -277,13 +281,15 @@ class GlRenderer {
     const { width, height } = this.canvas;
     const dest = placement(view, entry, width, height, this.dpr);
     gl.uniform4f(uniforms.u_dest, dest.x, dest.y, dest.width, dest.height);
-    gl.uniform1f(uniforms.u_canvasHeight, height);
+    gl.uniform2f(uniforms.u_canvas, width, height);
     gl.uniform2i(uniforms.u_size, entry.columns, entry.rows);
     gl.uniform1i(uniforms.u_smooth, view.smooth === false ? 0 : 1);
     if (uniforms.u_flip) gl.uniform1i(uniforms.u_flip, windowTerms(view).flip ? 1 : 0);
     if (uniforms.u_background) gl.uniform3f(uniforms.u_background, ...BACKGROUND);
     gl.viewport(0, 0, width, height);
-    gl.drawArrays(gl.TRIANGLES, 0, 3);
+    gl.clearColor(BACKGROUND[0], BACKGROUND[1], BACKGROUND[2], 1);
+    gl.clear(gl.COLOR_BUFFER_BIT);
+    gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
     this.last = { key, view };
   }
 

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,6 +70,11 @@ COMPRESSIBLE = ("text/", "application/json", "application/wasm", "application/to
 #: Names a DICOMweb path resolves to inside a static tree folder, in order of preference.
 DICOMWEB_INDEX = ("index.json", "index.json.gz")
 
+#: Suffixes tried, in order, for a data path with no file of its own: the Static DICOMweb
+#: toolkit stores ``frames/1`` as ``1.mht`` (``1.mht.gz`` when uncompressed), ``metadata`` as
+#: ``metadata.gz``.
+STORED_SUFFIXES = (".mht", ".mht.gz", ".gz")
+
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Expose-Headers":
@@ -84,6 +90,8 @@ CORS_PREFLIGHT = {
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 SEND_BLOCK = 256 * 1024
 GZIP_CACHE_LIMIT = 64 * 1024 * 1024
+#: Larger files are gzip-compressed as a stream while sent, never held whole in memory.
+GZIP_CACHE_ITEM_LIMIT = 4 * 1024 * 1024
 
 
 class Mounts:
@@ -126,8 +134,9 @@ class Mounts:
                                  None)
                 if candidate is None:
                     return None, False
-            elif is_data and not candidate.exists() and (candidate.parent / (candidate.name + ".gz")).is_file():
-                candidate = candidate.parent / (candidate.name + ".gz")
+            elif is_data and not candidate.exists():
+                candidate = next((candidate.with_name(candidate.name + s) for s in STORED_SUFFIXES
+                                  if candidate.with_name(candidate.name + s).is_file()), candidate)
             try:
                 real = candidate.resolve(strict=True)
             except (FileNotFoundError, RuntimeError, OSError):
@@ -139,12 +148,15 @@ class Mounts:
         return None, False
 
 
-def frame_content_type(path: Path) -> str | None:
-    """Content-Type of a frame file from its first bytes: a multipart body or a raw codestream."""
+def frame_content_type(path: Path, stored_gzip: bool = False) -> str | None:
+    """Content-Type of a frame file from its first bytes: a multipart body or a raw codestream.
+
+    A multipart body's boundary is its first line (the toolkit writes one per file).
+    """
     try:
-        with path.open("rb") as fh:
+        with (gzip.open(path, "rb") if stored_gzip else path.open("rb")) as fh:
             head = fh.read(512)
-    except OSError:
+    except (OSError, EOFError, zlib.error):
         return None
     if head.startswith(b"--"):
         first, _, rest = head.partition(b"\r\n")
@@ -179,8 +191,8 @@ def content_type_for(path: Path, in_data: bool) -> tuple[str, bool]:
     if in_data:
         if base in ("metadata", "index.json"):
             return DICOM_JSON, stored_gzip
-        if base.isdigit() and not stored_gzip:  # a frame file: frames/1, jls/1, ...
-            return frame_content_type(path) or "application/octet-stream", False
+        if base.isdigit() or (base.endswith(".mht") and base[:-4].isdigit()):  # frames/1, jls/1.mht ...
+            return frame_content_type(path, stored_gzip) or "application/octet-stream", stored_gzip
     suffix = Path(base).suffix
     if base == "python_stdlib.zip":
         return "application/zip", stored_gzip
@@ -214,6 +226,28 @@ class GzipCache:
                 _, old = self._items.popitem(last=False)
                 self._size -= len(old)
         return body
+
+
+def _inflate(path: Path):
+    """The decoded bytes of a stored gzip file, block by block."""
+    inflater = zlib.decompressobj(wbits=31)
+    with path.open("rb") as fh:
+        while block := fh.read(SEND_BLOCK):
+            # at most 64 x the block per step, so a gzip bomb cannot take memory either
+            out = inflater.decompress(block, SEND_BLOCK * 64)
+            yield out
+            while inflater.unconsumed_tail:
+                yield inflater.decompress(inflater.unconsumed_tail, SEND_BLOCK * 64)
+    yield inflater.flush()
+
+
+def _deflate(path: Path):
+    """A file gzip-compressed block by block."""
+    deflater = zlib.compressobj(6, zlib.DEFLATED, 31)
+    with path.open("rb") as fh:
+        while block := fh.read(SEND_BLOCK):
+            yield deflater.compress(block)
+    yield deflater.flush()
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
@@ -299,37 +333,29 @@ class Handler(BaseHTTPRequestHandler):
         self._serve_file(path, st, ctype, stored_gzip)
 
     def _serve_file(self, path: Path, st: os.stat_result, ctype: str, stored_gzip: bool) -> None:
+        accepts_gzip = "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
+        # a stored .gz goes out as it is (Content-Encoding: gzip, ranges on the stored bytes) to
+        # clients that take gzip; it is never compressed again
+        encoded = stored_gzip and accepts_gzip
         etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
         last_modified = email.utils.formatdate(st.st_mtime, usegmt=True)
         common = {"Content-Type": ctype, "Last-Modified": last_modified, "Accept-Ranges": "bytes",
                   "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
-        accepts_gzip = "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
-
-        inm = self.headers.get("If-None-Match")
-        if inm is not None:
-            tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
-            if "*" in tags or {etag, etag[:-1] + '-gz"'} & tags:
-                self._send_head(HTTPStatus.NOT_MODIFIED, {**common, "ETag": etag})
-                return self._record(304, None, 0)
-        elif self.headers.get("If-Modified-Since"):
-            try:
-                since = email.utils.parsedate_to_datetime(self.headers["If-Modified-Since"]).timestamp()
-                if int(st.st_mtime) <= since:
-                    self._send_head(HTTPStatus.NOT_MODIFIED, {**common, "ETag": etag})
-                    return self._record(304, None, 0)
-            except (TypeError, ValueError):
-                pass
-
+        if encoded:
+            common["Content-Encoding"] = "gzip"
+        if self._not_modified(etag, st, common):
+            return None
+        if stored_gzip and not accepts_gzip:
+            return self._send_stream(_inflate(path), {**common, "ETag": etag[:-1] + '-id"'})
         range_header = self.headers.get("Range")
         if range_header and self.headers.get("If-Range") not in (None, etag, last_modified):
             range_header = None  # the client's partial copy is stale: send the whole file
-        byte_range = None if stored_gzip else parse_range(range_header, st.st_size)
+        byte_range = parse_range(range_header, st.st_size)
         if byte_range == "unsatisfiable":
             self._send_head(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
                             {"Content-Range": f"bytes */{st.st_size}", "Content-Length": "0",
                              "Content-Type": ctype})
             return self._record(416, range_header, 0)
-
         if byte_range is not None:
             start, end = byte_range
             length = end - start + 1
@@ -338,24 +364,56 @@ class Handler(BaseHTTPRequestHandler):
                              "Content-Range": f"bytes {start}-{end}/{st.st_size}"})
             sent = 0 if self.command == "HEAD" else self._copy(path, start, length)
             return self._record(206, range_header, sent)
-
-        if stored_gzip:
-            # a .gz file in the tree: send it as is to clients that take gzip, inflate for others
-            if accepts_gzip:
-                return self._send_body_file(path, st, {**common, "ETag": etag[:-1] + '-gz"',
-                                                       "Content-Encoding": "gzip"})
-            body = gzip.decompress(path.read_bytes())
-            return self._send_bytes(body, {**common, "ETag": etag})
-
+        if encoded:
+            return self._send_body_file(path, st, {**common, "ETag": etag})
         if accepts_gzip and is_compressible(ctype, path) and st.st_size > 512:
-            pre = path.with_name(path.name + ".gz")
-            if pre.is_file() and pre.stat().st_mtime >= st.st_mtime:
-                return self._send_body_file(pre, pre.stat(), {**common, "ETag": etag[:-1] + '-gz"',
-                                                              "Content-Encoding": "gzip"})
-            body = self.server.gzip_cache.get(path, st)
-            return self._send_bytes(body, {**common, "ETag": etag[:-1] + '-gz"',
-                                           "Content-Encoding": "gzip"})
+            return self._send_gzip(path, st, {**common, "ETag": etag[:-1] + '-gz"',
+                                              "Content-Encoding": "gzip"})
         self._send_body_file(path, st, {**common, "ETag": etag})
+
+    def _not_modified(self, etag: str, st: os.stat_result, common: dict[str, str]) -> bool:
+        """Answer 304 when the client's copy is current; True if answered."""
+        inm = self.headers.get("If-None-Match")
+        fresh = False
+        if inm is not None:
+            tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+            fresh = "*" in tags or bool({etag, etag[:-1] + '-gz"', etag[:-1] + '-id"'} & tags)
+        elif self.headers.get("If-Modified-Since"):
+            try:
+                since = email.utils.parsedate_to_datetime(self.headers["If-Modified-Since"]).timestamp()
+                fresh = int(st.st_mtime) <= since
+            except (TypeError, ValueError, OverflowError):
+                fresh = False
+        if fresh:
+            self._send_head(HTTPStatus.NOT_MODIFIED, {**common, "ETag": etag})
+            self._record(304, None, 0)
+        return fresh
+
+    def _send_gzip(self, path: Path, st: os.stat_result, headers: dict[str, str]) -> None:
+        """A precompressed twin, a cached small body, or (large files) a gzip stream: bounded memory."""
+        pre = path.with_name(path.name + ".gz")
+        if pre.is_file() and pre.stat().st_mtime >= st.st_mtime:
+            return self._send_body_file(pre, pre.stat(), headers)
+        if st.st_size <= GZIP_CACHE_ITEM_LIMIT:
+            return self._send_bytes(self.server.gzip_cache.get(path, st), headers)
+        self._send_stream(_deflate(path), headers)
+
+    def _send_stream(self, blocks, headers: dict[str, str]) -> None:
+        """A body of unknown length, chunked, produced block by block (never held whole)."""
+        self._send_head(HTTPStatus.OK, {**headers, "Transfer-Encoding": "chunked"})
+        sent = 0
+        if self.command != "HEAD":
+            try:
+                for block in blocks:
+                    if block:
+                        self.wfile.write(b"%x\r\n%b\r\n" % (len(block), block))
+                        sent += len(block)
+                self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+            except (OSError, EOFError, zlib.error):
+                self.close_connection = True  # a corrupt stored .gz: the peer sees a cut body
+        self._record(200, None, sent)
 
     def _send_bytes(self, body: bytes, headers: dict[str, str]) -> None:
         self._send_head(HTTPStatus.OK, {**headers, "Content-Length": str(len(body))})

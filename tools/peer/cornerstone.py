@@ -24,9 +24,10 @@ PROJECT = Path(__file__).resolve().parent.parent.parent
 PAGE_PATH = "/static/peer/peer.html"
 SOURCES = PROJECT / ".cache" / "demo"
 
-# WebGL in headless Chromium without a GPU: ANGLE on SwiftShader (software Vulkan). Without
-# --enable-unsafe-swiftshader Chromium refuses the software fallback and Cornerstone drops to its
-# CPU renderer; --disable-gpu must go too.
+# WebGL in headless Chromium without a GPU: ANGLE on SwiftShader (software Vulkan). Chromium 156
+# here gives it even with --disable-gpu; these flags keep it where the silent fallback is gone
+# (Chromium 137+ wants --enable-unsafe-swiftshader for it). Without WebGL Cornerstone would switch
+# to its CPU renderer: ``CornerstonePage.open`` refuses that.
 WEBGL_ARGS = ("--use-angle=swiftshader", "--enable-unsafe-swiftshader")
 
 # For both pages, before any of their scripts: keep every resource timing entry (a 200-slice
@@ -69,8 +70,8 @@ class PeerError(RuntimeError):
 
 
 def chromium_args(base: Sequence[str]) -> list[str]:
-    """Launch arguments that give both pages WebGL (the same browser runs ours and theirs)."""
-    return [a for a in base if a != "--disable-gpu"] + [a for a in WEBGL_ARGS if a not in base]
+    """Launch arguments that give both pages WebGL (one browser runs ours and theirs)."""
+    return list(base) + [a for a in WEBGL_ARGS if a not in base]
 
 
 def check_build(build: bool = True) -> Path:
@@ -219,17 +220,27 @@ def source_pixels(sop: str) -> np.ndarray:
     return pydicom.dcmread(path).pixel_array
 
 
-def source_sha256(sop: str, typed_array: str, pre_scaled: bool = False) -> str:
-    """sha256 of the source's values as the peer's typed array would hold them, if they fit it."""
+def source_sha256(sop: str, typed_array: str | None = None, pre_scaled: bool = False) -> str:
+    """sha256 of the source's values as a typed array of the peer would hold them (if they fit),
+    or, with no type, as our page holds them (pydicom's dtype, little-endian)."""
     import pydicom
 
     values = source_pixels(sop)
     if pre_scaled:
         ds = pydicom.dcmread(_source_index()[sop], stop_before_pixels=True)
         values = values * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
-    dtype = np.dtype(_TYPED[typed_array])
+    dtype = np.dtype(_TYPED[typed_array]) if typed_array else values.dtype.newbyteorder("<")
     cast = values.astype(dtype)
     if not np.array_equal(cast.astype(np.float64), values.astype(np.float64)):
-        return "source values do not fit " + typed_array
+        return f"source values do not fit {typed_array}"
     return hashlib.sha256(cast.tobytes()).hexdigest()
 
+
+def series_sops(series_dir: Path) -> list[str]:
+    """SOP instance UIDs of a series in a static DICOMweb tree (its ``metadata`` or ``metadata.gz``)."""
+    import gzip
+    import json
+
+    plain, packed = series_dir / "metadata", series_dir / "metadata.gz"
+    text = plain.read_bytes() if plain.exists() else gzip.decompress(packed.read_bytes())
+    return [str(instance["00080018"]["Value"][0]) for instance in json.loads(text)]

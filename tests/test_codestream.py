@@ -19,7 +19,8 @@ from app.readers.codestream import (
     MainHeader,
     ResolutionComplete,
 )
-from htj2k_helpers import scan, split
+from helpers import split
+from htj2k_helpers import scan
 
 
 @functools.cache

@@ -32,7 +32,8 @@ from app.codecs import HTJ2K_LOSSLESS
 from app.convert import ALTERNATES, frame_file_chunks, open_manifest
 from app.readers import packets
 from app.readers.codestream import CodestreamError, CodestreamScanner, ResolutionComplete
-from htj2k_helpers import level_ends, one_tile_part, packet_bytes_before, scan, split, tile_parts
+from helpers import split
+from htj2k_helpers import level_ends, one_tile_part, packet_bytes_before, scan, tile_parts
 
 
 def smooth_image(seed: int, rows: int, columns: int, channels: int, dtype: str) -> np.ndarray:

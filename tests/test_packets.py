@@ -438,3 +438,10 @@ def test_classic_passes_share_one_segment():
     data = stuffed(ONE_BLOCK + PASSES[3] + "10" + "01010")  # 3 passes: Lblock 4 + floor(log2 3) = 5 bits
     packet = packets._Packet(0, 0, ((1, 1),), False, 0)
     assert packets._read_packet(data, 0, len(data), len(data), packet, False, False) == (len(data), 10)
+
+
+def test_a_tlm_that_lists_one_tile_part_still_finds_levels_from_packets():
+    pixels = smooth_image(9, 150, 170, 1, "uint16")
+    other = bytes(imagecodecs.htj2k_encode(pixels, reversible=True, resolutions=4, tlm=True))
+    assert len(tile_parts(other)) == 1 and b"\xff\x55" in other[: tile_parts(other)[0][0]]
+    assert_same_levels(converter_encoding(pixels, 4), other)

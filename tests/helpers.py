@@ -258,6 +258,18 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             return
         if kind == "content_range":  # 206 with a Content-Range that lies about the start
             return self._send(206, data, {"Content-Type": ctype, "Content-Range": a.value.format(size=len(data))})
+        if kind == "gzip_ranges":  # stored gzip-compressed, sent encoded, Range over the stored bytes
+            stored = gzip.compress(data)
+            headers = {"Content-Type": ctype, "Content-Encoding": "gzip", "Accept-Ranges": "bytes"}
+            m = re.match(r"bytes=(\d+)-(\d*)$", rng or "")
+            if not m:
+                return self._send(200, stored, headers)
+            start = int(m.group(1))
+            end = min(int(m.group(2)) if m.group(2) else len(stored) - 1, len(stored) - 1)
+            if start >= len(stored):
+                return self._send(416, b"", {"Content-Range": f"bytes */{len(stored)}"})
+            return self._send(206, stored[start:end + 1],
+                              {**headers, "Content-Range": f"bytes {start}-{end}/{len(stored)}"})
         if kind == "gzip":
             return self._send(200, gzip.compress(data), {"Content-Type": ctype, "Content-Encoding": "gzip"})
         if kind == "ctype":

@@ -243,6 +243,17 @@ def test_gzip_encoded_frames_decode_to_the_right_image(tree):
     assert assert_right_or_failed(tree, events, engine) == "final"
 
 
+def test_byte_ranges_over_gzip_encoded_frames(tree):
+    """Frames stored as .gz and sent with Content-Encoding: gzip, Range counting the stored bytes
+    (issue 13 item 2): the first range shows what it can, the rest comes as one whole request,
+    never a Range starting at the decoded length."""
+    events, engine, server = run(tree, lambda p, n, r: Action("gzip_ranges"), SMALL_RANGES, hit=0)
+    assert not failures(events)
+    assert [h["range"] for h in server.hits()] == ["bytes=0-4095", None]
+    assert assert_right_or_failed(tree, events, engine, hit=0) == "final"
+    assert_others_final(tree, events, engine, hit=0)
+
+
 @pytest.mark.parametrize("ctype", ["text/html", "image/jpeg", "application/json", "multipart/related",
                                    'multipart/related; boundary="wrong"', "image/jls", ""])
 def test_wrong_content_type_never_gives_a_wrong_final(tree, ctype):

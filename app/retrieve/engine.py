@@ -14,10 +14,9 @@ from ..readers.multipart import MultipartError
 from ..study import Stack
 from ..transport.base import Transport
 from ..transport.errors import TransportError
-from .body import FrameBody
 from .budget import Budget
 from .events import EngineEvent, ImageFailed, Refinement
-from .fetch import Attempt, StreamAttempt, Superseded, attempt_for
+from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded, attempt_for
 from .nearby import replicas
 from .policy import FetchKind, Policy
 from .scheduler import Scheduler
@@ -25,19 +24,6 @@ from .settings import RetrievePolicy
 from .state import Change, ImageState, Job, Phase
 
 __all__ = ["RetrieveEngine"]
-
-
-class InlineAttempt(Attempt):
-    """Pixel data that came inline in the metadata (InlineBinary): nothing to fetch."""
-
-    def __init__(self, engine: "RetrieveEngine", st: ImageState, job: Job, stage: RetrieveStage) -> None:
-        image = st.image
-        self.engine, self.settings, self.st, self.job, self.stage = engine, engine.policy, st, job, stage
-        self.options = RetrieveOptions()
-        self.body = FrameBody(image.frame_url, image.transfer_syntax)
-        self.body.syntax = image.transfer_syntax
-        self.body.data += image.inline_data or b""
-        self.body.complete = True
 
 
 class RetrieveEngine:

@@ -29,7 +29,7 @@ from .state import ImageState, Job
 if TYPE_CHECKING:  # the engine drives attempts; attempts call back into it
     from .engine import RetrieveEngine
 
-__all__ = ["Attempt", "StreamAttempt", "RangeAttempt", "Superseded", "attempt_for"]
+__all__ = ["Attempt", "InlineAttempt", "StreamAttempt", "RangeAttempt", "Superseded", "attempt_for"]
 
 ByteRange = tuple[int, int | None]
 
@@ -42,18 +42,18 @@ class Attempt:
     """One stage of one image: fetch what it needs, then decode what it holds."""
 
     def __init__(self, engine: "RetrieveEngine", st: ImageState, job: Job, stage: RetrieveStage,
-                 options: RetrieveOptions) -> None:
+                 options: RetrieveOptions, body: FrameBody | None = None) -> None:
         self.engine = engine
         self.settings = engine.policy
         self.st = st
         self.job = job
         self.stage = stage
         self.options = options
-        image = st.image
-        url = frame_request_url(image.frame_url, options)
-        body = st.bodies.get(url)
-        if body is None:
-            body = st.bodies[url] = FrameBody(url, engine.rules.syntax_of(image, options))
+        if body is None:  # what earlier stages left of this frame resource, or a new one
+            url = frame_request_url(st.image.frame_url, options)
+            body = st.bodies.get(url)
+            if body is None:
+                body = st.bodies[url] = FrameBody(url, engine.rules.syntax_of(st.image, options))
         self.body = body
 
     # -- the stage ---------------------------------------------------------------------------
@@ -261,6 +261,21 @@ class Attempt:
                 return await self.engine.transport.get(url, headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
         except TimeoutError as exc:
             raise TransportTimeout(f"GET {url}: no answer in {seconds:g} s") from exc
+
+
+class InlineAttempt(Attempt):
+    """Pixel data that came inline in the metadata (InlineBinary): nothing to fetch."""
+
+    def __init__(self, engine: "RetrieveEngine", st: ImageState, job: Job, stage: RetrieveStage) -> None:
+        image = st.image
+        body = FrameBody(image.frame_url, image.transfer_syntax)
+        body.syntax = image.transfer_syntax
+        body.data += image.inline_data or b""
+        body.complete = True
+        super().__init__(engine, st, job, stage, RetrieveOptions(), body)
+
+    async def fetch_frame(self) -> None:
+        return None
 
 
 class StreamAttempt(Attempt):

@@ -82,6 +82,22 @@ def frame_content_type(data: bytes) -> str:
     return "application/octet-stream"
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive, no Nagle delay, no log lines."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _head(self, status: int, headers: dict) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+
+
 # -- OddServer -------------------------------------------------------------------------------------
 
 
@@ -95,12 +111,7 @@ class Behaviour:
         self.__dict__.update(kw)
 
 
-class _OddHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, *args) -> None:
-        pass
+class _OddHandler(QuietHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         srv = self.server
@@ -144,11 +155,6 @@ class _OddHandler(BaseHTTPRequestHandler):
             entry["aborted"] = True
             self.close_connection = True
 
-    def _head(self, status: int, headers: dict) -> None:
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
 
 
 class OddServer:
@@ -186,12 +192,7 @@ class Action:
 Script = Callable[[str, int, str | None], Action | None]  # (path, nth request of it, Range) -> action
 
 
-class ScriptedHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, *args) -> None:
-        pass
+class ScriptedHandler(QuietHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         srv = self.server
@@ -303,11 +304,6 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
         return self._send(206, data[start: end + 1], {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"})
 
-    def _head(self, status: int, headers: dict) -> None:
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
 
     def _send(self, status: int, body: bytes, headers: dict) -> None:
         self._head(status, {**headers, "Content-Length": str(len(body))})

@@ -16,9 +16,10 @@ from ..transport.base import Transport
 from ..transport.errors import TransportError
 from .budget import Budget
 from .events import EngineEvent, ImageFailed, Refinement
-from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded, attempt_for
+from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded
 from .nearby import replicas
 from .policy import FetchKind, Policy
+from .ranges import RangeAttempt
 from .scheduler import Scheduler
 from .settings import RetrievePolicy
 from .state import Change, ImageState, Job, Phase
@@ -251,9 +252,11 @@ class RetrieveEngine:
 
     def _attempt(self, st: ImageState, job: Job, stage: RetrieveStage, options: RetrieveOptions) -> Attempt:
         kind = self.rules.fetch_kind(options)
-        if kind is FetchKind.RANGES and self.frames_encoded:
-            return StreamAttempt(self, st, job, stage, options, streaming=True)  # no ranges over gzip
-        return attempt_for(kind)(self, st, job, stage, options)
+        if kind is FetchKind.RANGES and not self.frames_encoded:
+            return RangeAttempt(self, st, job, stage, options)
+        if kind is FetchKind.RANGES:  # no ranges over Content-Encoded frames: stream them whole
+            return StreamAttempt(self, st, job, stage, options, streaming=True)
+        return StreamAttempt(self, st, job, stage, options)
 
     def _end_job(self, st: ImageState, job: Job, gave_way: bool) -> None:
         st.job = None

@@ -294,3 +294,19 @@ def test_the_first_frame_request_never_waits_on_optional_files(htj2k_images):
         set(names[:3]) == {"alternates.json", "alternates.json.gz", "metadata"}
     assert names[3].startswith("instances/")  # the next request is the frame, not a wait
     assert refinements(events)[-1].final
+
+
+def test_an_image_cancelled_and_requested_again_while_its_job_stops_loads_once_more(htj2k_images):
+    site = htj2k_site(htj2k_images)
+    seen = []
+
+    def control(engine, event):
+        if isinstance(event, RequestStarted) and event.index == 0 and not seen:
+            seen.append(event)
+            engine.cancel([0])
+            engine.request([0])  # the old job is still stopping: the new one waits for its slot
+
+    events, engine, transport = run_mock(site, preset("single"), control=control, concurrency=1)
+    assert len(frame_requests(transport, 0)) == 2 and not failures(events)
+    assert len([r for r in refinements(events, 0)]) == 1  # only the second job's result counts
+    assert_all_final(site, events, engine)

@@ -132,10 +132,8 @@ class RetrieveEngine:
                 st.failures = 0
             if todo or not st.wanted:
                 st.apply(Change.REQUEST)
-            if self.scheduler.queue(i, todo):
-                continue
-            if st.phase is Phase.QUEUED and not st.busy:  # nothing left to run: settled at once
-                st.apply(Change.FINISH_FINAL if st.final else Change.FINISH_FAILED)
+            if not self.scheduler.queue(i, todo):
+                self._settle(st)
         if self._wake:
             self._wake.set()
 
@@ -270,8 +268,15 @@ class RetrieveEngine:
                     st.apply(Change.STAGE_END)
                 else:
                     self._finish(st, self.config.stages[job.stage_pos])
+        else:
+            self._settle(st)
         self.scheduler.done(job.index)
         self.budget.trim(self._states, st, self.current)
+
+    def _settle(self, st: ImageState) -> None:
+        """Requested again with no stage left to run (and no job): it is what it already was."""
+        if st.phase is Phase.QUEUED and not st.busy and not self.scheduler.pending.get(st.image.index):
+            st.apply(Change.FINISH_FINAL if st.final else Change.FINISH_FAILED)
 
     def _finish(self, st: ImageState, stage: RetrieveStage) -> None:
         """The image's last stage ended: final, or failed with a message (never silently neither)."""

@@ -235,7 +235,7 @@ def small_site(syntax: str) -> Site:
 @pytest.mark.parametrize("syntax, status", [(JPEG_BASELINE, Q.LOSSY), (JPEG_LS_LOSSLESS, Q.FULL_RESOLUTION)])
 def test_a_small_frame_held_whole_by_the_first_range_is_final_and_fetched_once(syntax, status):
     site = small_site(syntax)
-    events, engine, transport = run_mock(site, preset("htj2kByteRange"))
+    events, engine, transport = run_mock(site, preset("htj2kRangeThenStream"))
     for i in range(3):
         assert [r.byte_range for r in frame_requests(transport, i)] == [(0, 131071)]
         (ref,) = refinements(events, i)

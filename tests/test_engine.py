@@ -164,7 +164,7 @@ def test_first_range_ends_at_the_level_it_reaches_then_the_rest_streams(radiogra
     path, source = radiograph
     demo_server.log.clear()
     doc = json.loads(json.dumps(PRESETS["htj2kRangeThenStream"]))
-    doc["retrieveOptions"]["singleFast"]["chunkSize"] = 65536
+    doc["retrieveOptions"]["singleFast"]["initialChunkSize"] = 65536
     events, _ = run_engine(demo_server.url + path, RetrieveConfig.from_json(doc), viewport=(600, 700))
     refs = refinements(events)
     first = refs[0]

@@ -207,7 +207,7 @@ def test_cut_to_a_server_that_ignores_range_on_the_retry(tree):
 
 SMALL_RANGES = RetrieveConfig.from_json({
     "stages": [{"id": "fast", "retrieveType": "fast"}, {"id": "final", "retrieveType": "final"}],
-    "retrieveOptions": {"fast": {"rangeIndex": 0, "chunkSize": 4096, "decodeLevel": 1},
+    "retrieveOptions": {"fast": {"rangeIndex": 0, "initialChunkSize": 4096, "chunkSize": 4096, "decodeLevel": 1},
                         "final": {"rangeIndex": -1}},
 })
 

@@ -133,7 +133,7 @@ def test_wanted_level_ends_the_first_range_at_a_level():
     body = FrameBody("u", HTJ2K_LOSSLESS_RPCL)
     body.set_content_type("image/jphc")
     body.feed(codestream[:600])  # the main header and TLM, no level yet
-    options = RetrieveOptions(range_index=0, chunk_size=1000, decode_level=2)
+    options = RetrieveOptions(range_index=0, initial_chunk_size=1000, decode_level=2)
     level = rules.wanted_level(body, options, 1000)
     ends = body.header.level_end_offsets()
     assert level is not None and level.reduce == 2 and body.level_file_end(level.level) == ends[0]

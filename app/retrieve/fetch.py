@@ -55,6 +55,7 @@ class Attempt:
             if body is None:
                 body = st.bodies[url] = FrameBody(url, engine.rules.syntax_of(st.image, options))
         self.body = body
+        self.last_partial: float | None = None  # clock of the last partial decode while streaming
 
     # -- the stage ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -226,11 +227,17 @@ class Attempt:
             body.feed(chunk)
             if on_chunk is not None and on_chunk():
                 await asyncio.sleep(0)  # let the request it started go out now
-            if streaming and body.levels and not body.decodable_complete:
+            if streaming and body.levels and not body.decodable_complete and self._decode_due():
                 level = self.engine.rules.best_partial_level(body, st.best, self.options)
                 if level is not None:
                     self.engine.decode(self, reduce=level.reduce, end=level.end_offset)
+                    self.last_partial = self.engine.clock()
                     await asyncio.sleep(0)
+
+    def _decode_due(self) -> bool:
+        """``msBetweenDecode``: the least time between two partial decodes of the image."""
+        gap = self.options.ms_between_decode
+        return not gap or self.last_partial is None or (self.engine.clock() - self.last_partial) * 1000 >= gap
 
     async def chunks(self, resp: Response) -> AsyncIterator[bytes]:
         """The body's chunks; no byte for the low-speed time is a timeout (the browser's fetch

@@ -14,7 +14,8 @@ __all__ = ["RangeAttempt"]
 
 
 class RangeAttempt(Attempt):
-    """``rangeIndex`` >= 0: ``chunkSize`` bytes, then on to the end of a level if needed.
+    """``rangeIndex`` >= 0: up to ``range_end`` (``initialChunkSize`` + n ``chunkSize``), then on
+    to the end of a level if needed.
 
     The second range is asked for as soon as the first one's main header (its TLM) says where
     that level ends, so its round trip overlaps the first transfer instead of following it.
@@ -24,7 +25,7 @@ class RangeAttempt(Attempt):
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
-        self.want_end = self.options.chunk_size * (self.options.range_index + 1)
+        self.want_end = self.options.range_end(self.options.range_index)  # initialChunkSize + n * chunkSize
         self.ahead: asyncio.Task | None = None
         self.ahead_asked = False
 

@@ -213,6 +213,7 @@ class _Odd(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.servers  # a loopback server of its own
 @pytest.mark.parametrize(("kind", "cause"), [("redirect", "redirected (HTTP 302) to http://198.51.100.7"),
                                               ("nested", "nested too deeply"), ("bomb", "gzip bomb")])
 def test_no_series_metadata_names_the_real_cause(kind, cause):

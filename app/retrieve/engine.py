@@ -17,6 +17,7 @@ from ..transport.errors import TransportError
 from .budget import Budget
 from .events import EngineEvent, ImageFailed, Refinement
 from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded
+from .limits import check_native_length
 from .nearby import replicas
 from .policy import FetchKind, Policy
 from .ranges import RangeAttempt
@@ -318,6 +319,7 @@ class RetrieveEngine:
         t = self.clock()
         if end is None:
             body.check_whole_codestream()
+            check_native_length(len(body.data), syntax, fmt)
         with memoryview(body.data) as view:
             part = view[:end] if end is not None else view
             try:

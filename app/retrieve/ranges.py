@@ -7,6 +7,7 @@ import asyncio
 
 from ..transport.base import parse_content_range
 from ..transport.errors import ProtocolError, TransportError
+from ..transport.limits import SpeedWatch
 from .events import FirstBytes, RequestFinished, RequestStarted
 from .fetch import Attempt
 
@@ -103,10 +104,10 @@ class RangeAttempt(Attempt):
             cr = parse_content_range(resp.headers.get("content-range"))
             if status != 206 or cr is None or cr.start != start:
                 raise ProtocolError(f"{body.url}: the early range request got HTTP {status}")
-            async for chunk in self.chunks(resp):
+            watch = SpeedWatch(self.watch.limits, body.url, self.watch.clock, self.watch.started)
+            async for chunk in self.chunks(resp, watch):  # its own low-speed window, the same deadline
                 received += len(chunk)
-                if start + received > self.settings.max_frame_bytes:
-                    raise ProtocolError(f"{body.url}: more than {self.settings.max_frame_bytes} bytes for one frame")
+                self.check_cap(start + received)
                 chunks.append(bytes(chunk))
             if received > end - start:
                 raise ProtocolError(f"{body.url}: the early range came encoded")

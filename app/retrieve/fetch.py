@@ -92,14 +92,15 @@ class Attempt:
 
     # -- requests with retries ---------------------------------------------------------------
     async def fetch(self, want_end: int | None, *, streaming: bool,
-                    on_chunk: Callable[[], bool] | None = None) -> None:
-        """Bring the body up to ``want_end`` (exclusive; None: the whole file) from what it holds."""
+                    on_chunk: Callable[[], bool] | None = None, stop: Callable[[], bool] | None = None) -> None:
+        """Bring the body up to ``want_end`` (exclusive; None: the whole file) from what it holds;
+        ``stop`` (asked after each chunk) ends the transfer early, the rest left for later."""
         retries = self.settings.retries
         for attempt in range(retries + 1):
             self.watch.restart_window()
             try:
                 self.watch.check_deadline()
-                return await self.fetch_once(want_end, streaming=streaming, on_chunk=on_chunk)
+                return await self.fetch_once(want_end, streaming=streaming, on_chunk=on_chunk, stop=stop)
             except TransportError as exc:
                 if not exc.retryable:
                     raise
@@ -125,7 +126,7 @@ class Attempt:
         return start, want_end, None if whole else (start, None if want_end is None else want_end - 1)
 
     async def fetch_once(self, want_end: int | None, *, streaming: bool,
-                         on_chunk: Callable[[], bool] | None = None) -> None:
+                         on_chunk: Callable[[], bool] | None = None, stop: Callable[[], bool] | None = None) -> None:
         span = self._span(want_end)
         if span is None:
             return
@@ -148,8 +149,11 @@ class Attempt:
             if whole is None:
                 return  # 416 past the end: everything is held
             self._note_encoding(resp, 0)
-            await self._read(resp, received, whole=whole, streaming=streaming,
-                             on_chunk=on_chunk if resp.status == 206 and not whole else None)
+            stopped = await self._read(resp, received, whole=whole, streaming=streaming,
+                                       on_chunk=on_chunk if resp.status == 206 and not whole else None,
+                                       stop=stop if resp.status == 206 else None)
+            if stopped:
+                return  # closed early on purpose: the body is not at its end
             if whole or want_end is None:  # a 200, the last range, or an open-ended one: all is in
                 body.total = body.file_offset
                 body.end_of_file()
@@ -212,7 +216,8 @@ class Attempt:
             self.engine.frames_encoded = True
 
     async def _read(self, resp: Response, received: list[int], *, whole: bool, streaming: bool,
-                    on_chunk: Callable[[], bool] | None) -> None:
+                    on_chunk: Callable[[], bool] | None, stop: Callable[[], bool] | None = None) -> bool:
+        """Feed the answer's chunks to the body; True if ``stop`` ended the transfer early."""
         body, st = self.body, self.st
         async for chunk in self.chunks(resp):
             self.check()
@@ -225,12 +230,15 @@ class Attempt:
             body.feed(chunk)
             if on_chunk is not None and on_chunk():
                 await asyncio.sleep(0)  # let the request it started go out now
+            if stop is not None and not body.decodable_complete and stop():
+                return True
             if streaming and body.levels and not body.decodable_complete and self._decode_due():
                 level = self.engine.rules.best_partial_level(body, st.best, self.options)
                 if level is not None:
                     self.engine.decode(self, reduce=level.reduce, end=level.end_offset)
                     self.last_partial = self.engine.clock()
                     await asyncio.sleep(0)
+        return False
 
     def _decode_due(self) -> bool:
         """``msBetweenDecode``: the least time between two partial decodes of the image."""

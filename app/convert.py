@@ -77,36 +77,27 @@ written, and a re-run completes or updates a tree.
 from __future__ import annotations
 
 import argparse
-import base64
 import gzip
-import hashlib
 import json
 import math
 import os
 import struct
 import sys
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import imagecodecs
 import numpy
 
-from app.codecs import (
-    DecodeError,
-    HTJ2K,
-    HTJ2K_LOSSLESS_RPCL,
-    JPEG_LS_LOSSLESS,
-    PixelFormat,
-    area_mean,
-    codec_for,
-    decode_frame,
-)
+from app.codecs import DecodeError, PixelFormat, area_mean, codec_for, decode_frame, native_frames
+from app.readers.codestream import CodestreamError, CodestreamScanner, MainHeader
+from app.tree import Alternate, TreeManifest, frame_part_chunks
+from app.uids import HTJ2K, HTJ2K_LOSSLESS_RPCL, JPEG_LS_LOSSLESS
 
 CONVERTER_VERSION = "2"
-MANIFEST_VERSION = 1
+NEW_TREE_FRAME_SUFFIX = ""  # frame file names in new multipart trees: "" -> frames/1
 THUMBNAIL_SCALE = 4
 LOWEST_RESOLUTION = 64
 DEFAULT_LOSSY_QUALITY = 70.0
@@ -133,18 +124,34 @@ class EncodedFrame:
 
 
 @dataclass(frozen=True)
-class Alternate:
-    """One frames directory of an instance: which encoding of the pixels it holds."""
+class AlternateEncoder:
+    """One frames folder the converter writes: its schema entry and how to encode a frame for it."""
 
-    name: str
-    transfer_syntax: str
-    media_type: str
-    lossy: bool
-    scale: int
+    spec: Alternate
     encode: Callable[["FrameImage", PixelFormat, EncodeSettings], EncodedFrame]
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def transfer_syntax(self) -> str:
+        return self.spec.transfer_syntax or ""
+
+    @property
+    def media_type(self) -> str:
+        return self.spec.media_type or ""
+
+    @property
+    def lossy(self) -> bool:
+        return bool(self.spec.lossy)
+
+    @property
+    def scale(self) -> int:
+        return self.spec.scale
+
     def part_content_type(self) -> str:
-        return f"{self.media_type};transfer-syntax={self.transfer_syntax}"
+        return self.spec.part_content_type()
 
 
 class FrameImage:
@@ -256,15 +263,19 @@ def _encode_lossy(image: FrameImage, fmt: PixelFormat, settings: EncodeSettings)
     return EncodedFrame(bytes(codestream), rows, columns, levels)
 
 
-ALTERNATES: dict[str, Alternate] = {
+def _encoder(name: str, syntax: str, media: str, lossy: bool, scale: int, encode) -> AlternateEncoder:
+    return AlternateEncoder(Alternate(name, syntax, media, lossy, scale, thumbnail=scale > 1), encode)
+
+
+ALTERNATES: dict[str, AlternateEncoder] = {
     alternate.name: alternate
     for alternate in (
-        Alternate("frames", HTJ2K_LOSSLESS_RPCL, "image/jphc", False, 1, _encode_frames),
-        Alternate("jls", JPEG_LS_LOSSLESS, "image/jls", False, 1, _encode_jls),
-        Alternate("jlsThumbnail", JPEG_LS_LOSSLESS, "image/jls", False, THUMBNAIL_SCALE, _encode_jls_thumbnail),
-        Alternate("lossy", HTJ2K, "image/jphc", True, 1, _encode_lossy),
-        Alternate("htj2kThumbnail", HTJ2K_LOSSLESS_RPCL, "image/jphc", False, THUMBNAIL_SCALE,
-                  _encode_htj2k_thumbnail),
+        _encoder("frames", HTJ2K_LOSSLESS_RPCL, "image/jphc", False, 1, _encode_frames),
+        _encoder("jls", JPEG_LS_LOSSLESS, "image/jls", False, 1, _encode_jls),
+        _encoder("jlsThumbnail", JPEG_LS_LOSSLESS, "image/jls", False, THUMBNAIL_SCALE, _encode_jls_thumbnail),
+        _encoder("lossy", HTJ2K, "image/jphc", True, 1, _encode_lossy),
+        _encoder("htj2kThumbnail", HTJ2K_LOSSLESS_RPCL, "image/jphc", False, THUMBNAIL_SCALE,
+                 _encode_htj2k_thumbnail),
     )
 }
 ALTERNATE_ALIASES = {"htj2k": "frames"}
@@ -294,44 +305,25 @@ def parse_alternates(names: Iterable[str] | str | None) -> tuple[str, ...]:
 
 # -- codestream check -----------------------------------------------------------------------------
 
-PROGRESSION_ORDERS = ("LRCP", "RLCP", "RPCL", "PCRL", "CPRL")
-
-
-@dataclass(frozen=True)
-class MainHeader:
-    progression_order: str
-    decomposition_levels: int
-    has_tlm: bool
-
 
 def read_main_header(codestream: bytes) -> MainHeader:
-    """The COD progression order and levels, and whether a TLM marker is present."""
-    if codestream[:2] != b"\xff\x4f":
-        raise ValueError("not a JPEG 2000 codestream (no SOC)")
-    position = 2
-    order = None
-    levels = None
-    has_tlm = False
-    while position + 4 <= len(codestream):
-        marker = int.from_bytes(codestream[position : position + 2], "big")
-        if marker == 0xFF90:  # SOT: end of the main header
-            break
-        length = int.from_bytes(codestream[position + 2 : position + 4], "big")
-        if marker == 0xFF52:
-            order = PROGRESSION_ORDERS[codestream[position + 5]]
-            levels = codestream[position + 9]
-        elif marker == 0xFF55:
-            has_tlm = True
-        position += 2 + length
-    if order is None or levels is None:
-        raise ValueError("no COD marker in the main header")
-    return MainHeader(order, levels, has_tlm)
+    """The main header (SIZ, COD, TLM) by the viewer's own codestream reader; ValueError if none."""
+    scanner = CodestreamScanner()
+    view = memoryview(codestream)
+    for start in range(0, len(view), 1 << 16):
+        scanner.feed(view[start : start + (1 << 16)])
+        if scanner.header is not None:
+            return scanner.header
+    raise CodestreamError("no complete main header")
 
 
 def check_rpcl_codestream(codestream: bytes, levels: int) -> None:
     header = read_main_header(codestream)
-    if header.progression_order != "RPCL" or not header.has_tlm or header.decomposition_levels != levels:
-        raise ConversionError(f"HTJ2K encoder wrote {header}, .202 needs RPCL, TLM and {levels} levels")
+    order, decompositions = header.cod.progression_name, header.cod.decompositions
+    if order != "RPCL" or header.tlm is None or decompositions != levels:
+        raise ConversionError(f"HTJ2K encoder wrote {order}, {decompositions} levels, TLM "
+                              f"{'present' if header.tlm is not None else 'absent'}: .202 needs RPCL, TLM and "
+                              f"{levels} levels")
 
 
 # -- tree writing ---------------------------------------------------------------------------------
@@ -397,62 +389,36 @@ def read_json_pair(path: Path, default: Any) -> Any:
     return default
 
 
-@dataclass
-class TreeManifest:
-    boundary: str
-    framing: str  # "multipart" | "raw"
-
-    def content_type(self, alternate: Alternate) -> str:
-        if self.framing == "raw":
-            return f"{alternate.media_type}; transfer-syntax={alternate.transfer_syntax}"
-        return f'multipart/related; type="{alternate.media_type}"; boundary={self.boundary}'
-
-    def to_json(self) -> dict:
-        return {
-            "version": MANIFEST_VERSION,
-            "framing": self.framing,
-            "boundary": self.boundary,
-            "converterVersion": CONVERTER_VERSION,
-            "metadata": {"gzip": ["index.json.gz", "metadata.gz"], "plain": ["index.json", "metadata"]},
-            "alternates": {
-                name: {
-                    "transferSyntaxUID": alternate.transfer_syntax,
-                    "mediaType": alternate.media_type,
-                    "contentType": self.content_type(alternate),
-                }
-                for name, alternate in ALTERNATES.items()
-            },
-        }
-
-
 def open_manifest(out: Path, raw: bool) -> TreeManifest:
+    """The tree's ``dicomweb.json``: kept (boundary, framing, frame names) when the tree exists."""
     framing = "raw" if raw else "multipart"
     existing = read_json_pair(out / "dicomweb.json", None) if (out / "dicomweb.json").exists() else None
     if existing:
-        if existing.get("framing", "multipart") != framing:
+        try:
+            manifest = TreeManifest.from_json(existing)
+        except ValueError as exc:
+            raise ConversionError(f"{out}/dicomweb.json: {exc}") from exc
+        if manifest.framing != framing:
             raise ConversionError(
-                f"{out} holds {existing.get('framing')} frame files; convert with the same framing or to a new tree"
+                f"{out} holds {manifest.framing} frame files; convert with the same framing or to a new tree"
             )
-        manifest = TreeManifest(existing["boundary"], framing)
     else:
-        manifest = TreeManifest(f"DICOMwebBoundary{uuid.uuid4().hex}", framing)
+        manifest = TreeManifest.new(raw=raw, frame_suffix=NEW_TREE_FRAME_SUFFIX)
     out.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(manifest.to_json(), indent=2).encode() + b"\n"
-    write_atomic(out / "dicomweb.json", data)
+    doc = manifest.to_json({name: alternate.spec for name, alternate in ALTERNATES.items()},
+                           converterVersion=CONVERTER_VERSION,
+                           metadata={"gzip": ["index.json.gz", "metadata.gz"], "plain": ["index.json", "metadata"]})
+    write_atomic(out / "dicomweb.json", json.dumps(doc, indent=2).encode() + b"\n")
     return manifest
 
 
-def frame_file_chunks(manifest: TreeManifest, alternate: Alternate, codestream: bytes) -> list[bytes]:
-    if manifest.framing == "raw":
+def frame_file_chunks(manifest: TreeManifest, alternate: AlternateEncoder, codestream: bytes) -> list[bytes]:
+    if not manifest.multipart:
         return [codestream]
-    boundary = manifest.boundary.encode("ascii")
-    if boundary in codestream:  # astronomically unlikely with a random 128-bit boundary
-        raise ConversionError("boundary string occurs inside a codestream")
-    digest = base64.b64encode(hashlib.sha256(codestream).digest())
-    head = (b"--" + boundary + b"\r\nContent-Type: " + alternate.part_content_type().encode()
-            + b"\r\nContent-Digest: sha-256=:" + digest + b":\r\n\r\n")
-    tail = b"\r\n--" + boundary + b"--"
-    return [head, codestream, tail]
+    try:
+        return frame_part_chunks(codestream, alternate.part_content_type(), manifest.boundary)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from exc
 
 
 # -- DICOM JSON -----------------------------------------------------------------------------------
@@ -685,18 +651,6 @@ def iter_input_files(inputs: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
-def _native_frames(pixel_data: bytes, fmt: PixelFormat) -> Iterator[memoryview]:
-    view = memoryview(pixel_data)
-    length = fmt.frame_length
-    if fmt.bits_allocated == 1 and fmt.number_of_frames > 1 and (fmt.rows * fmt.columns) % 8:
-        raise ConversionError("multi-frame 1-bit data with frames not on byte boundaries")
-    for index in range(fmt.number_of_frames):
-        frame = view[index * length : (index + 1) * length]
-        if len(frame) < length:
-            raise ConversionError(f"pixel data ends in frame {index + 1} ({len(view)} bytes)")
-        yield frame
-
-
 class Progress:
     """One line per frame on stderr; a redrawn bar when stderr is a terminal."""
 
@@ -794,7 +748,7 @@ def _read_dataset(path: Path) -> Any:
 
 def _frames_of(ds: Any, transfer_syntax: str, fmt: PixelFormat) -> Iterator[bytes | memoryview]:
     if codec_for(transfer_syntax).media_type == "application/octet-stream":  # native
-        yield from _native_frames(ds.PixelData, fmt)
+        yield from native_frames(ds.PixelData, fmt)
         return
     from pydicom.encaps import generate_frames
 
@@ -829,7 +783,7 @@ def _convert_file(
             alternate = ALTERNATES[name]
             encode_started = time.perf_counter()
             encoded = alternate.encode(image, fmt, settings)
-            size = write_atomic(instance_dir / name / str(number),
+            size = write_atomic(instance_dir / name / manifest.frame_file_name(number),
                                 frame_file_chunks(manifest, alternate, encoded.codestream))
             summary.seconds_by_alternate[name] = summary.seconds_by_alternate.get(name, 0.0) + (
                 time.perf_counter() - encode_started
@@ -845,19 +799,9 @@ def _convert_file(
     return InstanceRecord(path, study, series, sop, count, fmt.rows, fmt.columns), instance_json(ds, sop, fmt), entries
 
 
-def _alternate_entry(alternate: Alternate, encoded: EncodedFrame) -> dict:
-    entry = {
-        "path": alternate.name,
-        "transferSyntaxUID": alternate.transfer_syntax,
-        "mediaType": alternate.media_type,
-        "lossy": alternate.lossy,
-        "scale": alternate.scale,
-        "rows": encoded.rows,
-        "columns": encoded.columns,
-    }
-    if encoded.resolution_levels is not None:
-        entry["resolutionLevels"] = encoded.resolution_levels
-    return entry
+def _alternate_entry(alternate: AlternateEncoder, encoded: EncodedFrame) -> dict:
+    return replace(alternate.spec, rows=encoded.rows, columns=encoded.columns,
+                   resolution_levels=encoded.resolution_levels).to_json()
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -81,7 +81,6 @@ import gzip
 import json
 import math
 import os
-import struct
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -93,18 +92,29 @@ import numpy
 
 from app.codecs import DecodeError, PixelFormat, area_mean, codec_for, decode_frame, native_frames
 from app.readers.codestream import CodestreamError, CodestreamScanner, MainHeader
-from app.tree import Alternate, TreeManifest, frame_part_chunks
-from app.uids import HTJ2K, HTJ2K_LOSSLESS_RPCL, JPEG_LS_LOSSLESS
+from app.thumbnails import render_thumbnail
+from app.tree import Alternate, TreeManifest, frame_file_names, frame_part_chunks
+from app.uids import HTJ2K, HTJ2K_LOSSLESS_RPCL, JPEG_LS_LOSSLESS, InvalidUID, check_uid
 
 CONVERTER_VERSION = "2"
 NEW_TREE_FRAME_SUFFIX = ""  # frame file names in new multipart trees: "" -> frames/1
 THUMBNAIL_SCALE = 4
+THUMBNAIL_NAME = "thumbnail"  # rendered 8-bit JPEG per instance and per series (the toolkit's name)
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR's SOP class
 LOWEST_RESOLUTION = 64
 DEFAULT_LOSSY_QUALITY = 70.0
 
 
 class ConversionError(Exception):
     """One input file could not be converted; the message says why."""
+
+
+class NotDicom(ConversionError):
+    """An input that is not a DICOM image file (a README, a DICOMDIR, a tree's own files): skipped."""
+
+
+class OutputError(ConversionError):
+    """The output cannot be written (read-only, full disk): the run stops with one message."""
 
 
 # -- alternates -----------------------------------------------------------------------------------
@@ -333,18 +343,31 @@ def write_atomic(path: Path, chunks: bytes | Sequence[bytes]) -> int:
     """Write to a temporary name in the same directory, then rename; returns the size."""
     if isinstance(chunks, (bytes, bytearray, memoryview)):
         chunks = [chunks]
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     size = 0
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as handle:
             for chunk in chunks:
                 handle.write(chunk)
                 size += len(chunk)
         os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    return size
+
+
+def write_frame_file(folder: Path, number: int, manifest: TreeManifest, chunks: Sequence[bytes]) -> int:
+    """Frame ``number`` under the tree's current name (``1.mht``), removing a stale other-named copy."""
+    name = manifest.frame_file_name(number)
+    size = write_atomic(folder / name, chunks)
+    for other in frame_file_names(number):
+        if other != name:
+            (folder / other).unlink(missing_ok=True)
     return size
 
 
@@ -398,6 +421,8 @@ def open_manifest(out: Path, raw: bool) -> TreeManifest:
             manifest = TreeManifest.from_json(existing)
         except ValueError as exc:
             raise ConversionError(f"{out}/dicomweb.json: {exc}") from exc
+        if manifest.multipart:  # frames written from now on take the current name (servers read both)
+            manifest = replace(manifest, frame_suffix=NEW_TREE_FRAME_SUFFIX)
         if manifest.framing != framing:
             raise ConversionError(
                 f"{out} holds {manifest.framing} frame files; convert with the same framing or to a new tree"
@@ -497,6 +522,10 @@ def commit_series(out: Path, study: str, series: str, converted: list[tuple[dict
         entry["rows"], entry["columns"] = -(-first_rows // scale), -(-first_columns // scale)
     write_atomic(series_dir / "alternates.json", json.dumps(known, indent=2).encode() + b"\n")
 
+    middle = series_dir / "instances" / str(_first(instances[len(instances) // 2], "00080018")) / THUMBNAIL_NAME
+    if middle.is_file():  # the series' thumbnail is its middle image's, as the toolkit picks it
+        write_atomic(series_dir / THUMBNAIL_NAME, middle.read_bytes())
+
     instance_index = [_pick(item, _INSTANCE_TAGS) for item in instances]
     write_json_pair(series_dir / "index.json", instance_index)
     write_json_pair(series_dir / "instances" / "index.json", instance_index)
@@ -567,6 +596,7 @@ class ConversionSummary:
     boundary: str
     instances: list[InstanceRecord] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    skipped: list[Failure] = field(default_factory=list)  # not DICOM image files: a notice, not a failure
     frames: int = 0
     bytes_by_alternate: dict[str, int] = field(default_factory=dict)
     seconds_by_alternate: dict[str, float] = field(default_factory=dict)
@@ -598,7 +628,8 @@ class ConversionSummary:
                 f"{self.bytes_by_alternate.get(name, 0):>14,} {self.seconds_by_alternate.get(name, 0.0):>9.2f}"
             )
         lines.append(
-            f"files: {self.files_converted} converted, {len(self.failures)} failed; frames: {self.frames}; "
+            f"files: {self.files_converted} converted, {len(self.failures)} failed, {len(self.skipped)} skipped; "
+            f"frames: {self.frames}; "
             f"decode {self.decode_seconds:.2f} s; total {self.seconds:.2f} s; framing {self.framing}"
         )
         return "\n".join(lines)
@@ -640,11 +671,15 @@ class _PendingMetadata:
         self.since = time.monotonic()
 
 
-def iter_input_files(inputs: Iterable[Path]) -> Iterator[Path]:
+def iter_input_files(inputs: Iterable[Path], exclude: Path | None = None) -> Iterator[Path]:
+    """Files of the inputs, folders walked in name order; the output tree (``exclude``) left out."""
+    skip = exclude.resolve() if exclude is not None else None
     for path in inputs:
         path = Path(path)
         if path.is_dir():
             for child in sorted(path.rglob("*")):
+                if skip is not None and child.resolve().is_relative_to(skip):
+                    continue
                 if child.is_file() and not child.name.startswith(".") and child.name != "DICOMDIR":
                     yield child
         else:
@@ -679,6 +714,10 @@ class Progress:
         self.stream.write(("\n" if self.tty and not self.quiet else "") + f"FAILED {path}: {reason}\n")
         self.stream.flush()
 
+    def skipped(self, path: Path, reason: str) -> None:
+        self.stream.write(("\n" if self.tty and not self.quiet else "") + f"skipped {path}: {reason}\n")
+        self.stream.flush()
+
     def done(self) -> None:
         if self.tty and not self.quiet:
             self.stream.write("\n")
@@ -704,15 +743,21 @@ def convert(
     manifest = open_manifest(out, raw)
     remove_stale_temporaries(out)
     summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
-    files = list(iter_input_files(Path(path) for path in inputs))
+    files = list(iter_input_files((Path(path) for path in inputs), exclude=out))
     progress = Progress(len(files), progress_stream, quiet)
     pending = _PendingMetadata(out)
     try:
         for index, path in enumerate(files, 1):
             try:
                 record, obj, entries = _convert_file(path, index, out, names, settings, manifest, summary, progress)
-            except (ConversionError, DecodeError, OSError, ValueError, MemoryError) as exc:
-                reason = str(exc) or type(exc).__name__
+            except NotDicom as exc:
+                summary.skipped.append(Failure(path, str(exc)))
+                progress.skipped(path, str(exc))
+                continue
+            except OutputError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad file never stops the run: it is that file's failure
+                reason = _reason(exc)
                 summary.failures.append(Failure(path, reason))
                 progress.failure(path, reason)
                 continue
@@ -732,9 +777,14 @@ def _read_dataset(path: Path) -> Any:
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as exc:
-        raise ConversionError(f"not a DICOM file ({exc})") from exc
-    except (EOFError, KeyError, AttributeError, TypeError, struct.error) as exc:
+        raise NotDicom("not a DICOM file") from exc
+    except OSError as exc:
+        raise ConversionError(f"cannot read the file: {exc.strerror or exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - pydicom raises zlib, struct, KeyError, ValueError... on damage
         raise ConversionError(f"unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
+    media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+    if media_class == MEDIA_STORAGE_DIRECTORY:
+        raise NotDicom("a DICOMDIR (media directory), not an image")
     if "PixelData" not in ds:
         raise ConversionError("no pixel data")
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
@@ -744,6 +794,37 @@ def _read_dataset(path: Path) -> Any:
     if not transfer_syntax:
         raise ConversionError("no transfer syntax in the file meta information")
     return ds
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a file's failure: our own errors as they are, others with their type."""
+    if isinstance(exc, (ConversionError, DecodeError)):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _uids(ds: Any) -> tuple[str, str, str]:
+    """Study, series and SOP instance UIDs: path components, so only valid DICOM UIDs pass."""
+    out = []
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        try:
+            out.append(check_uid(str(ds.get(keyword)).strip(), keyword))
+        except InvalidUID as exc:
+            raise ConversionError(f"{exc}: it would be a folder name in the tree") from exc
+    return out[0], out[1], out[2]
+
+
+def _windows(ds: Any) -> tuple[tuple[float, float], ...]:
+    """The default VOI windows (center, width) of a dataset; none when absent or unreadable."""
+    def values(keyword: str) -> list[float]:
+        raw = ds.get(keyword)
+        items = list(raw) if isinstance(raw, Sequence) and not isinstance(raw, str) else [raw]
+        try:
+            return [float(v) for v in items if v not in (None, "")]
+        except (TypeError, ValueError):
+            return []
+
+    return tuple((c, w) for c, w in zip(values("WindowCenter"), values("WindowWidth")) if w > 0)
 
 
 def _frames_of(ds: Any, transfer_syntax: str, fmt: PixelFormat) -> Iterator[bytes | memoryview]:
@@ -771,7 +852,7 @@ def _convert_file(
     fmt = PixelFormat.from_dataset(ds)
     if fmt.rows <= 0 or fmt.columns <= 0:
         raise ConversionError(f"invalid image size {fmt.rows}x{fmt.columns}")
-    study, series, sop = (str(ds.get(k)).strip() for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+    study, series, sop = _uids(ds)
     instance_dir = _series_dir(out, study, series) / "instances" / sop
     entries: dict[str, dict] = {}
     count = 0
@@ -779,12 +860,14 @@ def _convert_file(
         frame_started = time.perf_counter()
         image = FrameImage(decode_frame(frame, transfer_syntax, fmt))
         summary.decode_seconds += time.perf_counter() - frame_started
+        if number == 1:  # the instance's rendered preview, from its first frame
+            write_atomic(instance_dir / THUMBNAIL_NAME, render_thumbnail(image.pixels, fmt, _windows(ds)))
         for name in names:
             alternate = ALTERNATES[name]
             encode_started = time.perf_counter()
             encoded = alternate.encode(image, fmt, settings)
-            size = write_atomic(instance_dir / name / manifest.frame_file_name(number),
-                                frame_file_chunks(manifest, alternate, encoded.codestream))
+            size = write_frame_file(instance_dir / name, number, manifest,
+                                    frame_file_chunks(manifest, alternate, encoded.codestream))
             summary.seconds_by_alternate[name] = summary.seconds_by_alternate.get(name, 0.0) + (
                 time.perf_counter() - encode_started
             )
@@ -838,7 +921,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary.table())
     for failure in summary.failures:
         print(f"failed: {failure.path}: {failure.reason}", file=sys.stderr)
-    return 0 if summary.ok else 1
+    return 0 if summary.ok else 1  # skipped non-DICOM files are notices, not failures
 
 
 if __name__ == "__main__":

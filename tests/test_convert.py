@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import imagecodecs
 import numpy
 import pydicom
 import pytest
@@ -277,7 +278,7 @@ def make_bad_inputs(folder: Path) -> dict[str, str]:
     broken.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xf7" + bytes(range(256)) * 4])
     broken["PixelData"].VR = "OB"
     broken.save_as(folder / "undecodable.dcm", enforce_file_format=True)
-    return {"notes.txt": "not a DICOM", "no_pixels.dcm": "no pixel data", "undecodable.dcm": "JPEG-LS"}
+    return {"no_pixels.dcm": "no pixel data", "undecodable.dcm": "JPEG-LS"}
 
 
 def test_bad_inputs_are_reported_and_the_rest_converted(tmp_path):
@@ -293,7 +294,8 @@ def test_bad_inputs_are_reported_and_the_rest_converted(tmp_path):
     for name, reason in bad.items():
         lines = [line for line in result.stderr.splitlines() if name in line and "FAILED" in line]
         assert lines and reason in lines[0], (name, result.stderr)
-    assert "files: 1 converted, 3 failed" in result.stdout
+    assert any("skipped" in line and "notes.txt: not a DICOM file" in line for line in result.stderr.splitlines())
+    assert "files: 1 converted, 2 failed, 1 skipped" in result.stdout
     assert "jlsThumbnail" in result.stdout
     check_tree(out, [good])
 
@@ -433,3 +435,121 @@ def test_metadata_merged_in_batches(tmp_path, monkeypatch):
     metadata = read_json(series_dir / "metadata")
     assert [item["00200013"]["Value"][0] for item in metadata] == [1, 2, 3, 4, 5]
     assert len(read_json(series_dir / "index.json")) == 5
+
+
+# -- hostile and odd inputs (issue 14 items 1 and 7) ------------------------------------------------
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("keyword,value", [
+    ("StudyInstanceUID", "../../../../escape"),
+    ("SeriesInstanceUID", "1.2/../../../escape"),
+    ("SOPInstanceUID", "ABSOLUTE"),  # replaced by an absolute path under tmp_path below
+    ("SOPInstanceUID", "1..2"),
+])
+def test_only_valid_uids_become_paths(tmp_path, keyword, value):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    if value == "ABSOLUTE":
+        value = str(tmp_path / "y")
+    setattr(ds, keyword, value)
+    deep = tmp_path / "a" / "b" / "c" / "d"
+    deep.mkdir(parents=True)
+    ds.save_as(deep / "hostile.dcm")
+    good = Path(get_testdata_file("MR_small.dcm"))
+    before = files_under(tmp_path)
+    out = deep / "out"
+    result = subprocess.run([sys.executable, "-m", "app.convert", str(deep / "hostile.dcm"), str(good), "-o", str(out),
+                             "--alternates", "none", "-q"], cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "FAILED" in line]
+    assert "hostile.dcm" in line and f"{keyword} " in line and "is not a valid DICOM UID" in line
+    created = {p for p in files_under(tmp_path) - before if not p.is_relative_to(out)}
+    assert created == set(), "nothing written outside -o"
+    assert not (tmp_path / "y").exists() and not list(tmp_path.rglob("escape"))
+    check_tree(out, [good])
+
+
+def test_every_per_file_error_is_reported_and_the_run_goes_on(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    (folder / "truncated.dcm").write_bytes(source[: len(source) // 2])
+    deflated = Path(get_testdata_file("image_dfl.dcm")).read_bytes()
+    start = deflated.index(b"1.2.840.10008.1.2.1.99") + 40
+    (folder / "bad_deflate.dcm").write_bytes(deflated[:start] + b"\x00garbage" * 50)  # zlib error
+    shutil.copy(get_testdata_file("DICOMDIR"), folder / "media.dir")
+    (folder / "README.txt").write_text("scans from the archive\n")
+    good = folder / "good.dcm"
+    shutil.copy(get_testdata_file("MR_small.dcm"), good)
+    out = tmp_path / "out"
+    summary = convert([folder], out, alternates="none", quiet=True, progress_stream=__import__("io").StringIO())
+    failed = {f.path.name: f.reason for f in summary.failures}
+    skipped = {f.path.name: f.reason for f in summary.skipped}
+    assert skipped == {"README.txt": "not a DICOM file", "media.dir": "a DICOMDIR (media directory), not an image"}
+    assert set(failed) == {"truncated.dcm", "bad_deflate.dcm"}, failed
+    assert all(reason for reason in failed.values())
+    assert [r.path.name for r in summary.instances] == ["good.dcm"] and not summary.ok
+    # a second run over a folder that now holds the tree itself converts the same, skipping the tree
+    again = convert([tmp_path], out, alternates="none", quiet=True, progress_stream=__import__("io").StringIO())
+    assert not any(f.path.is_relative_to(out) for f in again.failures + again.skipped)
+
+
+def test_only_non_dicom_files_skipped_exit_zero(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("hello")
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "in" / "ct.dcm")
+    assert main([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--alternates", "none", "-q"]) == 0
+
+
+# -- thumbnails ------------------------------------------------------------------------------------
+
+
+def test_rendered_thumbnails_per_instance_and_series(tmp_path):
+    from app.readers.jpeg import read_jpeg_header
+
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    series = generate_uid()
+    inputs = []
+    for number in range(1, 5):
+        source.SOPInstanceUID = generate_uid()
+        source.SeriesInstanceUID = series
+        source.InstanceNumber = number
+        source.WindowCenter, source.WindowWidth = 40 + 300 * number, 400  # each instance looks different
+        path = tmp_path / "in" / f"ct{number}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        source.save_as(path)
+        inputs.append((number, source.SOPInstanceUID, path))
+    out = tmp_path / "out"
+    assert convert([p for _, _, p in reversed(inputs)], out, alternates="none", quiet=True).ok
+    series_dir = out / "studies" / source.StudyInstanceUID / "series" / series
+    thumbs = {}
+    for number, sop, _ in inputs:
+        data = (series_dir / "instances" / sop / "thumbnail").read_bytes()
+        header = read_jpeg_header(data)
+        assert header.sof == 0xC0 and header.precision == 8 and header.components == 1  # baseline: any browser
+        assert max(header.size) <= 128
+        thumbs[number] = imagecodecs.jpeg8_decode(data)
+        assert thumbs[number].shape == (128, 128) and int(thumbs[number].max()) - int(thumbs[number].min()) > 50
+    assert len({t.tobytes() for t in thumbs.values()}) == 4
+    middle = (series_dir / "thumbnail").read_bytes()  # the middle image of the series (number 3 of 1..4)
+    assert middle == (series_dir / "instances" / inputs[2][1] / "thumbnail").read_bytes()
+
+
+def test_thumbnail_pixels_window_monochrome1_and_size():
+    from app.thumbnails import thumbnail_pixels
+
+    ramp = numpy.tile(numpy.arange(1000, dtype=numpy.uint16), (300, 1))
+    fmt = PixelFormat(rows=300, columns=1000, bits_stored=12)
+    grey = thumbnail_pixels(ramp, fmt, [(500, 200)])
+    assert grey.shape == (38, 125) and grey.dtype == numpy.uint8
+    assert grey[0, 0] == 0 and grey[0, -1] == 255 and 0 < grey[0, 62] < 255
+    inverted = thumbnail_pixels(ramp, PixelFormat(**{**fmt.__dict__, "photometric_interpretation": "MONOCHROME1"}),
+                                [(500, 200)])
+    numpy.testing.assert_array_equal(inverted, 255 - grey)
+    auto = thumbnail_pixels(ramp, fmt)  # no window: the image's range
+    assert auto.min() == 0 and auto.max() == 255
+    rgb = thumbnail_pixels(numpy.full((10, 20, 3), 200, numpy.uint8), fmt)
+    assert rgb.shape == (10, 20, 3) and (rgb == 200).all()

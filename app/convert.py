@@ -16,7 +16,14 @@ negotiate encodings). Both hold the same DICOM JSON.
     OUT/studies/{st}/series/{se}/instances/index.json[.gz]   the same (URL .../instances)
     OUT/studies/{st}/series/{se}/metadata[.gz]        series metadata (DICOM JSON array)
     OUT/studies/{st}/series/{se}/alternates.json      what each frames directory holds (below)
-    OUT/studies/{st}/series/{se}/instances/{sop}/{alternate}/{n}   frame n (1-based)
+    OUT/studies/{st}/series/{se}/thumbnail            rendered 8-bit JPEG of the series' middle image
+    OUT/studies/{st}/series/{se}/instances/{sop}/thumbnail              ... of the instance's first frame
+    OUT/studies/{st}/series/{se}/instances/{sop}/{alternate}/{n}.mht    frame n (1-based)
+
+The URL of frame n stays ``.../{alternate}/{n}``: a server maps it to ``{n}.mht`` (the toolkit's
+name, typed by suffix on any static host) or, in trees written before, to ``{n}``. ``--raw`` trees
+hold bare codestreams named ``{n}``. Thumbnails are at most 128 pixels a side, windowed with the
+image's first default window (``app/thumbnails.py``).
 
 Series metadata: PixelData is ``{"vr": "OB", "BulkDataURI": "instances/{sop}/frames"}`` (relative
 to the series), AvailableTransferSyntaxUID (0008,3002) names what ``frames/`` holds (HTJ2K
@@ -49,29 +56,22 @@ rows / columns are those of the series' first instance; for any instance they ar
 ceil(Rows / scale) x ceil(Columns / scale). Pixel attributes other than the size are those of
 the series metadata.
 
-Frame files are single-part multipart/related bodies as the toolkit writes them, plus a digest::
-
-    --{boundary}\\r\\nContent-Type: image/jphc;transfer-syntax=1.2.840.10008.1.2.4.202\\r\\n
-    Content-Digest: sha-256=:<base64 of the codestream's SHA-256>:\\r\\n\\r\\n
-    <codestream>\\r\\n--{boundary}--
-
-with one boundary per tree, chosen when the tree is created and kept on re-runs. The
-Content-Digest part header (RFC 9530) lets a viewer refuse bytes corrupted on disk or on the way:
-a bit flip inside entropy-coded data otherwise decodes to wrong pixels without an error. With ``--raw``
-a frame file is the bare codestream. ``dicomweb.json`` at the root tells a server which::
-
-    {"version": 1, "framing": "multipart" | "raw", "boundary": "...",
-     "alternates": {"frames": {"transferSyntaxUID": "...", "mediaType": "image/jphc",
-                               "contentType": "multipart/related; type=\\"image/jphc\\"; boundary=..."},
-                    ...}}
-
-``contentType`` is the exact Content-Type header to send with a frame file of that alternate.
+Frame files are single-part multipart/related bodies as the toolkit writes them, plus an RFC 9530
+Content-Digest part header, with one boundary per tree, chosen when the tree is created and kept on
+re-runs; ``dicomweb.json`` at the root tells a server how they are framed. Both formats are defined
+in ``app/tree`` (``framing.py``, ``manifest.py``), the one place the converter, discovery and
+serve.py take them from.
 
 Files are written to a temporary name in the same directory and then renamed, so an interrupted
 run never leaves a half-written file. Converted instances are merged into the series metadata
 and the QIDO indexes (with what the tree already holds) every 64 instances or 10 seconds, at the
 end of a run and when a run is interrupted; the metadata lists only instances whose frames are all
 written, and a re-run completes or updates a tree.
+
+A file that fails (damaged, undecodable, a UID that is not a valid DICOM UID and so cannot be a
+folder name) is reported and the run goes on; a file that is not a DICOM image (a README, a
+DICOMDIR, the tree's own files) is skipped with a notice. The exit status is 1 only when a DICOM
+file failed; an output that cannot be written stops the run with one message (status 2).
 """
 
 from __future__ import annotations
@@ -93,11 +93,11 @@ import numpy
 from app.codecs import DecodeError, PixelFormat, area_mean, codec_for, decode_frame, native_frames
 from app.readers.codestream import CodestreamError, CodestreamScanner, MainHeader
 from app.thumbnails import render_thumbnail
-from app.tree import Alternate, TreeManifest, frame_file_names, frame_part_chunks
+from app.tree import FRAME_SUFFIX, Alternate, TreeManifest, frame_file_names, frame_part_chunks
 from app.uids import HTJ2K, HTJ2K_LOSSLESS_RPCL, JPEG_LS_LOSSLESS, InvalidUID, check_uid
 
-CONVERTER_VERSION = "2"
-NEW_TREE_FRAME_SUFFIX = ""  # frame file names in new multipart trees: "" -> frames/1
+CONVERTER_VERSION = "2"  # tools/demo_data.py re-converts the demo tree when this changes
+NEW_TREE_FRAME_SUFFIX = FRAME_SUFFIX  # frame files written from now on: frames/1.mht
 THUMBNAIL_SCALE = 4
 THUMBNAIL_NAME = "thumbnail"  # rendered 8-bit JPEG per instance and per series (the toolkit's name)
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR's SOP class

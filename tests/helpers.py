@@ -17,8 +17,21 @@ from typing import Callable
 
 from app.engine import RetrievePolicy
 
-__all__ = ["split", "engine_options", "ct_series", "Behaviour", "OddServer", "Action", "Script",
+__all__ = ["stored_file", "stored_frames", "split", "engine_options", "ct_series", "Behaviour", "OddServer", "Action", "Script",
            "ScriptedServer", "ScriptedHandler"]
+
+
+def stored_file(root: Path, rel: str) -> Path:
+    """The file a static server answers ``rel`` with: as named, the toolkit's ``{n}.mht``, or ``.gz``."""
+    for name in (rel, rel + ".mht", rel + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    return root / rel
+
+
+def stored_frames(root: Path, pattern: str) -> list[Path]:
+    """Frame files matching ``pattern`` (ending in ``/{n}``) in either layout: ``{n}`` or ``{n}.mht``."""
+    return sorted(root.glob(pattern)) + sorted(root.glob(pattern + ".mht"))
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -89,9 +102,7 @@ class _OddHandler(BaseHTTPRequestHandler):
         b: Behaviour = srv.behaviour
         path = self.path.split("?")[0]
         rel = path.removeprefix("/dicomweb").lstrip("/")
-        file = srv.root / rel
-        if not file.is_file() and (srv.root / (rel + ".gz")).is_file():
-            file = srv.root / (rel + ".gz")
+        file = stored_file(srv.root, rel)
         entry = {"path": path, "status": 404, "range": self.headers.get("Range"), "bytes_sent": 0, "aborted": False}
         srv.log.append(entry)
         if any(m in path for m in b.missing) or not file.is_file():
@@ -186,9 +197,7 @@ class ScriptedHandler(BaseHTTPRequestHandler):
         srv = self.server
         path = self.path.split("?")[0]
         rel = path.removeprefix("/dicomweb").lstrip("/")
-        file = srv.root / rel
-        if not file.is_file() and (srv.root / (rel + ".gz")).is_file():
-            file = srv.root / (rel + ".gz")
+        file = stored_file(srv.root, rel)
         rng = self.headers.get("Range")
         with srv.lock:
             srv.counts[path] = n = srv.counts.get(path, 0) + 1

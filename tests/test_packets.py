@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from app.readers import packets
 from app.readers.codestream import CodestreamError, CodestreamScanner, ResolutionComplete
+from helpers import stored_frames
 from htj2k_helpers import level_ends, one_tile_part, packet_bytes_before, scan, split, tile_parts
 
 
@@ -125,7 +126,7 @@ def radiograph_tlm() -> bytes:
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent / "static" / "dicomweb"
-    frames = sorted(root.glob("studies/1.3.51.0.7.3365391312*/series/*/instances/*/frames/1"))
+    frames = stored_frames(root, "studies/1.3.51.0.7.3365391312*/series/*/instances/*/frames/1")
     if not frames:
         pytest.skip("demo tree not set up (tools/demo_data.py)")
     raw = frames[0].read_bytes()

@@ -10,6 +10,8 @@ from typing import Iterable
 
 from app.tree import frame_file_names, parse_demo_list
 
+from .network import RequestRecord
+
 __all__ = ["Demo", "find_demo", "frame_bytes"]
 
 _FRAME_PATH = re.compile(r"/instances/[^/]+/[^/]+/\d+(?:\.mht)?(?:\?|$)")
@@ -52,7 +54,7 @@ def find_demo(base: str, data_root: Path) -> Demo:
     return demo
 
 
-def frame_bytes(log: Iterable, start: int) -> tuple[int, int, int]:
+def frame_bytes(log: Iterable[RequestRecord], start: int) -> tuple[int, int, int]:
     """(frame bytes, all bytes, frame requests) sent since log position ``start``."""
     frames = total = count = 0
     for rec in list(log)[start:]:

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .chromium import launch
+from .network import ThrottleProxy
 from .profiles import PROFILES, floor_ms, timeout_ms
 from .results import ColdStart, LoadRun, Stats, Transfer
 from .site import Demo, frame_bytes
@@ -116,7 +117,7 @@ class BrowserDriver:
         page.on("pageerror", lambda e: errors.append(str(e)))
         return context, page, cdp, errors
 
-    def load(self, metered, base: str, entry: dict, preset: str, profile: str, expect_bytes: int) -> LoadRun:
+    def load(self, metered: ThrottleProxy, base: str, entry: dict, preset: str, profile: str, expect_bytes: int) -> LoadRun:
         """One load of ``entry`` under ``preset``; ``metered`` is the proxy the page goes through."""
         context, page, cdp, errors = self._page()
         try:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from app.tree import frame_file_names
+
 from .browser import BrowserDriver
 from .cpython import cpython_load, native_decode, radiograph_format
 from .network import PROJECT, ServeProcess, ThrottleProxy
@@ -94,7 +96,7 @@ class _Bench:
 
 def _stored_frame(folder: Path) -> Path:
     """Frame 1 as stored: ``1.mht`` (the toolkit's layout) or ``1``."""
-    return folder / "1.mht" if (folder / "1.mht").is_file() else folder / "1"
+    return next((folder / n for n in frame_file_names(1) if (folder / n).is_file()), folder / "1")
 
 
 def run_bench(*, engine: str = "browser", runs: int = 3, profiles: Sequence[str] = DEFAULT_PROFILES,

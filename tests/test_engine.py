@@ -232,7 +232,7 @@ def test_streaming_htj2k_refines_by_whole_levels_to_the_lossless_image(radiograp
 def test_byte_ranges_fetch_every_byte_once(radiograph, demo_server, demo_data):
     path, source = radiograph
     demo_server.log.clear()
-    events, _ = run_engine(demo_server.url + path, preset("htj2kByteRange"))
+    events, _ = run_engine(demo_server.url + path, preset("htj2kRangeThenStream"))
     frames = frame_log(demo_server.log)
     assert [e["status"] for e in frames] == [206] * len(frames) and len(frames) >= 2
     size = next((demo_data / path.removeprefix("/dicomweb/")).glob("instances/*/frames/1")).stat().st_size
@@ -257,7 +257,7 @@ def test_byte_ranges_fetch_every_byte_once(radiograph, demo_server, demo_data):
 def test_first_range_ends_at_the_level_it_reaches_then_the_rest_streams(radiograph, demo_server):
     path, source = radiograph
     demo_server.log.clear()
-    doc = json.loads(json.dumps(PRESETS["htj2kByteRange"]))
+    doc = json.loads(json.dumps(PRESETS["htj2kRangeThenStream"]))
     doc["retrieveOptions"]["singleFast"]["chunkSize"] = 65536
     events, _ = run_engine(demo_server.url + path, RetrieveConfig.from_json(doc), viewport=(600, 700))
     refs = refinements(events)
@@ -313,7 +313,7 @@ def test_odd_range_servers_still_end_in_the_right_image(radiograph, demo_data, b
     path, source = radiograph
     server = OddServer(demo_data, Behaviour(**behaviour))
     try:
-        events, engine = run_engine(server.url + path.removeprefix("/dicomweb"), preset("htj2kByteRange"))
+        events, engine = run_engine(server.url + path.removeprefix("/dicomweb"), preset("htj2kRangeThenStream"))
     finally:
         server.close()
     assert not [e for e in events if isinstance(e, ImageFailed)]

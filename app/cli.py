@@ -19,7 +19,8 @@ import numpy
 
 from .check import explain_missing_json
 from .config import PRESETS, ConfigError, RetrieveConfig, parse_config, preset
-from .engine import DEFAULT_CONCURRENCY, EngineEvent, ImageFailed, Refinement, RetrieveEngine
+from .engine import (DEFAULT_CONCURRENCY, EngineEvent, ImageFailed, Refinement, RetrieveEngine,
+                     RetrievePolicy)
 from .study import DiscoveryError, Stack, discover
 from .transport import TransportError, default_transport
 
@@ -104,7 +105,8 @@ async def load(
             "t_ms": round((time.perf_counter() - t0) * 1000, 3),
         }) + "\n")
         requested = list(range(len(stack) if images is None else min(images, len(stack))))
-        engine = RetrieveEngine(stack, config, transport, concurrency=concurrency, viewport=viewport)
+        engine = RetrieveEngine(stack, config, transport, policy=RetrievePolicy(concurrency=concurrency),
+                                viewport=viewport)
         failures: dict[int, str] = {}
         async for event in engine.run(requested):
             if isinstance(event, ImageFailed):

@@ -124,7 +124,7 @@ def test_a_good_tree_served_with_cors_passes(good, serve_dir):
     assert defects(report) == [] and report.series == 2 and report.frames > 2
 
 
-def test_a_toolkit_layout_tree_passes_and_its_unreachable_levels_are_noted(tmp_path):
+def test_a_toolkit_layout_tree_passes_and_unreachable_levels_are_noted(tmp_path):
     tree = make_toolkit_tree(tmp_path / "toolkit", [CT])
     for frame in tree.root.glob("studies/*/series/*/instances/*/frames/1.mht"):
         headers, payload = split_frame(frame.read_bytes(), None)
@@ -136,11 +136,16 @@ def test_a_toolkit_layout_tree_passes_and_its_unreachable_levels_are_noted(tmp_p
     (folder / "metadata.gz").write_bytes(gzip.compress(json.dumps(meta).encode()))
     result = app_check(str(tree.root))
     assert result.returncode == 0, result.stdout
-    assert "[levels]" in result.stdout and "no TLM" in result.stdout
     # the merged stream still decodes to the source's pixels: the helper made a valid .201 stream
     (frame,) = tree.root.glob("studies/*/series/*/instances/*/frames/1.mht")
     pixels = imagecodecs.jpeg2k_decode(split_frame(frame.read_bytes(), None)[1])
     np.testing.assert_array_equal(pixels, pydicom.dcmread(CT).pixel_array)
+    assert "[levels]" not in result.stdout  # one tile-part, no TLM: levels found from packet headers
+    # a stream whose levels cannot be found before its end (here: labelled PCRL) is noted, not failed
+    rewrite_codestream(frame, set_cod(5, 3))
+    result = app_check(str(tree.root))
+    assert result.returncode == 0, result.stdout
+    assert "[levels]" in result.stdout and "PCRL, no TLM" in result.stdout
 
 
 # ---------------------------------------------------------------- defects, one per tree

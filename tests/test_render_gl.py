@@ -268,3 +268,17 @@ def test_window_level_drag_rate_on_the_radiograph_size(harness, mode):
     assert rate["kind"] == mode and rate["updates"] > 0 and math.isfinite(rate["perSecond"])
     print(f"\nW/L drag {mode}: {rate['perSecond']:.1f} updates/s, p50 {rate['p50']:.1f} ms, "
           f"p95 {rate['p95']:.1f} ms, 65536-entry table {rate['tableMs']:.2f} ms")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_smooth_magnification_interpolates_between_grey_levels(harness, mode):
+    ramp = np.repeat((np.arange(16, dtype=np.uint16) * 100)[None, :], 8, axis=0)  # 16x8
+    grey = reference(ramp, 800, 1600)[0, :, 0].astype(int)
+    harness.open("a", mode, 64, 32)
+    harness.upload("a", "ramp", ramp)
+    nearest = harness.draw("a", "ramp", center=800, width=1600, smooth=False)[..., 0].astype(int)
+    smooth = harness.draw("a", "ramp", center=800, width=1600, smooth=True)[..., 0].astype(int)
+    assert (nearest == np.repeat(grey, 4)[None, :]).all()
+    assert (np.diff(smooth, axis=1) >= 0).all() and (smooth == smooth[:1]).all()
+    assert smooth.min() >= grey.min() and smooth.max() <= grey.max()
+    assert len(set(smooth[0])) > len(set(grey))  # levels between the stored ones: interpolated

@@ -62,6 +62,11 @@ function tableKey(dtype, view) {
   return [BYTES[dtype], dtype[0], t.slope, t.intercept, t.low, t.span, t.steep, t.flip].join("|");
 }
 
+/** Smooth drawing interpolates only where an image texel covers more than a device pixel. */
+function magnifies(view, dest, image) {
+  return view.smooth !== false && (dest.width > image.columns || dest.height > image.rows);
+}
+
 /** Destination rectangle in device pixels (top-left origin) of the FINAL image's geometry. */
 export function placement(view, image, canvasWidth, canvasHeight, dpr) {
   const fullColumns = view.fullColumns || image.columns;
@@ -107,12 +112,16 @@ function rawView(image, info) {
 
 // ---- WebGL2 ----
 
-// The image's destination rectangle only: the rest of the canvas is cleared, not shaded.
+// The image's destination rectangle only (the rest of the canvas is cleared, not shaded), with
+// texel coordinates interpolated across it: 0 at one edge, the image's size at the other.
 const VERTEX = `#version 300 es
 uniform vec4 u_dest;      // x, y, width, height in device px, top-left origin
 uniform vec2 u_canvas;
+uniform ivec2 u_size;     // texels of the uploaded (maybe reduced) image
+out vec2 v_texel;
 void main() {
   vec2 corner = vec2(float(gl_VertexID & 1), float((gl_VertexID >> 1) & 1));
+  v_texel = corner * vec2(u_size);
   vec2 clip = (u_dest.xy + corner * u_dest.zw) / u_canvas * 2.0 - 1.0;
   gl_Position = vec4(clip.x, -clip.y, 0.0, 1.0);
 }`;
@@ -139,36 +148,29 @@ const COLOUR_AT = {
     }`,
 };
 
-function fragmentSource(kind) {
-  return `#version 300 es
-precision highp float; precision highp int;
-uniform vec4 u_dest;
-uniform vec2 u_canvas;
-uniform ivec2 u_size;     // texels of the uploaded (maybe reduced) image
-uniform bool u_smooth;
-uniform bool u_flip;
-uniform vec3 u_background;
-out vec4 outColour;
-${COLOUR_AT[kind]}
-void main() {
-  vec2 frag = vec2(gl_FragCoord.x, u_canvas.y - gl_FragCoord.y);
-  vec2 uv = (frag - u_dest.xy) / u_dest.zw;
-  if (any(lessThan(uv, vec2(0.0))) || any(greaterThanEqual(uv, vec2(1.0)))) {
-    outColour = vec4(u_background, 1.0);
-    return;
-  }
-  vec2 t = uv * vec2(u_size);
-  if (!u_smooth) {
-    outColour = vec4(colourAt(min(ivec2(t), u_size - 1)), 1.0);
-    return;
-  }
-  vec2 s = t - 0.5;
+// Nearest texel, or bilinear between the grey levels of the four nearest (magnification only:
+// on SwiftShader four lookups cost twice one, and minifying blurs nothing useful in).
+const SAMPLE = {
+  nearest: `outColour = vec4(colourAt(clamp(ivec2(v_texel), ivec2(0), u_size - 1)), 1.0);`,
+  linear: `vec2 s = v_texel - 0.5;
   vec2 f = fract(s);
   ivec2 p0 = clamp(ivec2(floor(s)), ivec2(0), u_size - 1);
   ivec2 p1 = clamp(ivec2(floor(s)) + 1, ivec2(0), u_size - 1);
   vec3 top = mix(colourAt(p0), colourAt(ivec2(p1.x, p0.y)), f.x);
   vec3 bottom = mix(colourAt(ivec2(p0.x, p1.y)), colourAt(p1), f.x);
-  outColour = vec4(mix(top, bottom, f.y), 1.0);
+  outColour = vec4(mix(top, bottom, f.y), 1.0);`,
+};
+
+function fragmentSource(kind, filter) {
+  return `#version 300 es
+precision highp float; precision highp int;
+uniform ivec2 u_size;
+uniform bool u_flip;
+in vec2 v_texel;
+out vec4 outColour;
+${COLOUR_AT[kind]}
+void main() {
+  ${SAMPLE[filter]}
 }`;
 }
 
@@ -182,10 +184,10 @@ function compile(gl, type, source) {
   return shader;
 }
 
-function link(gl, kind) {
+function link(gl, kind, filter) {
   const program = gl.createProgram();
   gl.attachShader(program, compile(gl, gl.VERTEX_SHADER, VERTEX));
-  gl.attachShader(program, compile(gl, gl.FRAGMENT_SHADER, fragmentSource(kind)));
+  gl.attachShader(program, compile(gl, gl.FRAGMENT_SHADER, fragmentSource(kind, filter)));
   gl.linkProgram(program);
   if (!gl.getProgramParameter(program, gl.LINK_STATUS)) {
     throw new Error(`render: program: ${gl.getProgramInfoLog(program)}`);
@@ -226,7 +228,10 @@ class GlRenderer {
 
   setUp() {
     const gl = this.gl;
-    this.programs = { table: link(gl, "table"), float: link(gl, "float"), rgb: link(gl, "rgb") };
+    this.programs = {};
+    for (const kind of Object.keys(COLOUR_AT)) {
+      for (const filter of Object.keys(SAMPLE)) this.programs[`${kind}|${filter}`] = link(gl, kind, filter);
+    }
     this.lut = gl.createTexture();
     gl.activeTexture(gl.TEXTURE1);
     gl.bindTexture(gl.TEXTURE_2D, this.lut);
@@ -271,21 +276,20 @@ class GlRenderer {
     const entry = this.images.get(key);
     if (!entry) throw new Error(`render: no image uploaded as ${key}`);
     const gl = this.gl;
-    const { program, uniforms } = this.programs[entry.kind];
+    const { width, height } = this.canvas;
+    const dest = placement(view, entry, width, height, this.dpr);
+    const filter = magnifies(view, dest, entry) ? "linear" : "nearest";
+    const { program, uniforms } = this.programs[`${entry.kind}|${filter}`];
     gl.useProgram(program);
     if (entry.kind === "table") this.useTable(entry.dtype, view, uniforms);
     if (entry.kind === "float") this.setWindow(view, uniforms);
     gl.activeTexture(gl.TEXTURE0);
     gl.bindTexture(gl.TEXTURE_2D, entry.texture);
     gl.uniform1i(uniforms.u_image, 0);
-    const { width, height } = this.canvas;
-    const dest = placement(view, entry, width, height, this.dpr);
     gl.uniform4f(uniforms.u_dest, dest.x, dest.y, dest.width, dest.height);
     gl.uniform2f(uniforms.u_canvas, width, height);
     gl.uniform2i(uniforms.u_size, entry.columns, entry.rows);
-    gl.uniform1i(uniforms.u_smooth, view.smooth === false ? 0 : 1);
     if (uniforms.u_flip) gl.uniform1i(uniforms.u_flip, windowTerms(view).flip ? 1 : 0);
-    if (uniforms.u_background) gl.uniform3f(uniforms.u_background, ...BACKGROUND);
     gl.viewport(0, 0, width, height);
     gl.clearColor(BACKGROUND[0], BACKGROUND[1], BACKGROUND[2], 1);
     gl.clear(gl.COLOR_BUFFER_BIT);
@@ -417,8 +421,8 @@ class CanvasRenderer {
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.fillStyle = `rgb(${BACKGROUND.join(",")})`;
     ctx.fillRect(0, 0, width, height);
-    ctx.imageSmoothingEnabled = view.smooth !== false;
     const dest = placement(view, entry, width, height, this.dpr);
+    ctx.imageSmoothingEnabled = magnifies(view, dest, entry);
     ctx.drawImage(entry.surface, dest.x, dest.y, dest.width, dest.height);
     this.last = { key, view };
   }

@@ -46,15 +46,40 @@ function greyOf(stored, t) {
   return t.flip ? 255 - grey : grey;
 }
 
-/** Grey level per raw 8- or 16-bit pattern (signed types read as two's complement). */
+/** Grey level per raw 8- or 16-bit pattern (signed types read as two's complement).
+ * The VOI function is monotonic in the stored value (every float32 step is), so only the values
+ * between the window's ends are computed; below and above them the table is filled. */
 export function greyTable(dtype, view) {
   const t = windowTerms(view);
   const size = BYTES[dtype] === 1 ? 256 : 65536;
-  const table = new Uint8Array(size);
-  const shift = size === 256 ? 24 : 16;
   const signed = dtype === "int8" || dtype === "int16";
-  for (let i = 0; i < size; i++) table[i] = greyOf(signed ? (i << shift) >> shift : i, t);
+  const lowest = signed ? -size / 2 : 0;
+  const byValue = new Uint8Array(size); // byValue[v - lowest]
+  const grey = (v) => greyOf(v, t);
+  const first = grey(lowest);
+  const last = grey(lowest + size - 1);
+  const start = firstChange(grey, lowest, lowest + size - 1, first, 1);
+  const end = firstChange(grey, lowest + size - 1, lowest, last, -1);
+  byValue.fill(first, 0, start - lowest);
+  for (let v = start; v <= end; v++) byValue[v - lowest] = grey(v);
+  byValue.fill(last, Math.max(end + 1, start) - lowest);
+  if (!signed) return byValue;
+  const table = new Uint8Array(size);
+  table.set(byValue.subarray(size / 2), 0); // 0 .. max at patterns 0 ..
+  table.set(byValue.subarray(0, size / 2), size / 2); // min .. -1 at patterns size/2 ..
   return table;
+}
+
+/** Nearest value to ``from`` (walking by ``step`` towards ``to``) whose grey is not ``grey0``;
+ * past ``to`` when there is none. Binary search: the grey level is monotonic in the value. */
+function firstChange(grey, from, to, grey0, step) {
+  let inside = from - step; // last value known to give grey0 (from gives it)
+  let outside = to + step; // first value known not to (or past the end)
+  while ((outside - inside) * step > 1) {
+    const middle = inside + step * Math.floor(((outside - inside) * step) / 2);
+    if (grey(middle) === grey0) inside = middle; else outside = middle;
+  }
+  return outside;
 }
 
 function tableKey(dtype, view) {

@@ -70,7 +70,7 @@ function dragRate(mode, rows, columns, width, height, seconds) {
   const total = performance.now() - start;
   times.sort((a, b) => a - b);
   const tableStart = performance.now();
-  for (let i = 0; i < 50; i++) greyTable("uint16", { center: 2000 + i, width: 1000 });
+  for (let i = 0; i < 50; i++) greyTable("uint16", { center: 32768 + i, width: 65536 }); // worst case
   const tableMs = (performance.now() - tableStart) / 50;
   renderer.drop("big");
   return { kind: renderer.kind, updates: times.length, perSecond: times.length / (total / 1000),

@@ -282,3 +282,41 @@ def test_smooth_magnification_interpolates_between_grey_levels(harness, mode):
     assert (np.diff(smooth, axis=1) >= 0).all() and (smooth == smooth[:1]).all()
     assert smooth.min() >= grey.min() and smooth.max() <= grey.max()
     assert len(set(smooth[0])) > len(set(grey))  # levels between the stored ones: interpolated
+
+
+def test_2d_keeps_the_rgba_of_the_last_few_images_only(harness):
+    harness.open("a", "2d", 16, 16)
+    slices = [np.full((16, 16), 100 * i, dtype=np.uint16) for i in range(8)]
+    for i, pixels in enumerate(slices):
+        harness.upload("a", f"s{i}", pixels)
+    stored = sum(p.nbytes for p in slices)
+    for i, pixels in enumerate(slices):  # scroll through the series, then back to the first
+        drawn = harness.draw("a", f"s{i}", center=400, width=800)
+        assert_same(drawn, reference(pixels, 400, 800), f"slice {i}")
+    held = harness.call("a", "bytesHeld")["value"]
+    assert stored + 4 * 16 * 16 * 8 <= held < stored + 5 * 16 * 16 * 8 + 65536 * 4
+    assert_same(harness.draw("a", "s0", center=400, width=800), reference(slices[0], 400, 800), "s0")
+
+
+def test_without_webgl2_auto_falls_back_to_2d(page):
+    """A browser without WebGL2 (getContext("webgl2") gives null) draws through the 2D path."""
+    page.page.add_init_script("""{
+        const original = HTMLCanvasElement.prototype.getContext;
+        HTMLCanvasElement.prototype.getContext = function (type, options) {
+            return type === "webgl2" ? null : original.call(this, type, options);
+        };
+    }""")
+    page.page.route(ORIGIN + "/**", _serve_from_disk)
+    page.page.goto(ORIGIN + "/tests/pages/render.html")
+    page.page.wait_for_function("document.documentElement.dataset.ready === '1'", timeout=20_000)
+    harness = Harness(page.page)
+    assert harness.open("a", "auto", 256, 256) == "2d"
+    harness.upload("a", "ramp", EVERY_UINT16)
+    assert_same(harness.draw("a", "ramp", center=2048, width=4096), reference(EVERY_UINT16, 2048, 4096),
+                "fallback")
+    refused = page.page.evaluate("""async () => {
+        const { createRenderer } = await import("/app/ui/render.mjs");
+        try { createRenderer(document.createElement("canvas"), { mode: "webgl2" }); return null; }
+        catch (error) { return error.message; } }""")
+    assert refused == "render: WebGL2 is not available in this browser"
+    assert page.errors == []

@@ -394,6 +394,7 @@ function resizeCanvas(renderer, cssWidth, cssHeight, dpr) {
 // ---- 2D canvas ----
 
 const OPAQUE = 0xff000000;
+const PAINTED_KEEP = 4;
 
 /** Packed little-endian RGBA words for a grey table (one word per stored pattern). */
 function rgbaTable(grey) {
@@ -419,25 +420,29 @@ class CanvasRenderer {
     this.dpr = 1;
     this.images = new Map();
     this.words = null; // the last table as packed RGBA words
+    this.painted = []; // keys whose RGBA is kept, oldest first (at most PAINTED_KEEP)
     this.last = null;
   }
 
   upload(key, image) {
     const info = checkImage(image);
     this.drop(key);
-    this.images.set(key, { ...info, pixels: rawView(image, info), surface: null, shownAs: null });
+    this.images.set(key, { ...info, pixels: rawView(image, info), rgba: null, surface: null,
+                           shownAs: null });
   }
 
   has(key) { return this.images.has(key); }
 
   drop(key) {
     this.images.delete(key);
+    this.painted = this.painted.filter((k) => k !== key);
     if (this.last && this.last.key === key) this.last = null;
   }
 
   draw(key, view) {
     const entry = this.images.get(key);
     if (!entry) throw new Error(`render: no image uploaded as ${key}`);
+    this.keepPainted(key);
     const shownAs = entry.samples === 3 ? `rgb|${Boolean(view.invert)}`
       : entry.dtype === "float32" ? `f|${tableKey("float32", view)}` : tableKey(entry.dtype, view);
     if (entry.shownAs !== shownAs) this.paint(entry, view, shownAs);
@@ -455,8 +460,8 @@ class CanvasRenderer {
   /** The image's RGBA for this table, into its own surface: zoom and pan redraw it as it is. */
   paint(entry, view, shownAs) {
     const count = entry.rows * entry.columns;
-    const rgba = new ImageData(entry.columns, entry.rows);
-    const out = new Uint32Array(rgba.data.buffer);
+    if (!entry.rgba) entry.rgba = new ImageData(entry.columns, entry.rows);
+    const out = new Uint32Array(entry.rgba.data.buffer);
     const src = entry.pixels;
     if (entry.samples === 3) {
       fillColour(out, src, Boolean(view.invert));
@@ -468,8 +473,18 @@ class CanvasRenderer {
       for (let i = 0; i < count; i++) out[i] = table[src[i]];
     }
     if (!entry.surface) entry.surface = makeSurface(entry.columns, entry.rows);
-    entry.surface.getContext("2d").putImageData(rgba, 0, 0);
+    entry.surface.getContext("2d").putImageData(entry.rgba, 0, 0);
     entry.shownAs = shownAs;
+  }
+
+  /** RGBA is kept for the few images drawn last (8 bytes a pixel): a series stays affordable. */
+  keepPainted(key) {
+    this.painted = this.painted.filter((k) => k !== key);
+    this.painted.push(key);
+    while (this.painted.length > PAINTED_KEEP) {
+      const old = this.images.get(this.painted.shift());
+      if (old) Object.assign(old, { rgba: null, surface: null, shownAs: null });
+    }
   }
 
   table(dtype, view, key) {
@@ -495,7 +510,7 @@ class CanvasRenderer {
   bytesHeld() {
     let total = 0;
     for (const entry of this.images.values()) {
-      total += entry.bytes + (entry.surface ? entry.rows * entry.columns * 4 : 0);
+      total += entry.bytes + (entry.surface ? entry.rows * entry.columns * 8 : 0);
     }
     return total + (this.words ? this.words.table.byteLength : 0);
   }

@@ -50,9 +50,10 @@ class Harness:
         self.page = page
         self.sizes: dict[str, tuple[int, int]] = {}
 
-    def open(self, name: str, mode: str, width: int, height: int) -> str:
-        self.sizes[name] = (width, height)
-        return self.page.evaluate("(a) => harness.open(...a)", [name, mode, width, height])
+    def open(self, name: str, mode: str, width: int, height: int, dpr: float = 1) -> str:
+        """A canvas of ``width`` x ``height`` CSS px at ``dpr`` device pixels per CSS px."""
+        self.sizes[name] = (round(width * dpr), round(height * dpr))
+        return self.page.evaluate("(a) => harness.open(...a)", [name, mode, width, height, dpr])
 
     def upload(self, name: str, key: str, pixels: np.ndarray, dtype: str | None = None) -> int:
         samples = 3 if pixels.ndim == 3 else 1
@@ -209,6 +210,16 @@ def test_zoom_pan_and_aspect(harness, mode):
     expected = placed(reference(tall, 8000, 16000), (32, 32), (16, 32), aspect=2)
     assert_same(drawn, expected, f"{mode} aspect 2")
     assert_same(drawn, reference(tall, 8000, 16000).repeat(2, axis=0), f"{mode} rows doubled")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_device_pixel_ratio_sizes_the_canvas_and_scales_the_pan(harness, mode):
+    image = (np.arange(48 * 64, dtype=np.uint16) * 5).reshape(48, 64)
+    harness.open("a", mode, 32, 24, dpr=2)
+    harness.upload("a", "im", image)
+    drawn = harness.draw("a", "im", center=8000, width=16000, panX=5, panY=-3, smooth=False)
+    expected = placed(reference(image, 8000, 16000), (64, 48), (48, 64), pan=(10, -6))
+    assert_same(drawn, expected, f"{mode} dpr 2")
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -385,10 +385,13 @@ function nearest(gl) {
   gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
 }
 
+/** Device pixels for the canvas's CSS size; assigning a size blanks a canvas, so only on change. */
 function resizeCanvas(renderer, cssWidth, cssHeight, dpr) {
   renderer.dpr = dpr > 0 ? dpr : 1;
-  renderer.canvas.width = Math.max(1, Math.round(cssWidth * renderer.dpr));
-  renderer.canvas.height = Math.max(1, Math.round(cssHeight * renderer.dpr));
+  const width = Math.max(1, Math.round(cssWidth * renderer.dpr));
+  const height = Math.max(1, Math.round(cssHeight * renderer.dpr));
+  if (renderer.canvas.width !== width) renderer.canvas.width = width;
+  if (renderer.canvas.height !== height) renderer.canvas.height = height;
 }
 
 // ---- 2D canvas ----

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.render import Appearance, Window, to_rgba
+from app.render import Appearance, Window, grey_lut, to_rgba
 
 PROJECT = Path(__file__).resolve().parent.parent
 ORIGIN = "http://127.0.0.1:9"  # never contacted: page.route answers from disk
@@ -132,6 +132,26 @@ def test_every_uint16_value_under_several_windows(harness, mode):
     for center, width in WINDOWS:  # one canvas, successive W/L changes as in a drag
         drawn = harness.draw("a", "ramp", center=center, width=width, smooth=False)
         assert_same(drawn, reference(EVERY_UINT16, center, width), f"{mode} W/L {center}/{width}")
+
+
+def test_the_grey_table_equals_render_py_for_random_windows(harness):
+    """The table both paths sample, against app/render.py's grey_lut, over many random views."""
+    rng = np.random.default_rng(12)
+    for i in range(40):
+        dtype = ("uint16", "int16", "uint8", "int8")[i % 4]
+        view = {"center": float(rng.choice([rng.integers(-70000, 70000), rng.uniform(-3000, 9000)])),
+                "width": float(rng.choice([rng.integers(1, 70000), rng.uniform(0, 4000), 1, 2])),
+                "slope": float(rng.choice([1, 1, 2.5, -1, 0.1, -0.37, 3e-4])),
+                "intercept": float(rng.choice([0, -1024, 3.7, -32768.5])),
+                "invert": bool(rng.integers(2)), "monochrome1": bool(rng.integers(2))}
+        data = harness.page.evaluate("(a) => harness.table(...a)", [dtype, view])
+        levels = np.frombuffer(base64.b64decode(data), dtype=np.uint8)
+        look = Appearance(Window(view["center"], view["width"]), view["invert"],
+                          view["monochrome1"], view["slope"], view["intercept"])
+        expected = (grey_lut(np.dtype(dtype), look) & 0xFF).astype(np.uint8)
+        wrong = np.flatnonzero(levels != expected)
+        assert not len(wrong), (f"{dtype} {view}: pattern {wrong[0]} gives {levels[wrong[0]]}, "
+                                f"render.py {expected[wrong[0]]}")
 
 
 @pytest.mark.parametrize("mode", MODES)

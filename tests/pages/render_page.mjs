@@ -78,5 +78,10 @@ function dragRate(mode, rows, columns, width, height, seconds) {
            tableMs };
 }
 
-window.harness = { open, upload, draw, call, dragRate };
+/** greyTable's levels for one view, as base64. */
+function table(dtype, view) {
+  return encode(greyTable(dtype, view));
+}
+
+window.harness = { open, upload, draw, call, dragRate, table };
 document.documentElement.dataset.ready = "1";

@@ -253,10 +253,7 @@ class GlRenderer {
 
   setUp() {
     const gl = this.gl;
-    this.programs = {};
-    for (const kind of Object.keys(COLOUR_AT)) {
-      for (const filter of Object.keys(SAMPLE)) this.programs[`${kind}|${filter}`] = link(gl, kind, filter);
-    }
+    this.programs = {}; // linked on first use: each costs a round trip to the GPU process
     this.lut = gl.createTexture();
     gl.activeTexture(gl.TEXTURE1);
     gl.bindTexture(gl.TEXTURE_2D, this.lut);
@@ -304,7 +301,9 @@ class GlRenderer {
     const { width, height } = this.canvas;
     const dest = placement(view, entry, width, height, this.dpr);
     const filter = magnifies(view, dest, entry) ? "linear" : "nearest";
-    const { program, uniforms } = this.programs[`${entry.kind}|${filter}`];
+    const name = `${entry.kind}|${filter}`;
+    if (!this.programs[name]) this.programs[name] = link(gl, entry.kind, filter);
+    const { program, uniforms } = this.programs[name];
     gl.useProgram(program);
     if (entry.kind === "table") this.useTable(entry.dtype, view, uniforms);
     if (entry.kind === "float") this.setWindow(view, uniforms);

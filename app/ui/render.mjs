@@ -5,6 +5,13 @@
 // give the CPU reference's grey levels exactly); zoom and pan are a destination rectangle. A W/L
 // drag therefore costs one table build and one draw, never Python or numpy.
 // No dependencies: the viewer's main thread imports this file as it is.
+//
+// Use (the contract in helpers/CONTRACT.md): createRenderer(canvas, {mode}) -> renderer with
+// upload(key, image), has, drop, draw(key, view), clear, resize(cssW, cssH, dpr), bytesHeld,
+// readPixels. WebGL2 keeps one integer texture per key (R16UI/R8UI, R32F, RGB8UI) and samples a
+// 256x256 R8 grey table; the 2D path keeps the typed array and, for the last few images drawn,
+// their RGBA for the current table, so zoom and pan only redraw. After a lost WebGL context
+// has(key) is false for every key: upload again. Smooth drawing interpolates when magnifying.
 
 const BYTES = { uint8: 1, int8: 1, uint16: 2, int16: 2, float32: 4 };
 const LUT_SIDE = 256; // the 65536-entry table as a 256x256 texture: index = row * 256 + column

@@ -315,6 +315,19 @@ def test_smooth_magnification_interpolates_between_grey_levels(harness, mode):
     assert len(set(smooth[0])) > len(set(grey))  # levels between the stored ones: interpolated
 
 
+def test_a_lost_webgl_context_asks_for_uploads_again(harness):
+    image = (np.arange(16 * 16, dtype=np.uint16) * 9).reshape(16, 16)
+    harness.open("a", "webgl2", 16, 16)
+    harness.upload("a", "im", image)
+    harness.draw("a", "im", center=1000, width=2000)
+    assert harness.page.evaluate("harness.context('a', false)") == "webglcontextlost"
+    assert harness.call("a", "has", "im") == {"value": False}
+    assert harness.page.evaluate("harness.context('a', true)") == "webglcontextrestored"
+    harness.upload("a", "im", image)
+    assert_same(harness.draw("a", "im", center=1000, width=2000), reference(image, 1000, 2000),
+                "after the context came back")
+
+
 def test_2d_keeps_the_rgba_of_the_last_few_images_only(harness):
     harness.open("a", "2d", 16, 16)
     slices = [np.full((16, 16), 100 * i, dtype=np.uint16) for i in range(8)]

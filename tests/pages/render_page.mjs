@@ -83,5 +83,16 @@ function table(dtype, view) {
   return encode(greyTable(dtype, view));
 }
 
-window.harness = { open, upload, draw, call, dragRate, table };
+/** Lose (then, with restore, get back) the WebGL context, as a GPU reset would. */
+const loseContext = new Map(); // name -> the extension, which a lost context no longer hands out
+function context(name, restore) {
+  const { canvas } = views.get(name);
+  if (!restore) loseContext.set(name, canvas.getContext("webgl2").getExtension("WEBGL_lose_context"));
+  const event = restore ? "webglcontextrestored" : "webglcontextlost";
+  const done = new Promise((resolve) => canvas.addEventListener(event, resolve, { once: true }));
+  if (restore) loseContext.get(name).restoreContext(); else loseContext.get(name).loseContext();
+  return done.then(() => event);
+}
+
+window.harness = { open, upload, draw, call, dragRate, table, context };
 document.documentElement.dataset.ready = "1";

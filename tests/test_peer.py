@@ -11,7 +11,9 @@ import pytest
 
 from app.config import PRESETS
 from conftest import CHROMIUM, CHROMIUM_ARGS
-from tools.peer.cornerstone import CornerstonePage, PeerError, check_build, chromium_args, source_sha256, to_cornerstone
+from app.config import RetrieveConfig
+from tools.peer.cornerstone import (CornerstonePage, PeerError, check_build, chromium_args, source_sha256, to_cornerstone,
+                                    to_ours)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +116,8 @@ def test_byte_range_rows_give_both_pages_the_same_first_range():
     for row, size in zip(rows, (65536, 131072)):
         fast = to_cornerstone(row.config)["retrieveOptions"]["singleFast"]
         assert fast["rangeIndex"] == 0 and fast["initialChunkSize"] == fast["chunkSize"] == size
+        ours = RetrieveConfig.from_json(to_ours(row.config))  # our page accepts what it is given
+        assert ours.options_for("singleFast").chunk_size == size
     assert to_cornerstone(rows[2].config) == PRESETS["jls"]
 
 

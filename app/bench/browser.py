@@ -69,6 +69,8 @@ _COLLECT_JS = """() => ({
   appState: document.documentElement.dataset.app,
   errors: document.getElementById('errors') ? document.getElementById('errors').innerText : '',
   timings: Object.assign({}, window.appTimings)})"""
+_REFUSED_JS = """() => Array.from(document.querySelectorAll('#errors, #config-error:not([hidden])'),
+  e => e.textContent.trim()).join(' ').trim()"""
 _CLICK_JS = ("() => { window.__bench.click = performance.now(); document.getElementById('load').click();"
              " return window.__bench.click; }")
 _FIRST_DRAWN_JS = ("() => Array.from(window.renderLog || []).some(e => e.drawn)"
@@ -124,6 +126,9 @@ class BrowserDriver:
         try:
             page.goto(f"{base}/index.html?noload=1&url={quote(entry['url'], safe='/')}&config={quote(preset)}")
             page.wait_for_function(_READY_JS, timeout=120_000)
+            refused = page.evaluate(_REFUSED_JS)  # e.g. the configuration: the page would load with another
+            if refused:
+                raise RuntimeError(f"page error before the load ({preset}, {profile}): {refused}")
             _emulate(cdp, profile)  # only now: the runtime load is never under emulation
             mark = len(metered.request_log)
             t_click = page.evaluate(_CLICK_JS)

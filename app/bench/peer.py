@@ -156,7 +156,8 @@ class SideBySide:
             seen["requests"] = page.evaluate(_cornerstone().FRAME_REQUESTS_JS)
             seen["shas"] = [page.evaluate("(i) => window.pyApp.pixelsSha256(i)", i) for i in range(count)]
 
-        run = self.driver.load(self.proxy, self.proxy.url, entry, json.dumps(spec.config), profile,
+        config = _cornerstone().to_ours(spec.config)
+        run = self.driver.load(self.proxy, self.proxy.url, entry, json.dumps(config), profile,
                                self._expect(spec), inspect=inspect)
         exact = sorted(seen["shas"]) == sorted(self.source_shas(entry, None))
         if spec.stack:

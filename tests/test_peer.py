@@ -143,7 +143,7 @@ def test_bench_peer_runs_both_pages_on_one_row(runtime, demo_data, peer_build, t
     done = subprocess.run([sys.executable, *command], cwd=PROJECT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     (row,) = json.loads((tmp_path / "peer.json").read_text())["rows"]
-    assert (row["ours"]["exact"], row["theirs"]["exact"]) == ("1/1", "1/1")
-    assert row["ours"]["final_ms"]["n"] == row["theirs"]["final_ms"]["n"] == 1
-    assert row["ours"]["bytes_frames"]["median"] == row["theirs"]["bytes_frames"]["median"] > 6_000_000
+    assert (row["ours"]["exact"], row["theirs"]["exact"]) == ("1/1", "1/1"), row
+    assert row["ours"]["final_ms"]["n"] == row["theirs"]["final_ms"]["n"] == 1, row
+    assert row["ours"]["bytes_frames"]["median"] == row["theirs"]["bytes_frames"]["median"] > 6_000_000, row
     assert "| JLS | none |" in done.stdout and (tmp_path / "peer.md").exists()

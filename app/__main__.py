@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"load": "app.cli", "convert": "app.convert", "bench": "app.bench"}
+COMMANDS = {"load": "app.cli", "convert": "app.convert_pool", "bench": "app.bench"}  # convert: app.convert plus --workers, --dask
 
 
 def main(argv: list[str] | None = None) -> int:

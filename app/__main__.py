@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"load": "app.cli", "convert": "app.convert", "bench": "app.bench", "check": "app.check"}
+COMMANDS = {"load": "app.cli", "convert": "app.convert_pool", "bench": "app.bench",  # convert: plus --workers, --dask
+            "check": "app.check"}
 
 
 def main(argv: list[str] | None = None) -> int:

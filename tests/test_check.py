@@ -158,7 +158,7 @@ def test_a_toolkit_layout_tree_passes_and_unreachable_levels_are_noted(tmp_path)
     (set_cod(13, 0), "(lossless) but coded with the irreversible 9/7 wavelet"),
 ], ids=["no-tlm", "lrcp", "lowest-level", "irreversible"])
 def test_htj2k_label_against_the_stream(tree, edit, named):
-    rewrite_codestream(ct_instance(tree) / "frames" / "1", edit)
+    rewrite_codestream(ct_instance(tree) / "frames" / "1.mht", edit)
     result = app_check(str(tree))
     assert result.returncode == 1
     lines = [line for line in result.stdout.splitlines() if line.startswith("DEFECT")]
@@ -176,7 +176,7 @@ def test_metadata_label_that_differs_from_the_part(tree):
 
 
 def test_a_missing_alternate_frame(tree):
-    (ct_instance(tree) / "jlsThumbnail" / "1").unlink()
+    (ct_instance(tree) / "jlsThumbnail" / "1.mht").unlink()
     (line,) = defects(run_check(tree))
     assert "[alternate]" in line and "jlsThumbnail" in line and "missing" in line
 
@@ -195,7 +195,7 @@ def test_alternates_inconsistent_with_their_description(tree):
 
 
 def test_jpegls_near_against_its_label(tree):
-    frame = ct_instance(tree) / "jls" / "1"
+    frame = ct_instance(tree) / "jls" / "1.mht"
     headers, payload = split_frame(frame.read_bytes(), None)
     stored = pydicom.dcmread(CT).pixel_array.astype(np.int32)
     near = bytes(imagecodecs.jpegls_encode((stored - stored.min()).astype(np.uint16), level=2))
@@ -206,7 +206,7 @@ def test_jpegls_near_against_its_label(tree):
 
 
 def test_a_frame_whose_digest_does_not_match(tree):
-    frame = ct_instance(tree) / "frames" / "1"
+    frame = ct_instance(tree) / "frames" / "1.mht"
     data = bytearray(frame.read_bytes())
     data[-200] ^= 0x01  # inside the codestream's last tile-part
     frame.write_bytes(bytes(data))
@@ -222,8 +222,13 @@ class _Quiet(SimpleHTTPRequestHandler):
         pass
 
 
-def test_a_plain_static_host_lacks_types_and_ranges(good):
-    """python's http.server: frames typed application/octet-stream, no Range support."""
+def test_a_plain_static_host_lacks_types_and_ranges(tree):
+    """python's http.server: frames typed application/octet-stream, no Range support.
+
+    Served in the older extension-less layout (``frames/1``), which such a host finds but cannot type."""
+    for stored in tree.glob("studies/*/series/*/instances/*/*/*.mht"):
+        stored.rename(stored.with_suffix(""))
+    good = tree
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(good)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -331,7 +331,8 @@ class RetrieveEngine:
                 part.release()
         decode_ms = round((self.clock() - t) * 1000.0, 3)
         rows, columns = pixels.shape[:2]
-        status = self.rules.status_of(image, options, syntax, rows, columns, partial=reduce > 0)
+        status = self.rules.status_of(image, options, syntax, rows, columns, partial=reduce > 0,
+                                      stream_lossless=body.stream_lossless if reduce == 0 else None)
         rank = (int(status), rows * columns)
         if st.best is not None and rank <= st.best_rank:
             return  # never replace a better (or equal) result

@@ -17,8 +17,21 @@ from typing import Callable
 
 from app.engine import RetrievePolicy
 
-__all__ = ["split", "engine_options", "ct_series", "Behaviour", "OddServer", "Action", "Script",
+__all__ = ["stored_file", "stored_frames", "split", "engine_options", "ct_series", "Behaviour", "OddServer", "Action", "Script",
            "ScriptedServer", "ScriptedHandler"]
+
+
+def stored_file(root: Path, rel: str) -> Path:
+    """The file a static server answers ``rel`` with: as named, the toolkit's ``{n}.mht``, or ``.gz``."""
+    for name in (rel, rel + ".mht", rel + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    return root / rel
+
+
+def stored_frames(root: Path, pattern: str) -> list[Path]:
+    """Frame files matching ``pattern`` (ending in ``/{n}``) in either layout: ``{n}`` or ``{n}.mht``."""
+    return sorted(root.glob(pattern)) + sorted(root.glob(pattern + ".mht"))
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -65,13 +78,9 @@ def ct_series(folder: Path, count: int, *, series_uid: str | None = None):
 
 
 def tree_file(root: Path, request_path: str) -> tuple[str, Path]:
-    """(URL path, file) of a request under ``/dicomweb`` in a converted tree (``.gz`` beside)."""
+    """(URL path, file) of a request under ``/dicomweb`` in a converted tree (either frame layout)."""
     path = request_path.split("?")[0]
-    rel = path.removeprefix("/dicomweb").lstrip("/")
-    file = root / rel
-    if not file.is_file() and (root / (rel + ".gz")).is_file():
-        file = root / (rel + ".gz")
-    return path, file
+    return path, stored_file(root, path.removeprefix("/dicomweb").lstrip("/"))
 
 
 def frame_content_type(data: bytes) -> str:

@@ -20,7 +20,7 @@ from app.engine import ImageFailed, Refinement, RetrieveEngine
 from app.readers import CodestreamScanner, MultipartReader, PartData
 from app.study import discover
 from app.transport.native import NativeTransport
-from helpers import Action, Script, ScriptedHandler, ScriptedServer, ct_series, engine_options
+from helpers import Action, Script, ScriptedHandler, ScriptedServer, ct_series, engine_options, stored_frames
 
 STARTS_SERVERS = True  # conftest marks every test here ``servers``
 
@@ -301,7 +301,7 @@ def test_truncated_or_broken_multipart_fails_clearly(tree, mangle, outcome):
 @pytest.mark.parametrize("tail", ["cut, closed properly", "garbage", "zeros", "EOC lost"])
 def test_corrupt_end_after_a_good_partial_is_never_final(tree, tail):
     """The lowest level arrives intact and is shown; the rest is broken: ImageFailed, no final."""
-    sample = next((tree["root"] / tree["series"]).glob("instances/*/frames/1")).read_bytes()
+    sample = stored_frames(tree["root"] / tree["series"], "instances/*/frames/1")[0].read_bytes()
     start, codestream, _ = _frame_parts(sample)
     level0_end = start + CodestreamScanner().feed(codestream)[0].level_end_offsets()[0]
     rng = np.random.default_rng(7)
@@ -394,7 +394,7 @@ def _silent_flip(codestream: bytes, fmt, expected: np.ndarray) -> bytes:
 def test_a_silent_bit_flip_is_caught_by_the_content_digest(tree, config):
     """One flipped bit inside entropy-coded data decodes without an error to wrong pixels; the
     part's Content-Digest (written by the converter) turns it into ImageFailed, never a final."""
-    sample = next((tree["root"] / tree["series"]).glob("instances/*/frames/1")).read_bytes()
+    sample = stored_frames(tree["root"] / tree["series"], "instances/*/frames/1")[0].read_bytes()
     assert b"Content-Digest: sha-256=:" in sample[:400]
     expected = tree["pixels"]
     fmt = PixelFormat(rows=expected.shape[0], columns=expected.shape[1], bits_allocated=16,

@@ -32,7 +32,7 @@ from app.codecs import HTJ2K_LOSSLESS
 from app.convert import ALTERNATES, frame_file_chunks, open_manifest
 from app.readers import packets
 from app.readers.codestream import CodestreamError, CodestreamScanner, ResolutionComplete
-from helpers import split
+from helpers import split, stored_frames
 from htj2k_helpers import level_ends, one_tile_part, packet_bytes_before, scan, tile_parts
 
 
@@ -149,7 +149,7 @@ def test_a_tile_part_running_to_eoc_reports_its_lower_levels_early():
 def radiograph_tlm() -> bytes:
     """The demo radiograph's frame as the converter stored it (3072x2614, 16-bit, 6 levels, TLM)."""
     root = PROJECT / "static" / "dicomweb"
-    frames = sorted(root.glob("studies/1.3.51.0.7.3365391312*/series/*/instances/*/frames/1"))
+    frames = stored_frames(root, "studies/1.3.51.0.7.3365391312*/series/*/instances/*/frames/1")
     if not frames:
         pytest.skip("demo tree not set up (tools/demo_data.py)")
     raw = frames[0].read_bytes()

@@ -8,21 +8,14 @@ is refused instead of held (an endless part body would otherwise grow to the tra
 
 from __future__ import annotations
 
-from ..codecs import (
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    DecodeError,
-    PixelFormat,
-)
+from ..codecs import DecodeError, PixelFormat
 from ..readers.multipart import parse_media_type
 from ..transport.errors import ProtocolError
+from ..uids import NATIVE_SYNTAXES
 
 __all__ = ["check_frame_content_type", "check_native_length", "frame_byte_cap", "FRAME_SLACK_FACTOR",
            "FRAME_SLACK_BYTES"]
 
-NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN,
-                             DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN})
 # the worst lossless codec expands noise by ~10 % (JPEG-LS, HTJ2K; RLE < 1 %); twice the native
 # size plus room for part headers, JPEG 2000 markers and a JFIF thumbnail is never a real frame
 FRAME_SLACK_FACTOR = 2

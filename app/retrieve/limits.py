@@ -1,20 +1,19 @@
 """What a frame answer may be, tied to what the metadata declares.
 
 A login page, an SPA fallback or a JSON error answered with 200 is not a frame: its bytes must
-never be decoded as raw pixels and shown as the lossless final image. And a frame's bytes are
+never be decoded as raw pixels and shown as the lossless final image (native pixel data of any
+length but the declared one is refused by the codec itself, codecs._decode_native). And a frame's bytes are
 held in memory as they arrive, so a body larger than any encoding of the declared image could be
 is refused instead of held (an endless part body would otherwise grow to the transfer budget).
 """
 
 from __future__ import annotations
 
-from ..codecs import DecodeError, PixelFormat
+from ..codecs import PixelFormat
 from ..readers.multipart import parse_media_type
 from ..transport.errors import ProtocolError
-from ..uids import NATIVE_SYNTAXES
 
-__all__ = ["check_frame_content_type", "check_native_length", "frame_byte_cap", "FRAME_SLACK_FACTOR",
-           "FRAME_SLACK_BYTES"]
+__all__ = ["check_frame_content_type", "frame_byte_cap", "FRAME_SLACK_FACTOR", "FRAME_SLACK_BYTES"]
 
 # the worst lossless codec expands noise by ~10 % (JPEG-LS, HTJ2K; RLE < 1 %); twice the native
 # size plus room for part headers, JPEG 2000 markers and a JFIF thumbnail is never a real frame
@@ -33,17 +32,6 @@ def check_frame_content_type(url: str, content_type: str | None) -> None:
         return
     raise ProtocolError(f"{url}: the server answered {media or content_type!r}, not a frame "
                         "(multipart/related, image/* or application/octet-stream)")
-
-
-def check_native_length(length: int, syntax: str, fmt: PixelFormat) -> None:
-    """Uncompressed pixel data is exactly Rows x Columns x Samples x BitsAllocated/8 bytes (one
-    more if that is odd: DICOM pads values to an even length); any other length is not this frame."""
-    if syntax not in NATIVE_SYNTAXES:
-        return
-    expected = fmt.frame_length
-    if length != expected and not (expected % 2 and length == expected + 1):
-        raise DecodeError(f"native frame has {length} bytes, {expected} expected for "
-                          f"{fmt.rows}x{fmt.columns}x{fmt.samples_per_pixel} at {fmt.bits_allocated} bits")
 
 
 def frame_byte_cap(fmt: PixelFormat, budget: int) -> int:

@@ -7,7 +7,6 @@ import numpy
 from ..codecs import DecodeError, PixelFormat, decode_frame
 from ..study import StackImage
 from .body import FrameBody
-from .limits import check_native_length
 
 __all__ = ["decode_pixels", "scaled_spacing"]
 
@@ -19,7 +18,6 @@ def decode_pixels(body: FrameBody, fmt: PixelFormat, *, reduce: int, end: int | 
     decodes without an error to a wrong picture."""
     if end is None:
         body.check_whole_codestream()
-        check_native_length(len(body.data), body.resolved_syntax, fmt)  # a login page is not pixels
     with memoryview(body.data) as view:
         part = view[:end] if end is not None else view
         try:

@@ -163,7 +163,7 @@ def test_metadata_and_folders_come_from_their_gz_files(served, tree):
         assert isinstance(json.loads(gzip.decompress(body)), list)
 
 
-@pytest.mark.parametrize("config", ["single", "htj2k", "nonProgressive"])
+@pytest.mark.parametrize("config", ["single", "htj2k", "nonProgressive", "htj2kByteRange", "htj2kRangeThenStream"])
 def test_the_cli_loads_every_series_exactly(served, tree, config):
     base, server = served
     for series_uid in tree.series:

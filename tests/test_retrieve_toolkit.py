@@ -6,7 +6,6 @@ Range continues at a decoded offset, and no frame file is fetched twice."""
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import tempfile
 from pathlib import Path

@@ -29,8 +29,9 @@ class RetrievePolicy:
     low_speed_bytes: int = 1024
     low_speed_seconds: float = 30.0
     # all requests of one stage of one image, retries included: a trickle just above the
-    # low-speed limit ends here (None: no deadline)
-    image_seconds: float | None = 180.0
+    # low-speed limit ends here (None: no deadline). Six 7 MB radiographs sharing "Slow 4G"
+    # (1.44 Mbit/s) take ~235 s each, so the limit sits above that
+    image_seconds: float | None = 300.0
     # how long the image on screen may wait for a slot before a running job gives way: while the
     # user scrolls fast nothing is cancelled, only where they stop
     preempt_delay: float = 0.2

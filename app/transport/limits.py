@@ -30,7 +30,7 @@ class TransferLimits:
 
     low_speed_bytes: int = 1024
     low_speed_seconds: float = 30.0
-    deadline_seconds: float | None = 180.0
+    deadline_seconds: float | None = 300.0
     max_bytes: int | None = None
 
     def __post_init__(self) -> None:
@@ -41,8 +41,9 @@ class TransferLimits:
 
 
 #: discovery documents (QIDO answers, series metadata, alternates.json): the same low-speed rule
-#: as frames; the byte budget is dicomjson.MAX_JSON_BYTES, checked where the body is collected
-JSON_LIMITS = TransferLimits(deadline_seconds=120.0)
+#: and deadline as frames; the byte budget is dicomjson.MAX_JSON_BYTES, checked where the body is
+#: collected (a 50 MB metadata document takes ~280 s at "Slow 4G")
+JSON_LIMITS = TransferLimits()
 
 
 class SpeedWatch:

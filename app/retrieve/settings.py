@@ -43,6 +43,8 @@ class RetrievePolicy:
             raise ValueError("retries, retry_backoff and max_retry_after must be >= 0")
         if self.low_speed_seconds <= 0 or self.max_frame_bytes <= 0 or self.cache_bytes < 0:
             raise ValueError("low_speed_seconds and max_frame_bytes must be > 0, cache_bytes >= 0")
+        if self.image_seconds is not None and self.image_seconds <= 0:
+            raise ValueError("image_seconds must be > 0 (or None: no deadline)")
 
     @property
     def transfer_limits(self) -> TransferLimits:

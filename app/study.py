@@ -232,7 +232,10 @@ async def _load_series(transport: Transport, series_url: str, metadata_urls: lis
     alternates = asyncio.ensure_future(_alternates(transport, series_url))
     urls = metadata_urls or [f"{series_url}/metadata", f"{series_url}/metadata.gz", f"{series_url}/metadata.json"]
     try:
-        found = await _first_json(transport, urls)
+        try:
+            found = await _first_json(transport, urls)
+        except DiscoveryError as exc:  # a refused document or a failed transfer: say which
+            raise DiscoveryError(f"no series metadata at {urls[0]}: {exc}") from exc
         if found is None:
             raise DiscoveryError(f"no series metadata at {urls[0]}")
         stack = stack_from_metadata(found[1], series_url)

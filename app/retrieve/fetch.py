@@ -30,7 +30,7 @@ from .state import ImageState, Job
 if TYPE_CHECKING:  # the engine drives attempts; attempts call back into it
     from .engine import RetrieveEngine
 
-__all__ = ["Attempt", "InlineAttempt", "StreamAttempt", "Superseded"]
+__all__ = ["Attempt", "InlineAttempt", "StreamAttempt", "WholeAttempt", "Superseded"]
 
 ByteRange = tuple[int, int | None]
 
@@ -296,3 +296,10 @@ class StreamAttempt(Attempt):
 
     async def fetch_frame(self) -> None:
         await self.fetch(None, streaming=self.streaming)
+
+
+class WholeAttempt(StreamAttempt):
+    """One request for the whole frame (or, rangeIndex -1, the rest of it), decoded once all is in."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args, streaming=False)

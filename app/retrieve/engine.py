@@ -16,7 +16,7 @@ from ..transport.base import Transport
 from ..transport.errors import TransportError
 from .budget import Budget
 from .events import EngineEvent, ImageFailed, Refinement
-from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded
+from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded, WholeAttempt
 from .nearby import replicas
 from .policy import FetchKind, Policy
 from .ranges import RangeAttempt
@@ -255,7 +255,9 @@ class RetrieveEngine:
             return RangeAttempt(self, st, job, stage, options)
         if kind is FetchKind.RANGES:  # no ranges over Content-Encoded frames: stream them whole
             return StreamAttempt(self, st, job, stage, options, streaming=True)
-        return StreamAttempt(self, st, job, stage, options)
+        if kind is FetchKind.STREAM:
+            return StreamAttempt(self, st, job, stage, options)
+        return WholeAttempt(self, st, job, stage, options)
 
     def _end_job(self, st: ImageState, job: Job, gave_way: bool) -> None:
         st.job = None

@@ -4,12 +4,13 @@ into a streamed request and range requests, each its own class; byte ranges are 
 An attempt holds what every step needs (the image's state, the stage, its options, the frame body)
 so no step takes ten arguments. ``StreamAttempt`` asks for the whole frame (or, with rangeIndex -1,
 the rest of it) and, when streaming, decodes levels as they complete; ``RangeAttempt`` asks for
-``chunkSize`` bytes and extends the request to the end of a resolution level.
+``initialChunkSize`` + n ``chunkSize`` bytes and extends the request to the end of a level.
 
 Failures: a retryable TransportError (5xx/429, a lost or cut transfer, a stall) is tried again
 (``RetrievePolicy.retries``) from the first byte not held; anything else fails the stage at once.
 A frame served with a Content-Encoding (gzip) is never continued by Range: the server's offsets
-count encoded bytes the browser never shows, so the rest comes as one whole request.
+count encoded bytes while both transports hand over decoded ones, so the rest comes as one whole
+request (and later images of the load skip ranges: ``RetrieveEngine.frames_encoded``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .state import ImageState, Job
 if TYPE_CHECKING:  # the engine drives attempts; attempts call back into it
     from .engine import RetrieveEngine
 
-__all__ = ["Attempt", "InlineAttempt", "StreamAttempt", "Superseded"]
+__all__ = ["Attempt", "InlineAttempt", "StreamAttempt", "WholeAttempt", "Superseded"]
 
 ByteRange = tuple[int, int | None]
 
@@ -288,3 +289,10 @@ class StreamAttempt(Attempt):
 
     async def fetch_frame(self) -> None:
         await self.fetch(None, streaming=self.streaming)
+
+
+class WholeAttempt(StreamAttempt):
+    """One request for the whole frame (or, rangeIndex -1, the rest of it), decoded once all is in."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args, streaming=False)

@@ -770,6 +770,20 @@ def convert(
     return summary
 
 
+def convert_one_file(path: Path, out: Path, names: tuple[str, ...], settings: EncodeSettings,
+                     manifest: TreeManifest) -> tuple[ConversionSummary, tuple[dict, dict[str, dict]] | None]:
+    """One file apart from a run (a pool worker): its frames written, its statistics, and its DICOM
+    JSON and alternate entries for the caller to merge into the tree (None when it failed)."""
+    summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
+    try:
+        record, obj, entries = _convert_file(path, 1, out, names, settings, manifest, summary, Progress(1, quiet=True))
+    except (ConversionError, DecodeError, OSError, ValueError, MemoryError) as exc:
+        summary.failures.append(Failure(path, str(exc) or type(exc).__name__))
+        return summary, None
+    summary.instances.append(record)
+    return summary, (obj, entries)
+
+
 def _read_dataset(path: Path) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError

@@ -214,6 +214,7 @@ class _Odd(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.servers  # a loopback server of its own
 @pytest.mark.parametrize(("kind", "cause"), [("redirect", "redirected (HTTP 302) to http://198.51.100.7"),
                                               ("nested", "nested too deeply"), ("bomb", "gzip bomb")])
 def test_no_series_metadata_names_the_real_cause(kind, cause):
@@ -228,3 +229,14 @@ def test_no_series_metadata_names_the_real_cause(kind, cause):
         server.server_close()
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "no series metadata at" in result.stderr and cause in result.stderr
+
+
+def test_htj2k_byte_range_is_cornerstones_row_64_kb_then_the_rest(demo_server, demo_data):
+    """Cornerstone's byte-range row: the first 64 KB, then the rest in one request (issue 17 item 2)."""
+    result = app("load", demo_server.url + _demo_url(demo_data), "--config", "htj2kByteRange", timeout=120)
+    assert result.returncode == 0, result.stderr
+    events = lines(result.stdout)
+    ranges = [e["byte_range"] for e in events if e["event"] == "RequestStarted"]
+    assert ranges == [[0, 65535], [65536, None]]
+    refs = [e for e in events if e["event"] == "Refinement"]
+    assert [r["final"] for r in refs] == [False, True]

@@ -207,7 +207,7 @@ def test_cut_to_a_server_that_ignores_range_on_the_retry(tree):
 
 SMALL_RANGES = RetrieveConfig.from_json({
     "stages": [{"id": "fast", "retrieveType": "fast"}, {"id": "final", "retrieveType": "final"}],
-    "retrieveOptions": {"fast": {"rangeIndex": 0, "chunkSize": 4096, "decodeLevel": 1},
+    "retrieveOptions": {"fast": {"rangeIndex": 0, "initialChunkSize": 4096, "chunkSize": 4096, "decodeLevel": 1},
                         "final": {"rangeIndex": -1}},
 })
 
@@ -241,6 +241,17 @@ def test_range_ignored_from_the_start(tree):
 def test_gzip_encoded_frames_decode_to_the_right_image(tree):
     events, engine, _ = run(tree, lambda p, n, r: Action("gzip"))
     assert assert_right_or_failed(tree, events, engine) == "final"
+
+
+def test_byte_ranges_over_gzip_encoded_frames(tree):
+    """Frames stored as .gz and sent with Content-Encoding: gzip, Range counting the stored bytes
+    (issue 13 item 2): the first range shows what it can, the rest comes as one whole request,
+    never a Range starting at the decoded length."""
+    events, engine, server = run(tree, lambda p, n, r: Action("gzip_ranges"), SMALL_RANGES, hit=0)
+    assert not failures(events)
+    assert [h["range"] for h in server.hits()] == ["bytes=0-4095", None]
+    assert assert_right_or_failed(tree, events, engine, hit=0) == "final"
+    assert_others_final(tree, events, engine, hit=0)
 
 
 @pytest.mark.parametrize("ctype", ["text/html", "image/jpeg", "application/json", "multipart/related",

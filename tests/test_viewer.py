@@ -92,7 +92,7 @@ def test_subresolution_drawn_before_final_on_a_slow_link(page, demo_server, demo
     assert (finals[0]["rows"], finals[0]["columns"]) == (2614, 3072)
     sizes = [e["columns"] for e in log]
     assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), "strictly increasing resolutions"
-    assert finals[0]["t_ms"] > log[0]["t_ms"] + 500
+    assert log.index(finals[0]) > 0  # drawn after the reduced image (how much later: the bench)
     final_pixels = canvas_pixels(p)
     assert final_pixels.shape == first_pixels.shape
     # same picture, same place and size on screen (no jump), sharper: small mean difference, not zero

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from . import dicomjson as dj
 from .codecs import (HTJ2K, HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL, HTJ2K_PRIVATE, JPEG_LS_LOSSLESS,
-                     JPEG_LS_NEAR_LOSSLESS, declared_size)
+                     JPEG_LS_NEAR_LOSSLESS, DecodeError, stream_header)
 from .dicomjson import Tag
 from .readers.codestream import CodestreamError, CodestreamScanner, MainHeader, ResolutionComplete
 from .readers.multipart import MultipartError, MultipartReader, PartData, PartHeaders, boundary_from_content_type
@@ -272,7 +272,11 @@ def check_frame(report: Report, where: str, body: bytes, content_type: str | Non
         report.add("label", where, f"part says transfer-syntax={stored}, the metadata/alternate says {expect.label}")
     syntax = stored or expect.label
     _check_digest(report, where, headers, payload)
-    size = declared_size(payload)
+    try:
+        header = stream_header(payload)
+    except DecodeError:  # malformed JPEG markers: the decode check names it
+        header = None
+    size = (header.rows, header.columns) if header else None
     if size and expect.rows and expect.columns and size != (expect.rows, expect.columns):
         report.add("size", where, f"stream is {size[1]}x{size[0]}, expected {expect.columns}x{expect.rows}")
     if syntax in HTJ2K_SYNTAXES:

@@ -274,7 +274,8 @@ def _encode_lossy(image: FrameImage, fmt: PixelFormat, settings: EncodeSettings)
 
 
 def _encoder(name: str, syntax: str, media: str, lossy: bool, scale: int, encode) -> AlternateEncoder:
-    return AlternateEncoder(Alternate(name, syntax, media, lossy, scale, thumbnail=scale > 1), encode)
+    spec = Alternate(name, transfer_syntax=syntax, media_type=media, lossy=lossy, scale=scale, thumbnail=scale > 1)
+    return AlternateEncoder(spec, encode)
 
 
 ALTERNATES: dict[str, AlternateEncoder] = {

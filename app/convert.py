@@ -96,7 +96,7 @@ from app.thumbnails import render_thumbnail
 from app.tree import FRAME_SUFFIX, Alternate, TreeManifest, frame_file_names, frame_part_chunks
 from app.uids import HTJ2K, HTJ2K_LOSSLESS_RPCL, JPEG_LS_LOSSLESS, InvalidUID, check_uid
 
-CONVERTER_VERSION = "2"  # tools/demo_data.py re-converts the demo tree when this changes
+CONVERTER_VERSION = "3"  # 3: frames/{n}.mht and thumbnails; tools/demo_data.py re-converts the demo tree on a change
 NEW_TREE_FRAME_SUFFIX = FRAME_SUFFIX  # frame files written from now on: frames/1.mht
 THUMBNAIL_SCALE = 4
 THUMBNAIL_NAME = "thumbnail"  # rendered 8-bit JPEG per instance and per series (the toolkit's name)

@@ -22,7 +22,6 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from app.check import check, jpegls_near, split_frame
-from helpers import stored_file
 from toolkit_tree import make_toolkit_tree, mht
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -159,7 +158,7 @@ def test_a_toolkit_layout_tree_passes_and_unreachable_levels_are_noted(tmp_path)
     (set_cod(13, 0), "(lossless) but coded with the irreversible 9/7 wavelet"),
 ], ids=["no-tlm", "lrcp", "lowest-level", "irreversible"])
 def test_htj2k_label_against_the_stream(tree, edit, named):
-    rewrite_codestream(stored_file(ct_instance(tree), "frames/1"), edit)
+    rewrite_codestream(ct_instance(tree) / "frames" / "1.mht", edit)
     result = app_check(str(tree))
     assert result.returncode == 1
     lines = [line for line in result.stdout.splitlines() if line.startswith("DEFECT")]
@@ -177,7 +176,7 @@ def test_metadata_label_that_differs_from_the_part(tree):
 
 
 def test_a_missing_alternate_frame(tree):
-    (stored_file(ct_instance(tree), "jlsThumbnail/1")).unlink()
+    (ct_instance(tree) / "jlsThumbnail" / "1.mht").unlink()
     (line,) = defects(run_check(tree))
     assert "[alternate]" in line and "jlsThumbnail" in line and "missing" in line
 
@@ -196,7 +195,7 @@ def test_alternates_inconsistent_with_their_description(tree):
 
 
 def test_jpegls_near_against_its_label(tree):
-    frame = stored_file(ct_instance(tree), "jls/1")
+    frame = ct_instance(tree) / "jls" / "1.mht"
     headers, payload = split_frame(frame.read_bytes(), None)
     stored = pydicom.dcmread(CT).pixel_array.astype(np.int32)
     near = bytes(imagecodecs.jpegls_encode((stored - stored.min()).astype(np.uint16), level=2))
@@ -207,7 +206,7 @@ def test_jpegls_near_against_its_label(tree):
 
 
 def test_a_frame_whose_digest_does_not_match(tree):
-    frame = stored_file(ct_instance(tree), "frames/1")
+    frame = ct_instance(tree) / "frames" / "1.mht"
     data = bytearray(frame.read_bytes())
     data[-200] ^= 0x01  # inside the codestream's last tile-part
     frame.write_bytes(bytes(data))
@@ -223,14 +222,13 @@ class _Quiet(SimpleHTTPRequestHandler):
         pass
 
 
-def test_a_plain_static_host_lacks_types_and_ranges(good, tmp_path):
-    """python's http.server: frames typed application/octet-stream, no Range support (a tree in the
-    layout before frames had the .mht suffix, whose frames/N such a host does serve)."""
-    old_layout = tmp_path / "old"
-    shutil.copytree(good, old_layout)
-    for frame in old_layout.rglob("*.mht"):
-        frame.rename(frame.with_suffix(""))
-    good = old_layout
+def test_a_plain_static_host_lacks_types_and_ranges(tree):
+    """python's http.server: frames typed application/octet-stream, no Range support.
+
+    Served in the older extension-less layout (``frames/1``), which such a host finds but cannot type."""
+    for stored in tree.glob("studies/*/series/*/instances/*/*/*.mht"):
+        stored.rename(stored.with_suffix(""))
+    good = tree
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(good)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

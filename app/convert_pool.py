@@ -14,6 +14,7 @@ import dataclasses
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -53,8 +54,10 @@ def merge_summary(into: ConversionSummary, part: ConversionSummary) -> None:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    # forkserver: workers start from a clean process that already imported the codecs, never from
-    # a fork of a parent that may run threads (pytest, a server)
+    """Forked workers start at once with the codecs imported; a parent that runs threads (pytest,
+    a server) forks a clean forkserver instead, since forking a threaded process can deadlock."""
+    if threading.active_count() == 1:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["app.convert"])
     return ProcessPoolExecutor(workers, mp_context=context)

@@ -32,13 +32,10 @@ def open_viewer(record, base_url: str, query: str = "", state=("idle",), timeout
     wait_for_app_state(record, state, timeout_ms)
 
 
-def canvas_pixels(page, selector: str = "#canvas") -> np.ndarray:
-    """The red channel of a canvas (the images are grey), moved as base64 to stay fast."""
-    width, height, b64 = page.evaluate(f"""() => {{ const c = document.querySelector('{selector}');
-        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        let s = ''; for (let i = 0; i < d.length; i += 0x8000)
-            s += String.fromCharCode.apply(null, d.subarray(i, i + 0x8000));
-        return [c.width, c.height, btoa(s)]; }}""")
+def canvas_pixels(page) -> np.ndarray:
+    """The red channel of the viewport as drawn (the renderer reads its canvas back: a WebGL
+    canvas has no 2D context), moved as base64 to stay fast."""
+    width, height, b64 = page.evaluate("window.pyApp.canvasPixels()")
     rgba = np.frombuffer(base64.b64decode(b64), dtype=np.uint8).reshape(height, width, 4)
     return rgba[..., 0].copy()
 

@@ -55,6 +55,42 @@ def render_log(page) -> list[dict]:
     return page.evaluate("Array.from(window.renderLog)")
 
 
+class WorkerNetwork:
+    """Network events of the engine's web worker: a page's CDP session throttles the worker's
+    fetches but does not report them, so this attaches to the worker target (auto-attach, messages
+    through Target.sendMessageToTarget) and enables its Network domain."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.cdp = page.context.new_cdp_session(page)
+        self.handlers: dict[str, list] = {}
+        self.enabled = False
+        self.cdp.on("Target.attachedToTarget", self._attached)
+        self.cdp.on("Target.receivedMessageFromTarget", self._received)
+        self.cdp.send("Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": False,
+                                               "flatten": False})
+        for _ in range(100):
+            if self.enabled:
+                break
+            page.wait_for_timeout(50)
+        assert self.enabled, "the engine's worker target was not found"
+
+    def on(self, method: str, fn) -> None:
+        self.handlers.setdefault(method, []).append(fn)
+
+    def _attached(self, event) -> None:
+        if event["targetInfo"]["type"] == "worker":
+            message = json.dumps({"id": 1, "method": "Network.enable", "params": {}})
+            self.cdp.send("Target.sendMessageToTarget", {"sessionId": event["sessionId"], "message": message})
+
+    def _received(self, event) -> None:
+        message = json.loads(event["message"])
+        if message.get("id") == 1:
+            self.enabled = True
+        for fn in self.handlers.get(message.get("method", ""), []):
+            fn(message["params"])
+
+
 def throttle(page, conditions: dict) -> None:
     cdp = page.context.new_cdp_session(page)
     cdp.send("Network.enable")
@@ -247,12 +283,13 @@ def test_fast_scrolling_on_slow4g(page, demo_server, demo_data, config):
     js_before = cdp.send("Runtime.getHeapUsage")["usedSize"]
     wasm_before = json.loads(p.evaluate("window.pyApp.memoryUsage()"))["wasmHeapBytes"]
     cancelled: list = []
-    cdp.on("Network.loadingFailed", lambda e: cancelled.append(e) if e.get("canceled") else None)
+    net = WorkerNetwork(p)  # the frames are fetched by the engine's worker
+    net.on("Network.loadingFailed", lambda e: cancelled.append(e) if e.get("canceled") else None)
     frame_ids: set = set()
     received: dict = {}  # bytes the page actually took in, per frame request (what crossed the link)
-    cdp.on("Network.requestWillBeSent",
+    net.on("Network.requestWillBeSent",
            lambda e: frame_ids.add(e["requestId"]) if "/frames/" in e["request"]["url"] else None)
-    cdp.on("Network.dataReceived", lambda e: received.__setitem__(
+    net.on("Network.dataReceived", lambda e: received.__setitem__(
         e["requestId"], received.get(e["requestId"], 0) + e["encodedDataLength"]))
     cdp.send("Network.enable")
     cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})

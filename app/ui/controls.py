@@ -75,8 +75,9 @@ def became_ready(page):
     set_state("ready")
     window.demoList.then(guarded(lambda entries: fill_demo_picker(page, entries)))
     url = page.params.get("url")
-    if url and "noload" not in page.params:
+    if url:
         el("url").value = url
+    if url and "noload" not in page.params:
         load_url(page, url, view_from_params(page))
 
 

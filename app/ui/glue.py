@@ -191,7 +191,7 @@ class Page:
             if self.state.window is not None and el("wl-preset").options.length <= 1:
                 self.fill_window_presets()
             self.pending_log.append((held.key, entry))
-            self.request_draw()
+            self.draw_frame()  # now, not at the next frame: every level that arrives is seen
         else:
             self.log_render(entry, False)
         self.request_waterfall()

@@ -22,9 +22,12 @@ Standard library only, so it starts before anything is installed.
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import email.utils
 import gzip
+import hashlib
+import ipaddress
 import mimetypes
 import os
 import re
@@ -33,6 +36,8 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,8 +74,12 @@ COMPRESSIBLE = ("text/", "application/json", "application/wasm", "application/to
 #: Names a DICOMweb path resolves to inside a static tree folder, in order of preference.
 DICOMWEB_INDEX = ("index.json", "index.json.gz")
 
-CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
+#: Suffixes tried, in order, for a data path with no file of its own: the Static DICOMweb
+#: toolkit stores ``frames/1`` as ``1.mht`` (``1.mht.gz`` when uncompressed), ``metadata`` as
+#: ``metadata.gz``.
+STORED_SUFFIXES = (".mht", ".mht.gz", ".gz")
+
+CORS_EXPOSE = {
     "Access-Control-Expose-Headers":
         "Content-Range, Content-Length, Content-Type, Content-Encoding, Accept-Ranges, ETag",
 }
@@ -82,8 +91,24 @@ CORS_PREFLIGHT = {
 }
 
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+#: More digits than any file size has; longer numbers are "huge" without being parsed (4,300 and
+#: more digits make int() raise).
+RANGE_DIGITS = 18
+#: Most bytes of a request body read (and dropped) on a GET before the connection is refused.
+MAX_IGNORED_BODY = 64 * 1024
+MAX_CONNECTIONS = 256
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+#: Sent with every answer.
+SAFETY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                  "X-Frame-Options": "DENY"}
+#: Data answers are never run or framed, whatever a browser makes of them.
+DATA_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
+_INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S | re.I)
 SEND_BLOCK = 256 * 1024
 GZIP_CACHE_LIMIT = 64 * 1024 * 1024
+#: Larger files are gzip-compressed as a stream while sent, never held whole in memory.
+GZIP_CACHE_ITEM_LIMIT = 4 * 1024 * 1024
 
 
 class Mounts:
@@ -126,8 +151,9 @@ class Mounts:
                                  None)
                 if candidate is None:
                     return None, False
-            elif is_data and not candidate.exists() and (candidate.parent / (candidate.name + ".gz")).is_file():
-                candidate = candidate.parent / (candidate.name + ".gz")
+            elif is_data and not candidate.exists():
+                candidate = next((candidate.with_name(candidate.name + s) for s in STORED_SUFFIXES
+                                  if candidate.with_name(candidate.name + s).is_file()), candidate)
             try:
                 real = candidate.resolve(strict=True)
             except (FileNotFoundError, RuntimeError, OSError):
@@ -139,12 +165,15 @@ class Mounts:
         return None, False
 
 
-def frame_content_type(path: Path) -> str | None:
-    """Content-Type of a frame file from its first bytes: a multipart body or a raw codestream."""
+def frame_content_type(path: Path, stored_gzip: bool = False) -> str | None:
+    """Content-Type of a frame file from its first bytes: a multipart body or a raw codestream.
+
+    A multipart body's boundary is its first line (the toolkit writes one per file).
+    """
     try:
-        with path.open("rb") as fh:
+        with (gzip.open(path, "rb") if stored_gzip else path.open("rb")) as fh:
             head = fh.read(512)
-    except OSError:
+    except (OSError, EOFError, zlib.error):
         return None
     if head.startswith(b"--"):
         first, _, rest = head.partition(b"\r\n")
@@ -179,8 +208,8 @@ def content_type_for(path: Path, in_data: bool) -> tuple[str, bool]:
     if in_data:
         if base in ("metadata", "index.json"):
             return DICOM_JSON, stored_gzip
-        if base.isdigit() and not stored_gzip:  # a frame file: frames/1, jls/1, ...
-            return frame_content_type(path) or "application/octet-stream", False
+        if base.isdigit() or (base.endswith(".mht") and base[:-4].isdigit()):  # frames/1, jls/1.mht ...
+            return frame_content_type(path, stored_gzip) or "application/octet-stream", stored_gzip
     suffix = Path(base).suffix
     if base == "python_stdlib.zip":
         return "application/zip", stored_gzip
@@ -216,6 +245,55 @@ class GzipCache:
         return body
 
 
+def _inflate(path: Path):
+    """The decoded bytes of a stored gzip file, block by block."""
+    inflater = zlib.decompressobj(wbits=31)
+    with path.open("rb") as fh:
+        while block := fh.read(SEND_BLOCK):
+            # at most 64 x the block per step, so a gzip bomb cannot take memory either
+            out = inflater.decompress(block, SEND_BLOCK * 64)
+            yield out
+            while inflater.unconsumed_tail:
+                yield inflater.decompress(inflater.unconsumed_tail, SEND_BLOCK * 64)
+    yield inflater.flush()
+
+
+def _deflate(path: Path):
+    """A file gzip-compressed block by block."""
+    deflater = zlib.compressobj(6, zlib.DEFLATED, 31)
+    with path.open("rb") as fh:
+        while block := fh.read(SEND_BLOCK):
+            yield deflater.compress(block)
+    yield deflater.flush()
+
+
+def app_csp(index_html: Path, connect: tuple[str, ...] = ()) -> str:
+    """The page's Content-Security-Policy: own scripts, WebAssembly, inline scripts by hash only."""
+    try:
+        inline = _INLINE_SCRIPT.findall(index_html.read_bytes())
+    except OSError:
+        inline = []
+    hashes = " ".join("'sha256-" + base64.b64encode(hashlib.sha256(body).digest()).decode() + "'"
+                      for body in inline)
+    return "; ".join([
+        "default-src 'self'",
+        # 'unsafe-eval': PyScript's core builds its worker hook functions with Function() at start
+        # (core-*.js, even with no worker in use); Pyodide itself needs only 'wasm-unsafe-eval'.
+        f"script-src 'self' 'wasm-unsafe-eval' 'unsafe-eval' {hashes}".strip(),
+        "style-src 'self' 'unsafe-inline'",  # PyScript sets element styles; styles cannot run code
+        "img-src 'self' data: blob:",
+        "connect-src " + " ".join(("'self'", *connect)),
+        "worker-src 'self' blob:",
+        "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
+    ])
+
+
+def _digits(text: str) -> int | None:
+    """A Range number, or None for one too long to be a byte offset (never int() of 4,300 digits)."""
+    text = text.lstrip("0") or "0"
+    return int(text) if len(text) <= RANGE_DIGITS else None
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     """(start, end inclusive), "unsatisfiable", or None for no usable single range."""
     if not header:
@@ -226,24 +304,26 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     first, last = m.groups()
     if first == "" and last == "":
         return None
+    huge = size + 1  # any number too long to parse is past every file
     if first == "":
-        length = int(last)
+        length = _digits(last)
+        length = huge if length is None else length
         if length == 0:
             return "unsatisfiable"
         return max(0, size - length), size - 1
-    start = int(first)
-    end = size - 1 if last == "" else min(int(last), size - 1)
-    if last != "" and int(last) < start:
-        return None
-    if start >= size:
+    start = _digits(first)
+    end = None if last == "" else _digits(last)
+    if start is not None and last != "" and end is not None and end < start:
+        return None  # an invalid range is ignored: the whole body
+    if start is None or start >= size:
         return "unsatisfiable"
-    return start, end
+    return start, size - 1 if last == "" else min(huge if end is None else end, size - 1)
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     default_request_version = "HTTP/1.1"  # errors for unparseable request lines keep their status line
-    server_version = "progressive-dicom-serve/1"
+    server_version = "serve"
     timeout = 60  # a client silent this long loses its connection, others keep being served
     disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart (delayed ACK)
 
@@ -257,11 +337,50 @@ class Handler(BaseHTTPRequestHandler):
                                         "range": byte_range, "bytes_sent": sent,
                                         "time": time.time()})
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """As the standard one, without the Server banner (no software versions)."""
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Date", self.date_time_string())
+
+    def _cors(self) -> dict[str, str]:
+        """CORS headers only for an Origin the server was told to allow (--cors)."""
+        origin = self.headers.get("Origin")
+        allowed = self.server.cors_origins
+        if not origin or not allowed:
+            return {}
+        if "*" in allowed:
+            return {"Access-Control-Allow-Origin": "*", **CORS_EXPOSE}
+        if origin in allowed:
+            return {"Access-Control-Allow-Origin": origin, **CORS_EXPOSE}
+        return {}
+
     def _send_head(self, status: int, headers: dict[str, str]) -> None:
         self.send_response(status)
-        for name, value in {**CORS_HEADERS, **self.server.extra_headers, **headers}.items():
+        for name, value in {**SAFETY_HEADERS, **self._cors(), **self.server.extra_headers, **headers}.items():
             self.send_header(name, value)
         self.end_headers()
+
+    def _refused(self) -> bool:
+        """Answer requests for another Host (DNS rebinding) and GETs with bodies; True if answered."""
+        allowed = self.server.allowed_hosts
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]")
+        if allowed is not None and name not in allowed:
+            self.close_connection = True
+            self._send_error(HTTPStatus.MISDIRECTED_REQUEST, "unknown Host")
+            return True
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True  # a body we will not parse must not be read as a request
+        length = self.headers.get("Content-Length")
+        if length is not None:
+            if not length.strip().isdigit() or int(length) > MAX_IGNORED_BODY:
+                self.close_connection = True
+                self._send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "no body expected")
+                return True
+            self.rfile.read(int(length))  # dropped, so the next request starts where it should
+        return False
 
     def _send_error(self, status: HTTPStatus, message: str) -> None:
         body = f"{status.value} {status.phrase}: {message}\n".encode()
@@ -273,13 +392,20 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- methods ----------------------------------------------------------------------------------
     def do_OPTIONS(self) -> None:
-        self._send_head(HTTPStatus.NO_CONTENT, {**CORS_PREFLIGHT, "Content-Length": "0"})
+        if self._refused():
+            return
+        preflight = CORS_PREFLIGHT if self._cors() else {}
+        self._send_head(HTTPStatus.NO_CONTENT, {**preflight, "Content-Length": "0"})
         self._record(204, None, 0)
 
     def do_HEAD(self) -> None:
         self.do_GET()
 
     def do_GET(self) -> None:
+        if not self._refused():
+            self._get()
+
+    def _get(self) -> None:
         split = urllib.parse.urlsplit(self.path)
         try:
             url_path = urllib.parse.unquote(split.path, errors="strict")
@@ -296,40 +422,40 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             return self._send_error(HTTPStatus.NOT_FOUND, "no such file")
         ctype, stored_gzip = content_type_for(path, in_data)
-        self._serve_file(path, st, ctype, stored_gzip)
+        if in_data:  # patient data: never in a shared cache, never run or framed
+            policy = {"Cache-Control": "private, no-cache", "Content-Security-Policy": DATA_CSP}
+        elif ctype.startswith("text/html"):
+            policy = {"Content-Security-Policy": self.server.csp()}
+        else:
+            policy = {}
+        self._serve_file(path, st, ctype, stored_gzip, policy)
 
-    def _serve_file(self, path: Path, st: os.stat_result, ctype: str, stored_gzip: bool) -> None:
+    def _serve_file(self, path: Path, st: os.stat_result, ctype: str, stored_gzip: bool,
+                    policy: dict[str, str]) -> None:
+        accepts_gzip = "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
+        # a stored .gz goes out as it is (Content-Encoding: gzip, ranges on the stored bytes) to
+        # clients that take gzip; it is never compressed again
+        encoded = stored_gzip and accepts_gzip
         etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
         last_modified = email.utils.formatdate(st.st_mtime, usegmt=True)
         common = {"Content-Type": ctype, "Last-Modified": last_modified, "Accept-Ranges": "bytes",
-                  "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
-        accepts_gzip = "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
-
-        inm = self.headers.get("If-None-Match")
-        if inm is not None:
-            tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
-            if "*" in tags or {etag, etag[:-1] + '-gz"'} & tags:
-                self._send_head(HTTPStatus.NOT_MODIFIED, {**common, "ETag": etag})
-                return self._record(304, None, 0)
-        elif self.headers.get("If-Modified-Since"):
-            try:
-                since = email.utils.parsedate_to_datetime(self.headers["If-Modified-Since"]).timestamp()
-                if int(st.st_mtime) <= since:
-                    self._send_head(HTTPStatus.NOT_MODIFIED, {**common, "ETag": etag})
-                    return self._record(304, None, 0)
-            except (TypeError, ValueError):
-                pass
-
+                  "Cache-Control": "no-cache", **policy,
+                  "Vary": "Origin, Accept-Encoding" if self.server.cors_origins else "Accept-Encoding"}
+        if encoded:
+            common["Content-Encoding"] = "gzip"
+        if self._not_modified(etag, st, common):
+            return None
+        if stored_gzip and not accepts_gzip:
+            return self._send_stream(_inflate(path), {**common, "ETag": etag[:-1] + '-id"'})
         range_header = self.headers.get("Range")
         if range_header and self.headers.get("If-Range") not in (None, etag, last_modified):
             range_header = None  # the client's partial copy is stale: send the whole file
-        byte_range = None if stored_gzip else parse_range(range_header, st.st_size)
+        byte_range = parse_range(range_header, st.st_size)
         if byte_range == "unsatisfiable":
             self._send_head(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
                             {"Content-Range": f"bytes */{st.st_size}", "Content-Length": "0",
-                             "Content-Type": ctype})
+                             "Content-Type": ctype, **policy})
             return self._record(416, range_header, 0)
-
         if byte_range is not None:
             start, end = byte_range
             length = end - start + 1
@@ -338,24 +464,56 @@ class Handler(BaseHTTPRequestHandler):
                              "Content-Range": f"bytes {start}-{end}/{st.st_size}"})
             sent = 0 if self.command == "HEAD" else self._copy(path, start, length)
             return self._record(206, range_header, sent)
-
-        if stored_gzip:
-            # a .gz file in the tree: send it as is to clients that take gzip, inflate for others
-            if accepts_gzip:
-                return self._send_body_file(path, st, {**common, "ETag": etag[:-1] + '-gz"',
-                                                       "Content-Encoding": "gzip"})
-            body = gzip.decompress(path.read_bytes())
-            return self._send_bytes(body, {**common, "ETag": etag})
-
+        if encoded:
+            return self._send_body_file(path, st, {**common, "ETag": etag})
         if accepts_gzip and is_compressible(ctype, path) and st.st_size > 512:
-            pre = path.with_name(path.name + ".gz")
-            if pre.is_file() and pre.stat().st_mtime >= st.st_mtime:
-                return self._send_body_file(pre, pre.stat(), {**common, "ETag": etag[:-1] + '-gz"',
-                                                              "Content-Encoding": "gzip"})
-            body = self.server.gzip_cache.get(path, st)
-            return self._send_bytes(body, {**common, "ETag": etag[:-1] + '-gz"',
-                                           "Content-Encoding": "gzip"})
+            return self._send_gzip(path, st, {**common, "ETag": etag[:-1] + '-gz"',
+                                              "Content-Encoding": "gzip"})
         self._send_body_file(path, st, {**common, "ETag": etag})
+
+    def _not_modified(self, etag: str, st: os.stat_result, common: dict[str, str]) -> bool:
+        """Answer 304 when the client's copy is current; True if answered."""
+        inm = self.headers.get("If-None-Match")
+        fresh = False
+        if inm is not None:
+            tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+            fresh = "*" in tags or bool({etag, etag[:-1] + '-gz"', etag[:-1] + '-id"'} & tags)
+        elif self.headers.get("If-Modified-Since"):
+            try:
+                since = email.utils.parsedate_to_datetime(self.headers["If-Modified-Since"]).timestamp()
+                fresh = int(st.st_mtime) <= since
+            except (TypeError, ValueError, OverflowError):
+                fresh = False
+        if fresh:
+            self._send_head(HTTPStatus.NOT_MODIFIED, {**common, "ETag": etag})
+            self._record(304, None, 0)
+        return fresh
+
+    def _send_gzip(self, path: Path, st: os.stat_result, headers: dict[str, str]) -> None:
+        """A precompressed twin, a cached small body, or (large files) a gzip stream: bounded memory."""
+        pre = path.with_name(path.name + ".gz")
+        if pre.is_file() and pre.stat().st_mtime >= st.st_mtime:
+            return self._send_body_file(pre, pre.stat(), headers)
+        if st.st_size <= GZIP_CACHE_ITEM_LIMIT:
+            return self._send_bytes(self.server.gzip_cache.get(path, st), headers)
+        self._send_stream(_deflate(path), headers)
+
+    def _send_stream(self, blocks, headers: dict[str, str]) -> None:
+        """A body of unknown length, chunked, produced block by block (never held whole)."""
+        self._send_head(HTTPStatus.OK, {**headers, "Transfer-Encoding": "chunked"})
+        sent = 0
+        if self.command != "HEAD":
+            try:
+                for block in blocks:
+                    if block:
+                        self.wfile.write(b"%x\r\n%b\r\n" % (len(block), block))
+                        sent += len(block)
+                self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+            except (OSError, EOFError, zlib.error):
+                self.close_connection = True  # a corrupt stored .gz: the peer sees a cut body
+        self._record(200, None, sent)
 
     def _send_bytes(self, body: bytes, headers: dict[str, str]) -> None:
         self._send_head(HTTPStatus.OK, {**headers, "Content-Length": str(len(body))})
@@ -385,19 +543,82 @@ class Handler(BaseHTTPRequestHandler):
         return sent
 
 
+@dataclass(frozen=True)
+class Policy:
+    """Who may use the server: CORS origins, Host names, page connect-src, connection cap."""
+
+    cors_origins: tuple[str, ...] = ()
+    """Origins whose pages may read answers (``*`` for any); none: same-origin only."""
+    allowed_hosts: frozenset[str] | None = None
+    """Host header names answered; None: any (a non-loopback bind behind its own name)."""
+    connect_src: tuple[str, ...] = ()
+    """Other origins the page may fetch studies from (its CSP connect-src)."""
+    max_connections: int = MAX_CONNECTIONS
+
+
+def default_hosts(host: str, extra: tuple[str, ...] = ()) -> frozenset[str] | None:
+    """Loopback binds answer loopback names only (DNS rebinding); others answer any Host."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host.lower() == "localhost"
+    if not loopback:
+        return frozenset(h.lower() for h in extra) or None
+    return LOOPBACK_HOSTS | {host.lower()} | {h.lower() for h in extra}
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 64
 
     def __init__(self, address, mounts: Mounts, *, verbose: bool = False,
-                 extra_headers: dict[str, str] | None = None) -> None:
+                 extra_headers: dict[str, str] | None = None, policy: Policy | None = None) -> None:
         super().__init__(address, Handler)
         self.mounts = mounts
         self.verbose = verbose
         self.extra_headers = extra_headers or {}
         self.request_log: collections.deque[dict] = collections.deque(maxlen=100_000)
         self.gzip_cache = GzipCache()
+        policy = policy or Policy(allowed_hosts=default_hosts(address[0]))
+        self.cors_origins = policy.cors_origins
+        self.allowed_hosts = policy.allowed_hosts
+        self.connect_src = policy.connect_src
+        self._slots = threading.BoundedSemaphore(policy.max_connections)
+        self._csp: tuple[int, str] | None = None
+
+    def csp(self) -> str:
+        """The page's CSP, recomputed when index.html changes (its inline scripts' hashes)."""
+        index = self.mounts.files["/index.html"]
+        try:
+            stamp = index.stat().st_mtime_ns
+        except OSError:
+            stamp = 0
+        if self._csp is None or self._csp[0] != stamp:
+            self._csp = (stamp, app_csp(index, self.connect_src))
+        return self._csp[1]
+
+    def process_request(self, request, client_address) -> None:
+        """One thread per connection, at most ``max_connections``; beyond that a quick 503."""
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     @property
     def url(self) -> str:
@@ -407,14 +628,18 @@ class Server(ThreadingHTTPServer):
 
 def make_server(host: str = "127.0.0.1", port: int = 8000, *, project_root: Path = PROJECT,
                 data_root: Path = DEFAULT_DATA, verbose: bool = False,
-                isolate: bool = False) -> Server:
+                isolate: bool = False, cors: tuple[str, ...] = (), allow_hosts: tuple[str, ...] = (),
+                connect_src: tuple[str, ...] = (), max_connections: int = MAX_CONNECTIONS) -> Server:
     """A ready server (not yet serving): call ``serve_forever`` (in a thread for tests)."""
+    policy = Policy(cors_origins=tuple(cors), allowed_hosts=default_hosts(host, tuple(allow_hosts)),
+                    connect_src=tuple(connect_src), max_connections=max_connections)
     extra = {}
     if isolate:  # cross-origin isolation: lets a Python worker touch the DOM (SharedArrayBuffer)
         extra = {"Cross-Origin-Opener-Policy": "same-origin",
                  "Cross-Origin-Embedder-Policy": "require-corp",
                  "Cross-Origin-Resource-Policy": "cross-origin"}
-    return Server((host, port), Mounts(project_root, data_root), verbose=verbose, extra_headers=extra)
+    return Server((host, port), Mounts(project_root, data_root), verbose=verbose, extra_headers=extra,
+                  policy=policy)
 
 
 def ensure_python_packages() -> None:
@@ -451,12 +676,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-setup", action="store_true", help="skip the first-start set-up")
     parser.add_argument("--isolate", action="store_true",
                         help="send COOP/COEP headers (cross-origin isolation)")
+    parser.add_argument("--cors", nargs="+", default=(), metavar="ORIGIN",
+                        help="let pages of these origins read the data (e.g. http://viewer.example; "
+                             "'*' for any). Default: same origin only")
+    parser.add_argument("--allow-host", nargs="+", default=(), metavar="NAME",
+                        help="Host names to answer besides loopback ones (a loopback bind refuses others)")
+    parser.add_argument("--connect-src", nargs="+", default=(), metavar="ORIGIN",
+                        help="other DICOMweb origins the page may load studies from (its CSP)")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                        help=f"connections served at once (default {MAX_CONNECTIONS}); more get 503")
     parser.add_argument("--verbose", "-v", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     if not args.no_setup:
         run_setup(args.root)
     server = make_server(args.host, args.port, data_root=args.root, verbose=args.verbose,
-                         isolate=args.isolate)
+                         isolate=args.isolate, cors=tuple(args.cors), allow_hosts=tuple(args.allow_host),
+                         connect_src=tuple(args.connect_src), max_connections=args.max_connections)
     print(f"Serving the viewer at {server.url}  (data: {args.root}; Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()

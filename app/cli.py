@@ -8,6 +8,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import re
 import sys
 import time
 import traceback
@@ -16,8 +17,10 @@ from typing import Sequence, TextIO
 
 import numpy
 
+from .check import explain_missing_json
 from .config import PRESETS, ConfigError, RetrieveConfig, parse_config, preset
-from .engine import DEFAULT_CONCURRENCY, EngineEvent, Refinement, RetrieveEngine
+from .engine import (DEFAULT_CONCURRENCY, EngineEvent, ImageFailed, Refinement, RetrieveEngine,
+                     RetrievePolicy)
 from .study import DiscoveryError, Stack, discover
 from .transport import TransportError, default_transport
 
@@ -59,6 +62,19 @@ def load_config(value: str | None) -> RetrieveConfig:
     return parse_config(path.read_text(encoding="utf-8"))
 
 
+def report_failures(stack: Stack, requested: list[int], final: set[int], failures: dict[int, str],
+                    err: TextIO) -> None:
+    """One line per image that did not become final (its last failure), then a summary line."""
+    missing = [i for i in requested if i not in final]
+    if not missing:
+        return
+    for index in missing:
+        image = stack.images[index]
+        reason = failures.get(index, "did not reach its final stage (no error reported)")
+        err.write(f"image {index + 1}/{len(stack)} {image.sop_instance_uid} frame {image.frame}: {reason}\n")
+    err.write(f"{len(missing)} of {len(requested)} images failed; {len(requested) - len(missing)} final\n")
+
+
 async def load(
     url: str,
     config: RetrieveConfig,
@@ -68,29 +84,54 @@ async def load(
     concurrency: int = DEFAULT_CONCURRENCY,
     viewport: tuple[int, int] | None = None,
     out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
     transport=None,
 ) -> tuple[Stack, list[int], int]:
-    """Discover the stack, load it, write JSON lines; returns (stack, requested, images final)."""
+    """Discover the stack, load it, write JSON lines; returns (stack, requested, images final).
+
+    Images that do not become final are named on ``err``, one line each, plus a summary.
+    """
     own = transport is None
     transport = transport or default_transport()
     try:
         t0 = time.perf_counter()
-        stack = await discover(transport, url, series_uid=series)
+        try:
+            stack = await discover(transport, url, series_uid=series)
+        except DiscoveryError as exc:
+            raise DiscoveryError(await _with_cause(transport, str(exc))) from exc
         out.write(json.dumps({
             "event": "StackReady", "study_uid": stack.study_uid, "series_uid": stack.series_uid,
             "images": len(stack), "series_url": stack.series_url,
             "t_ms": round((time.perf_counter() - t0) * 1000, 3),
         }) + "\n")
         requested = list(range(len(stack) if images is None else min(images, len(stack))))
-        engine = RetrieveEngine(stack, config, transport, concurrency=concurrency, viewport=viewport)
+        engine = RetrieveEngine(stack, config, transport, policy=RetrievePolicy(concurrency=concurrency),
+                                viewport=viewport)
+        failures: dict[int, str] = {}
         async for event in engine.run(requested):
+            if isinstance(event, ImageFailed):
+                failures[event.index] = f"{event.message} (stage {event.stage_id})"
             out.write(json.dumps(event_json(event)) + "\n")
             out.flush()
-        finals = sum(1 for i in requested if engine.reached_final(i))
-        return stack, requested, finals
+        final = {i for i in requested if engine.reached_final(i)}
+        report_failures(stack, requested, final, failures, err)
+        return stack, requested, len(final)
     finally:
         if own:
             await transport.aclose()
+
+
+_NO_METADATA = re.compile(r"no series metadata at (\S+/metadata)\b")
+
+
+async def _with_cause(transport, message: str) -> str:
+    """study.py says only 'no series metadata at X': ask each candidate again and say why."""
+    found = _NO_METADATA.search(message)
+    if not found:
+        return message
+    first = found.group(1)
+    causes = await explain_missing_json(transport, [first, first + ".gz", first + ".json"])
+    return f"{message} ({causes})"
 
 
 def _viewport(text: str) -> tuple[int, int]:
@@ -113,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
+        for warning in config.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         if args.images is not None and args.images < 1:
             raise ValueError("--images must be >= 1")
         _, requested, finals = asyncio.run(load(

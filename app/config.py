@@ -30,10 +30,12 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode
 __all__ = [
     "CORNERSTONE_IGNORED_KEYS",
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_INITIAL_CHUNK_SIZE",
     "DEFAULT_DECODE_LEVEL",
     "DEFAULT_PRIORITY",
     "DEFAULT_REQUEST_TYPE",
     "ConfigError",
+    "ConfigWarnings",
     "ImageQualityStatus",
     "NearbyFrame",
     "PRESETS",
@@ -57,8 +59,11 @@ class ImageQualityStatus(IntEnum):
     FULL_RESOLUTION = 8
 
 
-DEFAULT_CHUNK_SIZE = 65536
-"""Bytes of the first range request when ``chunkSize`` is absent (Cornerstone's rangeRequest)."""
+DEFAULT_INITIAL_CHUNK_SIZE = 131072
+"""Bytes of range 0 (and before a stream's first decode) without ``initialChunkSize`` (Cornerstone 5.14)."""
+
+DEFAULT_CHUNK_SIZE = 131072
+"""Bytes each range after the first adds (and between stream decodes) without ``chunkSize`` (5.14)."""
 
 DEFAULT_DECODE_LEVEL = 4
 """Cap on resolution levels skipped for a partial decode when ``decodeLevel`` is absent."""
@@ -79,25 +84,15 @@ CORNERSTONE_IGNORED_KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         # `create` is a JS factory for a custom loader; it cannot be JSON and has no meaning here.
         "config": frozenset({"create"}),
-        # Older Cornerstone option names (partialStatus, streamingDecode, range, initialBytes,
-        # totalRangesToFetch) and current undocumented tuning knobs (minChunkSize,
-        # msBetweenDecode). Accepted so pasted configurations load; this engine decides these itself.
+        # Option names of older Cornerstone releases that 5.14 no longer reads.
         "options": frozenset(
-            {
-                "partialStatus",
-                "streamingDecode",
-                "range",
-                "initialBytes",
-                "totalRangesToFetch",
-                "minChunkSize",
-                "msBetweenDecode",
-            }
+            {"partialStatus", "streamingDecode", "range", "initialBytes", "totalRangesToFetch"}
         ),
         # Older NearbyFrames field: average of two neighbours; we only replicate.
         "nearbyFrame": frozenset({"linearOffset"}),
     }
 )
-"""Keys Cornerstone3D knows that this viewer accepts and ignores, per object kind."""
+"""Keys Cornerstone3D knew that this viewer accepts with a warning and does not use, per object kind."""
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
@@ -105,6 +100,18 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _QUERY_TAIL = re.compile(r"\?[A-Za-z0-9_.~-]+=$")
 # Transfer syntax keys that are not UIDs: "default" and Cornerstone's "unknown" (no syntax known).
 _SYNTAX_WORDS = ("default", "unknown")
+
+
+class ConfigWarnings(list):
+    """Notes about keys a configuration holds that this viewer does not use (never fatal)."""
+
+    def unused(self, path: str, key: str, allowed: set[str], known: frozenset[str]) -> None:
+        if key in known:
+            self.append(f"{_child(path, key)}: {key!r} is an older Cornerstone option; accepted and not used")
+            return
+        hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        self.append(f"{_child(path, key)}: unknown key {key!r} ignored{did_you_mean}")
 
 
 class ConfigError(ValueError):
@@ -131,13 +138,26 @@ class RetrieveOptions:
     streaming: bool = False
     """Read the body as a stream and decode as resolution levels complete."""
     range_index: int | None = None
-    """None: no Range header; 0, 1, ...: fetch up to the end of chunk n; -1: the rest."""
+    """None: no Range header; 0, 1, ...: fetch up to ``range_end(n)``; -1: the rest."""
+    initial_chunk_size: int = DEFAULT_INITIAL_CHUNK_SIZE
+    """Bytes of range 0; streaming: bytes held before the first partial decode."""
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    """Bytes per range chunk; chunk n ends at ``chunk_size * (n + 1) - 1``."""
+    """Bytes each later range adds; streaming: bytes between partial decodes."""
     decode_level: int | None = None
     """Cap on resolution levels skipped when decoding partial data (None: Cornerstone's 4)."""
+    ms_between_decode: int | None = None
+    """Streaming: least milliseconds between two partial decodes of one image (None: engine's own)."""
     image_quality_status: ImageQualityStatus | None = None
-    """Status of the complete result (None: FULL_RESOLUTION); partial data is SUBRESOLUTION."""
+    """Status of the complete result (None: FULL_RESOLUTION); partial data: ``partial_status``."""
+
+    def range_end(self, index: int) -> int:
+        """Exclusive end of range ``index`` >= 0: ``initialChunkSize + index * chunkSize`` (5.14)."""
+        return self.initial_chunk_size + index * self.chunk_size
+
+    @property
+    def partial_status(self) -> ImageQualityStatus:
+        """Status of an image decoded from part of the bytes: ``decodeLevel`` 0 means full size, LOSSY."""
+        return ImageQualityStatus.LOSSY if self.decode_level == 0 else ImageQualityStatus.SUBRESOLUTION
 
     @property
     def final_status(self) -> ImageQualityStatus:
@@ -217,6 +237,8 @@ class RetrieveConfig:
         default_factory=lambda: MappingProxyType({})
     )
     """Retrieve type -> ("default" | transfer syntax UID) -> options."""
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """Keys given that this viewer does not use, one line each with its JSON path."""
 
     def options_for(self, retrieve_type: str, transfer_syntax: str | None = None) -> RetrieveOptions:
         """Options for a request: type+syntax, type+default, default+syntax, default+default.
@@ -253,13 +275,14 @@ class RetrieveConfig:
     def from_json(cls, obj: object) -> RetrieveConfig:
         """Validate a parsed JSON value; raises ConfigError naming the JSON path."""
         top = _object(obj, "$")
-        _check_keys(top, "$", {"stages", "retrieveOptions"}, CORNERSTONE_IGNORED_KEYS["config"])
-        options = _parse_retrieve_options(top.get("retrieveOptions"), "$.retrieveOptions")
+        notes = ConfigWarnings()
+        _check_keys(top, "$", {"stages", "retrieveOptions"}, CORNERSTONE_IGNORED_KEYS["config"], notes)
+        options = _parse_retrieve_options(top.get("retrieveOptions"), "$.retrieveOptions", notes)
         if "stages" in top:
-            stages = _parse_stages(top["stages"], "$.stages")
+            stages = _parse_stages(top["stages"], "$.stages", notes)
         else:
             stages = _infer_stages(options)
-        return cls(stages=stages, retrieve_options=options)
+        return cls(stages=stages, retrieve_options=options, warnings=tuple(notes))
 
 
 # ---------------------------------------------------------------- parsing helpers
@@ -299,16 +322,11 @@ def _object(value: object, path: str) -> dict:
     return value
 
 
-def _check_keys(obj: dict, path: str, allowed: set[str], ignored: frozenset[str]) -> None:
+def _check_keys(obj: dict, path: str, allowed: set[str], known: frozenset[str], notes: ConfigWarnings) -> None:
+    """Keys outside ``allowed`` are noted, never fatal: a newer Cornerstone may add options."""
     for key in obj:
-        if key in allowed or key in ignored:
-            continue
-        hint = difflib.get_close_matches(key, sorted(allowed), n=1)
-        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise ConfigError(
-            _child(path, key),
-            f"unknown key {key!r}{did_you_mean}; allowed: {', '.join(sorted(allowed))}",
-        )
+        if key not in allowed:
+            notes.unused(path, key, allowed, known)
 
 
 def _integer(value: object, path: str, low: int | None = None, high: int | None = None) -> int:
@@ -392,21 +410,24 @@ def _url_arguments(value: object, path: str) -> dict[str, str] | None:
     return result or None
 
 
-_OPTION_KEYS = {
+_OPTION_KEYS = {  # every retrieve option @cornerstonejs/dicom-image-loader 5.14 reads, plus `status`
     "framesPath",
     "urlArguments",
     "streaming",
     "rangeIndex",
+    "initialChunkSize",
     "chunkSize",
+    "minChunkSize",
     "decodeLevel",
+    "msBetweenDecode",
     "imageQualityStatus",
     "status",
 }
 
 
-def _parse_options(value: object, path: str) -> RetrieveOptions:
+def _parse_options(value: object, path: str, notes: ConfigWarnings) -> RetrieveOptions:
     obj = _object(value, path)
-    _check_keys(obj, path, _OPTION_KEYS, CORNERSTONE_IGNORED_KEYS["options"])
+    _check_keys(obj, path, _OPTION_KEYS, CORNERSTONE_IGNORED_KEYS["options"], notes)
     if "status" in obj and "imageQualityStatus" in obj:
         raise ConfigError(_child(path, "status"), "give either 'status' or 'imageQualityStatus', not both")
     kwargs: dict[str, Any] = {}
@@ -418,23 +439,46 @@ def _parse_options(value: object, path: str) -> RetrieveOptions:
         kwargs["streaming"] = _boolean(obj["streaming"], _child(path, "streaming"))
     if obj.get("rangeIndex") is not None:
         kwargs["range_index"] = _integer(obj["rangeIndex"], _child(path, "rangeIndex"), low=-1)
-    if obj.get("chunkSize") is not None:
-        kwargs["chunk_size"] = _integer(obj["chunkSize"], _child(path, "chunkSize"), low=1)
+    kwargs.update(_chunk_sizes(obj, path, kwargs.get("range_index"), notes))
     if obj.get("decodeLevel") is not None:
         kwargs["decode_level"] = _integer(
             obj["decodeLevel"], _child(path, "decodeLevel"), low=0, high=MAX_DECODE_LEVEL
         )
+    if obj.get("msBetweenDecode") is not None:
+        kwargs["ms_between_decode"] = _integer(obj["msBetweenDecode"], _child(path, "msBetweenDecode"), low=0)
     for key in ("imageQualityStatus", "status"):
         if obj.get(key) is not None:
             kwargs["image_quality_status"] = _status(obj[key], _child(path, key))
     return RetrieveOptions(**kwargs)
 
 
+def _chunk_sizes(obj: dict, path: str, range_index: int | None, notes: ConfigWarnings) -> dict[str, int]:
+    """``initialChunkSize``, ``chunkSize`` and 5.14's reading of ``minChunkSize``.
+
+    Cornerstone's stream reader takes ``chunkSize`` or else ``minChunkSize``; its range reader
+    never reads ``minChunkSize``, so under ``rangeIndex`` it is noted as unused.
+    """
+    out: dict[str, int] = {}
+    for key, name in (("initialChunkSize", "initial_chunk_size"), ("chunkSize", "chunk_size"),
+                      ("minChunkSize", "min_chunk_size")):
+        if obj.get(key) is not None:
+            out[name] = _integer(obj[key], _child(path, key), low=1)
+    minimum = out.pop("min_chunk_size", None)
+    if minimum is not None:
+        if range_index is not None:
+            notes.append(f"{_child(path, 'minChunkSize')}: read only when streaming; a byte-range request uses chunkSize")
+        elif "chunk_size" not in out:
+            out["chunk_size"] = minimum
+    return out
+
+
 def _is_syntax_key(key: str) -> bool:
     return key in _SYNTAX_WORDS or bool(_UID.match(key))
 
 
-def _parse_retrieve_options(value: object, path: str) -> Mapping[str, Mapping[str, RetrieveOptions]]:
+def _parse_retrieve_options(
+    value: object, path: str, notes: ConfigWarnings
+) -> Mapping[str, Mapping[str, RetrieveOptions]]:
     if value is None:
         return MappingProxyType({})
     obj = _object(value, path)
@@ -446,7 +490,7 @@ def _parse_retrieve_options(value: object, path: str) -> Mapping[str, Mapping[st
         inner = _object(entry, type_path)
         syntax_keys = [k for k in inner if _is_syntax_key(k)]
         if not syntax_keys:
-            result[retrieve_type] = MappingProxyType({"default": _parse_options(inner, type_path)})
+            result[retrieve_type] = MappingProxyType({"default": _parse_options(inner, type_path, notes)})
             continue
         # Older shape: options keyed by transfer syntax UID or "default".
         by_syntax: dict[str, RetrieveOptions] = {}
@@ -458,7 +502,7 @@ def _parse_retrieve_options(value: object, path: str) -> Mapping[str, Mapping[st
                     f"mixes option {key!r} with transfer syntax keys; under a retrieve type give "
                     "either options directly or objects keyed by 'default' / transfer syntax UID",
                 )
-            by_syntax[key] = _parse_options(options, key_path)
+            by_syntax[key] = _parse_options(options, key_path, notes)
         result[retrieve_type] = MappingProxyType(by_syntax)
     return MappingProxyType(result)
 
@@ -475,17 +519,17 @@ _STAGE_KEYS = {
 }
 
 
-def _parse_stages(value: object, path: str) -> tuple[RetrieveStage, ...]:
+def _parse_stages(value: object, path: str, notes: ConfigWarnings) -> tuple[RetrieveStage, ...]:
     if not isinstance(value, list):
         raise ConfigError(path, f"expected an array of stages, got {_kind(value)}")
     if not value:
         raise ConfigError(path, "needs at least one stage (an empty list loads nothing)")
-    return tuple(_parse_stage(item, _child(path, i)) for i, item in enumerate(value))
+    return tuple(_parse_stage(item, _child(path, i), notes) for i, item in enumerate(value))
 
 
-def _parse_stage(value: object, path: str) -> RetrieveStage:
+def _parse_stage(value: object, path: str, notes: ConfigWarnings) -> RetrieveStage:
     obj = _object(value, path)
-    _check_keys(obj, path, _STAGE_KEYS, frozenset())
+    _check_keys(obj, path, _STAGE_KEYS, frozenset(), notes)
     if "id" not in obj:
         raise ConfigError(path, "missing 'id' (names the stage in progress events)")
     stage_id = _string(obj["id"], _child(path, "id"))
@@ -514,7 +558,7 @@ def _parse_stage(value: object, path: str) -> RetrieveStage:
             )
         kwargs["request_type"] = request_type.lower()
     if obj.get("nearbyFrames") is not None:
-        kwargs["nearby_frames"] = _parse_nearby(obj["nearbyFrames"], _child(path, "nearbyFrames"))
+        kwargs["nearby_frames"] = _parse_nearby(obj["nearbyFrames"], _child(path, "nearbyFrames"), notes)
     return RetrieveStage(**kwargs)
 
 
@@ -536,7 +580,7 @@ def _parse_positions(value: object, path: str) -> tuple[float, ...]:
     return tuple(result)
 
 
-def _parse_nearby(value: object, path: str) -> tuple[NearbyFrame, ...]:
+def _parse_nearby(value: object, path: str, notes: ConfigWarnings) -> tuple[NearbyFrame, ...]:
     if not isinstance(value, list):
         raise ConfigError(path, f"expected an array, got {_kind(value)}")
     frames: list[NearbyFrame] = []
@@ -544,7 +588,7 @@ def _parse_nearby(value: object, path: str) -> tuple[NearbyFrame, ...]:
         item_path = _child(path, i)
         obj = _object(item, item_path)
         _check_keys(
-            obj, item_path, {"offset", "imageQualityStatus", "status"}, CORNERSTONE_IGNORED_KEYS["nearbyFrame"]
+            obj, item_path, {"offset", "imageQualityStatus", "status"}, CORNERSTONE_IGNORED_KEYS["nearbyFrame"], notes
         )
         if "offset" not in obj:
             raise ConfigError(item_path, "missing 'offset'")
@@ -566,7 +610,7 @@ def _infer_stages(options: Mapping[str, Mapping[str, RetrieveOptions]]) -> tuple
         name = "interleaved"
     else:
         name = "single"
-    return _parse_stages(_STAGE_SETS[name], "$.stages")
+    return _parse_stages(_STAGE_SETS[name], "$.stages", ConfigWarnings())
 
 
 # ---------------------------------------------------------------- serialising
@@ -586,8 +630,12 @@ def _options_to_json(options: RetrieveOptions) -> dict[str, Any]:
         out["streaming"] = True
     if options.range_index is not None:
         out["rangeIndex"] = options.range_index
+    if options.initial_chunk_size != DEFAULT_INITIAL_CHUNK_SIZE:
+        out["initialChunkSize"] = options.initial_chunk_size
     if options.chunk_size != DEFAULT_CHUNK_SIZE:
         out["chunkSize"] = options.chunk_size
+    if options.ms_between_decode is not None:
+        out["msBetweenDecode"] = options.ms_between_decode
     if options.decode_level is not None:
         out["decodeLevel"] = options.decode_level
     if options.image_quality_status is not None:
@@ -708,11 +756,20 @@ PRESETS: dict[str, dict] = {
         "stages": _STAGE_SETS["single"],
         "retrieveOptions": {"single": {"streaming": True}},
     },
+    # Cornerstone's "HTJ2K Byte Range" row: 64 KB, then the rest in one (not streamed) request.
+    # chunkSize is given too so an engine reading only chunkSize asks for the same bytes.
     "htj2kByteRange": {
         "stages": _STAGE_SETS["sequential"],
         "retrieveOptions": {
-            # 128 KB, as in Cornerstone3D's published byte-range row
-            "singleFast": {"rangeIndex": 0, "chunkSize": 2 * DEFAULT_CHUNK_SIZE, "decodeLevel": 3},
+            "singleFast": {"rangeIndex": 0, "initialChunkSize": 65536, "chunkSize": 65536},
+            "singleFinal": {"rangeIndex": -1},
+        },
+    },
+    # Ours: 128 KB (to the end of a whole level, at most 3 levels down), then the rest streamed.
+    "htj2kRangeThenStream": {
+        "stages": _STAGE_SETS["sequential"],
+        "retrieveOptions": {
+            "singleFast": {"rangeIndex": 0, "initialChunkSize": 131072, "chunkSize": 131072, "decodeLevel": 3},
             "singleFinal": {"rangeIndex": -1, "streaming": True},
         },
     },
@@ -724,7 +781,7 @@ PRESETS: dict[str, dict] = {
         "stages": _STAGE_SETS["interleaved"],
         "retrieveOptions": {
             "default": {"rangeIndex": -1},
-            "multipleFast": {"rangeIndex": 0, "chunkSize": DEFAULT_CHUNK_SIZE, "decodeLevel": 3},
+            "multipleFast": {"rangeIndex": 0, "initialChunkSize": 65536, "chunkSize": 65536, "decodeLevel": 3},
             "multipleFinal": {"rangeIndex": -1},
         },
     },
@@ -738,7 +795,8 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     "jls": "One request per image for the lossless JPEG-LS alternate under /jls/; nothing shows until it is complete.",
     "jlsReduced": "JPEG-LS thumbnail (1/4 size each way) from /jlsThumbnail/ shown as SUBRESOLUTION, then the full JPEG-LS from /jls/.",
     "htj2k": "One streamed HTJ2K request from /frames/; decoded as resolution levels arrive (SUBRESOLUTION while partial), full at the end.",
-    "htj2kByteRange": "First 128 KB of the HTJ2K frame (Range, decode level capped at 3; extended to the end of a level if it holds no whole one) as SUBRESOLUTION, then one streamed Range request for the rest.",
+    "htj2kByteRange": "Cornerstone's byte-range row: the first 64 KB of the HTJ2K frame (Range) as SUBRESOLUTION, then the rest in one Range request.",
+    "htj2kRangeThenStream": "First 128 KB of the HTJ2K frame (Range, decode level capped at 3; extended to the end of a level if it holds no whole one) as SUBRESOLUTION, then one streamed Range request for the rest.",
     "nonProgressive": "One complete request per image from /frames/, no streaming or ranges: the image appears only when fully decoded.",
     "interleavedStack": "Interleaved over the stack: middle/first/last in full, 64 KB HTJ2K ranges of every 4th slice copied to neighbours, then the rest of every slice.",
 }

@@ -10,6 +10,7 @@ InstanceNumber; multi-frame instances become one stack item per frame.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -92,9 +93,25 @@ class Stack:
     study_description: str | None = None
     series_description: str | None = None
     series_number: int | None = None
+    # alternates.json still on its way: discovery never makes the first frame request wait on
+    # an optional file; a stage that reads an alternate waits for it (alternates_loaded)
+    pending_alternates: "asyncio.Future[dict[str, Alternate]] | None" = field(
+        default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.images)
+
+    async def alternates_loaded(self) -> dict[str, Alternate]:
+        """The alternates, once their answers are in (an unreadable sidecar counts as none)."""
+        task = self.pending_alternates
+        if task is not None:
+            try:
+                found = await asyncio.shield(task)
+            except (DiscoveryError, TransportError):
+                found = {}
+            for key, alt in found.items():
+                self.alternates.setdefault(key, alt)
+        return self.alternates
 
 
 async def fetch_json(transport: Transport, url: str) -> object | None:
@@ -204,23 +221,30 @@ async def _load_study(transport: Transport, study_url: str, series_uid: str | No
 
 
 async def _load_series(transport: Transport, series_url: str, metadata_urls: list[str] | None = None) -> Stack:
-    # alternates.json is asked for at the same time as the metadata: one round trip, not two,
-    # before the first frame request (a server without one answers 404, which costs nothing)
+    # alternates.json(.gz) are asked for at the same time as the metadata and never waited for
+    # here: the first frame request follows the metadata's answer (a stage that reads an
+    # alternate waits for them, see Stack.alternates_loaded)
     alternates = asyncio.ensure_future(_alternates(transport, series_url))
     urls = metadata_urls or [f"{series_url}/metadata", f"{series_url}/metadata.gz", f"{series_url}/metadata.json"]
     try:
         found = await _first_json(transport, urls)
         if found is None:
             raise DiscoveryError(f"no series metadata at {urls[0]}")
+        stack = stack_from_metadata(found[1], series_url)
     except BaseException:
         alternates.cancel()
         raise
-    return stack_from_metadata(found[1], series_url, await alternates)
+    return dataclasses.replace(stack, pending_alternates=alternates)
 
 
 async def _alternates(transport: Transport, series_url: str) -> dict[str, Alternate]:
-    found = await _first_json(transport, [f"{series_url}/alternates.json", f"{series_url}/alternates.json.gz"])
-    return parse_alternates(found[1]) if found is not None else {}
+    """Both names asked for at once; the plain one wins when both answer."""
+    names = [f"{series_url}/alternates.json", f"{series_url}/alternates.json.gz"]
+    answers = await asyncio.gather(*(_first_json(transport, [url]) for url in names), return_exceptions=True)
+    for found in answers:
+        if found is not None and not isinstance(found, BaseException):
+            return parse_alternates(found[1])
+    return {}
 
 
 def parse_alternates(doc: object) -> dict[str, Alternate]:

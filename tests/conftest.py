@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -15,11 +14,7 @@ if str(PROJECT) not in sys.path:
     sys.path.insert(0, str(PROJECT))
 
 import serve  # noqa: E402
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
+from app.bench.chromium import CHROMIUM, CHROMIUM_ARGS, launch  # noqa: E402,F401 (shared launch code)
 
 
 @dataclass
@@ -90,7 +85,7 @@ def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: the test command installs Debian's chromium")
     with playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = launch(pw)
         yield browser
         browser.close()
 
@@ -133,11 +128,28 @@ def wait_for_app_state(record: PageRecord, states=("ready",), timeout_ms: int = 
     return state
 
 
+# fixtures that start a server or need the downloaded demo data (directly or through others)
+SERVER_FIXTURES = {"serve_dir", "demo_server", "demo_data", "runtime", "orthanc", "static_nginx"}
+
+
 def pytest_collection_modifyitems(config, items):
     """Browser tests last: Playwright's sync API keeps an event loop running in the main thread
-    for the rest of the session, after which ``asyncio.run`` in CPython engine tests would fail."""
+    for the rest of the session, after which ``asyncio.run`` in CPython engine tests would fail.
+    Tests that start servers (serve.py, nginx, Orthanc, a module's own loopback servers, which it
+    declares with ``STARTS_SERVERS = True``) or need the demo data are marked ``servers``, so
+    ``pytest -m "not browser and not servers"`` is the fast tier."""
     def uses_browser(item) -> bool:
         return item.get_closest_marker("browser") is not None or bool(
             {"browser", "page"} & set(getattr(item, "fixturenames", ())))
 
+    def starts_servers(item) -> bool:
+        return (any(item.get_closest_marker(name) for name in ("nginx", "orthanc"))
+                or bool(SERVER_FIXTURES & set(getattr(item, "fixturenames", ())))
+                or getattr(getattr(item, "module", None), "STARTS_SERVERS", False))
+
+    for item in items:
+        if uses_browser(item):
+            item.add_marker(pytest.mark.browser)
+        elif starts_servers(item):
+            item.add_marker(pytest.mark.servers)
     items.sort(key=uses_browser)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 
 import pytest
 
 from app import bench
+from app.bench.network import ResponseMeter
 
-FRAME = re.compile(r"/instances/[^/]+/[^/]+/\d+$")
+FRAME = re.compile(r"/instances/[^/]+/[^/]+/\d+(?:\.mht)?$")
 
 
 @pytest.fixture(scope="module")
@@ -19,65 +21,94 @@ def live(demo_data, serve_dir):
 
 
 @pytest.fixture(scope="module")
-def result(live):
+def measured(live, demo_data):
+    """(result, frame bytes serve.py itself logged during the bench)."""
     mark = len(live.log)
-    got = bench.run_bench(engine="cpython", runs=1, profiles=["none"], server=live.server)
+    got = bench.run_bench(engine="cpython", runs=1, profiles=["none"], base_url=live.url, data_root=demo_data)
     time.sleep(0.1)
-    got["_served_frame_bytes"] = sum(r["bytes_sent"] for r in list(live.log)[mark:] if FRAME.search(r["path"]))
-    return got
+    served = sum(r["bytes_sent"] for r in list(live.log)[mark:] if FRAME.search(r["path"]))
+    return got, served
+
+
+@pytest.fixture(scope="module")
+def result(measured):
+    return measured[0]
 
 
 def test_every_mode_has_a_row_with_a_lossless_final(result):
-    assert [r["mode"] for r in result["rows"]] == list(bench.MODES)
-    for row in result["rows"]:
-        assert row["profile"] == "none" and row["runs"] == 1
-        assert row["final_status"] == "FULL_RESOLUTION", row["mode"]
-        assert row["final_size"] == "3072x2614"
-        assert row["final_image_ms"]["median"] > 0
-        assert row["final_decode_ms"]["median"] > 0
-        if row["progressive"]:
-            assert 0 < row["first_image_ms"]["median"] <= row["final_image_ms"]["median"]
-            assert row["first_bytes"]["median"] < row["size"]
-    progressive = {r["mode"] for r in result["rows"] if r["progressive"]}
+    assert [r.mode for r in result.rows] == list(bench.MODES)
+    for row in result.rows:
+        assert row.profile == "none" and row.runs == 1
+        assert row.final_status == "FULL_RESOLUTION", row.mode
+        assert row.final_size == "3072x2614"
+        assert row.final_image_ms.median > 0
+        assert row.final_decode_ms.median > 0
+        if row.progressive:
+            assert 0 < row.first_image_ms.median <= row.final_image_ms.median
+            assert row.first_bytes.median < row.size
+    progressive = {r.mode for r in result.rows if r.progressive}
     assert progressive == {"jlsReduced", "htj2k", "htj2kByteRange"}
 
 
-def test_bytes_moved_are_what_the_server_sent(result, live):
-    files = result["image"]["files"]
+def test_bytes_moved_are_what_the_server_sent(measured):
+    result, served = measured
+    files = result.image.files
     expected = {"jls": files["jls"], "jlsReduced": files["jls"] + files["jlsThumbnail"],
                 "htj2k": files["frames"], "htj2kByteRange": files["frames"], "nonProgressive": files["frames"]}
-    for row in result["rows"]:
-        assert row["bytes_moved"]["median"] == expected[row["mode"]], row["mode"]
-        final = next(e for e in row["raw"][0]["renderLog"] if e["final"])
-        assert final["bytes"] == row["bytes_moved"]["median"]  # what the engine says it received
-    assert result["rows"][3]["frame_requests"]["median"] >= 2  # byte range: a first range, then the rest
-    moved = sum(r["bytes_moved"]["median"] for r in result["rows"])
-    moved += sum(s["bytes_moved"]["median"] for s in result["stack"])
-    assert moved == result["_served_frame_bytes"]
+    for row in result.rows:
+        assert row.bytes_moved.median == expected[row.mode], row.mode
+        final = next(e for e in row.raw[0]["renderLog"] if e["final"])
+        assert final["bytes"] == row.bytes_moved.median  # what the engine says it received
+    assert result.rows[3].frame_requests.median >= 2  # byte range: a first range, then the rest
+    moved = sum(r.bytes_moved.median for r in result.rows)
+    moved += sum(s.bytes_moved.median for s in result.stack)
+    assert moved == served  # the bench's proxy counted what serve.py logged
 
 
 def test_stack_rows_reach_every_slice(result):
-    assert [s["preset"] for s in result["stack"]] == list(bench.STACK_PRESETS)
-    for s in result["stack"]:
-        assert s["slices"] == 20
-        assert s["raw"][0]["slices_lossless"] == 20
-        assert 0 < s["all_something_ms"]["median"] <= s["all_lossless_ms"]["median"]
-        assert s["bytes_moved"]["median"] == s["lossless_bytes"]
+    assert [s.preset for s in result.stack] == list(bench.STACK_PRESETS)
+    for s in result.stack:
+        assert s.slices == 20
+        assert s.raw[0]["slices_lossless"] == 20
+        assert 0 < s.all_something_ms.median <= s.all_lossless_ms.median
+        assert s.bytes_moved.median == s.lossless_bytes
 
 
 def test_native_decode_and_markdown(result):
-    assert result["decode"]["native"]["HTJ2K"]["median"] > 0
+    assert result.decode.native["HTJ2K"].median > 0
     text = bench.render_markdown(result)
     for label, *_ in bench.MODES.values():
         assert f"| {label} | none |" in text
     assert "interleavedStack" in text
 
 
+def test_saved_json_renders_the_same_after_a_round_trip(result):
+    saved = json.loads(json.dumps(result.to_json(), default=float))
+    again = bench.rerender(bench.BenchResult.from_json(saved))
+    assert bench.render_markdown(again) == bench.render_markdown(result)
+    assert again.to_json()["rows"] == saved["rows"]
+
+
+def test_response_meter_counts_bodies_per_request_at_any_split():
+    requests = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n"
+    responses = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+                 b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"  # HEAD: no body follows
+                 b"HTTP/1.1 206 Partial Content\r\nContent-Length: 4\r\n\r\nabc")  # cut short
+    for cut in range(1, len(responses)):
+        meter = ResponseMeter()
+        meter.request_bytes(requests[:7])
+        meter.request_bytes(requests[7:])
+        meter.response_bytes(responses[:cut])
+        meter.response_bytes(responses[cut:])
+        assert [(r.path, r.status, r.bytes_sent) for r in meter.log] == [
+            ("/a", 200, 5), ("/b", 200, 0), ("/c", 206, 3)], cut
+
+
 def test_throttle_proxy_delays_and_passes_bytes(live, result):
     from app.transport.native import NativeTransport
 
     host, port = live.server.server_address[:2]
-    size = result["image"]["files"]["jlsThumbnail"]
+    size = result.image.files["jlsThumbnail"]
     path = next(r["path"] for r in list(live.log) if "/jlsThumbnail/" in r["path"])  # requested by the bench
     rate, latency_ms = 4_000_000, 60.0
 
@@ -100,3 +131,4 @@ def test_throttle_proxy_delays_and_passes_bytes(live, result):
         proxy.close()
     assert status == 200 and n == size
     assert ms >= latency_ms + size / rate * 1000 * 0.9
+    assert [(r.path, r.bytes_sent) for r in proxy.request_log] == [(path, size)]

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom.data import get_testdata_file
 
 from app.cli import pixel_sha256
+from app.config import parse_config
 from app.convert import convert
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -82,3 +87,143 @@ def test_pixel_sha256_is_little_endian_native_dtype():
     a = np.arange(6, dtype=">i2").reshape(2, 3)
     assert pixel_sha256(a) == hashlib.sha256(a.astype("<i2").tobytes()).hexdigest()
     assert pixel_sha256(a.T) == hashlib.sha256(np.ascontiguousarray(a.T, "<i2").tobytes()).hexdigest()
+
+
+# Cornerstone3D 5.14's own example configurations, by hand from packages/core/examples/stackProgressive
+# (jlsMixedOptions, htj2kProgressiveOptions, htj2kMixedOptions), the retrieve-configuration page's
+# byte-range example with initialChunkSize, and the interleaved stage set with byte ranges.
+_SEQUENTIAL = [{"id": "lossySequential", "retrieveType": "singleFast"},
+               {"id": "finalSequential", "retrieveType": "singleFinal"}]
+CORNERSTONE_5_14 = {
+    "stackProgressive JLS Mixed": {
+        "stages": _SEQUENTIAL,
+        "retrieveOptions": {"singleFast": {"imageQualityStatus": 6, "framesPath": "/jlsThumbnail/"},
+                            "singleFinal": {"framesPath": "/jls/"}}},
+    "stackProgressive HTJ2K": {"retrieveOptions": {"single": {"streaming": True, "decodeLevel": 1}}},
+    "stackProgressive HTJ2K Bytes": {
+        "stages": [{"id": "lossySequential", "retrieveType": "singleFast"},
+                   {"id": "lossySequentialFailure", "retrieveType": "singleFastFailure"},
+                   {"id": "lossyMiddle", "retrieveType": "singleMiddle"},
+                   {"id": "lossyMiddleFailure", "retrieveType": "singleMiddleFailure"},
+                   {"id": "finalSequential", "retrieveType": "singleFinal"}],
+        "retrieveOptions": {"singleFast": {"decodeLevel": 2, "chunkSize": 131072, "rangeIndex": 0},
+                            "singleFastFailure": {"decodeLevel": 3, "rangeIndex": 0},
+                            "singleMiddle": {"decodeLevel": 0, "rangeIndex": 10},
+                            "singleMiddleFailure": {"decodeLevel": 1, "rangeIndex": 10},
+                            "singleFinal": {"rangeIndex": -1}}},
+    "byte range with initialChunkSize": {
+        "stages": [{"id": "lossySequential", "retrieveType": "singleFast"},
+                   {"id": "middle", "retrieveType": "singleMiddle"},
+                   {"id": "finalSequential", "retrieveType": "singleFinal"}],
+        "retrieveOptions": {"singleFast": {"rangeIndex": 0, "initialChunkSize": 16384, "chunkSize": 262144},
+                            "singleMiddle": {"rangeIndex": 5},
+                            "singleFinal": {"rangeIndex": -1}}},
+    "interleaved": {
+        "stages": [
+            {"id": "initialImages", "positions": [0.5, 0, -1], "retrieveType": "default",
+             "requestType": "thumbnail", "priority": 5,
+             "nearbyFrames": [{"offset": -1, "imageQualityStatus": 3}, {"offset": 1, "imageQualityStatus": 3},
+                              {"offset": 2, "imageQualityStatus": 1}]},
+            {"id": "quarterThumb", "decimate": 4, "offset": 3, "requestType": "thumbnail",
+             "retrieveType": "multipleFast", "priority": 6},
+            {"id": "halfThumb", "decimate": 4, "offset": 1, "priority": 7, "requestType": "thumbnail",
+             "retrieveType": "multipleFast"},
+            {"id": "quarterFull", "decimate": 4, "offset": 2, "priority": 8, "requestType": "thumbnail",
+             "retrieveType": "multipleFinal"},
+            {"id": "halfFull", "decimate": 4, "offset": 0, "priority": 9, "requestType": "thumbnail",
+             "retrieveType": "multipleFinal"},
+            {"id": "threeQuarterFull", "decimate": 4, "offset": 1, "priority": 10, "requestType": "thumbnail",
+             "retrieveType": "multipleFinal"},
+            {"id": "finalFull", "decimate": 4, "offset": 3, "priority": 11, "requestType": "thumbnail",
+             "retrieveType": "multipleFinal"},
+            {"id": "errorRetrieve"}],
+        "retrieveOptions": {"default": {"rangeIndex": -1},
+                            "multipleFast": {"rangeIndex": 0, "initialChunkSize": 65536, "decodeLevel": 3},
+                            "multipleFinal": {"rangeIndex": -1}}},
+}
+
+
+def _demo_url(demo_data, series_uid: str = RADIOGRAPH_SERIES) -> str:
+    meta = json.loads((demo_data / "demo.json").read_text())
+    return next(d for d in meta if d["seriesInstanceUID"] == series_uid)["url"]
+
+
+@pytest.mark.parametrize("name", sorted(CORNERSTONE_5_14))
+def test_cornerstone_5_14_examples_validate_and_load(name, tmp_path, demo_server, demo_data):
+    doc = CORNERSTONE_5_14[name]
+    assert parse_config(json.dumps(doc)).warnings == ()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(doc))
+    result = app("load", demo_server.url + _demo_url(demo_data), "--config", str(config), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    refs = [e for e in lines(result.stdout) if e["event"] == "Refinement"]
+    source = pydicom.dcmread(PROJECT / ".cache" / "demo" / "radiograph" / "cat.dcm").pixel_array
+    assert refs[-1]["final"] and refs[-1]["sha256"] == pixel_sha256(source)
+
+
+def test_unused_keys_warn_on_stderr_and_the_load_goes_on(tmp_path, demo_server, demo_data):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"retrieveOptions": {"single": {"streaming": True, "streamingDecode": True,
+                                                                 "framePath": "/jls/"}}}))
+    result = app("load", demo_server.url + _demo_url(demo_data), "--config", str(config), timeout=120)
+    assert result.returncode == 0, result.stderr
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 2 and all(w.startswith("warning: $.retrieveOptions.single.") for w in warnings)
+    assert "did you mean 'framesPath'" in result.stderr
+
+
+def test_failed_images_are_named_on_stderr_with_a_summary(tmp_path, serve_dir):
+    out = tmp_path / "tree"
+    convert([get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm")], out, "", quiet=True)
+    frames = sorted(out.glob("studies/*/series/*/instances/*/frames/1"))
+    frames[0].unlink()
+    series = frames[0].parents[3]
+    server = serve_dir(out)
+    rel = series.relative_to(out).as_posix()
+    result = app("load", f"{server.url}/dicomweb/{rel}", "--config", "single")
+    assert result.returncode == 1
+    errors = result.stderr.splitlines()
+    sop = frames[0].parents[1].name
+    assert len(errors) == 2, result.stderr
+    assert errors[0].startswith("image 1/1 ") and sop in errors[0] and "404" in errors[0]
+    assert errors[1] == "1 of 1 images failed; 0 final"
+
+
+class _Odd(BaseHTTPRequestHandler):
+    """Metadata answers the CLI must explain: a redirect, deep nesting, a gzip bomb."""
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+        kind = self.path.split("/")[2]
+        if not self.path.endswith("/metadata"):
+            body, status, headers = b"", 404, {}
+        elif kind == "redirect":
+            body, status, headers = b"", 302, {"Location": "http://198.51.100.7/elsewhere/metadata"}
+        elif kind == "nested":
+            body, status, headers = b"[" * 200_000 + b"]" * 200_000, 200, {}
+        else:
+            body, status, headers = gzip.compress(b"[" + b" " * (300 << 20) + b"]", 9), 200, {}
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("kind", "cause"), [("redirect", "redirected (HTTP 302) to http://198.51.100.7"),
+                                              ("nested", "nested too deeply"), ("bomb", "gzip bomb")])
+def test_no_series_metadata_names_the_real_cause(kind, cause):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Odd)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/x/{kind}/studies/1.2/series/1.3"
+        result = app("load", url, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "no series metadata at" in result.stderr and cause in result.stderr

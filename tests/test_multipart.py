@@ -16,6 +16,7 @@ from app.readers.multipart import (
     boundary_from_content_type,
     parse_media_type,
 )
+from helpers import split
 
 
 def body(parts: list[tuple[str, bytes]], boundary: bytes = b"B", preamble: bytes = b"") -> bytes:
@@ -47,15 +48,6 @@ def normalise(events) -> list:
         else:
             out.append(e)
     return out
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    cuts = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, last = [], 0
-    for c in cuts + [len(data)]:
-        pieces.append(data[last:c])
-        last = c
-    return pieces
 
 
 payload = st.binary(max_size=300).map(lambda b: b.replace(b"--B", b"-XB"))
@@ -137,3 +129,24 @@ def test_content_type_helpers():
     assert boundary_from_content_type("image/jphc") is None
     media, params = parse_media_type("image/jphc;transfer-syntax=1.2.840.10008.1.2.4.202")
     assert media == "image/jphc" and params["transfer-syntax"] == "1.2.840.10008.1.2.4.202"
+
+
+def test_a_rejected_body_takes_no_more_bytes():
+    """h11's ERROR state: after a MultipartError the reader refuses everything, whatever comes."""
+    reader = MultipartReader(b"B")
+    with pytest.raises(MultipartError):
+        reader.feed(b"--B\r\nContent-Type x\r\n\r\nabc")  # a header line without a colon
+    for more in (b"\r\n--B--\r\n", b"x"):
+        with pytest.raises(MultipartError, match="already rejected"):
+            reader.feed(more)
+    with pytest.raises(MultipartError, match="already rejected"):
+        reader.close()
+
+
+def test_headers_fed_a_byte_at_a_time_split_anywhere():
+    body = b"--B\r\nContent-Type: image/jls\r\nX-A: 1\r\n\r\npayload\r\n--B--\r\n"
+    reader = MultipartReader(b"B")
+    events = [e for i in range(len(body)) for e in reader.feed(body[i:i + 1])]
+    (headers,) = [e for e in events if isinstance(e, PartHeaders)]
+    assert headers.headers == {"content-type": "image/jls", "x-a": "1"}
+    assert b"".join(bytes(e.data) for e in events if isinstance(e, PartData)) == b"payload"

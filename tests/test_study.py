@@ -153,6 +153,13 @@ def run(coro):
     return asyncio.run(main())
 
 
+async def discover_all(transport, url, **kwargs):
+    """discover, then the alternates (which discovery itself never waits for)."""
+    stack = await discover(transport, url, **kwargs)
+    await stack.alternates_loaded()
+    return stack
+
+
 def test_every_url_form_finds_the_series(tree, serve_dir):
     server = serve_dir(tree)
     base = server.url + "/dicomweb"
@@ -164,7 +171,7 @@ def test_every_url_form_finds_the_series(tree, serve_dir):
         f"{base}/studies/{st}/series/{se}/metadata",
         f"{base}/studies/{st}",
     ):
-        stack = run(lambda t: discover(t, url))
+        stack = run(lambda t: discover_all(t, url))
         assert stack.series_uid == se and len(stack) == 1, url
         assert stack.images[0].frame_url.startswith(f"{base}/studies/{st}/series/{se}/instances/")
         assert "/jls/" in stack.alternates
@@ -203,7 +210,7 @@ def test_metadata_and_alternates_are_asked_for_together(tree, serve_dir):
     ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     url = f"{server.url}/dicomweb/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}"
     log: list[tuple[str, str]] = []
-    stack = run(lambda t: discover(_Recording(t, log), url))
+    stack = run(lambda t: discover_all(_Recording(t, log), url))
     assert "/jls/" in stack.alternates and len(stack) == 1
     assert log.index(("start", "alternates.json")) < log.index(("end", "metadata")), log
 
@@ -230,6 +237,7 @@ class _GzipOnly(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+@pytest.mark.servers
 def test_static_tree_with_gzip_files_only(tree):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _GzipOnly)
     httpd.root = tree

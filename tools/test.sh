@@ -28,6 +28,7 @@ python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 echo "test.sh: browser runtime and demo data"
 python tools/setup_runtime.py
 python tools/demo_data.py
+python tools/setup_peer.py  # the Cornerstone3D peer page (npm + esbuild) for tests/test_peer.py and bench --peer
 
 echo "test.sh: pytest"
 exec python -m pytest "$@"

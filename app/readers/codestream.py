@@ -8,14 +8,21 @@ of its last tile-part has been fed.
 
 A stream counts as resolution-progressive when its progression order is RPCL or RLCP, there is no
 POC, and every tile has one tile-part per resolution level (decompositions + 1, from TLM or the
-SOT TNsot field); tile-part k then carries resolution level k. Otherwise the full-resolution level
-is reported only at EOC.
+SOT TNsot field); tile-part k then carries resolution level k. A single-tile stream in a
+resolution-major order without such tile-parts (RPCL with one tile-part and no TLM, as most HTJ2K
+in the wild) is followed packet by packet (``packets.PacketReader``): the same events, found from
+packet headers. Otherwise the full-resolution level is reported only at EOC.
+
+After a CodestreamError the scanner is in its ERROR state and refuses more input.
 """
 
 from __future__ import annotations
 
+import enum
 import struct
 from dataclasses import dataclass, field
+
+from .packets import ComponentCoding, LevelEnd, PacketError, PacketReader, TileCoding, packet_plan
 
 __all__ = [
     "CodestreamScanner",
@@ -23,14 +30,20 @@ __all__ = [
     "MainHeader",
     "Siz",
     "Cod",
+    "Coc",
     "ResolutionComplete",
     "CodestreamComplete",
     "PROGRESSION_ORDERS",
 ]
 
 SOC, SIZ, COD, COC, TLM, POC, SOT, EOC = 0xFF4F, 0xFF51, 0xFF52, 0xFF53, 0xFF55, 0xFF5F, 0xFF90, 0xFFD9
+SOD, PPM, PPT = 0xFF93, 0xFF60, 0xFF61
 PROGRESSION_ORDERS = ("LRCP", "RLCP", "RPCL", "PCRL", "CPRL")
 MAX_MAIN_HEADER = 1 << 20
+MAX_TILE_PART_HEADER = 1 << 16
+DEFAULT_PRECINCT = (15, 15)  # PPx, PPy when COD/COC does not give precinct sizes
+# tile-part header markers that change the packet layout the main header gave
+LAYOUT_MARKERS = (COD, COC, POC, PPT)
 
 
 class CodestreamError(ValueError):
@@ -55,6 +68,7 @@ class Siz:
     tile_height: int = 0
     tile_x0: int = 0
     tile_y0: int = 0
+    subsampling: tuple[tuple[int, int], ...] = ()  # (XRsiz, YRsiz) of each component
 
     def size_at(self, reduce: int) -> tuple[int, int]:
         """(rows, columns) of the image with ``reduce`` resolution levels skipped."""
@@ -71,10 +85,25 @@ class Cod:
     multiple_component_transform: bool = False
     reversible: bool = True
     code_block: tuple[int, int] = (64, 64)
+    block_style: int = 0
+    precincts: tuple[tuple[int, int], ...] = ()  # (PPx, PPy) per resolution level; () = default
+    sop: bool = False
+    eph: bool = False
 
     @property
     def progression_name(self) -> str:
         return PROGRESSION_ORDERS[self.progression_order] if self.progression_order < 5 else "?"
+
+
+@dataclass(frozen=True)
+class Coc:
+    """A COC marker: one component's coding style, overriding the COD's."""
+
+    component: int
+    decompositions: int
+    code_block: tuple[int, int]
+    block_style: int
+    precincts: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +115,8 @@ class MainHeader:
     tlm_tiles: list[int] | None = field(default=None, repr=False)  # tile index of each tile-part
     has_poc: bool = False
     coc_decompositions: tuple[int, ...] = ()
+    cocs: tuple[Coc, ...] = ()
+    has_ppm: bool = False
 
     @property
     def levels(self) -> int:
@@ -124,6 +155,27 @@ class MainHeader:
             return None
         return [max(ends[(t, r)] for t in counts) for r in range(self.levels)]
 
+    def tile_coding(self) -> TileCoding | None:
+        """The packet layout of a single-tile stream, for reading its packet headers; else None."""
+        siz, cod = self.siz, self.cod
+        if siz.tiles != 1 or self.has_poc or self.has_ppm or cod.progression_order > 4:
+            return None
+        by_component = {coc.component: coc for coc in self.cocs}
+        components = []
+        for c in range(siz.components):
+            coc = by_component.get(c)
+            decompositions, block, style, precincts = (
+                (coc.decompositions, coc.code_block, coc.block_style, coc.precincts) if coc else
+                (cod.decompositions, cod.code_block, cod.block_style, cod.precincts))
+            sub = siz.subsampling[c] if c < len(siz.subsampling) else (1, 1)
+            components.append(ComponentCoding(
+                decompositions, (block[0].bit_length() - 1, block[1].bit_length() - 1), style,
+                precincts or (DEFAULT_PRECINCT,) * (decompositions + 1), sub))
+        x0, y0 = max(siz.tile_x0, siz.x0), max(siz.tile_y0, siz.y0)
+        x1 = min(siz.tile_x0 + siz.tile_width, siz.x0 + siz.width)
+        y1 = min(siz.tile_y0 + siz.tile_height, siz.y0 + siz.height)
+        return TileCoding(x0, y0, x1, y1, tuple(components), cod.progression_name, cod.layers, cod.sop, cod.eph)
+
 
 def _implied_tiles(entries: int, tiles: int) -> list[int] | None:
     """TLM without tile indices: tile-parts are in tile order."""
@@ -150,7 +202,77 @@ class CodestreamComplete:
 
 Event = MainHeader | ResolutionComplete | CodestreamComplete
 
-_MAIN, _TILES, _OPEN_TAIL, _DONE = range(4)
+class ScannerState(enum.Enum):
+    """Where the scanner is in the codestream; ERROR is final (h11 style)."""
+
+    MAIN_HEADER = "MAIN_HEADER"
+    TILE_PARTS = "TILE_PARTS"
+    OPEN_TAIL = "OPEN_TAIL"  # inside a last tile-part with Psot = 0: it runs to EOC
+    DONE = "DONE"
+    ERROR = "ERROR"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+_MAIN, _TILES, _OPEN_TAIL, _DONE, _ERROR = ScannerState
+
+
+class _TilePartPackets:
+    """The packets of a single-tile stream's first tile-part: its header up to SOD, then packets.
+
+    Bytes are offered with their codestream offset; bytes seen before (re-offered after the
+    scanner re-buffers a split SOT) are skipped.
+    """
+
+    def __init__(self, coding: TileCoding, start: int, end: int | None, last_level: int) -> None:
+        self.end = end  # the tile-part's end; None when it runs to EOC
+        self._start = start  # first byte after the SOT marker segment
+        self._next = start
+        self._coding, self._last_level = coding, last_level
+        self._header = bytearray()
+        self._reader: PacketReader | None = None
+        self._plan = packet_plan(coding, last_level)  # raises PacketError for what it cannot read
+
+    def feed(self, data: bytes | bytearray | memoryview, base: int) -> list[LevelEnd]:
+        lo = max(base, self._next)
+        hi = base + len(data) if self.end is None else min(base + len(data), self.end)
+        if hi <= lo:
+            return []
+        self._next = hi
+        with memoryview(data) as view:
+            piece = view[lo - base : hi - base]
+            if self._reader is not None:
+                return self._reader.feed(piece)
+            self._header += piece
+        sod = _find_sod(self._header)
+        if sod is None:
+            if len(self._header) > MAX_TILE_PART_HEADER:
+                raise PacketError("tile-part header too long or no SOD marker")
+            return []
+        self._reader = PacketReader(self._coding, self._start + sod, self.end, self._last_level, plan=self._plan)
+        rest, self._header = bytes(self._header[sod:]), bytearray()
+        return self._reader.feed(rest)
+
+
+def _find_sod(header: bytearray) -> int | None:
+    """Offset just past SOD in a tile-part header (after its SOT segment), or None if not in yet."""
+    pos = 0
+    while pos + 2 <= len(header):
+        (marker,) = struct.unpack_from(">H", header, pos)
+        if marker == SOD:
+            return pos + 2
+        if marker in LAYOUT_MARKERS:
+            raise PacketError(f"tile-part header has marker 0x{marker:04X}: packet layout not from the main header")
+        if marker >> 8 != 0xFF or pos + 4 > len(header):
+            if marker >> 8 != 0xFF:
+                raise PacketError(f"bad marker 0x{marker:04X} in a tile-part header")
+            return None
+        (length,) = struct.unpack_from(">H", header, pos + 2)
+        if length < 2:
+            raise PacketError("bad marker segment length in a tile-part header")
+        pos += 2 + length
+    return None
 
 
 class CodestreamScanner:
@@ -159,7 +281,8 @@ class CodestreamScanner:
     def __init__(self) -> None:
         self.received = 0
         self.header: MainHeader | None = None
-        self._state = _MAIN
+        self.state = _MAIN
+        self.packet_error: str | None = None  # why packet headers could not be followed, if so
         self._buf = bytearray()  # main header, or < 12 bytes of a split SOT/EOC
         self._buf_off = 0
         self._pos = 0  # offset of the next SOT/EOC marker
@@ -167,6 +290,8 @@ class CodestreamScanner:
         self._tp_counts: dict[int, int] = {}  # tile-parts seen per tile
         self._tile_parts: dict[int, int] = {}  # declared tile-parts per tile (TLM or TNsot)
         self._tlm_ends: list[int] | None = None
+        self._packets: _TilePartPackets | None = None
+        self._packet_ends: dict[int, int] = {}
         self._next_level = 0
         self._progressive: bool | None = None
         self._tail = b""
@@ -178,17 +303,36 @@ class CodestreamScanner:
 
     @property
     def complete(self) -> bool:
-        return self._state == _DONE
+        return self.state == _DONE
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        if self.state == _ERROR:
+            raise CodestreamError("can't receive data after a codestream error")
+        try:
+            return self._feed(data)
+        except CodestreamError:
+            self.state = _ERROR
+            self._buf.clear()
+            raise
+
+    def close(self) -> list[Event]:
+        """End of data: completes a stream whose last tile-part ran to EOC (Psot = 0)."""
+        if self.state == _ERROR:
+            raise CodestreamError("can't close a scanner after a codestream error")
+        events: list[Event] = []
+        if self.state == _OPEN_TAIL and self._tail == b"\xff\xd9":
+            self._finish(self.received, events)
+        return events
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         events: list[Event] = []
         n = len(data)
-        if not n or self._state == _DONE:
+        if not n or self.state == _DONE:
             self.received += n
             return events
         base = self.received
         self.received += n
-        if self._state == _MAIN:
+        if self.state == _MAIN:
             self._buf += data
             if not self._parse_main(events):
                 if len(self._buf) > MAX_MAIN_HEADER:
@@ -201,17 +345,12 @@ class CodestreamScanner:
             data = bytes(self._buf) + bytes(data)
             base = self._buf_off
             self._buf.clear()
-        if self._state == _OPEN_TAIL:
+        if self.state == _OPEN_TAIL:
             self._tail = (self._tail + bytes(data[-2:]))[-2:]
+            self._feed_packets(data, base)
+            self._emit_levels(events)
             return events
         self._scan(data, base, events)
-        return events
-
-    def close(self) -> list[Event]:
-        """End of data: completes a stream whose last tile-part ran to EOC (Psot = 0)."""
-        events: list[Event] = []
-        if self._state == _OPEN_TAIL and self._tail == b"\xff\xd9":
-            self._finish(self.received, events)
         return events
 
     # -- main header -------------------------------------------------------------------------
@@ -225,8 +364,8 @@ class CodestreamScanner:
         siz = cod = None
         tlm: list[int] | None = None
         tlm_tiles: list[int] | None = None
-        has_poc = False
-        coc: list[int] = []
+        has_poc = has_ppm = False
+        coc: list[Coc] = []
         while True:
             if pos + 2 > len(buf):
                 return False
@@ -251,9 +390,11 @@ class CodestreamScanner:
             elif marker == COD:
                 cod = _parse_cod(seg)
             elif marker == COC:
-                coc.append(_parse_coc_decompositions(seg, siz))
+                coc.append(_parse_coc(seg, siz))
             elif marker == POC:
                 has_poc = True
+            elif marker == PPM:
+                has_ppm = True
             elif marker == TLM:
                 lengths, tiles = _parse_tlm(seg)
                 tlm = (tlm or []) + lengths
@@ -261,10 +402,11 @@ class CodestreamScanner:
             pos += 2 + length
         if siz is None or cod is None:
             raise CodestreamError("main header lacks SIZ or COD")
-        header = MainHeader(siz, cod, tlm, pos, tlm_tiles, has_poc, tuple(coc))
+        header = MainHeader(siz, cod, tlm, pos, tlm_tiles, has_poc, tuple(c.decompositions for c in coc),
+                            tuple(coc), has_ppm)
         self.header = header
         self._pos = pos
-        self._state = _TILES
+        self.state = _TILES
         events.append(header)
         if not header.order_allows_progressive:
             self._progressive = False
@@ -276,7 +418,8 @@ class CodestreamScanner:
     # -- tile-parts ----------------------------------------------------------------------------
     def _scan(self, data: bytes | bytearray | memoryview, base: int, events: list[Event]) -> None:
         end = base + len(data)
-        while self._state == _TILES:
+        self._feed_packets(data, base)
+        while self.state == _TILES:
             self._emit_levels(events)
             p = self._pos
             if p + 2 > end:
@@ -296,12 +439,14 @@ class CodestreamScanner:
             if isot >= self.header.siz.tiles:
                 raise CodestreamError(f"tile index {isot} out of range at {p}")
             self._tile_part(isot, tpsot, tnsot, p, psot)
+            self._feed_packets(data, base)
             if psot == 0:
-                self._state = _OPEN_TAIL
+                self.state = _OPEN_TAIL
                 self._tail = bytes(data[-2:])
+                self._emit_levels(events)
                 return
             self._pos = p + psot
-        if self._state == _TILES:
+        if self.state == _TILES:
             self._emit_levels(events)
             if self._pos < end:
                 self._buf += data[self._pos - base :]
@@ -326,12 +471,42 @@ class CodestreamScanner:
                     self._progressive = False
         if self._progressive is None and len(self._tile_parts) == self.header.siz.tiles:
             self._progressive = True
+        if self._progressive is False and tile == 0 and tp == 0 and tn in (0, 1):
+            self._follow_packets(start, psot)
+
+    def _follow_packets(self, start: int, psot: int) -> None:
+        """Levels inside one tile-part: follow its packet headers, when the layout allows."""
+        coding = self.header.tile_coding()
+        if coding is None or self.header.levels < 2:
+            return
+        try:
+            self._packets = _TilePartPackets(coding, start + 12, start + psot if psot else None,
+                                             self.header.levels - 2)
+        except PacketError as exc:
+            self.packet_error = str(exc)
+            return
+        self._progressive = True
+
+    def _feed_packets(self, data: bytes | bytearray | memoryview, base: int) -> None:
+        if self._packets is None:
+            return
+        try:
+            for e in self._packets.feed(data, base):
+                self._packet_ends[e.level] = e.end_offset
+        except PacketError as exc:  # not a codestream error: the decoder judges the whole stream
+            self.packet_error = str(exc)
+            self._packets = None
+            self._progressive = False
 
     def _level_end(self, level: int) -> int | None:
         if self._tlm_ends is not None:
             return self._tlm_ends[level]
         if not self._progressive:
             return None
+        if self._packets is not None:
+            if level == self.header.levels - 1:
+                return self._packets.end  # the top level's packets run to the tile-part's end
+            return self._packet_ends.get(level)
         ends = []
         for t in range(self.header.siz.tiles):
             e = self._tp_end.get((t, level))
@@ -366,7 +541,7 @@ class CodestreamScanner:
             events.append(self._level_event(top, end))
             self._next_level = top + 1
         events.append(CodestreamComplete(end))
-        self._state = _DONE
+        self.state = _DONE
         self._buf.clear()
 
 
@@ -393,22 +568,40 @@ def _parse_siz(seg: bytes) -> Siz:
         tile_height=yt,
         tile_x0=xto,
         tile_y0=yto,
+        subsampling=tuple((seg[37 + 3 * c] or 1, seg[38 + 3 * c] or 1) for c in range(csiz)),
     )
 
 
 def _parse_cod(seg: bytes) -> Cod:
     if len(seg) < 10:
         raise CodestreamError("COD too short")
-    _scod, order, layers, mct, decomp, xcb, ycb, _style, transform = struct.unpack_from(">BBHBBBBBB", seg, 0)
-    return Cod(order, decomp, layers, bool(mct), transform == 1, (1 << (xcb + 2), 1 << (ycb + 2)))
+    scod, order, layers, mct, decomp, xcb, ycb, style, transform = struct.unpack_from(">BBHBBBBBB", seg, 0)
+    precincts = _parse_precincts(seg, 10, decomp) if scod & 1 else ()
+    return Cod(order, decomp, layers, bool(mct), transform == 1, _code_block(xcb, ycb), style, precincts,
+               bool(scod & 2), bool(scod & 4))
 
 
-def _parse_coc_decompositions(seg: bytes, siz: Siz | None) -> int:
+def _parse_coc(seg: bytes, siz: Siz | None) -> Coc:
     wide = siz is not None and siz.components >= 257
     i = 2 if wide else 1
-    if len(seg) < i + 2:
+    if len(seg) < i + 6:
         raise CodestreamError("COC too short")
-    return seg[i + 1]
+    component = int.from_bytes(seg[:i], "big")
+    scoc, decomp, xcb, ycb, style = seg[i], seg[i + 1], seg[i + 2], seg[i + 3], seg[i + 4]
+    precincts = _parse_precincts(seg, i + 6, decomp) if scoc & 1 else ()
+    return Coc(component, decomp, _code_block(xcb, ycb), style, precincts)
+
+
+def _code_block(xcb: int, ycb: int) -> tuple[int, int]:
+    if xcb > 8 or ycb > 8 or xcb + ycb > 8:  # ISO 15444-1 A.6.1: at most 1024 wide, 4096 samples
+        raise CodestreamError("bad code-block size")
+    return (1 << (xcb + 2), 1 << (ycb + 2))
+
+
+def _parse_precincts(seg: bytes, at: int, decompositions: int) -> tuple[tuple[int, int], ...]:
+    if len(seg) < at + decompositions + 1:
+        raise CodestreamError("precinct sizes missing")
+    return tuple((b & 0x0F, b >> 4) for b in seg[at : at + decompositions + 1])
 
 
 def _parse_tlm(seg: bytes) -> tuple[list[int], list[int] | None]:

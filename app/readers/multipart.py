@@ -95,8 +95,8 @@ def boundary_from_content_type(content_type: str | None) -> bytes | None:
     return b.encode("latin-1") if b else None
 
 
-# states
-_PREAMBLE, _AFTER_DELIM, _HEADERS, _BODY, _EPILOGUE = range(5)
+# states; _ERROR once the body was rejected: nothing more is read (h11's ERROR state)
+_PREAMBLE, _AFTER_DELIM, _HEADERS, _BODY, _EPILOGUE, _ERROR = range(6)
 
 
 class MultipartReader:
@@ -112,6 +112,8 @@ class MultipartReader:
         self._parts = 0
         self.offset = 0  # total bytes fed
         self.part_data_offset: int | None = None  # body offset where the first part's data begins
+        self._searched = 0  # bytes of self._buf already searched for the end of part headers
+        self._error: str | None = None
 
     @property
     def boundary(self) -> bytes | None:
@@ -122,6 +124,15 @@ class MultipartReader:
         return self._state == _EPILOGUE
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        if self._state == _ERROR:
+            raise MultipartError(f"can't read more of a body already rejected ({self._error})")
+        try:
+            return self._feed(data)
+        except MultipartError as exc:
+            self._state, self._error = _ERROR, str(exc)
+            raise
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         if not data:
             return []
         events: list[Event] = []
@@ -138,6 +149,8 @@ class MultipartReader:
 
     def close(self) -> list[Event]:
         """Signal the end of the body; raises MultipartError when it ended inside a part."""
+        if self._state == _ERROR:
+            raise MultipartError(f"the body was already rejected ({self._error})")
         if self._state != _EPILOGUE:
             where = {
                 _PREAMBLE: "before the first boundary",
@@ -234,14 +247,18 @@ class MultipartReader:
         elif buf[:1] == b"\n":
             end, skip = 0, 1
         else:
-            end = buf.find(b"\r\n\r\n")
+            # only search buffer space not looked at yet (h11 _receivebuffer), 3 bytes back for a
+            # terminator split across feeds: headers fed a byte at a time cost O(n), not O(n^2)
+            since = max(0, self._searched - 3)
+            end = buf.find(b"\r\n\r\n", since)
             skip = 4
-            alt = buf.find(b"\n\n")
+            alt = buf.find(b"\n\n", since)
             if alt >= 0 and (end < 0 or alt < end):
                 end, skip = alt, 2
             if end < 0:
                 if len(buf) > MAX_HEADER_BYTES:
                     raise MultipartError("part headers too long")
+                self._searched = len(buf)
                 return False
         headers: dict[str, str] = {}
         for raw in bytes(buf[:end]).split(b"\n"):
@@ -253,6 +270,7 @@ class MultipartReader:
                 raise MultipartError(f"malformed part header line: {line[:60]!r}")
             headers[name.strip().lower()] = value.strip()
         del buf[: end + skip]
+        self._searched = 0
         events.append(PartHeaders(headers))
         if self.part_data_offset is None:
             self.part_data_offset = self.offset - len(buf)

@@ -14,25 +14,33 @@ import re
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, runtime_checkable
 
+from .errors import (
+    RETRY_STATUSES,
+    IncompleteBody,
+    NetworkError,
+    ProtocolError,
+    StatusError,
+    TransportError,
+    TransportTimeout,
+    retry_after_seconds,
+)
+
 __all__ = [
     "Response",
     "Transport",
     "TransportError",
     "ProtocolError",
+    "NetworkError",
+    "IncompleteBody",
+    "TransportTimeout",
+    "StatusError",
+    "RETRY_STATUSES",
+    "retry_after_seconds",
     "ContentRange",
     "range_header",
     "parse_content_range",
     "parse_content_digest",
 ]
-
-
-class TransportError(Exception):
-    """The request could not be made or its answer could not be read (not an HTTP status)."""
-
-
-class ProtocolError(TransportError):
-    """The answer arrived but cannot be read (an unsupported Content-Encoding, a corrupt gzip
-    body): asking again would get the same answer, so it is not retried."""
 
 
 @runtime_checkable

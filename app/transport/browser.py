@@ -11,13 +11,15 @@ The browser decodes gzip itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
-from .base import TransportError, range_header
+from .base import range_header
+from .errors import NetworkError, TransportError
 
 __all__ = ["BrowserTransport", "BrowserResponse"]
 
@@ -26,8 +28,20 @@ MIN_BATCH_BYTES = 8 * 1024
 BATCH_SECONDS = 0.016
 
 
+@contextlib.contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    """The one place where a JsException (network error, CORS refusal, abort) becomes a
+    TransportError; fetch gives no finer reason, so every one counts as a network error."""
+    try:
+        yield
+    except (asyncio.CancelledError, TransportError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - JsException has no finer types to map
+        raise NetworkError(f"{what}: {exc}") from exc
+
+
 class BrowserTransport:
-    def __init__(self, *, batch_bytes: int = BATCH_BYTES, batch_seconds: float = BATCH_SECONDS, **_ignored) -> None:
+    def __init__(self, *, batch_bytes: int = BATCH_BYTES, batch_seconds: float = BATCH_SECONDS) -> None:
         self.batch_bytes = batch_bytes
         self.batch_seconds = batch_seconds
 
@@ -47,12 +61,11 @@ class BrowserTransport:
             dict_converter=js.Object.fromEntries,
         )
         try:
-            resp = await js.fetch(url, options)
+            with _mapped(f"GET {url}"):
+                resp = await js.fetch(url, options)
         except asyncio.CancelledError:
             controller.abort()
             raise
-        except Exception as exc:  # JsException: network error, CORS, abort
-            raise TransportError(f"GET {url}: {exc}") from exc
         headers_out: dict[str, str] = {}
         for pair in resp.headers.entries():
             name, value = pair[0], pair[1]
@@ -87,12 +100,8 @@ class BrowserResponse:
         total = 0
         try:
             while True:
-                try:
+                with _mapped(f"reading {self.url}"):
                     result = await self._reader.read()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    raise TransportError(f"reading {self.url}: {exc}") from exc
                 if result.done:
                     break
                 data = result.value.to_bytes()
@@ -124,5 +133,5 @@ class BrowserResponse:
         self._done = True
         try:
             self._controller.abort()
-        except Exception:
+        except Exception:  # noqa: BLE001 - aborting a finished fetch may throw; nothing to undo
             pass

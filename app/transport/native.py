@@ -2,23 +2,46 @@
 
 Keeps idle connections per origin for reuse, reads Content-Length, chunked and close-delimited
 bodies, decodes gzip/deflate as it streams, and applies connect and read timeouts. A transfer that
-is cancelled or abandoned closes its connection instead of returning it to the pool.
+is cancelled or abandoned closes its connection instead of returning it to the pool. What asyncio,
+the socket and zlib raise becomes the transport's typed errors in one place, ``_mapped``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import zlib
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
-from .base import ProtocolError, TransportError, range_header
+from .base import range_header
+from .errors import IncompleteBody, NetworkError, ProtocolError, TransportError, TransportTimeout
+from .framing import ContentLengthReader, parse_chunk_size, parse_content_length
 
 __all__ = ["NativeTransport", "NativeResponse"]
 
 READ_SIZE = 256 * 1024
 MAX_HEADER = 64 * 1024
+
+
+@contextlib.contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    """The one place where platform exceptions become TransportErrors (most specific first)."""
+    try:
+        yield
+    except TransportError:
+        raise
+    except TimeoutError as exc:  # before OSError: asyncio.TimeoutError is an OSError subclass
+        raise TransportTimeout(f"{what}: timed out") from exc
+    except asyncio.IncompleteReadError as exc:
+        raise IncompleteBody(f"{what}: connection closed after {len(exc.partial)} bytes") from exc
+    except asyncio.LimitOverrunError as exc:
+        raise ProtocolError(f"{what}: line too long") from exc
+    except zlib.error as exc:
+        raise ProtocolError(f"{what}: bad compressed body: {exc}") from exc
+    except (OSError, EOFError) as exc:  # refused, reset, broken pipe, TLS failures
+        raise NetworkError(f"{what}: {exc or type(exc).__name__}") from exc
 
 
 class NativeTransport:
@@ -46,7 +69,7 @@ class NativeTransport:
     ) -> "NativeResponse":
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
-            raise TransportError(f"unsupported URL scheme in {url!r}")
+            raise ProtocolError(f"unsupported URL scheme in {url!r}")
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         origin = (parts.scheme, host, port)
@@ -57,35 +80,33 @@ class NativeTransport:
             "Accept-Encoding": "identity" if byte_range else "gzip, deflate",
             "Connection": "keep-alive",
         }
-        for k, v in (headers or {}).items():
-            req_headers[k] = v
+        req_headers.update(headers or {})
         if byte_range is not None:
             req_headers["Range"] = range_header(byte_range)
         head = f"GET {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in req_headers.items()) + "\r\n"
         request = head.encode("latin-1")
 
         for attempt in (0, 1):
-            reused = False
             conn = self._take_idle(origin) if attempt == 0 else None
+            reused = conn is not None
             if conn is None:
                 conn = await self._connect(parts.scheme, host, port)
-            else:
-                reused = True
             reader, writer = conn
             try:
-                writer.write(request)
-                await writer.drain()
-                status, resp_headers = await self._read_head(reader)
+                with _mapped(f"GET {url}"):
+                    writer.write(request)
+                    await writer.drain()
+                    status, resp_headers = await self._read_head(reader)
             except asyncio.CancelledError:
                 writer.close()
                 raise
-            except (OSError, asyncio.IncompleteReadError, TransportError) as exc:
+            except TransportError as exc:
                 writer.close()
-                if reused:
+                if reused and exc.retryable and not isinstance(exc, TransportTimeout):
                     continue  # the server closed an idle connection: one fresh try
-                raise TransportError(f"GET {url}: {exc}") from exc
+                raise
             return NativeResponse(self, origin, url, status, resp_headers, reader, writer)
-        raise TransportError(f"GET {url}: connection failed")
+        raise NetworkError(f"GET {url}: connection failed")
 
     async def aclose(self) -> None:
         for conns in self._idle.values():
@@ -112,14 +133,10 @@ class NativeTransport:
 
     async def _connect(self, scheme: str, host: str, port: int):
         ctx = ssl.create_default_context() if scheme == "https" else None
-        try:
+        with _mapped(f"connect to {host}:{port}"):
             conn = await asyncio.wait_for(
                 asyncio.open_connection(host, port, ssl=ctx, limit=MAX_HEADER), self.connect_timeout
             )
-        except asyncio.TimeoutError as exc:
-            raise TransportError(f"connect to {host}:{port} timed out") from exc
-        except OSError as exc:
-            raise TransportError(f"connect to {host}:{port}: {exc}") from exc
         self.connections_opened += 1
         return conn
 
@@ -127,14 +144,14 @@ class NativeTransport:
         while True:
             try:
                 raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.read_timeout)
-            except asyncio.TimeoutError as exc:
-                raise TransportError("timed out waiting for the response head") from exc
+            except TimeoutError as exc:
+                raise TransportTimeout("timed out waiting for the response head") from exc
             except asyncio.LimitOverrunError as exc:
-                raise TransportError("response head too long") from exc
+                raise ProtocolError("response head too long") from exc
             lines = raw.decode("latin-1").split("\r\n")
             status_line = lines[0].split(" ", 2)
             if len(status_line) < 2 or not status_line[0].startswith("HTTP/") or not status_line[1].isdigit():
-                raise TransportError(f"bad status line {lines[0][:80]!r}")
+                raise ProtocolError(f"bad status line {lines[0][:80]!r}")
             status = int(status_line[1])
             headers: dict[str, str] = {}
             for line in lines[1:]:
@@ -142,13 +159,23 @@ class NativeTransport:
                     continue
                 name, sep, value = line.partition(":")
                 if not sep:
-                    raise TransportError(f"bad header line {line[:80]!r}")
+                    raise ProtocolError(f"bad header line {line[:80]!r}")
                 name = name.strip().lower()
                 value = value.strip()
                 headers[name] = f"{headers[name]}, {value}" if name in headers else value
             if 100 <= status < 200:
                 continue  # interim answer
             return status, headers
+
+
+def _inflater(encoding: str):
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(wbits=31)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    if encoding not in ("", "identity"):
+        raise ProtocolError(f"unsupported Content-Encoding {encoding!r}")
+    return None
 
 
 class NativeResponse:
@@ -164,6 +191,7 @@ class NativeResponse:
         self._done = False
         self._closed = False
         self._started = False
+        self.encoded_bytes = 0  # body bytes as they came over the wire (before Content-Encoding)
 
     @property
     def _keep_alive(self) -> bool:
@@ -171,94 +199,50 @@ class NativeResponse:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self._started:
-            raise TransportError("the body can be read once")
+            raise ProtocolError("the body can be read once")
         self._started = True
-        encoding = self.headers.get("content-encoding", "").strip().lower()
-        inflater = None
-        if encoding in ("gzip", "x-gzip"):
-            inflater = zlib.decompressobj(wbits=31)
-        elif encoding == "deflate":
-            inflater = zlib.decompressobj()
-        elif encoding not in ("", "identity"):
-            raise ProtocolError(f"unsupported Content-Encoding {encoding!r}")
+        inflater = _inflater(self.headers.get("content-encoding", "").strip().lower())
         try:
-            async for raw in self._raw_chunks():
-                if inflater is None:
-                    yield raw
-                else:
-                    try:
-                        out = inflater.decompress(raw)
-                    except zlib.error as exc:
-                        raise ProtocolError(f"bad {encoding} body: {exc}") from exc
+            with _mapped(f"reading {self.url}"):
+                async for raw in self._raw_chunks():
+                    self.encoded_bytes += len(raw)
+                    out = raw if inflater is None else inflater.decompress(raw)
                     if out:
                         yield out
-            if inflater is not None:
-                tail = inflater.flush()
-                if tail:
-                    yield tail
+                if inflater is not None:
+                    tail = inflater.flush()
+                    if tail:
+                        yield tail
         finally:
             if not self._done:
                 await self.aclose()
 
     async def _read(self, n: int) -> bytes:
-        try:
-            return await asyncio.wait_for(self._reader.read(n), self._transport.read_timeout)
-        except asyncio.TimeoutError as exc:
-            raise TransportError(f"read timed out ({self.url})") from exc
+        return await asyncio.wait_for(self._reader.read(n), self._transport.read_timeout)
 
     async def _readexactly(self, n: int) -> bytes:
-        try:
-            return await asyncio.wait_for(self._reader.readexactly(n), self._transport.read_timeout)
-        except asyncio.TimeoutError as exc:
-            raise TransportError(f"read timed out ({self.url})") from exc
-        except asyncio.IncompleteReadError as exc:
-            raise TransportError(f"connection closed inside the body ({self.url})") from exc
+        return await asyncio.wait_for(self._reader.readexactly(n), self._transport.read_timeout)
 
     async def _readline(self) -> bytes:
-        try:
-            return await asyncio.wait_for(self._reader.readuntil(b"\n"), self._transport.read_timeout)
-        except asyncio.TimeoutError as exc:
-            raise TransportError(f"read timed out ({self.url})") from exc
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            raise TransportError(f"bad chunked body ({self.url})") from exc
+        return await asyncio.wait_for(self._reader.readuntil(b"\n"), self._transport.read_timeout)
 
     async def _raw_chunks(self) -> AsyncIterator[bytes]:
         if self.status in (204, 304) or self.status < 200:
             self._finish()
             return
-        te = self.headers.get("transfer-encoding", "").lower()
-        if "chunked" in te:
-            while True:
-                line = await self._readline()
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError as exc:
-                    raise TransportError(f"bad chunk size line {line[:40]!r}") from exc
-                if size == 0:
-                    while (await self._readline()).strip():
-                        pass  # trailers
-                    break
-                left = size
-                while left:
-                    data = await self._read(min(left, READ_SIZE))
-                    if not data:
-                        raise TransportError(f"connection closed inside a chunk ({self.url})")
-                    left -= len(data)
-                    yield data
-                await self._readexactly(2)
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            async for data in self._chunked():
+                yield data
             self._finish()
             return
         length = self.headers.get("content-length")
         if length is not None:
-            try:
-                left = int(length.split(",")[0])
-            except ValueError as exc:
-                raise TransportError(f"bad Content-Length {length!r}") from exc
-            while left > 0:
-                data = await self._read(min(left, READ_SIZE))
+            body = ContentLengthReader(parse_content_length(length))
+            while not body.done:
+                data = await self._read(min(body.remaining, READ_SIZE))
                 if not data:
-                    raise TransportError(f"connection closed after {int(length) - left} of {length} bytes")
-                left -= len(data)
+                    body.read_eof()
+                body.received(len(data))
                 yield data
             self._finish()
             return
@@ -269,6 +253,22 @@ class NativeResponse:
             yield data
         self._done = True
         self._close_connection()
+
+    async def _chunked(self) -> AsyncIterator[bytes]:
+        while True:
+            size = parse_chunk_size(await self._readline())
+            if size == 0:
+                while (await self._readline()).strip():
+                    pass  # trailers
+                return
+            chunk = ContentLengthReader(size)
+            while not chunk.done:
+                data = await self._read(min(chunk.remaining, READ_SIZE))
+                if not data:
+                    chunk.read_eof()
+                chunk.received(len(data))
+                yield data
+            await self._readexactly(2)
 
     def _finish(self) -> None:
         self._done = True

@@ -95,6 +95,6 @@ window.engine = {
 };
 window.demoList = params.has("url") ? Promise.resolve([])
   : fetch("./dicomweb/demo.json").then((r) => (r.ok ? r.json() : [])).catch(() => []);
-// the GPU renderer (app/ui/render.mjs) when this checkout has it, else the plain 2D stand-in
-window.rendererModule = import("./render.mjs").catch(() => import("./render_fallback.mjs"));
+// the renderer (WebGL2, or a 2D canvas where WebGL2 is missing): loaded beside the interpreter
+window.rendererModule = import("./render.mjs");
 import("./hooks.mjs");

@@ -8,12 +8,14 @@ import math
 
 from pyscript import document, window
 
+from app.ui import gestures
 from app.ui.glue import (CONFIG_STORAGE_KEY, DEFAULT_CACHE_MB, VIEWER_PRESETS, clear_errors, el, js,
                          guarded, now_ms, on, set_state, show_error)
 
 SHORTCUTS = [("↑ ↓ ← → / wheel", "previous / next image"), ("PgUp PgDn", "5 images"),
              ("Home End", "first / last image"), ("drag", "window/level (or scroll, per the tool)"),
              ("shift/right drag, two fingers", "pan"), ("ctrl+wheel, pinch, + -", "zoom"),
+             ("t / w / s", "drag tool: toggle / window-level / scroll"),
              ("space", "cine"), ("i", "invert"), ("f", "fit"), ("r", "reset"), ("?", "this help"),
              ("Esc", "close menus and help")]
 
@@ -230,9 +232,9 @@ def config_checked(page, text, answer):
 # ---- input ----------------------------------------------------------------------------------------
 def bind_input(page):
     vp = el("viewport")
-    on(vp, "wheel", lambda e: wheel(page, e), passive=False)
+    pointers = page.pointers = Pointers(page)
+    on(vp, "wheel", pointers.wheel, passive=False)
     on(document, "keydown", lambda e: key(page, e))
-    pointers = Pointers(page)
     on(vp, "pointerdown", pointers.down)
     on(vp, "pointermove", pointers.move)
     on(vp, "pointerup", pointers.up)
@@ -305,9 +307,7 @@ def toggle_invert(page):
 
 
 def toggle_tool(page):
-    button = el("tool")
-    button.dataset.tool = "scroll" if button.dataset.tool == "windowlevel" else "windowlevel"
-    button.textContent = "Tool: scroll" if button.dataset.tool == "scroll" else "Tool: W/L"
+    page.pointers.apply(page.pointers.gestures.toggle_tool())
 
 
 def window_preset(page):
@@ -348,14 +348,6 @@ def toggle_help(show=None):
     box.hidden = (not box.hidden) if show is None else not show
 
 
-def wheel(page, event):
-    event.preventDefault()
-    if event.ctrlKey or event.metaKey:
-        zoom_at(page, math.exp(-float(event.deltaY) * 0.002), event)
-    elif event.deltaY:
-        step(page, 1 if event.deltaY > 0 else -1)
-
-
 def zoom_at(page, factor, event=None):
     cx = cy = 0.0
     if event is not None:
@@ -374,6 +366,8 @@ KEYS = {
     " ": toggle_cine, "i": toggle_invert, "r": reset, "f": fit,
     "+": lambda p: zoom_at(p, 1.25), "=": lambda p: zoom_at(p, 1.25), "-": lambda p: zoom_at(p, 0.8),
     "?": lambda p: toggle_help(), "Escape": lambda p: toggle_help(False),
+    "t": toggle_tool, "w": lambda p: p.pointers.apply(p.pointers.gestures.set_tool(gestures.WINDOWLEVEL)),
+    "s": lambda p: p.pointers.apply(p.pointers.gestures.set_tool(gestures.SCROLL)),
 }
 
 
@@ -389,75 +383,74 @@ def key(page, event):
 
 
 class Pointers:
-    """Mouse and touch on the viewport: one pointer drags (tool), two pinch-zoom and pan."""
+    """Mouse, pen and touch on the viewport through app/ui/gestures.py (one finger or left drag:
+    the tool; two fingers: pinch-zoom and pan; right/shift drag: pan; wheel: slices)."""
 
     def __init__(self, page):
         self.page = page
-        self.points = {}  # pointerId -> (x, y)
-        self.mode = None
-        self.last = None  # previous (x, y) or (distance, midpoint) for two pointers
-        self.carry = 0.0  # slice scrolling: drag distance not yet turned into a step
+        coarse = window.matchMedia("(pointer: coarse)").matches
+        self.gestures = gestures.PointerGestures(tool=gestures.SCROLL if coarse else gestures.WINDOWLEVEL)
+        show_tool(self.gestures.tool)
+
+    def local(self, event):
+        box = el("viewport").getBoundingClientRect()
+        return float(event.clientX) - box.left, float(event.clientY) - box.top
 
     def down(self, event):
         vp = el("viewport")
         vp.focus()
         vp.setPointerCapture(event.pointerId)
-        self.points[event.pointerId] = (float(event.clientX), float(event.clientY))
-        if len(self.points) == 2:
-            self.mode = "pinch"
-            self.last = self.pinch()
-            return
-        pan = event.button in (1, 2) or event.shiftKey
-        self.mode = "pan" if pan else el("tool").dataset.tool or "windowlevel"
-        self.last = self.points[event.pointerId]
-        self.carry = 0.0
-
-    def pinch(self):
-        (x1, y1), (x2, y2) = list(self.points.values())[:2]
-        return math.hypot(x2 - x1, y2 - y1), ((x1 + x2) / 2, (y1 + y2) / 2)
+        x, y = self.local(event)
+        self.apply(self.gestures.down(event.pointerId, x, y, float(event.timeStamp),
+                                      str(event.pointerType), int(event.button), bool(event.shiftKey)))
 
     def move(self, event):
-        if event.pointerId not in self.points or self.mode is None:
-            return
-        self.points[event.pointerId] = (float(event.clientX), float(event.clientY))
-        state = self.page.state
-        if self.mode == "pinch":
-            if len(self.points) < 2:
-                return
-            dist, mid = self.pinch()
-            dist0, mid0 = self.last
-            if dist0 > 0:
-                box = el("viewport").getBoundingClientRect()
-                state.zoom_by(dist / dist0, mid[0] - (box.left + box.width / 2), mid[1] - (box.top + box.height / 2))
-            state.pan_by(mid[0] - mid0[0], mid[1] - mid0[1])
-            self.last = (dist, mid)
-        else:
-            x, y = self.points[event.pointerId]
-            dx, dy = x - self.last[0], y - self.last[1]
-            self.last = (x, y)
-            if self.mode == "pan":
-                state.pan_by(dx, dy)
-            elif self.mode == "scroll":
-                self.carry += dy
-                steps = int(self.carry / 12)
-                if steps:
-                    self.carry -= steps * 12
-                    step(self.page, steps)
-                return
-            else:
-                w = state.window[1] if state.window else 4096.0
-                sensitivity = max(w, 16.0) / 256.0
-                state.window_by(dy * sensitivity, dx * sensitivity)
-        self.page.refresh()
+        x, y = self.local(event)
+        self.apply(self.gestures.move(event.pointerId, x, y, float(event.timeStamp)))
 
     def up(self, event):
-        self.points.pop(event.pointerId, None)
-        if not self.points:
-            if self.mode is not None:
-                remember(self.page)
-            self.mode = None
-        elif self.mode == "pinch":
-            self.mode = None  # the remaining finger does nothing until lifted
+        self.gestures.up(event.pointerId, float(event.timeStamp))
+        remember(self.page)
+
+    def wheel(self, event):
+        event.preventDefault()
+        dy = float(event.deltaY) * (16.0 if event.deltaMode == 1 else 1.0)
+        x, y = self.local(event)
+        self.apply(self.gestures.wheel(float(event.deltaX), dy, bool(event.ctrlKey or event.metaKey),
+                                       float(event.timeStamp), x, y))
+
+    def apply(self, actions):
+        """Carry out the recognizer's actions on the view state; one draw for all of them."""
+        page, state = self.page, self.page.state
+        changed = False
+        for action in actions:
+            kind = type(action).__name__
+            if kind == "ScrollSlices":
+                step(page, action.delta)
+            elif kind == "WindowLevel":
+                w = state.window[1] if state.window else 4096.0
+                sensitivity = max(w, 16.0) / 256.0
+                state.window_by(action.dcenter * sensitivity, action.dwidth * sensitivity)
+                changed = True
+            elif kind == "Zoom":
+                box = el("viewport")
+                cx = (action.cx if action.cx is not None else box.clientWidth / 2) - box.clientWidth / 2
+                cy = (action.cy if action.cy is not None else box.clientHeight / 2) - box.clientHeight / 2
+                state.zoom_by(action.factor, cx, cy)
+                changed = True
+            elif kind == "Pan":
+                state.pan_by(action.dx, action.dy)
+                changed = True
+            elif kind == "ToolChanged":
+                show_tool(action.tool)
+        if changed:
+            page.refresh()
+
+
+def show_tool(tool):
+    button = el("tool")
+    button.dataset.tool = tool
+    button.textContent = "Tool: scroll" if tool == gestures.SCROLL else "Tool: W/L"
 
 
 # ---- the view in the page's URL (back/forward) -----------------------------------------------------

@@ -1,0 +1,227 @@
+"""The browser engine of the bench: headless Chromium through Playwright, the page's own timings.
+
+A fresh context with the HTTP cache disabled opens ``index.html?noload=1&url=<series>&config=<preset>``
+with NO emulation, waits until Python is ready, THEN applies ``Network.emulateNetworkConditions``
+and clicks Load: the runtime download and start are outside every load timing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+from urllib.parse import quote
+
+from .chromium import launch
+from .profiles import PROFILES, floor_ms, timeout_ms
+from .results import ColdStart, LoadRun, Stats, Transfer
+from .site import Demo, frame_bytes
+
+__all__ = ["BrowserDriver"]
+
+# Stamps every renderLog entry with performance.now() when the page pushes it (page clock), so
+# times from the click can be read without touching the page's code. index.html assigns
+# window.renderLog before Python starts, and the page replaces it at each load: both go through the
+# setter.
+_HOOK_JS = """
+(() => {
+  const bench = window.__bench = {states: []};
+  let log = [];
+  const wrap = (a) => {
+    if (a && typeof a.push === 'function' && !a.__benchWrapped) {
+      const push = a.push.bind(a);
+      Object.defineProperty(a, 'push', {enumerable: false, value: (...items) => {
+        const t = performance.now();
+        for (const it of items) { try { it.bench_now = t; } catch (e) {} }
+        return push(...items);
+      }});
+      Object.defineProperty(a, '__benchWrapped', {enumerable: false, value: true});
+    }
+    return a;
+  };
+  Object.defineProperty(window, 'renderLog', {configurable: true,
+    get() { return log; }, set(v) { log = wrap(v); }});
+  new MutationObserver(() => {
+    bench.states.push([document.documentElement.dataset.app, performance.now()]);
+  }).observe(document, {attributes: true, subtree: true, attributeFilter: ['data-app']});
+  // main-thread tasks over 50 ms (decodes run on the page's thread): [start, duration]
+  bench.longtasks = [];
+  try {
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) bench.longtasks.push([e.startTime, e.duration]);
+    }).observe({type: 'longtask', buffered: true});
+  } catch (e) {}
+})();
+"""
+# when the last runtime file (Pyodide, its stdlib, the wheels) had arrived, ms since navigation
+_RUNTIME_DOWNLOADED_JS = """() => Math.max(0, ...performance.getEntriesByType('resource')
+  .filter(e => /\\/static\\/(pyodide|wheels)\\//.test(e.name)).map(e => e.responseEnd))"""
+
+_READY_JS = ("(window.appTimings && window.appTimings.readyMs > 0)"
+             " || document.documentElement.dataset.app === 'error'")
+_DONE_JS = """() => { const s = document.documentElement.dataset.app;
+  if (s === 'error') return true;
+  const seen = (window.__bench.states || []).some(x => x[0] === 'loading');
+  return seen && s === 'idle'; }"""
+_COLLECT_JS = """() => ({
+  log: Array.from(window.renderLog).map(e => Object.assign({}, e)),
+  states: window.__bench.states, click: window.__bench.click, longtasks: window.__bench.longtasks,
+  appState: document.documentElement.dataset.app,
+  errors: document.getElementById('errors') ? document.getElementById('errors').innerText : '',
+  timings: Object.assign({}, window.appTimings)})"""
+_CLICK_JS = ("() => { window.__bench.click = performance.now(); document.getElementById('load').click();"
+             " return window.__bench.click; }")
+_FIRST_DRAWN_JS = ("() => Array.from(window.renderLog || []).some(e => e.drawn)"
+                   " || document.documentElement.dataset.app === 'error'")
+_FETCH_JS = """async ([u, range]) => {
+  const t = performance.now();
+  const r = await fetch(u, {cache: 'no-store', headers: range ? {Range: range} : {}});
+  const first = performance.now() - t;
+  const b = await r.arrayBuffer();
+  return [performance.now() - t, b.byteLength, first, r.status]; }"""
+
+
+class BrowserDriver:
+    """One Chromium for the whole bench; each measurement in its own fresh context."""
+
+    def __init__(self) -> None:
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError as exc:  # pragma: no cover - depends on the machine
+            raise SystemExit(f"error: the browser bench needs playwright ({exc}); or use --engine cpython")
+        self._pw = sync_playwright().start()
+        try:
+            self.browser = launch(self._pw)
+        except FileNotFoundError as exc:
+            self._pw.stop()
+            raise SystemExit(f"error: {exc}") from None
+
+    @property
+    def version(self) -> str:
+        return self.browser.version
+
+    def close(self) -> None:
+        self.browser.close()
+        self._pw.stop()
+
+    def _page(self, *, cache_disabled: bool = True) -> tuple[Any, Any, Any, list[str]]:
+        context = self.browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.add_init_script(_HOOK_JS)
+        cdp = context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        if cache_disabled:
+            cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        return context, page, cdp, errors
+
+    def load(self, metered, base: str, entry: dict, preset: str, profile: str, expect_bytes: int) -> LoadRun:
+        """One load of ``entry`` under ``preset``; ``metered`` is the proxy the page goes through."""
+        context, page, cdp, errors = self._page()
+        try:
+            page.goto(f"{base}/index.html?noload=1&url={quote(entry['url'], safe='/')}&config={preset}")
+            page.wait_for_function(_READY_JS, timeout=120_000)
+            _emulate(cdp, profile)  # only now: the runtime load is never under emulation
+            mark = len(metered.request_log)
+            t_click = page.evaluate(_CLICK_JS)
+            page.wait_for_function(_DONE_JS, timeout=timeout_ms(profile, expect_bytes), polling=20)
+            data = page.evaluate(_COLLECT_JS)
+            time.sleep(0.05)  # let the proxy see the last bytes
+            frames, total, count = frame_bytes(metered.request_log, mark)
+            if data["appState"] == "error" or errors:
+                raise RuntimeError(f"page error ({preset}, {profile}): {data['errors']} {errors}")
+            loading = next((t for s, t in data["states"] if s == "loading"), None)
+            after = [d for start, d in data.get("longtasks") or [] if start >= t_click]
+            return LoadRun(log=data["log"], t_click=t_click, t_loading=loading, bytes_frames=frames,
+                           bytes_total=total, frame_requests=count, longest_task_ms=max(after, default=0.0),
+                           long_tasks_ms=sum(after))
+        finally:
+            context.close()
+
+    def cold_start(self, demo: Demo, runs: int) -> ColdStart:
+        """Fresh context, loopback, no emulation: navigation -> ready, -> first image; a second visit."""
+        got: dict[str, list] = {k: [] for k in ("ready_noload", "ready", "first_image", "imports",
+                                                "downloaded", "python_start", "warm")}
+        url = quote(demo.radiograph["url"], safe="/")
+        page_url = f"{demo.base}/index.html?noload=1&url={url}&config=htj2k"
+        for _ in range(runs):
+            context, page, _cdp, _errors = self._page(cache_disabled=False)
+            try:
+                page.goto(page_url)
+                page.wait_for_function(_READY_JS, timeout=120_000)
+                t = page.evaluate("() => Object.assign({}, window.appTimings)")
+                got["ready_noload"].append(t.get("readyMs"))
+                got["imports"].append(t.get("pythonImportsMs"))
+                got["python_start"].append(t.get("pythonStartMs"))
+                got["downloaded"].append(page.evaluate(_RUNTIME_DOWNLOADED_JS))
+                # a second visit in the same context: HTTP cache warm (304s), compiled wasm cached
+                page.goto(page_url)
+                page.wait_for_function(_READY_JS, timeout=120_000)
+                got["warm"].append(page.evaluate("() => window.appTimings.readyMs"))
+            finally:
+                context.close()
+            context, page, _cdp, _errors = self._page(cache_disabled=False)
+            try:
+                page.goto(f"{demo.base}/index.html?url={url}&config=htj2k")
+                page.wait_for_function(_FIRST_DRAWN_JS, timeout=120_000, polling=10)
+                data = page.evaluate(_COLLECT_JS)
+                first = next((e for e in data["log"] if e.get("drawn")), None)
+                got["ready"].append(data["timings"].get("readyMs"))
+                got["first_image"].append(first and first.get("bench_now"))
+                page.wait_for_function(_DONE_JS, timeout=120_000)
+            finally:
+                context.close()
+        return ColdStart(
+            ready_noload_ms=Stats.of(got["ready_noload"]), ready_ms=Stats.of(got["ready"]),
+            first_image_ms=Stats.of(got["first_image"]), python_imports_ms=Stats.of(got["imports"]),
+            runtime_downloaded_ms=Stats.of([d for d in got["downloaded"] if d]),
+            python_start_ms=Stats.of([p for p in got["python_start"] if p]), warm_ready_ms=Stats.of(got["warm"]),
+            raw={"ready_noload": got["ready_noload"], "ready": got["ready"], "first_image": got["first_image"]})
+
+    def transfer(self, demo: Demo, sop: str, profile: str, runs: int) -> dict[str, Transfer]:
+        """The same frames fetched by plain JS (fetch + arrayBuffer) under the same emulation: the
+        transfer time Chromium's emulation itself allows, without Python, streaming or decoding."""
+        context, page, cdp, _errors = self._page()
+        out: dict[str, Transfer] = {}
+        try:
+            page.goto(f"{demo.base}/dicomweb/demo.json")  # same origin, no Python to start
+            _emulate(cdp, profile)
+            base = f"{demo.base}{demo.radiograph['url']}/instances/{sop}"
+            for name, path, rng in (("HTJ2K full", "frames/1", None), ("JLS full", "jls/1", None),
+                                    ("HTJ2K first 64 KB", "frames/1", "bytes=0-65535")):
+                got = [page.evaluate(_FETCH_JS, [f"{base}/{path}", rng]) for _ in range(runs)]
+                out[name] = Transfer(ms=Stats.of([g[0] for g in got]), bytes=got[0][1],
+                                     first_bytes_ms=Stats.of([g[2] for g in got]),
+                                     floor_ms=floor_ms(profile, got[0][1], 0.0))
+        finally:
+            context.close()
+        return out
+
+    def decode(self, demo: Demo, fmt: dict, urls: dict[str, tuple[str, str]], runs: int) -> dict[str, list[float]]:
+        """The page's own decode_frame on the radiograph, per codec (first call warms imports)."""
+        context, page, _cdp, _errors = self._page()
+        out: dict[str, list[float]] = {}
+        try:
+            page.goto(f"{demo.base}/index.html?noload=1")
+            page.wait_for_function(_READY_JS, timeout=120_000)
+            for name, (url, ts) in urls.items():
+                spec = json.dumps({**fmt, "transfer_syntax": ts})
+                times = []
+                for i in range(runs + 1):
+                    got = json.loads(page.evaluate("([u, f]) => window.pyApp.decodeFrame(u, f)", [url, spec]))
+                    if i:
+                        times.append(got["decode_ms"])
+                out[name] = times
+        finally:
+            context.close()
+        return out
+
+
+def _emulate(cdp: Any, profile: str) -> None:
+    net = PROFILES[profile]
+    if net is None:
+        return
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": net["latency"],
+        "downloadThroughput": net["down"], "uploadThroughput": net["up"]})

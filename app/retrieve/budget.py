@@ -1,0 +1,55 @@
+"""The memory budget: decoded pixels kept for the images nearest the one on screen, and frame
+bytes held between stages, together under ``RetrievePolicy.cache_bytes``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy
+
+from .state import ImageState
+
+__all__ = ["Budget"]
+
+
+class Budget:
+    def __init__(self, cache_bytes: int) -> None:
+        self.cache_bytes = cache_bytes
+        self._pixels: OrderedDict[int, int] = OrderedDict()  # index -> bytes of held pixels
+        self.pixel_bytes = 0
+
+    def remember(self, states: Sequence[ImageState], index: int, nbytes: int, current: int) -> None:
+        """Count a new image's pixels; drop the pixels of the images farthest from ``current``
+        (their best stays, empty, so nothing worse replaces it) until within budget."""
+        self.pixel_bytes += nbytes - self._pixels.pop(index, 0)
+        self._pixels[index] = nbytes
+        while self.pixel_bytes > self.cache_bytes and len(self._pixels) > 1:
+            victim = max((i for i in self._pixels if i != index), key=lambda i: abs(i - current))
+            self.pixel_bytes -= self._pixels.pop(victim)
+            vst = states[victim]
+            if vst.best is not None:
+                vst.best = dataclasses.replace(vst.best, pixels=numpy.empty((0, 0), vst.best.pixels.dtype))
+
+    def forget(self, index: int) -> None:
+        self.pixel_bytes -= self._pixels.pop(index, 0)
+
+    @staticmethod
+    def held_bytes(states: Sequence[ImageState]) -> int:
+        return sum(len(b.data) for s in states for b in s.bodies.values())
+
+    def trim(self, states: Sequence[ImageState], st: ImageState, current: int) -> None:
+        """After a job: drop the bytes of unwanted images; keep held bytes within the budget."""
+        if not st.wanted:
+            st.bodies.clear()
+        over = self.pixel_bytes + self.held_bytes(states) - self.cache_bytes
+        if over <= 0:
+            return
+        for other in sorted(states, key=lambda s: -abs(s.image.index - current)):
+            if over <= 0:
+                break
+            if other.busy or not other.bodies:
+                continue
+            over -= sum(len(b.data) for b in other.bodies.values())
+            other.bodies.clear()  # a later stage fetches this image again from the start

@@ -1,0 +1,364 @@
+"""RetrieveEngine: the facade that runs a load. It owns the event loop side (workers, tasks,
+cancellation) and delegates every decision: the Scheduler picks jobs, the Policy judges results,
+ImageState keeps each image's phase, attempts fetch, the Budget bounds memory."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator, Callable, Iterable
+
+from ..codecs import DecodeError, decode_frame
+from ..config import RetrieveConfig, RetrieveOptions, RetrieveStage
+from ..readers.multipart import MultipartError
+from ..study import Stack
+from ..transport.base import Transport
+from ..transport.errors import TransportError
+from .body import FrameBody
+from .budget import Budget
+from .events import EngineEvent, ImageFailed, Refinement
+from .fetch import Attempt, StreamAttempt, Superseded, attempt_for
+from .nearby import replicas
+from .policy import FetchKind, Policy
+from .scheduler import Scheduler
+from .settings import RetrievePolicy
+from .state import Change, ImageState, Job, Phase
+
+__all__ = ["RetrieveEngine"]
+
+
+class InlineAttempt(Attempt):
+    """Pixel data that came inline in the metadata (InlineBinary): nothing to fetch."""
+
+    def __init__(self, engine: "RetrieveEngine", st: ImageState, job: Job, stage: RetrieveStage) -> None:
+        image = st.image
+        self.engine, self.settings, self.st, self.job, self.stage = engine, engine.policy, st, job, stage
+        self.options = RetrieveOptions()
+        self.body = FrameBody(image.frame_url, image.transfer_syntax)
+        self.body.syntax = image.transfer_syntax
+        self.body.data += image.inline_data or b""
+        self.body.complete = True
+
+
+class RetrieveEngine:
+    """Load a stack progressively; events through ``run()`` (async iterator) and/or ``on_event``."""
+
+    def __init__(self, stack: Stack, config: RetrieveConfig, transport: Transport, *,
+                 policy: RetrievePolicy = RetrievePolicy(), viewport: tuple[int, int] | None = None,
+                 on_event: Callable[[EngineEvent], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.stack = stack
+        self.config = config
+        self.transport = transport
+        self.policy = policy
+        self.rules = Policy(config, stack, viewport)
+        self.on_event = on_event
+        self.clock = clock
+        self.scheduler = Scheduler([stage.priority for stage in config.stages])
+        self.budget = Budget(policy.cache_bytes)
+        self._states = [ImageState(im) for im in stack.images]
+        self._queue: asyncio.Queue | None = None
+        self._wake: asyncio.Event | None = None
+        self._preempt_handle: asyncio.Handle | None = None
+        self._requested: set[int] = set()
+        self.frames_encoded = False  # the server sends frames Content-Encoded: no byte ranges
+
+    # -- public control ----------------------------------------------------------------------
+    @property
+    def viewport(self) -> tuple[int, int] | None:
+        return self.rules.viewport
+
+    @property
+    def current(self) -> int:
+        return self.scheduler.current
+
+    def set_current(self, index: int) -> None:
+        """The image on screen: its jobs go first; the others are ordered by distance to it."""
+        self.scheduler.set_current(max(0, min(index, len(self._states) - 1)))
+        if self._preempt_handle is not None:
+            self._preempt_handle.cancel()
+            self._preempt_handle = None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not loading yet: the first jobs follow the new order anyway
+        if self.policy.preempt_delay <= 0:
+            self._preempt()
+        else:
+            self._preempt_handle = loop.call_later(self.policy.preempt_delay, self._preempt)
+
+    def _preempt(self) -> None:
+        """Scrolled onto an image that waits while every slot is taken: the running job that
+        matters least gives way. Its transfer is cancelled, what it received is kept, and it
+        resumes from the first byte not held when its turn comes again."""
+        self._preempt_handle = None
+        if len(self.scheduler.running) < self.policy.concurrency:
+            return
+        running = [(st.job.index, st.job.stage_pos) for st in self._states
+                   if st.phase is Phase.RUNNING and st.job is not None and st.job.task is not None
+                   and not st.job.task.done()]
+        victim = self.scheduler.victim(running)
+        if victim is not None:
+            st = self._states[victim]
+            st.apply(Change.PREEMPT)
+            st.job.task.cancel()
+
+    def cancel(self, indices: Iterable[int]) -> None:
+        """Stop loading these images: pending jobs dropped, transfers cancelled, results ignored."""
+        for i in indices:
+            st = self._states[i]
+            st.apply(Change.CANCEL)
+            self.scheduler.drop(i)
+            if st.job is not None:
+                st.job.live = False
+                if st.job.task is not None and not st.job.task.done():
+                    st.job.task.cancel()
+            st.bodies.clear()
+        if self._wake:
+            self._wake.set()
+
+    def forget(self, indices: Iterable[int]) -> None:
+        """Drop everything held for these images (pixels, bytes, stages done): the page evicted
+        them to stay within its memory budget. ``request`` (or a new ``run``) loads them again."""
+        indices = list(indices)
+        self.cancel(indices)
+        for i in indices:
+            st = self._states[i]
+            st.best = None
+            st.stages_done.clear()
+            self.budget.forget(i)
+            st.apply(Change.FORGET)
+
+    def pending(self) -> list[int]:
+        """Images with stages still to run (requested, not running)."""
+        return sorted(i for i, todo in self.scheduler.pending.items() if todo and self._states[i].wanted)
+
+    def request(self, indices: Iterable[int]) -> None:
+        """(Re)queue images: stages not yet done for them are scheduled again."""
+        n = len(self._states)
+        for i in indices:
+            st = self._states[i]
+            self._requested.add(i)
+            todo = [pos for pos, stage in enumerate(self.config.stages)
+                    if pos not in st.stages_done and stage.selects(i, n)]
+            if st.phase in (Phase.IDLE, Phase.CANCELLED, Phase.FINAL, Phase.FAILED):
+                st.failures = 0
+            if todo or not st.wanted:
+                st.apply(Change.REQUEST)
+            if self.scheduler.queue(i, todo):
+                continue
+            if st.phase is Phase.QUEUED and not st.busy:  # nothing left to run: settled at once
+                st.apply(Change.FINISH_FINAL if st.final else Change.FINISH_FAILED)
+        if self._wake:
+            self._wake.set()
+
+    async def aclose(self) -> None:
+        """Stop everything: pending jobs dropped, transfers cancelled (the transport stays open)."""
+        self.cancel(range(len(self._states)))
+        tasks = [st.job.task for st in self._states
+                 if st.job is not None and st.job.task is not None and not st.job.task.done()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def best(self, index: int) -> Refinement | None:
+        return self._states[index].best
+
+    def reached_final(self, index: int) -> bool:
+        return self._states[index].final
+
+    def phase(self, index: int) -> Phase:
+        return self._states[index].phase
+
+    @property
+    def held_bytes(self) -> int:
+        return self.budget.held_bytes(self._states)
+
+    # -- running -----------------------------------------------------------------------------
+    async def run(self, indices: Iterable[int] | None = None) -> AsyncIterator[EngineEvent]:
+        """Load the given images (default: the whole stack) through all stages; yield events."""
+        self._queue = asyncio.Queue()
+        self._wake = asyncio.Event()
+        wanted = list(range(len(self._states))) if indices is None else list(indices)
+        self._requested = set()
+        self.request(wanted)
+        runner = asyncio.ensure_future(self._run_workers())
+        try:
+            while True:
+                getter = asyncio.ensure_future(self._queue.get())
+                done, _ = await asyncio.wait({getter, runner}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                while not self._queue.empty():
+                    yield self._queue.get_nowait()
+                runner.result()
+                return
+        finally:
+            if not runner.done():
+                runner.cancel()
+                for st in self._states:
+                    if st.job is not None and st.job.task is not None and not st.job.task.done():
+                        st.job.task.cancel()
+                try:
+                    await runner
+                except (asyncio.CancelledError, Exception):
+                    pass
+
+    async def _run_workers(self) -> None:
+        workers = [asyncio.ensure_future(self._worker()) for _ in range(self.policy.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+
+    async def _worker(self) -> None:
+        while True:
+            taken = self.scheduler.take()
+            if taken is None:
+                if self.scheduler.idle:
+                    self._wake.set()
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            st = self._states[taken[0]]
+            job = st.job = Job(*taken)
+            st.apply(Change.START)
+            job.task = asyncio.ensure_future(self._run_job(st, job))
+            gave_way = False
+            try:
+                gave_way = await job.task
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if not job.task.cancelled() or (me is not None and me.cancelling()):
+                    raise  # the worker itself is being cancelled
+            finally:
+                self._end_job(st, job, gave_way)
+                self._wake.set()
+
+    async def _run_job(self, st: ImageState, job: Job) -> bool:
+        """One stage of one image; True if it gave way to the image on screen (not done)."""
+        stage = self.config.stages[job.stage_pos]
+        image = st.image
+        try:
+            if st.best is not None and not self.rules.stage_can_improve(image, stage, st.best_rank):
+                return False  # already as good as this stage can make it
+            if image.inline_data is not None:
+                await InlineAttempt(self, st, job, stage).run()
+                return False
+            options = self.rules.options(stage, image)
+            if options.frames_path:
+                await self.stack.alternates_loaded()
+            await self._attempt(st, job, stage, options).run()
+        except asyncio.CancelledError:
+            if st.phase is Phase.GIVING_WAY and job.live:
+                return True  # asked to by _preempt: not an error, and the stage is not done
+            raise
+        except Superseded:
+            pass
+        except Exception as exc:  # one bad image never stops the stack
+            if job.live:
+                self._fail(st, stage, _message(exc))
+        return False
+
+    def _attempt(self, st: ImageState, job: Job, stage: RetrieveStage, options: RetrieveOptions) -> Attempt:
+        kind = self.rules.fetch_kind(options)
+        if kind is FetchKind.RANGES and self.frames_encoded:
+            return StreamAttempt(self, st, job, stage, options, streaming=True)  # no ranges over gzip
+        return attempt_for(kind)(self, st, job, stage, options)
+
+    def _end_job(self, st: ImageState, job: Job, gave_way: bool) -> None:
+        st.job = None
+        if job.live:
+            if gave_way:
+                self.scheduler.put_back(job.index, job.stage_pos)  # its turn comes again
+                st.apply(Change.GAVE_WAY)
+            else:
+                st.stages_done.add(job.stage_pos)
+                if self.scheduler.pending.get(job.index):
+                    st.apply(Change.STAGE_END)
+                else:
+                    self._finish(st, self.config.stages[job.stage_pos])
+        self.scheduler.done(job.index)
+        self.budget.trim(self._states, st, self.current)
+
+    def _finish(self, st: ImageState, stage: RetrieveStage) -> None:
+        """The image's last stage ended: final, or failed with a message (never silently neither)."""
+        if st.final:
+            st.apply(Change.FINISH_FINAL)
+            return
+        if not st.failures:
+            best = st.best
+            held = (f"the best image is {best.status.name} {best.columns}x{best.rows}"
+                    if best is not None else "no image was decoded")
+            self._fail(st, stage, f"no stage could make the image final: {held}")
+        st.apply(Change.FINISH_FAILED)
+
+    def _fail(self, st: ImageState, stage: RetrieveStage, message: str) -> None:
+        image = st.image
+        st.failures += 1
+        self.emit(ImageFailed(image.index, image.sop_instance_uid, image.frame, stage.id, message, self.t_ms(st)))
+
+    # -- events ------------------------------------------------------------------------------
+    def emit(self, event: EngineEvent) -> None:
+        if self._queue is not None:
+            self._queue.put_nowait(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def t_ms(self, st: ImageState) -> float:
+        if st.t0 is None:
+            st.t0 = self.clock()
+        return round((self.clock() - st.t0) * 1000.0, 3)
+
+    # -- decoding ----------------------------------------------------------------------------
+    def decode(self, attempt: Attempt, *, reduce: int, end: int | None) -> None:
+        """Decode what the attempt's body holds (a level prefix, or all of it) and report it if
+        it beats what is shown; a whole codestream is checked before it can become final."""
+        attempt.check()
+        st, body, options, image = attempt.st, attempt.body, attempt.options, attempt.st.image
+        syntax = body.resolved_syntax
+        fmt = self.rules.pixel_format(image, body, options)
+        t = self.clock()
+        if end is None:
+            body.check_whole_codestream()
+        with memoryview(body.data) as view:
+            part = view[:end] if end is not None else view
+            try:
+                pixels = decode_frame(part, syntax, fmt, reduce=reduce)
+            except DecodeError:
+                if reduce == 0:
+                    raise
+                body.partial_failed = True  # this decoder cannot read prefixes: wait for the whole frame
+                return
+            finally:
+                part.release()
+        decode_ms = round((self.clock() - t) * 1000.0, 3)
+        rows, columns = pixels.shape[:2]
+        status = self.rules.status_of(image, options, syntax, rows, columns, partial=reduce > 0)
+        rank = (int(status), rows * columns)
+        if st.best is not None and rank <= st.best_rank:
+            return  # never replace a better (or equal) result
+        spacing = None
+        if image.pixel_spacing is not None:
+            spacing = (image.pixel_spacing[0] * image.rows / rows, image.pixel_spacing[1] * image.columns / columns)
+        final = reduce == 0 and not self.rules.later_stage_improves(
+            image, attempt.job.stage_pos, rank, image.index in self._requested, len(self._states))
+        ref = Refinement(
+            index=image.index, sop_instance_uid=image.sop_instance_uid, frame=image.frame,
+            stage_id=attempt.stage.id, status=status, rows=rows, columns=columns, pixel_spacing=spacing,
+            bytes_received=st.bytes_received, t_ms=self.t_ms(st), decode_ms=decode_ms, final=final,
+            pixels=pixels, transfer_syntax=syntax, reduce=reduce, url=body.url,
+        )
+        st.best = ref
+        self.budget.remember(self._states, image.index, pixels.nbytes, self.current)
+        self.emit(ref)
+        for copy in replicas(ref, attempt.stage, self._states, self._requested):
+            self.emit(copy)
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, (DecodeError, TransportError, MultipartError)) else f"{type(exc).__name__}: {text}"

@@ -1,0 +1,385 @@
+"""Fetch strategies: one attempt object per image and stage (Cornerstone's ``getPixelData`` split
+into a streamed request and range requests, each its own class).
+
+An attempt holds what every step needs (the image's state, the stage, its options, the frame body)
+so no step takes ten arguments. ``StreamAttempt`` asks for the whole frame (or, with rangeIndex -1,
+the rest of it) and, when streaming, decodes levels as they complete; ``RangeAttempt`` asks for
+``chunkSize`` bytes and extends the request to the end of a resolution level.
+
+Failures: a retryable TransportError (5xx/429, a lost or cut transfer, a stall) is tried again
+(``RetrievePolicy.retries``) from the first byte not held; anything else fails the stage at once.
+A frame served with a Content-Encoding (gzip) is never continued by Range: the server's offsets
+count encoded bytes the browser never shows, so the rest comes as one whole request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, AsyncIterator, Callable
+
+from ..config import RetrieveOptions, RetrieveStage
+from ..transport.base import ContentRange, Response, parse_content_range
+from ..transport.errors import ProtocolError, StatusError, TransportError, TransportTimeout, retry_after_seconds
+from .body import FrameBody
+from .events import FirstBytes, RequestFinished, RequestStarted
+from .policy import FetchKind, frame_request_url
+from .settings import ACCEPT_ANY
+from .state import ImageState, Job
+
+if TYPE_CHECKING:  # the engine drives attempts; attempts call back into it
+    from .engine import RetrieveEngine
+
+__all__ = ["Attempt", "StreamAttempt", "RangeAttempt", "Superseded", "attempt_for"]
+
+ByteRange = tuple[int, int | None]
+
+
+class Superseded(Exception):
+    """The job's results no longer count (the image was cancelled or loaded again)."""
+
+
+class Attempt:
+    """One stage of one image: fetch what it needs, then decode what it holds."""
+
+    def __init__(self, engine: "RetrieveEngine", st: ImageState, job: Job, stage: RetrieveStage,
+                 options: RetrieveOptions) -> None:
+        self.engine = engine
+        self.settings = engine.policy
+        self.st = st
+        self.job = job
+        self.stage = stage
+        self.options = options
+        image = st.image
+        url = frame_request_url(image.frame_url, options)
+        body = st.bodies.get(url)
+        if body is None:
+            body = st.bodies[url] = FrameBody(url, engine.rules.syntax_of(image, options))
+        self.body = body
+
+    # -- the stage ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        body = self.body
+        if not body.decodable_complete:
+            await self.fetch_frame()
+        self.check()
+        if body.decodable_complete:
+            self.engine.decode(self, reduce=0, end=None)
+            self.st.bodies.pop(body.url, None)  # the frame is decoded: its bytes are no longer needed
+            await asyncio.sleep(0)
+        elif self.options.range_index is not None or self.options.streaming:
+            level = self.engine.rules.best_partial_level(body, self.st.best, self.options)
+            if level is not None:
+                self.engine.decode(self, reduce=level.reduce, end=level.end_offset)
+
+    async def fetch_frame(self) -> None:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        if not self.job.live:
+            raise Superseded()
+
+    def t_ms(self) -> float:
+        return self.engine.t_ms(self.st)
+
+    def emit(self, event) -> None:
+        self.engine.emit(event)
+
+    # -- requests with retries ---------------------------------------------------------------
+    async def fetch(self, want_end: int | None, *, streaming: bool,
+                    on_chunk: Callable[[], bool] | None = None) -> None:
+        """Bring the body up to ``want_end`` (exclusive; None: the whole file) from what it holds."""
+        retries = self.settings.retries
+        for attempt in range(retries + 1):
+            try:
+                return await self.fetch_once(want_end, streaming=streaming, on_chunk=on_chunk)
+            except TransportError as exc:
+                if not exc.retryable:
+                    raise
+                if attempt == retries:
+                    tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                    raise TransportError(f"{exc}{tries}") from exc
+                await asyncio.sleep(self.settings.retry_delay(attempt, exc.retry_after))
+                self.check()
+
+    def _span(self, want_end: int | None) -> tuple[int, int | None, ByteRange | None] | None:
+        """(start, end, byte range) of the next request; None when nothing is missing."""
+        body = self.body
+        if body.encoded and body.file_offset:
+            body.reset()  # no Range over encoded bytes: the whole file again, in one request
+            body.encoded = True
+            want_end = None
+        start = body.file_offset
+        if body.total is not None and want_end is not None:
+            want_end = min(want_end, body.total)
+        if want_end is not None and start >= want_end:
+            return None
+        whole = start == 0 and want_end is None
+        return start, want_end, None if whole else (start, None if want_end is None else want_end - 1)
+
+    async def fetch_once(self, want_end: int | None, *, streaming: bool,
+                         on_chunk: Callable[[], bool] | None = None) -> None:
+        span = self._span(want_end)
+        if span is None:
+            return
+        start, want_end, byte_range = span
+        body, stage, index = self.body, self.stage, self.st.image.index
+        self.emit(RequestStarted(index, stage.id, body.url, byte_range, self.t_ms()))
+        try:
+            resp = await self.get(byte_range)
+        except TransportError:
+            self.emit(RequestFinished(index, stage.id, body.url, 0, 0, self.t_ms()))
+            raise
+        except asyncio.CancelledError:  # before the answer came: the request still ends, cancelled
+            self.emit(RequestFinished(index, stage.id, body.url, 0, 0, self.t_ms(), True))
+            raise
+        received, cancelled = [0], False
+        try:
+            self.check()
+            self.emit(FirstBytes(index, stage.id, body.url, resp.status, self.t_ms()))
+            whole = self._accept(resp, byte_range, start)
+            if whole is None:
+                return  # 416 past the end: everything is held
+            self._note_encoding(resp, 0)
+            await self._read(resp, received, whole=whole, streaming=streaming,
+                             on_chunk=on_chunk if resp.status == 206 and not whole else None)
+            if whole or want_end is None:  # a 200, the last range, or an open-ended one: all is in
+                body.total = body.file_offset
+                body.end_of_file()
+            elif body.total is not None and body.file_offset >= body.total:
+                body.end_of_file()
+        except (asyncio.CancelledError, Superseded):
+            cancelled = True
+            raise
+        finally:
+            await resp.aclose()
+            self.emit(RequestFinished(index, stage.id, body.url, resp.status, received[0], self.t_ms(),
+                                      cancelled))
+
+    def _accept(self, resp: Response, byte_range: ByteRange | None, start: int) -> bool | None:
+        """Check the answer's status against what was asked: True if it holds the rest of the
+        file, False if only the range, None if there is nothing more (416 past the end)."""
+        body, status = self.body, resp.status
+        cr = parse_content_range(resp.headers.get("content-range"))
+        whole = False
+        if status == 416:
+            if byte_range is not None and start > 0 and (cr is None or cr.total is None or cr.total <= start):
+                body.total = start  # nothing more to fetch: we hold the whole file
+                body.end_of_file()
+                return None
+            raise StatusError(416, body.url, detail=f" (range {byte_range})")
+        if status == 200:
+            if start > 0:
+                body.reset()  # the server ignored Range: this body replaces the partial copy
+            whole = True
+        elif status == 206:
+            whole = self._accept_206(cr, byte_range, start)
+        else:
+            raise StatusError(status, body.url, retry_after=retry_after_seconds(resp.headers.get("retry-after")))
+        body.set_content_type(resp.headers.get("content-type"))
+        return whole
+
+    def _accept_206(self, cr: ContentRange | None, byte_range: ByteRange | None, start: int) -> bool:
+        body = self.body
+        if cr is None:
+            return byte_range is None
+        if cr.start != start:
+            if cr.start != 0:
+                raise ProtocolError(f"{body.url}: asked for bytes from {start}, got {cr.start}")
+            body.reset()
+        if cr.total is not None:
+            body.total = cr.total
+        return cr.total is not None and cr.end + 1 >= cr.total
+
+    def _note_encoding(self, resp: Response, received: int) -> None:
+        """A Content-Encoded answer (or, where the browser hides the header, more decoded bytes
+        than the range held) means file offsets are not ours to count: no more ranges for it."""
+        if self.body.encoded:
+            return
+        encoding = resp.headers.get("content-encoding", "").strip().lower()
+        cr = parse_content_range(resp.headers.get("content-range")) if resp.status == 206 else None
+        grew = cr is not None and received > cr.end - cr.start + 1
+        if encoding not in ("", "identity") or grew:
+            self.body.encoded = True
+            self.engine.frames_encoded = True
+
+    async def _read(self, resp: Response, received: list[int], *, whole: bool, streaming: bool,
+                    on_chunk: Callable[[], bool] | None) -> None:
+        body, st, settings = self.body, self.st, self.settings
+        clock = self.engine.clock
+        window_start, window_bytes = clock(), 0
+        async for chunk in self.chunks(resp):
+            self.check()
+            n = len(chunk)
+            window_bytes += n
+            now = clock()
+            if now - window_start >= settings.low_speed_seconds:
+                if window_bytes < settings.low_speed_bytes:
+                    raise TransportTimeout(f"{body.url}: fewer than {settings.low_speed_bytes} bytes in "
+                                           f"{settings.low_speed_seconds:g} s")
+                window_start, window_bytes = now, 0
+            received[0] += n
+            st.bytes_received += n
+            if resp.status == 206:
+                self._note_encoding(resp, received[0])
+            if body.file_offset + n > settings.max_frame_bytes:
+                raise ProtocolError(f"{body.url}: more than {settings.max_frame_bytes} bytes for one frame")
+            body.feed(chunk)
+            if on_chunk is not None and on_chunk():
+                await asyncio.sleep(0)  # let the request it started go out now
+            if streaming and body.levels and not body.decodable_complete:
+                level = self.engine.rules.best_partial_level(body, st.best, self.options)
+                if level is not None:
+                    self.engine.decode(self, reduce=level.reduce, end=level.end_offset)
+                    await asyncio.sleep(0)
+
+    async def chunks(self, resp: Response) -> AsyncIterator[bytes]:
+        """The body's chunks; no byte for the low-speed time is a timeout (the browser's fetch
+        has no read timeout of its own)."""
+        seconds = self.settings.low_speed_seconds
+        chunks = resp.chunks().__aiter__()
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(seconds):
+                        chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+                except TimeoutError as exc:
+                    raise TransportTimeout(f"{resp.url or self.body.url}: no bytes for {seconds:g} s") from exc
+                yield chunk
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def get(self, byte_range: ByteRange | None) -> Response:
+        """transport.get, with the low-speed time as the deadline for the answer's headers."""
+        seconds = self.settings.low_speed_seconds
+        url = self.body.url
+        try:
+            async with asyncio.timeout(seconds):
+                return await self.engine.transport.get(url, headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
+        except TimeoutError as exc:
+            raise TransportTimeout(f"GET {url}: no answer in {seconds:g} s") from exc
+
+
+class StreamAttempt(Attempt):
+    """The whole frame, or (rangeIndex -1) the rest of it, in one request; streamed when asked,
+    so the levels between what is held and the final one show as they complete."""
+
+    def __init__(self, *args, streaming: bool | None = None) -> None:
+        super().__init__(*args)
+        self.streaming = self.options.streaming if streaming is None else streaming
+
+    async def fetch_frame(self) -> None:
+        await self.fetch(None, streaming=self.streaming)
+
+
+class RangeAttempt(Attempt):
+    """``rangeIndex`` >= 0: ``chunkSize`` bytes, then on to the end of a level if needed.
+
+    The second range is asked for as soon as the first one's main header (its TLM) says where
+    that level ends, so its round trip overlaps the first transfer instead of following it.
+    Whatever is still missing after that (no TLM in the first bytes, the early request failed
+    or was answered oddly) is fetched the plain way, from the first byte not held.
+    """
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.want_end = self.options.chunk_size * (self.options.range_index + 1)
+        self.ahead: asyncio.Task | None = None
+        self.ahead_asked = False
+
+    async def fetch_frame(self) -> None:
+        body = self.body
+        try:
+            if body.file_offset < self.want_end:
+                await self.fetch(self.want_end, streaming=False, on_chunk=self._on_chunk)
+            await self._take_ahead()
+        finally:
+            self._drop_ahead()
+        if body.encoded:
+            return  # no ranges over encoded bytes: a later stage asks for the whole frame
+        level = self.engine.rules.wanted_level(body, self.options, self.want_end)
+        if level is not None and not body.decodable_complete:
+            end = body.level_file_end(level.level)
+            if end is not None and end > body.file_offset:
+                await self.fetch(end, streaming=False)
+
+    def _on_chunk(self) -> bool:
+        """After each chunk of a range the server honours: True if it started the early range."""
+        body = self.body
+        if self.ahead_asked or body.header is None or body.encoded:
+            return False
+        self.ahead_asked = True
+        level = self.engine.rules.wanted_level(body, self.options, self.want_end)
+        end = body.level_file_end(level.level) if level is not None else None
+        if end is not None and end > self.want_end and not body.decodable_complete:
+            self.ahead = asyncio.ensure_future(self.read_ahead(self.want_end, end))
+        return self.ahead is not None
+
+    async def _take_ahead(self) -> None:
+        """Feed the early range's bytes, if they came and the body reached where they start."""
+        if self.ahead is None:
+            return
+        try:
+            chunks, total = await self.ahead
+        except (TransportError, ValueError):
+            return
+        self.check()
+        body = self.body
+        if body.file_offset != self.want_end or body.decodable_complete or body.encoded:
+            return
+        for chunk in chunks:
+            self.st.bytes_received += len(chunk)
+            body.feed(chunk)
+        if total is not None:
+            body.total = total
+            if body.file_offset >= total:
+                body.end_of_file()
+
+    def _drop_ahead(self) -> None:
+        task = self.ahead
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled():
+            task.exception()  # retrieved: a failed early range is not worth a warning
+
+    async def read_ahead(self, start: int, end: int) -> tuple[list[bytes], int | None]:
+        """Bytes ``start``..``end``-1 of the frame, held aside until the body reaches ``start``.
+
+        Anything but a 206 for exactly that start raises (the caller then fetches the plain way);
+        one attempt only, no retries: the plain way has them.
+        """
+        body, stage, index = self.body, self.stage, self.st.image.index
+        self.emit(RequestStarted(index, stage.id, body.url, (start, end - 1), self.t_ms()))
+        chunks: list[bytes] = []
+        received, status, cancelled, resp = 0, 0, False, None
+        try:
+            resp = await self.get((start, end - 1))
+            status = resp.status
+            self.emit(FirstBytes(index, stage.id, body.url, status, self.t_ms()))
+            cr = parse_content_range(resp.headers.get("content-range"))
+            if status != 206 or cr is None or cr.start != start:
+                raise ProtocolError(f"{body.url}: the early range request got HTTP {status}")
+            async for chunk in self.chunks(resp):
+                received += len(chunk)
+                if start + received > self.settings.max_frame_bytes:
+                    raise ProtocolError(f"{body.url}: more than {self.settings.max_frame_bytes} bytes for one frame")
+                chunks.append(bytes(chunk))
+            if received > end - start:
+                raise ProtocolError(f"{body.url}: the early range came encoded")
+            return chunks, cr.total
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            if resp is not None:
+                await resp.aclose()
+            self.emit(RequestFinished(index, stage.id, body.url, status, received, self.t_ms(), cancelled))
+
+
+def attempt_for(kind: FetchKind) -> type[Attempt]:
+    return RangeAttempt if kind is FetchKind.RANGES else StreamAttempt

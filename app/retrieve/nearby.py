@@ -1,0 +1,39 @@
+"""Cornerstone's ``nearbyFrames``: show an image at neighbouring slices until their own arrives."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+from ..config import ImageQualityStatus, RetrieveStage
+from .events import Refinement
+from .state import ImageState
+
+__all__ = ["replicas"]
+
+
+def replicas(ref: Refinement, stage: RetrieveStage, states: Sequence[ImageState],
+             requested: set[int]) -> Iterator[Refinement]:
+    """Copies of ``ref`` for the stage's nearby slices that are wanted and hold nothing as good;
+    each copy is recorded as that slice's best before it is yielded."""
+    n = len(states)
+    for nearby in stage.nearby_frames or ():
+        i = ref.index + nearby.offset
+        if not 0 <= i < n or i == ref.index:
+            continue
+        st = states[i]
+        if not st.wanted or i not in requested:
+            continue
+        status = nearby.image_quality_status or ImageQualityStatus.ADJACENT_REPLICATE
+        if st.best is not None and int(st.best.status) >= int(status):
+            continue
+        im = st.image
+        spacing = None
+        if im.pixel_spacing is not None:
+            spacing = (im.pixel_spacing[0] * im.rows / ref.rows, im.pixel_spacing[1] * im.columns / ref.columns)
+        copy = dataclasses.replace(
+            ref, index=i, sop_instance_uid=im.sop_instance_uid, frame=im.frame, status=status,
+            pixel_spacing=spacing, bytes_received=st.bytes_received, decode_ms=0.0, final=False, url="",
+        )
+        st.best = copy
+        yield copy

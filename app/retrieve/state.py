@@ -1,0 +1,116 @@
+"""Each image's place in the load, as one explicit state machine (h11 ``_state`` style).
+
+An image is IDLE until requested, QUEUED while stages wait for a slot, RUNNING while a job works
+on it, GIVING_WAY while its job is being cancelled for the image on screen, and ends FINAL (no
+stage can improve it) or FAILED (no stage could make it final); CANCELLED when no longer wanted.
+Every change goes through ``ImageState.apply`` and the one table below, so an impossible change
+(a start while running, a preemption of a queued image) raises instead of corrupting flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+
+from ..study import StackImage
+from .body import FrameBody
+from .events import Refinement
+
+__all__ = ["Phase", "Change", "TRANSITIONS", "ImageState", "Job", "StateError"]
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    QUEUED = "queued"
+    RUNNING = "running"
+    GIVING_WAY = "giving way"
+    FINAL = "final"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Change(enum.Enum):
+    REQUEST = "request"  # stages to run were queued
+    START = "start"  # a job took a slot
+    PREEMPT = "preempt"  # its job is asked to give way to the image on screen
+    GAVE_WAY = "gave way"  # the job stopped; its stage runs again later
+    STAGE_END = "stage end"  # a stage ended, more are queued
+    FINISH_FINAL = "finish final"  # the last stage ended with a final image
+    FINISH_FAILED = "finish failed"  # the last stage ended without one
+    CANCEL = "cancel"
+    FORGET = "forget"  # everything held was dropped
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+P, C = Phase, Change
+_ANY_TIME = {C.CANCEL: P.CANCELLED, C.FORGET: P.IDLE}
+TRANSITIONS: dict[Phase, dict[Change, Phase]] = {
+    P.IDLE: {C.REQUEST: P.QUEUED, **_ANY_TIME},
+    P.QUEUED: {C.REQUEST: P.QUEUED, C.START: P.RUNNING, C.FINISH_FINAL: P.FINAL, C.FINISH_FAILED: P.FAILED,
+               **_ANY_TIME},
+    P.RUNNING: {C.REQUEST: P.RUNNING, C.PREEMPT: P.GIVING_WAY, C.STAGE_END: P.QUEUED,
+                C.FINISH_FINAL: P.FINAL, C.FINISH_FAILED: P.FAILED, **_ANY_TIME},
+    P.GIVING_WAY: {C.REQUEST: P.GIVING_WAY, C.GAVE_WAY: P.QUEUED, C.STAGE_END: P.QUEUED,
+                   C.FINISH_FINAL: P.FINAL, C.FINISH_FAILED: P.FAILED, **_ANY_TIME},
+    P.FINAL: {C.REQUEST: P.QUEUED, **_ANY_TIME},
+    P.FAILED: {C.REQUEST: P.QUEUED, **_ANY_TIME},
+    P.CANCELLED: {C.REQUEST: P.QUEUED, C.CANCEL: P.CANCELLED, C.FORGET: P.IDLE},
+}
+"""phase -> change -> next phase; a change missing from a phase's row is a bug (StateError)."""
+
+
+class StateError(RuntimeError):
+    """A change the table does not allow in the current phase."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One stage of one image on a slot; ``live`` goes False when its results no longer count."""
+
+    index: int
+    stage_pos: int
+    task: asyncio.Task | None = None
+    live: bool = True
+
+
+@dataclass
+class ImageState:
+    image: StackImage
+    phase: Phase = Phase.IDLE
+    job: Job | None = None  # the job holding a slot for it (kept until its task has ended)
+    t0: float | None = None
+    bytes_received: int = 0
+    best: Refinement | None = None
+    bodies: dict[str, FrameBody] = field(default_factory=dict)
+    stages_done: set[int] = field(default_factory=set)
+    failures: int = 0  # ImageFailed events reported since it was last requested
+
+    def apply(self, change: Change) -> Phase:
+        try:
+            self.phase = TRANSITIONS[self.phase][change]
+        except KeyError:
+            raise StateError(f"image {self.image.index}: {change!r} while {self.phase!r}") from None
+        return self.phase
+
+    @property
+    def wanted(self) -> bool:
+        return self.phase not in (Phase.CANCELLED, Phase.IDLE)
+
+    @property
+    def busy(self) -> bool:
+        """A job still holds a slot for it (perhaps one being cancelled)."""
+        return self.job is not None
+
+    @property
+    def final(self) -> bool:
+        return self.best is not None and self.best.final
+
+    @property
+    def best_rank(self) -> tuple[int, int]:
+        return self.best.rank if self.best is not None else (0, 0)

@@ -1,0 +1,502 @@
+// One image on a canvas: WebGL2 textures with a lookup table, or a 2D-canvas fallback.
+//
+// Window/level, invert, MONOCHROME1 and rescale become a grey-level table built here per change
+// (256 or 65536 entries, float32 arithmetic step for step as app/render.py does it, so both paths
+// give the CPU reference's grey levels exactly); zoom and pan are a destination rectangle. A W/L
+// drag therefore costs one table build and one draw, never Python or numpy.
+// No dependencies: the viewer's main thread imports this file as it is.
+
+const BYTES = { uint8: 1, int8: 1, uint16: 2, int16: 2, float32: 4 };
+const LUT_SIDE = 256; // the 65536-entry table as a 256x256 texture: index = row * 256 + column
+const BACKGROUND = [0, 0, 0];
+
+// ---- shared rules: the DICOM linear VOI function and the image's place on the canvas ----
+
+const f32 = Math.fround;
+
+function roundHalfEven(x) {
+  const r = Math.round(x);
+  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** Window and rescale as float32 constants, exactly the operands app/render.py's numpy sees. */
+function windowTerms(view) {
+  const center = Number(view.center);
+  const width = Number(view.width) >= 1 ? Number(view.width) : 1; // render.Window's clamp
+  const slope = view.slope === undefined ? 1 : Number(view.slope);
+  const intercept = view.intercept === undefined ? 0 : Number(view.intercept);
+  return {
+    slope: f32(slope), intercept: f32(intercept),
+    low: f32(center - 0.5), span: f32(width - 1), steep: !(width > 1),
+    flip: Boolean(view.invert) !== Boolean(view.monochrome1),
+  };
+}
+
+/** Grey level 0..255 of one stored value (PS3.3 C.11.2.1.2, then invert), float32 throughout. */
+function greyOf(stored, t) {
+  const modality = f32(f32(f32(stored) * t.slope) + t.intercept);
+  let grey;
+  if (t.steep) {
+    grey = modality > t.low ? 255 : 0;
+  } else {
+    const scaled = f32(f32(f32(f32(modality - t.low) / t.span) + 0.5) * 255);
+    grey = roundHalfEven(scaled);
+    grey = grey > 0 ? (grey < 255 ? grey : 255) : 0; // NaN (float32 data only) becomes 0
+  }
+  return t.flip ? 255 - grey : grey;
+}
+
+/** Grey level per raw 8- or 16-bit pattern (signed types read as two's complement). */
+export function greyTable(dtype, view) {
+  const t = windowTerms(view);
+  const size = BYTES[dtype] === 1 ? 256 : 65536;
+  const table = new Uint8Array(size);
+  const shift = size === 256 ? 24 : 16;
+  const signed = dtype === "int8" || dtype === "int16";
+  for (let i = 0; i < size; i++) table[i] = greyOf(signed ? (i << shift) >> shift : i, t);
+  return table;
+}
+
+function tableKey(dtype, view) {
+  const t = windowTerms(view);
+  return [BYTES[dtype], dtype[0], t.slope, t.intercept, t.low, t.span, t.steep, t.flip].join("|");
+}
+
+/** Destination rectangle in device pixels (top-left origin) of the FINAL image's geometry. */
+export function placement(view, image, canvasWidth, canvasHeight, dpr) {
+  const fullColumns = view.fullColumns || image.columns;
+  const fullRows = view.fullRows || image.rows;
+  const displayHeight = fullRows * (view.aspect > 0 ? view.aspect : 1);
+  const fit = Math.min(canvasWidth / fullColumns, canvasHeight / displayHeight);
+  const scale = fit * (view.zoom > 0 ? view.zoom : 1);
+  const width = fullColumns * scale;
+  const height = displayHeight * scale;
+  return {
+    x: (canvasWidth - width) / 2 + (Number(view.panX) || 0) * dpr,
+    y: (canvasHeight - height) / 2 + (Number(view.panY) || 0) * dpr,
+    width, height,
+  };
+}
+
+function checkImage(image) {
+  const { rows, columns, dtype } = image;
+  const samples = image.samples || 1;
+  if (!(dtype in BYTES)) throw new Error(`render: unknown dtype ${dtype}`);
+  if (samples !== 1 && !(samples === 3 && dtype === "uint8")) {
+    throw new Error(`render: ${samples} samples of ${dtype} (colour must be 3 x uint8)`);
+  }
+  if (!(rows > 0 && columns > 0)) throw new Error(`render: bad size ${rows}x${columns}`);
+  const bytes = rows * columns * samples * BYTES[dtype];
+  const buffer = image.buffer;
+  const length = buffer && buffer.byteLength;
+  if (!(length >= bytes)) throw new Error(`render: ${length} bytes for ${rows}x${columns}x${samples} ${dtype}`);
+  return { rows, columns, dtype, samples, bytes };
+}
+
+function typedView(buffer, dtype, count, offset = 0) {
+  const Type = { uint8: Uint8Array, int8: Uint8Array, uint16: Uint16Array, int16: Uint16Array,
+                 float32: Float32Array }[dtype];
+  return new Type(buffer, offset, count);
+}
+
+function rawView(image, info) {
+  const buffer = ArrayBuffer.isView(image.buffer) ? image.buffer.buffer : image.buffer;
+  const offset = ArrayBuffer.isView(image.buffer) ? image.buffer.byteOffset : 0;
+  return typedView(buffer, info.dtype, info.rows * info.columns * info.samples, offset);
+}
+
+// ---- WebGL2 ----
+
+// The image's destination rectangle only: the rest of the canvas is cleared, not shaded.
+const VERTEX = `#version 300 es
+uniform vec4 u_dest;      // x, y, width, height in device px, top-left origin
+uniform vec2 u_canvas;
+void main() {
+  vec2 corner = vec2(float(gl_VertexID & 1), float((gl_VertexID >> 1) & 1));
+  vec2 clip = (u_dest.xy + corner * u_dest.zw) / u_canvas * 2.0 - 1.0;
+  gl_Position = vec4(clip.x, -clip.y, 0.0, 1.0);
+}`;
+
+// colourAt(p) per kind of image; the rest (placement, nearest/bilinear) is shared.
+const COLOUR_AT = {
+  table: `uniform highp usampler2D u_image; uniform highp sampler2D u_lut;
+    vec3 colourAt(ivec2 p) {
+      uint v = texelFetch(u_image, p, 0).r;
+      return vec3(texelFetch(u_lut, ivec2(int(v & 255u), int(v >> 8u)), 0).r);
+    }`,
+  float: `uniform highp sampler2D u_image; uniform vec4 u_window; uniform bool u_steep;
+    // u_window: slope, intercept, center - 0.5, width - 1
+    vec3 colourAt(ivec2 p) {
+      float m = texelFetch(u_image, p, 0).r * u_window.x + u_window.y;
+      float g = u_steep ? (m > u_window.z ? 255.0 : 0.0)
+                        : clamp(roundEven(((m - u_window.z) / u_window.w + 0.5) * 255.0), 0.0, 255.0);
+      return vec3(u_flip ? 255.0 - g : g) / 255.0;
+    }`,
+  rgb: `uniform highp usampler2D u_image;
+    vec3 colourAt(ivec2 p) {
+      vec3 c = vec3(texelFetch(u_image, p, 0).rgb);
+      return (u_flip ? 255.0 - c : c) / 255.0;
+    }`,
+};
+
+function fragmentSource(kind) {
+  return `#version 300 es
+precision highp float; precision highp int;
+uniform vec4 u_dest;
+uniform vec2 u_canvas;
+uniform ivec2 u_size;     // texels of the uploaded (maybe reduced) image
+uniform bool u_smooth;
+uniform bool u_flip;
+uniform vec3 u_background;
+out vec4 outColour;
+${COLOUR_AT[kind]}
+void main() {
+  vec2 frag = vec2(gl_FragCoord.x, u_canvas.y - gl_FragCoord.y);
+  vec2 uv = (frag - u_dest.xy) / u_dest.zw;
+  if (any(lessThan(uv, vec2(0.0))) || any(greaterThanEqual(uv, vec2(1.0)))) {
+    outColour = vec4(u_background, 1.0);
+    return;
+  }
+  vec2 t = uv * vec2(u_size);
+  if (!u_smooth) {
+    outColour = vec4(colourAt(min(ivec2(t), u_size - 1)), 1.0);
+    return;
+  }
+  vec2 s = t - 0.5;
+  vec2 f = fract(s);
+  ivec2 p0 = clamp(ivec2(floor(s)), ivec2(0), u_size - 1);
+  ivec2 p1 = clamp(ivec2(floor(s)) + 1, ivec2(0), u_size - 1);
+  vec3 top = mix(colourAt(p0), colourAt(ivec2(p1.x, p0.y)), f.x);
+  vec3 bottom = mix(colourAt(ivec2(p0.x, p1.y)), colourAt(p1), f.x);
+  outColour = vec4(mix(top, bottom, f.y), 1.0);
+}`;
+}
+
+function compile(gl, type, source) {
+  const shader = gl.createShader(type);
+  gl.shaderSource(shader, source);
+  gl.compileShader(shader);
+  if (!gl.getShaderParameter(shader, gl.COMPILE_STATUS)) {
+    throw new Error(`render: shader: ${gl.getShaderInfoLog(shader)}`);
+  }
+  return shader;
+}
+
+function link(gl, kind) {
+  const program = gl.createProgram();
+  gl.attachShader(program, compile(gl, gl.VERTEX_SHADER, VERTEX));
+  gl.attachShader(program, compile(gl, gl.FRAGMENT_SHADER, fragmentSource(kind)));
+  gl.linkProgram(program);
+  if (!gl.getProgramParameter(program, gl.LINK_STATUS)) {
+    throw new Error(`render: program: ${gl.getProgramInfoLog(program)}`);
+  }
+  const uniforms = {};
+  const count = gl.getProgramParameter(program, gl.ACTIVE_UNIFORMS);
+  for (let i = 0; i < count; i++) {
+    const name = gl.getActiveUniform(program, i).name;
+    uniforms[name] = gl.getUniformLocation(program, name);
+  }
+  return { program, uniforms };
+}
+
+// internal format, format, type and shader kind per uploaded image
+function textureFormat(gl, info) {
+  if (info.samples === 3) return [gl.RGB8UI, gl.RGB_INTEGER, gl.UNSIGNED_BYTE, "rgb"];
+  if (info.dtype === "float32") return [gl.R32F, gl.RED, gl.FLOAT, "float"];
+  if (BYTES[info.dtype] === 1) return [gl.R8UI, gl.RED_INTEGER, gl.UNSIGNED_BYTE, "table"];
+  return [gl.R16UI, gl.RED_INTEGER, gl.UNSIGNED_SHORT, "table"];
+}
+
+class GlRenderer {
+  constructor(canvas, gl) {
+    this.kind = "webgl2";
+    this.canvas = canvas;
+    this.gl = gl;
+    this.dpr = 1;
+    this.images = new Map();
+    this.last = null;
+    this.setUp();
+    canvas.addEventListener("webglcontextlost", (event) => {
+      event.preventDefault(); // textures are gone: has() says so and the viewer uploads again
+      this.images.clear();
+      this.last = null;
+    });
+    canvas.addEventListener("webglcontextrestored", () => this.setUp());
+  }
+
+  setUp() {
+    const gl = this.gl;
+    this.programs = { table: link(gl, "table"), float: link(gl, "float"), rgb: link(gl, "rgb") };
+    this.lut = gl.createTexture();
+    gl.activeTexture(gl.TEXTURE1);
+    gl.bindTexture(gl.TEXTURE_2D, this.lut);
+    gl.texStorage2D(gl.TEXTURE_2D, 1, gl.R8, LUT_SIDE, LUT_SIDE);
+    nearest(gl);
+    this.lutKey = null;
+    this.maxSize = gl.getParameter(gl.MAX_TEXTURE_SIZE);
+    gl.disable(gl.BLEND);
+    gl.disable(gl.DEPTH_TEST);
+  }
+
+  upload(key, image) {
+    const info = checkImage(image);
+    if (info.rows > this.maxSize || info.columns > this.maxSize) {
+      throw new Error(`render: ${info.columns}x${info.rows} exceeds this GPU's ${this.maxSize} px`);
+    }
+    this.drop(key);
+    const gl = this.gl;
+    const [internal, format, type, kind] = textureFormat(gl, info);
+    const texture = gl.createTexture();
+    gl.activeTexture(gl.TEXTURE0);
+    gl.bindTexture(gl.TEXTURE_2D, texture);
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+    gl.texStorage2D(gl.TEXTURE_2D, 1, internal, info.columns, info.rows);
+    gl.texSubImage2D(gl.TEXTURE_2D, 0, 0, 0, info.columns, info.rows, format, type,
+                     rawView(image, info));
+    nearest(gl);
+    this.images.set(key, { ...info, texture, kind });
+  }
+
+  has(key) { return this.images.has(key); }
+
+  drop(key) {
+    const entry = this.images.get(key);
+    if (!entry) return;
+    this.gl.deleteTexture(entry.texture);
+    this.images.delete(key);
+    if (this.last && this.last.key === key) this.last = null;
+  }
+
+  draw(key, view) {
+    const entry = this.images.get(key);
+    if (!entry) throw new Error(`render: no image uploaded as ${key}`);
+    const gl = this.gl;
+    const { program, uniforms } = this.programs[entry.kind];
+    gl.useProgram(program);
+    if (entry.kind === "table") this.useTable(entry.dtype, view, uniforms);
+    if (entry.kind === "float") this.setWindow(view, uniforms);
+    gl.activeTexture(gl.TEXTURE0);
+    gl.bindTexture(gl.TEXTURE_2D, entry.texture);
+    gl.uniform1i(uniforms.u_image, 0);
+    const { width, height } = this.canvas;
+    const dest = placement(view, entry, width, height, this.dpr);
+    gl.uniform4f(uniforms.u_dest, dest.x, dest.y, dest.width, dest.height);
+    gl.uniform2f(uniforms.u_canvas, width, height);
+    gl.uniform2i(uniforms.u_size, entry.columns, entry.rows);
+    gl.uniform1i(uniforms.u_smooth, view.smooth === false ? 0 : 1);
+    if (uniforms.u_flip) gl.uniform1i(uniforms.u_flip, windowTerms(view).flip ? 1 : 0);
+    if (uniforms.u_background) gl.uniform3f(uniforms.u_background, ...BACKGROUND);
+    gl.viewport(0, 0, width, height);
+    gl.clearColor(BACKGROUND[0], BACKGROUND[1], BACKGROUND[2], 1);
+    gl.clear(gl.COLOR_BUFFER_BIT);
+    gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
+    this.last = { key, view };
+  }
+
+  useTable(dtype, view, uniforms) {
+    const gl = this.gl;
+    const key = tableKey(dtype, view);
+    gl.activeTexture(gl.TEXTURE1);
+    gl.bindTexture(gl.TEXTURE_2D, this.lut);
+    if (key !== this.lutKey) {
+      const table = greyTable(dtype, view);
+      const rows = table.length / LUT_SIDE;
+      gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+      gl.texSubImage2D(gl.TEXTURE_2D, 0, 0, 0, LUT_SIDE, rows, gl.RED, gl.UNSIGNED_BYTE, table);
+      this.lutKey = key;
+    }
+    gl.uniform1i(uniforms.u_lut, 1);
+  }
+
+  setWindow(view, uniforms) {
+    const t = windowTerms(view);
+    this.gl.uniform4f(uniforms.u_window, t.slope, t.intercept, t.low, t.span);
+    this.gl.uniform1i(uniforms.u_steep, t.steep ? 1 : 0);
+  }
+
+  clear() {
+    const gl = this.gl;
+    gl.viewport(0, 0, this.canvas.width, this.canvas.height);
+    gl.clearColor(BACKGROUND[0], BACKGROUND[1], BACKGROUND[2], 1);
+    gl.clear(gl.COLOR_BUFFER_BIT);
+    this.last = null;
+  }
+
+  resize(cssWidth, cssHeight, dpr = 1) {
+    resizeCanvas(this, cssWidth, cssHeight, dpr);
+    if (this.last) this.draw(this.last.key, this.last.view); else this.clear();
+  }
+
+  bytesHeld() {
+    let total = LUT_SIDE * LUT_SIDE;
+    for (const entry of this.images.values()) total += entry.bytes;
+    return total;
+  }
+
+  readPixels() {
+    // The drawing buffer is not preserved after compositing: draw again, then read in this task.
+    if (this.last) this.draw(this.last.key, this.last.view); else this.clear();
+    const gl = this.gl;
+    const { width, height } = this.canvas;
+    const bottomUp = new Uint8Array(width * height * 4);
+    gl.readPixels(0, 0, width, height, gl.RGBA, gl.UNSIGNED_BYTE, bottomUp);
+    const out = new Uint8ClampedArray(bottomUp.length);
+    const stride = width * 4;
+    for (let row = 0; row < height; row++) {
+      out.set(bottomUp.subarray((height - 1 - row) * stride, (height - row) * stride), row * stride);
+    }
+    return out;
+  }
+}
+
+function nearest(gl) {
+  gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.NEAREST);
+  gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.NEAREST);
+  gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
+  gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+}
+
+function resizeCanvas(renderer, cssWidth, cssHeight, dpr) {
+  renderer.dpr = dpr > 0 ? dpr : 1;
+  renderer.canvas.width = Math.max(1, Math.round(cssWidth * renderer.dpr));
+  renderer.canvas.height = Math.max(1, Math.round(cssHeight * renderer.dpr));
+}
+
+// ---- 2D canvas ----
+
+const OPAQUE = 0xff000000;
+
+/** Packed little-endian RGBA words for a grey table (one word per stored pattern). */
+function rgbaTable(grey) {
+  const words = new Uint32Array(grey.length);
+  for (let i = 0; i < grey.length; i++) words[i] = OPAQUE | (grey[i] * 0x010101);
+  return words;
+}
+
+function makeSurface(width, height) {
+  if (typeof OffscreenCanvas !== "undefined") return new OffscreenCanvas(width, height);
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  return canvas;
+}
+
+class CanvasRenderer {
+  constructor(canvas) {
+    this.kind = "2d";
+    this.canvas = canvas;
+    this.context = canvas.getContext("2d", { alpha: false });
+    if (!this.context) throw new Error("render: this canvas has neither WebGL2 nor 2D");
+    this.dpr = 1;
+    this.images = new Map();
+    this.words = null; // the last table as packed RGBA words
+    this.last = null;
+  }
+
+  upload(key, image) {
+    const info = checkImage(image);
+    this.drop(key);
+    this.images.set(key, { ...info, pixels: rawView(image, info), surface: null, shownAs: null });
+  }
+
+  has(key) { return this.images.has(key); }
+
+  drop(key) {
+    this.images.delete(key);
+    if (this.last && this.last.key === key) this.last = null;
+  }
+
+  draw(key, view) {
+    const entry = this.images.get(key);
+    if (!entry) throw new Error(`render: no image uploaded as ${key}`);
+    const shownAs = entry.samples === 3 ? `rgb|${Boolean(view.invert)}`
+      : entry.dtype === "float32" ? `f|${tableKey("float32", view)}` : tableKey(entry.dtype, view);
+    if (entry.shownAs !== shownAs) this.paint(entry, view, shownAs);
+    const ctx = this.context;
+    const { width, height } = this.canvas;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.fillStyle = `rgb(${BACKGROUND.join(",")})`;
+    ctx.fillRect(0, 0, width, height);
+    ctx.imageSmoothingEnabled = view.smooth !== false;
+    const dest = placement(view, entry, width, height, this.dpr);
+    ctx.drawImage(entry.surface, dest.x, dest.y, dest.width, dest.height);
+    this.last = { key, view };
+  }
+
+  /** The image's RGBA for this table, into its own surface: zoom and pan redraw it as it is. */
+  paint(entry, view, shownAs) {
+    const count = entry.rows * entry.columns;
+    const rgba = new ImageData(entry.columns, entry.rows);
+    const out = new Uint32Array(rgba.data.buffer);
+    const src = entry.pixels;
+    if (entry.samples === 3) {
+      fillColour(out, src, Boolean(view.invert));
+    } else if (entry.dtype === "float32") {
+      const t = windowTerms(view);
+      for (let i = 0; i < count; i++) out[i] = OPAQUE | (greyOf(src[i], t) * 0x010101);
+    } else {
+      const table = this.table(entry.dtype, view, shownAs);
+      for (let i = 0; i < count; i++) out[i] = table[src[i]];
+    }
+    if (!entry.surface) entry.surface = makeSurface(entry.columns, entry.rows);
+    entry.surface.getContext("2d").putImageData(rgba, 0, 0);
+    entry.shownAs = shownAs;
+  }
+
+  table(dtype, view, key) {
+    if (!this.words || this.words.key !== key) {
+      this.words = { key, table: rgbaTable(greyTable(dtype, view)) }; // slices share one window
+    }
+    return this.words.table;
+  }
+
+  clear() {
+    const ctx = this.context;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.fillStyle = `rgb(${BACKGROUND.join(",")})`;
+    ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
+    this.last = null;
+  }
+
+  resize(cssWidth, cssHeight, dpr = 1) {
+    resizeCanvas(this, cssWidth, cssHeight, dpr);
+    if (this.last) this.draw(this.last.key, this.last.view); else this.clear();
+  }
+
+  bytesHeld() {
+    let total = 0;
+    for (const entry of this.images.values()) {
+      total += entry.bytes + (entry.surface ? entry.rows * entry.columns * 4 : 0);
+    }
+    return total + (this.words ? this.words.table.byteLength : 0);
+  }
+
+  readPixels() {
+    const { width, height } = this.canvas;
+    return this.context.getImageData(0, 0, width, height).data;
+  }
+}
+
+function fillColour(out, rgb, invert) {
+  const flip = invert ? 255 : 0;
+  for (let i = 0, j = 0; i < out.length; i++, j += 3) {
+    out[i] = OPAQUE | ((rgb[j + 2] ^ flip) << 16) | ((rgb[j + 1] ^ flip) << 8) | (rgb[j] ^ flip);
+  }
+}
+
+// ---- entry point ----
+
+/** A renderer for ``canvas``: options.mode "auto" (WebGL2, else 2D), "webgl2" or "2d". */
+export function createRenderer(canvas, options = {}) {
+  const mode = options.mode || "auto";
+  if (mode !== "auto" && mode !== "webgl2" && mode !== "2d") throw new Error(`render: mode ${mode}?`);
+  if (mode !== "2d") {
+    const gl = canvas.getContext("webgl2", {
+      alpha: false, antialias: false, depth: false, stencil: false, premultipliedAlpha: false,
+      preserveDrawingBuffer: false, powerPreference: "high-performance",
+    });
+    if (gl) return new GlRenderer(canvas, gl);
+    if (mode === "webgl2") throw new Error("render: WebGL2 is not available in this browser");
+  }
+  return new CanvasRenderer(canvas);
+}

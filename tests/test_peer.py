@@ -1,0 +1,104 @@
+"""The Cornerstone3D peer page builds and draws a known image exactly, so the side-by-side
+benchmark (``python -m app bench --peer cornerstone``) can never measure a broken peer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.config import PRESETS
+from conftest import CHROMIUM, CHROMIUM_ARGS
+from tools.peer.cornerstone import CornerstonePage, PeerError, check_build, chromium_args, source_sha256, to_cornerstone
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def peer_build() -> Path:
+    return check_build()
+
+
+@pytest.fixture(scope="module")
+def webgl_browser(browser):
+    """A second Chromium from the same Playwright, launched with WebGL (SwiftShader)."""
+    webgl = browser.browser_type.launch(executable_path=CHROMIUM, headless=True, args=chromium_args(CHROMIUM_ARGS))
+    yield webgl
+    webgl.close()
+
+
+@pytest.fixture
+def peer(webgl_browser, demo_data, serve_dir, peer_build):
+    server = serve_dir(demo_data)
+    page = CornerstonePage(webgl_browser, server.url, viewport={"width": 640, "height": 480})
+    page.open()
+    page.server = server
+    yield page
+    page.close()
+
+
+def _radiograph(demo_data: Path) -> dict:
+    return next(e for e in json.loads((demo_data / "demo.json").read_text()) if "3072" in e["name"])
+
+
+def _canvas_red(page) -> np.ndarray:
+    width, height, values = page.evaluate("""() => { const c = document.querySelector('#viewport canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const red = new Array(d.length / 4); for (let i = 0; i < red.length; i++) red[i] = d[4 * i];
+        return [c.width, c.height, red]; }""")
+    return np.array(values, dtype=np.uint8).reshape(height, width)
+
+
+def test_build_is_local_and_complete(peer_build):
+    """The page, their decode worker and the codecs' wasm are all in the build folder."""
+    for name in ("peer.html", "peer.js", "decodeImageFrameWorker.js", "wasm/openjphjs.wasm",
+                 "wasm/charlswasm_decode.wasm"):
+        assert (peer_build / name).stat().st_size > 0, name
+    assert "cdn" not in (peer_build / "peer.html").read_text().lower()
+    versions = json.loads((peer_build / "build.json").read_text())["versions"]
+    assert versions["@cornerstonejs/core"].startswith("5.14.")
+    assert versions["@cornerstonejs/dicom-image-loader"].startswith("5.14.")
+
+
+def test_peer_draws_the_radiograph_progressively_and_exactly(peer, demo_data):
+    """HTJ2K byte range: a SUBRESOLUTION draw, then the full image, whose pixels are the source's;
+    the draw is on screen (WebGL canvas not blank) and every request went to our server."""
+    entry = _radiograph(demo_data)
+    requests: list[str] = []
+    peer.page.on("request", lambda r: requests.append(r.url))
+    run = peer.load(peer.server.url + entry["url"], to_cornerstone(PRESETS["htj2kByteRange"]))
+    drawn = [e for e in run.log if e["drawn"]]
+    assert [e["status"] for e in drawn] == ["SUBRESOLUTION", "FULL_RESOLUTION"], run.log
+    assert drawn[0]["columns"] < 3072 and drawn[-1]["columns"] == 3072 and drawn[-1]["final"]
+    assert all(e["image_t_ms"] is not None and e["image_t_ms"] > 0 for e in drawn)
+    got = peer.check_pixels()
+    assert got["columns"] == 3072 and got["rows"] == 2614
+    red = _canvas_red(peer.page)
+    assert red.max() - red.min() > 100, "the viewport canvas is blank: nothing was drawn"
+    assert requests and all(u.startswith(peer.server.url) for u in requests)
+    frames = [r for r in peer.server.log if "/frames/" in r["path"]]
+    assert len(frames) == 2, frames  # the first range, then the rest
+
+
+def test_pixel_check_tells_images_apart(peer, demo_data):
+    """The exactness check can fail: another instance's source, or a wrong type, gives another hash."""
+    entry = _radiograph(demo_data)
+    peer.load(peer.server.url + entry["url"], to_cornerstone(PRESETS["jls"]))
+    got = peer.pixels()
+    assert got["status"] == "FULL_RESOLUTION"
+    assert got["sha256"] == source_sha256(got["sop"], got["type"])
+    cr = next(e for e in json.loads((demo_data / "demo.json").read_text()) if "CR" in e["name"])
+    other = json.loads((demo_data / cr["url"].removeprefix("/dicomweb/") / "metadata").read_text())[0]
+    assert source_sha256(other["00080018"]["Value"][0], got["type"]) != got["sha256"]
+    assert source_sha256(got["sop"], "Float32Array") != got["sha256"]
+    peer.page.evaluate("() => { const i = window.peer.viewport().getCornerstoneImage();"
+                       " i.voxelManager.getScalarData()[0] ^= 1; }")
+    with pytest.raises(PeerError, match="differ from the source"):
+        peer.check_pixels()
+
+
+def test_missing_series_is_reported_not_measured(peer):
+    with pytest.raises(PeerError, match="HTTP 404"):
+        peer.load(peer.server.url + "/dicomweb/studies/1.2/series/3.4", to_cornerstone(PRESETS["htj2k"]))

@@ -1,0 +1,246 @@
+"""Drive the Cornerstone3D peer page (``static/peer/peer.html``, built by ``tools/setup_peer.py``).
+
+The benchmark runs it side by side with our page: same Chromium, same server and tree, same
+DevTools network emulation. Times are read the same way on both pages: the frame request from the
+browser's resource timing (``startTime`` of the image's first frame URL) and the draw from
+``performance.now()`` when the page reports it (``window.peerLog`` here, ``window.renderLog`` on
+ours). Pixels are checked against the source DICOM, decoded by pydicom.
+
+Cornerstone draws with WebGL; headless Chromium has WebGL only on SwiftShader: ``WEBGL_ARGS``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+PROJECT = Path(__file__).resolve().parent.parent.parent
+PAGE_PATH = "/static/peer/peer.html"
+SOURCES = PROJECT / ".cache" / "demo"
+
+# WebGL in headless Chromium without a GPU: ANGLE on SwiftShader (software Vulkan). Chromium 156
+# here gives it even with --disable-gpu; these flags keep it where the silent fallback is gone
+# (Chromium 137+ wants --enable-unsafe-swiftshader for it). Without WebGL Cornerstone would switch
+# to its CPU renderer: ``CornerstonePage.open`` refuses that.
+WEBGL_ARGS = ("--use-angle=swiftshader", "--enable-unsafe-swiftshader")
+
+# For both pages, before any of their scripts: keep every resource timing entry (a 200-slice
+# stack makes more than the default 250) and record main-thread tasks over 50 ms.
+MEASURE_JS = """
+(() => {
+  try { performance.setResourceTimingBufferSize(100000); } catch (e) {}
+  const m = window.__measure = {longtasks: []};
+  try {
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) m.longtasks.push([e.startTime, e.duration]);
+    }).observe({type: 'longtask', buffered: true});
+  } catch (e) {}
+})();
+"""
+
+# page clock: the start of every frame request, keyed by SOP instance UID (earliest first)
+FRAME_REQUESTS_JS = r"""() => {
+  const out = {};
+  for (const e of performance.getEntriesByType('resource')) {
+    const m = /\/instances\/([^/]+)\/[^/]+\/\d+(?:\?|$)/.exec(new URL(e.name).pathname + new URL(e.name).search);
+    if (m && (out[m[1]] === undefined || e.startTime < out[m[1]])) out[m[1]] = e.startTime;
+  }
+  return out; }"""
+
+_READY_JS = "['ready', 'error'].includes(document.documentElement.dataset.app)"
+_DONE_JS = "['idle', 'error'].includes(document.documentElement.dataset.app)"
+_LOAD_JS = """([url, config, stack]) => {
+  window.__measure.load = performance.now();
+  window.peer.load(url, config, {stack});
+  return window.__measure.load; }"""
+_COLLECT_JS = """() => ({
+  log: window.peerLog.map(e => Object.assign({}, e)), state: document.documentElement.dataset.app,
+  errors: document.getElementById('errors').textContent, longtasks: window.__measure.longtasks,
+  sops: window.peer.imageIds().map(id => id.split('/instances/')[1].split('/')[0])})"""
+
+
+class PeerError(RuntimeError):
+    """The peer page is missing, has no WebGL, or failed a load: never measure it then."""
+
+
+def chromium_args(base: Sequence[str]) -> list[str]:
+    """Launch arguments that give both pages WebGL (one browser runs ours and theirs)."""
+    return list(base) + [a for a in WEBGL_ARGS if a not in base]
+
+
+def check_build(build: bool = True) -> Path:
+    """The built peer page's folder; builds it (npm, esbuild) when ``build`` and it is not current."""
+    from tools.setup_peer import OUT, PeerBuildError, ensure_peer, is_current
+
+    if is_current():
+        return OUT
+    if not build:
+        raise PeerError("the Cornerstone3D peer page is not built: run python tools/setup_peer.py")
+    try:
+        return ensure_peer()
+    except PeerBuildError as exc:
+        raise PeerError(str(exc)) from exc
+
+
+def to_cornerstone(config: Mapping[str, Any]) -> dict:
+    """Our retrieve configuration as Cornerstone 5.14 reads it.
+
+    Same keys, with one difference of meaning: our first byte range is ``chunkSize`` long, theirs
+    is ``initialChunkSize`` long (default 128 KiB) and ``chunkSize`` only sizes later ranges. So a
+    first range (``rangeIndex`` 0) gets ``initialChunkSize`` = our ``chunkSize`` unless given.
+    """
+    out = copy.deepcopy(dict(config))
+    for options in (out.get("retrieveOptions") or {}).values():
+        if isinstance(options, dict) and options.get("rangeIndex") == 0 and "chunkSize" in options:
+            options.setdefault("initialChunkSize", options["chunkSize"])
+    return out
+
+
+@dataclass
+class PeerLoad:
+    """One load on the peer page, in the shape the bench summarises for ours."""
+
+    log: list[dict]  # renderLog-shaped: index, status, rows, columns, t_ms, final, drawn, bench_now, image_t_ms
+    t_load: float  # page clock when load() was called (the click on ours)
+    requests: dict[str, float]  # SOP instance UID -> start of its first frame request (page clock)
+    sops: list[str]  # SOP instance UID per stack index
+    longtasks: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def longest_task_ms(self) -> float:
+        return max((d for start, d in self.longtasks if start >= self.t_load), default=0.0)
+
+    @property
+    def long_tasks_ms(self) -> float:
+        return sum(d for start, d in self.longtasks if start >= self.t_load)
+
+
+class CornerstonePage:
+    """The peer page open in one browser context (fresh per load: no HTTP or decoder cache)."""
+
+    def __init__(self, browser, base_url: str, *, viewport: Mapping[str, int] | None = None) -> None:
+        self.browser = browser
+        self.base_url = base_url.rstrip("/")
+        self.viewport = dict(viewport or {"width": 1280, "height": 900})
+        self.context = self.page = self.cdp = None
+        self.errors: list[str] = []
+
+    def open(self) -> None:
+        """A fresh context with the cache disabled, the page booted, WebGL checked."""
+        self.close()
+        self.errors = []
+        self.context = self.browser.new_context(viewport=self.viewport)
+        self.page = self.context.new_page()
+        self.page.add_init_script(MEASURE_JS)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.cdp = self.context.new_cdp_session(self.page)
+        self.cdp.send("Network.enable")
+        self.cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+        self.page.goto(self.base_url + PAGE_PATH)
+        self.page.wait_for_function(_READY_JS, timeout=60_000)
+        state = self.page.evaluate("document.documentElement.dataset.app")
+        if state != "ready":
+            raise PeerError(f"peer page failed to start: {self.page.inner_text('#errors')} {self.errors}")
+        if self.page.evaluate("window.peer.cpuRendering"):
+            raise PeerError("peer page has no WebGL (Cornerstone fell back to CPU rendering); launch Chromium "
+                            f"with {' '.join(WEBGL_ARGS)} and without --disable-gpu")
+
+    def emulate(self, conditions: Mapping[str, float] | None) -> None:
+        """DevTools network emulation: {'down', 'up' bytes/s, 'latency' ms}, or None for none."""
+        if conditions:
+            self.cdp.send("Network.emulateNetworkConditions", {
+                "offline": False, "latency": conditions["latency"],
+                "downloadThroughput": conditions["down"], "uploadThroughput": conditions["up"]})
+
+    def load(self, series_url: str, config: Mapping[str, Any], *, stack: bool = False,
+             timeout_ms: float = 120_000) -> PeerLoad:
+        """Load a series (absolute URL) with a configuration in Cornerstone's terms; wait for the end."""
+        t_load = self.page.evaluate(_LOAD_JS, [series_url, dict(config), stack])
+        self.page.wait_for_function(_DONE_JS, timeout=timeout_ms, polling=20)
+        data = self.page.evaluate(_COLLECT_JS)
+        if data["state"] == "error" or self.errors:
+            raise PeerError(f"peer load failed ({series_url}): {data['errors']} {self.errors}")
+        requests = self.page.evaluate(FRAME_REQUESTS_JS)
+        for entry in data["log"]:
+            sop = data["sops"][entry["index"]]
+            start = requests.get(sop)
+            entry["image_t_ms"] = None if start is None else round(entry["bench_now"] - start, 1)
+        return PeerLoad(data["log"], t_load, requests, data["sops"], [tuple(x) for x in data["longtasks"]])
+
+    def pixels(self, index: int | None = None, *, with_bytes: bool = False) -> dict | None:
+        """What the loader holds for a stack index (the drawn image by default): type, size, sha256."""
+        return self.page.evaluate("([i, b]) => window.peer.pixels(i, b)", [index, with_bytes])
+
+    def check_pixels(self, index: int | None = None) -> dict:
+        """The held pixels against the source DICOM's; raises PeerError when they differ."""
+        got = self.pixels(index)
+        if got is None:
+            raise PeerError(f"peer holds no image at index {index}")
+        want = source_sha256(got["sop"], got["type"], got["preScaled"])
+        if got["status"] != "FULL_RESOLUTION" or got["sha256"] != want:
+            raise PeerError(f"peer pixels of {got['sop']} differ from the source ({got['status']}, "
+                            f"{got['columns']}x{got['rows']} {got['type']})")
+        return got
+
+    def close(self) -> None:
+        if self.context is not None:
+            self.context.close()
+        self.context = self.page = self.cdp = None
+
+
+# ---------------------------------------------------------------------------------- the source
+_TYPED = {"Uint8Array": "<u1", "Int8Array": "<i1", "Uint16Array": "<u2", "Int16Array": "<i2",
+          "Uint32Array": "<u4", "Int32Array": "<i4", "Float32Array": "<f4", "Float64Array": "<f8"}
+
+
+@lru_cache(maxsize=None)
+def _source_index() -> dict[str, Path]:
+    import pydicom
+
+    out = {}
+    for path in sorted(SOURCES.rglob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        out[str(ds.SOPInstanceUID)] = path
+    return out
+
+
+def source_pixels(sop: str) -> np.ndarray:
+    """The stored values of a demo source instance (pydicom's decode of the original file)."""
+    import pydicom
+
+    path = _source_index().get(sop)
+    if path is None:
+        raise PeerError(f"no source DICOM for {sop} under {SOURCES}")
+    return pydicom.dcmread(path).pixel_array
+
+
+def source_sha256(sop: str, typed_array: str | None = None, pre_scaled: bool = False) -> str:
+    """sha256 of the source's values as a typed array of the peer would hold them (if they fit),
+    or, with no type, as our page holds them (pydicom's dtype, little-endian)."""
+    import pydicom
+
+    values = source_pixels(sop)
+    if pre_scaled:
+        ds = pydicom.dcmread(_source_index()[sop], stop_before_pixels=True)
+        values = values * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
+    dtype = np.dtype(_TYPED[typed_array]) if typed_array else values.dtype.newbyteorder("<")
+    cast = values.astype(dtype)
+    if not np.array_equal(cast.astype(np.float64), values.astype(np.float64)):
+        return f"source values do not fit {typed_array}"
+    return hashlib.sha256(cast.tobytes()).hexdigest()
+
+
+def series_sops(series_dir: Path) -> list[str]:
+    """SOP instance UIDs of a series in a static DICOMweb tree (its ``metadata`` or ``metadata.gz``)."""
+    import gzip
+    import json
+
+    plain, packed = series_dir / "metadata", series_dir / "metadata.gz"
+    text = plain.read_bytes() if plain.exists() else gzip.decompress(packed.read_bytes())
+    return [str(instance["00080018"]["Value"][0]) for instance in json.loads(text)]

@@ -38,6 +38,9 @@ new MutationObserver((records) => {
   }
 }).observe(document.documentElement, { childList: true, subtree: true });
 
+// Small screens start with the sidebar drawer closed: the image takes the screen (☰ opens it).
+if (window.innerWidth < 900) document.body.classList.add("drawer-closed");
+
 // ---- the engine's worker ---------------------------------------------------------------------
 const params = new URLSearchParams(location.search);
 const studyUrl = params.get("url") || "";

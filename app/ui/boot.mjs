@@ -96,8 +96,8 @@ window.engine = {
     });
   },
 };
-window.demoList = params.has("url") ? Promise.resolve([])
-  : fetch("./dicomweb/demo.json").then((r) => (r.ok ? r.json() : [])).catch(() => []);
+// the demo studies serve.py lists (the series menu); none is not an error
+window.demoList = fetch("./dicomweb/demo.json").then((r) => (r.ok ? r.json() : [])).catch(() => []);
 // the renderer (WebGL2, or a 2D canvas where WebGL2 is missing): loaded beside the interpreter
 window.rendererModule = import("./render.mjs");
 import("./hooks.mjs");

@@ -118,6 +118,7 @@ def fill_demo_picker(page, entries):
         option.value, option.textContent = entry.url, entry.name
         select.appendChild(option)
     select.hidden = False
+    select.value = el("url").value  # the series on screen, when it is one of them
     if not el("url").value:
         el("url").value = entries[0].url
         if "noload" not in page.params and "url" not in page.params:

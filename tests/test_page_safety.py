@@ -72,6 +72,11 @@ def test_a_stalled_new_series_never_shows_the_old_image(page, demo_data, runtime
         info = p.inner_text("#study-info")
         assert info != patient_before and "DX" in info
         assert draws(p)[drawn_before:] == [], "a draw happened for a series with no pixels yet"
+        assert p.is_visible("#cancel")
+        p.click("#cancel")  # a running load can be stopped
+        wait_for_app_state(page, ("idle",), 30_000)
+        assert p.inner_text("#status") == "Cancelled" and p.is_hidden("#cancel")
+        assert canvas_pixels(p).max() == 0
     finally:
         release.set()
     wait_for_app_state(page, ("idle", "error"), 60_000)

@@ -72,6 +72,10 @@ async function start() {
   post({ type: "boot", stage: "packages", t: epoch() });
   const worker = pyodide.pyimport("app.worker");
   handler = await worker.start(post, epoch, new URL(shipping.lazy.pydicom, base).href);
+  // when the last runtime file had arrived (the page's resource timing does not see the worker's)
+  const runtime = performance.getEntriesByType("resource")
+    .filter((e) => /\/static\/(pyodide|wheels)\//.test(e.name)).map((e) => e.responseEnd);
+  post({ type: "boot", stage: "downloaded", t: performance.timeOrigin + Math.max(0, ...runtime) });
   post({ type: "boot", stage: "ready", t: epoch() });
   for (const message of queue.splice(0)) handler(message);
 }

@@ -230,18 +230,22 @@ def slim(targets: dict[str, Path]) -> list[dict]:
     return results
 
 
+def stamp_is(stamp: Path, wanted: dict) -> bool:
+    """True when a set-up stamp file holds exactly ``wanted`` (missing or unreadable: False)."""
+    try:
+        return json.loads(stamp.read_text()) == wanted
+    except (OSError, ValueError):
+        return False
+
+
 def ensure_micropython(force: bool = False) -> Path:
     """static/micropython/: the page's main-thread interpreter. Its own stamp, so that checkouts
     that do not know it yet never see ``runtime.json`` change (and never lay out static/ again)."""
     dest = STATIC / "micropython"
     stamp = dest / "stamp.json"
     wanted = {"micropython": NPM_MICROPYTHON.sha256}
-    if not force and stamp.exists():
-        try:
-            if json.loads(stamp.read_text()) == wanted:
-                return dest
-        except ValueError:
-            pass
+    if not force and stamp_is(stamp, wanted):
+        return dest
     tmp = STATIC / "micropython.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     extract_npm(fetch(NPM_MICROPYTHON), tmp, lambda rel: rel if rel in MICROPYTHON_FILES else None)
@@ -257,12 +261,8 @@ def ensure_runtime(force: bool = False) -> Path:
     ensure_micropython(force)
     stamp = STATIC / "runtime.json"
     wanted = stamp_contents()
-    if not force and stamp.exists():
-        try:
-            if json.loads(stamp.read_text()) == wanted:
-                return STATIC
-        except ValueError:
-            pass
+    if not force and stamp_is(stamp, wanted):
+        return STATIC
     started = time.perf_counter()
     pyodide_tgz = fetch(NPM_PYODIDE)
     pyscript_tgz = fetch(NPM_PYSCRIPT)

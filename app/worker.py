@@ -24,7 +24,8 @@ from app.codecs import PYDICOM_SYNTAXES
 from app.config import PRESET_DESCRIPTIONS, PRESETS, ConfigError, parse_config, preset
 from app.render import default_window
 from app.engine import FirstBytes, ImageFailed, Refinement, RequestStarted
-from app.study import Stack, dicom_date, person_name
+from app import dicomjson as dj
+from app.study import Stack, dicom_date, fetch_json, person_name
 from app.viewer_engine import StackLoader, open_stack, run_stack
 
 DEFAULT_PRESET = "htj2k"
@@ -115,7 +116,24 @@ class Engine:
         if not 0 <= self.current < n:
             self.current = n // 2 if n > 2 else 0
         self.post(describe_stack(stack, generation, self.current))
+        asyncio.ensure_future(self.list_series(stack, loader, generation))
         await self.run(None, generation)
+
+    async def list_series(self, stack: Stack, loader: StackLoader, generation: int) -> None:
+        """The study's series (QIDO, or the static tree's index), for the page's study browser."""
+        study_url = stack.series_url.rstrip("/").rsplit("/series/", 1)[0]
+        found = None
+        for url in (f"{study_url}/series", f"{study_url}/series/index.json"):
+            try:
+                found = await fetch_json(loader.transport, url)
+            except Exception:  # noqa: BLE001 - no list: the page shows the open series only
+                found = None
+            if isinstance(found, list):
+                break
+        if generation == self.generation and isinstance(found, list):
+            self.post({"type": "series-list", "generation": generation, "study": study_url,
+                       "series": [summarise_series(s, study_url) for s in found if isinstance(s, dict)
+                                  and dj.text(s, dj.Tag.SERIES_INSTANCE_UID)]})
 
     async def run(self, indices: list[int] | None, generation: int) -> None:
         """Run the loader (the whole stack or ``indices``), then say the run is over."""
@@ -214,6 +232,16 @@ def describe_stack(stack: Stack, generation: int, current: int) -> dict:
     return {"type": "opened", "generation": generation, "series": stack.series_uid,
             "study": stack.study_uid, "url": stack.series_url, "current": current,
             "images": images, "info": info}
+
+
+def summarise_series(series: dict, study_url: str) -> dict:
+    """One QIDO series entry as the study browser lists it."""
+    uid = dj.text(series, dj.Tag.SERIES_INSTANCE_UID)
+    return {"uid": uid, "url": f"{study_url}/series/{uid}",
+            "description": dj.text(series, dj.Tag.SERIES_DESCRIPTION) or "",
+            "modality": dj.text(series, dj.Tag.MODALITY) or "",
+            "number": dj.integer(series, dj.Tag.SERIES_NUMBER, None),
+            "count": dj.integer(series, dj.Tag.NUMBER_OF_SERIES_RELATED_INSTANCES, None)}
 
 
 def rank(event: Refinement) -> list[int]:

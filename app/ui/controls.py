@@ -124,12 +124,51 @@ def fill_demo_picker(page, entries):
         if "noload" not in page.params and "url" not in page.params:
             load_url(page, entries[0].url)
 
-    def changed(_event):
-        el("url").value = select.value
-        load_url(page, select.value)
-        el("viewport").focus()
 
-    on(select, "change", changed)
+def series_chosen(page, url):
+    """A series from the menu or the study browser: load it, keys back to the image."""
+    el("url").value = url
+    load_url(page, url)
+    el("viewport").focus()
+
+
+def fill_series(page, m):
+    """The open study's series: the series menu and the browser list (with the tree's rendered
+    thumbnail where it has one; the browser decodes it)."""
+    select, box = el("series"), el("series-list")
+    select.replaceChildren()
+    box.replaceChildren()
+    for s in m["series"]:
+        label = " ".join(x for x in ("#%s" % s["number"] if s["number"] is not None else "",
+                                     s["description"], "(%s, %s images)" % (s["modality"] or "?",
+                                     s["count"] if s["count"] is not None else "?")) if x)
+        option = document.createElement("option")
+        option.value, option.textContent = s["url"], label
+        select.appendChild(option)
+        box.appendChild(series_item(page, s, label))
+    select.hidden = False
+    select.value = page.state.url
+    for s in m["series"]:
+        if page.state.url.endswith(s["uid"]):
+            select.value = s["url"]
+
+
+def series_item(page, s, label):
+    item = document.createElement("button")
+    item.type = "button"
+    item.className = "series-item" + (" current" if page.state.url.endswith(s["uid"]) else "")
+    item.dataset.url = s["url"]
+    image = document.createElement("img")
+    image.alt = ""
+    image.loading = "lazy"
+    on(image, "error", lambda e: image.remove())
+    image.src = s["url"] + "/thumbnail"
+    text = document.createElement("span")
+    text.textContent = label
+    item.appendChild(image)
+    item.appendChild(text)
+    on(item, "click", lambda e: series_chosen(page, s["url"]))
+    return item
 
 
 # ---- sidebar: retrieve configuration --------------------------------------------------------------
@@ -254,6 +293,7 @@ def bind_input(page):
     on(el("drawer"), "click", lambda e: toggle_drawer())
     on(el("help"), "click", lambda e: toggle_help())
     on(el("load-form"), "submit", lambda e: submit(page, e))
+    on(el("series"), "change", lambda e: series_chosen(page, el("series").value))
     # (pyscript's ``window`` passed as an argument loses its ``this``: the document's view does not)
     on(document.defaultView, "resize", lambda e: (page.request_draw(), page.request_waterfall()))
     on(document.defaultView, "popstate", lambda e: from_history(page))

@@ -232,7 +232,13 @@ class Page:
             el("status").textContent = "Cancelled"
             set_state("idle")
 
-    HANDLERS = {"presets": on_presets, "opened": on_opened, "open-failed": on_open_failed,
+    def on_series_list(self, m, raw):
+        if m["generation"] == self.state.generation:
+            from app.ui import controls
+
+            controls.fill_series(self, m)
+
+    HANDLERS = {"series-list": on_series_list, "presets": on_presets, "opened": on_opened, "open-failed": on_open_failed,
                 "refinement": on_refinement, "image-failed": on_image_failed,
                 "progress": on_progress, "done": on_done, "running": on_running,
                 "warning": on_warning, "cancelled": on_cancelled}
@@ -359,6 +365,7 @@ class Page:
         for corner in ("overlay-tl", "overlay-tr", "overlay-bl", "overlay-br"):
             el(corner).replaceChildren()
         el("study-info").replaceChildren()
+        el("series-list").replaceChildren()
         el("wl-preset").replaceChildren()
         el("slider").max = "0"
         el("slider").value = "0"

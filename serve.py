@@ -282,7 +282,8 @@ def app_csp(index_html: Path, connect: tuple[str, ...] = ()) -> str:
         f"script-src 'self' 'wasm-unsafe-eval' 'unsafe-eval' {hashes}".strip(),
         "style-src 'self' 'unsafe-inline'",  # PyScript sets element styles; styles cannot run code
         "img-src 'self' data: blob:",
-        "connect-src " + " ".join(("'self'", *connect)),
+        # data:/blob: never leave the machine (the page decodes frames handed to it as data: URLs)
+        "connect-src " + " ".join(("'self'", "data:", "blob:", *connect)),
         "worker-src 'self' blob:",
         "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
     ])
@@ -424,7 +425,7 @@ class Handler(BaseHTTPRequestHandler):
         ctype, stored_gzip = content_type_for(path, in_data)
         if in_data:  # patient data: never in a shared cache, never run or framed
             policy = {"Cache-Control": "private, no-cache", "Content-Security-Policy": DATA_CSP}
-        elif ctype.startswith("text/html"):
+        elif path == self.server.mounts.files["/index.html"]:  # the app (its inline scripts are hashed)
             policy = {"Content-Security-Policy": self.server.csp()}
         else:
             policy = {}

@@ -1,17 +1,18 @@
-"""``python -m app load|convert|bench ...``"""
+"""``python -m app load|convert|bench|check ...``"""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-COMMANDS = {"load": "app.cli", "convert": "app.convert", "bench": "app.bench"}
+COMMANDS = {"load": "app.cli", "convert": "app.convert_pool", "bench": "app.bench",  # convert: plus --workers, --dask
+            "check": "app.check"}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: python -m app {load,convert,bench} ...", file=sys.stderr if argv else sys.stdout)
+        print("usage: python -m app {load,convert,bench,check} ...", file=sys.stderr if argv else sys.stdout)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     try:
         module = importlib.import_module(COMMANDS[argv[0]])

@@ -150,10 +150,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", type=int, help="load only the first N images of the stack")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight")
     parser.add_argument("--viewport", type=_viewport, help="ROWSxCOLUMNS the image is shown in")
+    parser.add_argument("--allow-origin", nargs="+", default=(), metavar="ORIGIN",
+                        help="origins besides the study's that redirects and BulkDataURIs may lead to")
     parser.add_argument("--debug", action="store_true", help="tracebacks on errors")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
+        if args.allow_origin:
+            extra = RetrieveConfig.from_json({"allowedOrigins": list(args.allow_origin)}).allowed_origins
+            config = dataclasses.replace(config, allowed_origins=config.allowed_origins + extra)
         for warning in config.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         if args.images is not None and args.images < 1:

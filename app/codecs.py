@@ -1,9 +1,12 @@
 """One table from transfer syntax UID to decoder, and pixel normalisation in one place.
 
 Runs unchanged in CPython and Pyodide: it imports only the standard library, numpy and
-imagecodecs (pydicom only lazily, as a fallback for DICOM RLE). Codec functions are looked up in
-imagecodecs when a frame is decoded, so a build of imagecodecs that lacks one (Pyodide ships a
-reduced set) fails with a clear `DecodeError` for that transfer syntax only.
+imagecodecs (pydicom only lazily, as a fallback for DICOM RLE). ``DECODERS`` lists, per transfer
+syntax, the backends in order of preference, each with ``is_available()`` (the style of pydicom 3's
+decoder plugins): a build of imagecodecs that lacks one (Pyodide ships a reduced set) falls to the
+next, and with none left fails with a clear `DecodeError` for that transfer syntax only. Guards run
+before any backend: the stream's declared size, sample depth, JPEG 2000 quantisation and DICOM RLE
+segment table must agree with the metadata and the frame (a native decoder trusts them).
 
 `decode_frame` returns *normalised stored values*:
 
@@ -25,11 +28,16 @@ about a quarter of the range there).
 
 from __future__ import annotations
 
+import hashlib
 import struct
+import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy
+
+from .readers.jpeg import JpegError, read_jpeg_header
+from .readers.rle import RleError, read_rle_header
 
 try:  # imagecodecs is required for compressed syntaxes only; native frames decode without it.
     import imagecodecs
@@ -46,7 +54,12 @@ __all__ = [
     "to_modality",
     "reduced_size",
     "area_mean",
-    "declared_size",
+    "stream_header",
+    "StreamHeader",
+    "Backend",
+    "DECODERS",
+    "native_frames",
+    "pixel_sha256",
     "MAX_FRAME_BYTES",
 ]
 
@@ -59,26 +72,30 @@ class DecodeError(Exception):
     """A frame could not be decoded; the message names the codec and the reason."""
 
 
-# -- transfer syntaxes ---------------------------------------------------------------------------
+# -- transfer syntaxes (the UIDs live in app/uids.py) ---------------------------------------------
 
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+from .uids import (  # noqa: E402 - after the optional imagecodecs import
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    HTJ2K,
+    HTJ2K_LOSSLESS,
+    HTJ2K_LOSSLESS_RPCL,
+    HTJ2K_PRIVATE,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    JPEG_2000,
+    JPEG_2000_LOSSLESS,
+    JPEG_BASELINE,
+    JPEG_EXTENDED,
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR_LOSSLESS,
+    NATIVE_SYNTAXES,
+    RLE_LOSSLESS,
+)
+
 #: syntaxes whose decoder may be pydicom's (the page loads pydicom only when a stack has one)
 PYDICOM_SYNTAXES = frozenset({RLE_LOSSLESS})
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
-JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
-JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
-JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
-JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
-JPEG_2000 = "1.2.840.10008.1.2.4.91"
-HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
-HTJ2K_LOSSLESS_RPCL = "1.2.840.10008.1.2.4.202"
-HTJ2K = "1.2.840.10008.1.2.4.203"
-HTJ2K_PRIVATE = "3.2.840.10008.1.2.4.96"  # used before the official UIDs; viewers still accept it
 
 
 # -- pixel format ---------------------------------------------------------------------------------
@@ -200,36 +217,23 @@ class PixelFormat:
         return samples * (self.bits_allocated // 8)
 
 
-# -- codec table ----------------------------------------------------------------------------------
+# -- decoders: backends per transfer syntax, in order of preference ------------------------------
 
 Decoder = Callable[[memoryview, PixelFormat, int], numpy.ndarray]
 
 
 @dataclass(frozen=True)
-class Codec:
-    """One transfer syntax: how to decode a frame of it and what it can do.
+class Backend:
+    """One way to decode frames (pydicom's decoder plugins, as data).
 
-    `decode(data, fmt, reduce)` returns the decoder's raw output; `decode_frame` normalises it.
-    `converts_colour` is True where the decoder already hands back RGB for YBR data.
+    ``is_available()`` says whether this runtime has it (Pyodide's imagecodecs is trimmed, pydicom
+    is loaded lazily); ``suits(fmt, reduce)`` lets a backend stand aside for cases it gets wrong.
     """
 
-    uid: str
     name: str
-    media_type: str
-    decode: Callable[..., numpy.ndarray]
-    lossy: bool
-    resolution_progressive: bool
-    converts_colour: bool = False
-
-
-def _imagecodecs_function(*names: str) -> Callable[..., Any]:
-    if imagecodecs is None:
-        raise DecodeError("imagecodecs is not installed")
-    for name in names:
-        function = getattr(imagecodecs, name, None)
-        if function is not None and _codec_available(name.rsplit("_", 1)[0].upper()):
-            return function
-    raise DecodeError(f"this imagecodecs build has none of {', '.join(names)}")
+    decode: Decoder
+    is_available: Callable[[], bool]
+    suits: Callable[[PixelFormat, int], bool] = lambda fmt, reduce: True
 
 
 def _codec_available(codec: str) -> bool:
@@ -245,6 +249,29 @@ def _codec_available(codec: str) -> bool:
         return False
 
 
+def _has(function: str) -> bool:
+    """Whether imagecodecs has ``function`` (e.g. ``dicomrle_decode``) in this build."""
+    return (imagecodecs is not None and getattr(imagecodecs, function, None) is not None
+            and _codec_available(function.rsplit("_", 1)[0].upper()))
+
+
+def _has_pydicom() -> bool:
+    try:
+        from pydicom.pixels.decoders import RLELosslessDecoder
+    except ImportError:
+        return False
+    return bool(RLELosslessDecoder.is_available)
+
+
+def _imagecodecs(function: str, decode: Callable[..., numpy.ndarray] | None = None, **kwargs) -> Backend:
+    """A backend calling ``imagecodecs.<function>(data)`` (or ``decode`` with that function)."""
+    def call(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
+        fn = getattr(imagecodecs, function)
+        return decode(fn, data, fmt, reduce) if decode else fn(data)
+
+    return Backend(f"imagecodecs.{function}", call, lambda: _has(function), **kwargs)
+
+
 def _decode_native(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
     expected = fmt.frame_length
     if len(data) < expected:
@@ -256,81 +283,142 @@ def _decode_native(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.nda
     if fmt.photometric_interpretation == "YBR_FULL_422":
         pairs = numpy.frombuffer(data, dtype, fmt.rows * fmt.columns * 2)
         return pairs.reshape(fmt.rows, fmt.columns // 2, 4)  # Y1 Y2 Cb Cr per pixel pair
-    count = fmt.rows * fmt.columns * fmt.samples_per_pixel
-    return numpy.frombuffer(data, dtype, count)
+    return numpy.frombuffer(data, dtype, fmt.rows * fmt.columns * fmt.samples_per_pixel)
 
 
-def _decode_rle(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
+def _rle_imagecodecs(fn: Callable, data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
     size = max(1, fmt.bits_allocated // 8)
-    try:
-        decode = _imagecodecs_function("dicomrle_decode")
-    except DecodeError:
-        return _decode_rle_pydicom(data, fmt)
-    raw = decode(bytes(data), f"<u{size}")
-    # Segments are sample-planar: all of sample 0, then sample 1, ...
-    planes = numpy.frombuffer(raw, f"<u{size}")
-    return _interleave(planes, fmt)
-
-
-def _decode_rle_pydicom(data: memoryview, fmt: PixelFormat) -> numpy.ndarray:
-    try:
-        from pydicom.pixels.decoders.rle import _rle_decode_frame
-    except ImportError as exc:
-        raise DecodeError("no DICOM RLE decoder: imagecodecs lacks dicomrle and pydicom is missing") from exc
-    raw = _rle_decode_frame(bytes(data), fmt.rows, fmt.columns, fmt.samples_per_pixel, fmt.bits_allocated)
-    size = max(1, fmt.bits_allocated // 8)
-    # pydicom returns little-endian samples, planar by sample.
-    planes = numpy.frombuffer(raw, f"<u{size}")
-    return _interleave(planes, fmt)
-
-
-def _interleave(planes: numpy.ndarray, fmt: PixelFormat) -> numpy.ndarray:
+    planes = numpy.frombuffer(fn(data, f"<u{size}"), f"<u{size}")  # sample-planar: all of sample 0, ...
     planes = planes.reshape(fmt.samples_per_pixel, fmt.rows, fmt.columns)
-    if fmt.samples_per_pixel == 1:
-        return planes[0]
-    return planes.transpose(1, 2, 0)
+    return planes[0] if fmt.samples_per_pixel == 1 else planes.transpose(1, 2, 0)
 
 
-def _decode_jpeg(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
-    return _imagecodecs_function("jpeg8_decode", "jpeg_decode")(data)
+def _rle_pydicom(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
+    """pydicom's RLE decoder through its public API (a one-frame encapsulated buffer)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels.decoders import RLELosslessDecoder
+
+    array, _ = RLELosslessDecoder.as_array(
+        encapsulate([bytes(data)]), index=0, raw=True, rows=fmt.rows, columns=fmt.columns,
+        samples_per_pixel=fmt.samples_per_pixel, bits_allocated=fmt.bits_allocated,
+        bits_stored=fmt.bits_stored, pixel_representation=fmt.pixel_representation,
+        photometric_interpretation=fmt.photometric_interpretation, number_of_frames=1, planar_configuration=0)
+    return array
 
 
-def _decode_jpeg_lossless(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
-    return _imagecodecs_function("ljpeg_decode", "jpegsof3_decode", "jpeg8_decode")(data)
-
-
-def _decode_jpegls(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
-    return _imagecodecs_function("jpegls_decode")(data)
-
-
-def _decode_jpeg2k(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
+def _jpeg2k(fn: Callable, data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
     # imagecodecs' OpenJPEG binding has no reduce argument: decode fully, then area-average, which
     # is what the skipped wavelet levels would have approximated.
-    full = _imagecodecs_function("jpeg2k_decode")(data)
+    full = fn(data)
     return area_mean(full, 1 << reduce) if reduce else full
 
 
-def _decode_htj2k(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
-    try:
-        decode = _imagecodecs_function("htj2k_decode")
-    except DecodeError:
-        return _decode_jpeg2k(data, fmt, reduce)  # OpenJPEG >= 2.5 also decodes HTJ2K
+def _htj2k(fn: Callable, data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
     kwargs: dict[str, Any] = {}
     if reduce:
         kwargs["skipres"] = reduce
     if fmt.samples_per_pixel > 1:
         kwargs["planar"] = False
-    return decode(data, **kwargs)
+    return fn(data, **kwargs)
 
 
-def _decode_htj2k_lossy(data: memoryview, fmt: PixelFormat, reduce: int) -> numpy.ndarray:
-    # Irreversible decoding over- and undershoots. OpenJPH (htj2k_decode) wraps the result into the
-    # sample type; for unsigned data that fills the whole type the wrap cannot be undone afterwards,
-    # so those full-resolution decodes go to OpenJPEG, which clamps.
-    full_width = not fmt.is_signed and fmt.bits_stored >= fmt.bits_allocated
-    if full_width and not reduce and imagecodecs is not None and hasattr(imagecodecs, "jpeg2k_decode"):
-        return _decode_jpeg2k(data, fmt, 0)
-    return _decode_htj2k(data, fmt, reduce)
+def _full_width_full_size(fmt: PixelFormat, reduce: int) -> bool:
+    """Irreversible decoding over- and undershoots. OpenJPH wraps the result into the sample type;
+    for unsigned data that fills the whole type the wrap cannot be undone afterwards, so those
+    full-resolution decodes go to OpenJPEG, which clamps."""
+    return not reduce and not fmt.is_signed and fmt.bits_stored >= fmt.bits_allocated
+
+
+_NUMPY = (Backend("numpy", _decode_native, lambda: True),)
+_OPENJPEG = _imagecodecs("jpeg2k_decode", _jpeg2k)
+_OPENJPH = _imagecodecs("htj2k_decode", _htj2k)
+
+#: transfer syntax -> backends in order of preference; the first available one that suits decodes
+DECODERS: dict[str, tuple[Backend, ...]] = {
+    IMPLICIT_VR_LITTLE_ENDIAN: _NUMPY,
+    EXPLICIT_VR_LITTLE_ENDIAN: _NUMPY,
+    # Deflate applies to the whole data set: frames are already inflated when they are frames.
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: _NUMPY,
+    RLE_LOSSLESS: (_imagecodecs("dicomrle_decode", _rle_imagecodecs),
+                   Backend("pydicom", _rle_pydicom, _has_pydicom)),
+    JPEG_BASELINE: (_imagecodecs("jpeg8_decode"), _imagecodecs("jpeg_decode")),
+    JPEG_EXTENDED: (_imagecodecs("jpeg8_decode"), _imagecodecs("jpeg_decode")),
+    JPEG_LOSSLESS: (_imagecodecs("ljpeg_decode"), _imagecodecs("jpegsof3_decode"), _imagecodecs("jpeg8_decode")),
+    JPEG_LOSSLESS_SV1: (_imagecodecs("ljpeg_decode"), _imagecodecs("jpegsof3_decode"),
+                        _imagecodecs("jpeg8_decode")),
+    JPEG_LS_LOSSLESS: (_imagecodecs("jpegls_decode"),),
+    JPEG_LS_NEAR_LOSSLESS: (_imagecodecs("jpegls_decode"),),
+    JPEG_2000_LOSSLESS: (_OPENJPEG,),
+    JPEG_2000: (_OPENJPEG,),
+    HTJ2K_LOSSLESS: (_OPENJPH, _OPENJPEG),  # OpenJPEG >= 2.5 also decodes HTJ2K
+    HTJ2K_LOSSLESS_RPCL: (_OPENJPH, _OPENJPEG),
+    HTJ2K: (_imagecodecs("jpeg2k_decode", _jpeg2k, suits=_full_width_full_size), _OPENJPH, _OPENJPEG),
+    HTJ2K_PRIVATE: (_imagecodecs("jpeg2k_decode", _jpeg2k, suits=_full_width_full_size), _OPENJPH, _OPENJPEG),
+}
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One transfer syntax: what it can do, and its decoders (``DECODERS``).
+
+    ``decode(data, fmt, reduce)`` returns the backend's raw output; ``decode_frame`` normalises it.
+    ``converts_colour`` is True where the decoders already hand back RGB for YBR data.
+    """
+
+    uid: str
+    name: str
+    media_type: str
+    lossy: bool
+    resolution_progressive: bool
+    converts_colour: bool = False
+
+    @property
+    def backends(self) -> tuple[Backend, ...]:
+        return DECODERS.get(self.uid, ())
+
+    def backend(self, fmt: PixelFormat, reduce: int = 0) -> Backend:
+        """The first available backend that suits this frame; DecodeError when this build has none."""
+        for backend in self.backends:
+            if backend.suits(fmt, reduce) and backend.is_available():
+                return backend
+        tried = ", ".join(b.name for b in self.backends) or "none"
+        raise DecodeError(f"no decoder for {self.name} in this build (tried {tried})")
+
+    def decode(self, data: memoryview, fmt: PixelFormat, reduce: int = 0) -> numpy.ndarray:
+        return self.backend(fmt, reduce).decode(data, fmt, reduce)
+
+
+_OCTET = "application/octet-stream"
+
+CODECS: dict[str, Codec] = {
+    codec.uid: codec
+    for codec in (
+        Codec(IMPLICIT_VR_LITTLE_ENDIAN, "Implicit VR Little Endian", _OCTET, False, False),
+        Codec(EXPLICIT_VR_LITTLE_ENDIAN, "Explicit VR Little Endian", _OCTET, False, False),
+        Codec(DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, "Deflated Explicit VR Little Endian", _OCTET, False, False),
+        Codec(RLE_LOSSLESS, "RLE Lossless", "image/dicom-rle", False, False),
+        Codec(JPEG_BASELINE, "JPEG Baseline", "image/jpeg", True, False, converts_colour=True),
+        Codec(JPEG_EXTENDED, "JPEG Extended", "image/jpeg", True, False, converts_colour=True),
+        Codec(JPEG_LOSSLESS, "JPEG Lossless", "image/jpeg", False, False),
+        Codec(JPEG_LOSSLESS_SV1, "JPEG Lossless SV1", "image/jpeg", False, False),
+        Codec(JPEG_LS_LOSSLESS, "JPEG-LS Lossless", "image/jls", False, False),
+        Codec(JPEG_LS_NEAR_LOSSLESS, "JPEG-LS Near-Lossless", "image/jls", True, False),
+        Codec(JPEG_2000_LOSSLESS, "JPEG 2000 Lossless", "image/jp2", False, True, converts_colour=True),
+        Codec(JPEG_2000, "JPEG 2000", "image/jp2", True, True, converts_colour=True),
+        Codec(HTJ2K_LOSSLESS, "HTJ2K Lossless", "image/jphc", False, True, converts_colour=True),
+        Codec(HTJ2K_LOSSLESS_RPCL, "HTJ2K Lossless RPCL", "image/jphc", False, True, converts_colour=True),
+        Codec(HTJ2K, "HTJ2K", "image/jphc", True, True, converts_colour=True),
+        Codec(HTJ2K_PRIVATE, "HTJ2K (private UID)", "image/jphc", True, True, converts_colour=True),
+    )
+}
+
+
+def codec_for(transfer_syntax: str) -> Codec:
+    """The codec of a transfer syntax UID; DecodeError if there is none."""
+    codec = CODECS.get(str(transfer_syntax).strip().rstrip("\x00"))
+    if codec is None:
+        raise DecodeError(f"unsupported transfer syntax {transfer_syntax!r}")
+    return codec
 
 
 def area_mean(array: numpy.ndarray, factor: int) -> numpy.ndarray:
@@ -353,83 +441,53 @@ def area_mean(array: numpy.ndarray, factor: int) -> numpy.ndarray:
     return means.astype(array.dtype)
 
 
-def _codec(uid, name, media_type, decode, *, lossy, progressive=False, converts_colour=False) -> Codec:
-    return Codec(uid, name, media_type, decode, lossy, progressive, converts_colour)
+# -- guards: what the stream declares, checked before a native decoder allocates or reads ---------
 
 
-_OCTET = "application/octet-stream"
+@dataclass(frozen=True)
+class StreamHeader:
+    """What a compressed frame says about itself (JPEG 2000 SIZ, JPEG / JPEG-LS SOF)."""
 
-CODECS: dict[str, Codec] = {
-    codec.uid: codec
-    for codec in (
-        _codec(IMPLICIT_VR_LITTLE_ENDIAN, "Implicit VR Little Endian", _OCTET, _decode_native, lossy=False),
-        _codec(EXPLICIT_VR_LITTLE_ENDIAN, "Explicit VR Little Endian", _OCTET, _decode_native, lossy=False),
-        # Deflate applies to the whole data set: frames are already inflated when they are frames.
-        _codec(DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, "Deflated Explicit VR Little Endian", _OCTET,
-               _decode_native, lossy=False),
-        _codec(RLE_LOSSLESS, "RLE Lossless", "image/dicom-rle", _decode_rle, lossy=False),
-        _codec(JPEG_BASELINE, "JPEG Baseline", "image/jpeg", _decode_jpeg, lossy=True, converts_colour=True),
-        _codec(JPEG_EXTENDED, "JPEG Extended", "image/jpeg", _decode_jpeg, lossy=True, converts_colour=True),
-        _codec(JPEG_LOSSLESS, "JPEG Lossless", "image/jpeg", _decode_jpeg_lossless, lossy=False),
-        _codec(JPEG_LOSSLESS_SV1, "JPEG Lossless SV1", "image/jpeg", _decode_jpeg_lossless, lossy=False),
-        _codec(JPEG_LS_LOSSLESS, "JPEG-LS Lossless", "image/jls", _decode_jpegls, lossy=False),
-        _codec(JPEG_LS_NEAR_LOSSLESS, "JPEG-LS Near-Lossless", "image/jls", _decode_jpegls, lossy=True),
-        _codec(JPEG_2000_LOSSLESS, "JPEG 2000 Lossless", "image/jp2", _decode_jpeg2k, lossy=False,
-               progressive=True, converts_colour=True),
-        _codec(JPEG_2000, "JPEG 2000", "image/jp2", _decode_jpeg2k, lossy=True, progressive=True,
-               converts_colour=True),
-        _codec(HTJ2K_LOSSLESS, "HTJ2K Lossless", "image/jphc", _decode_htj2k, lossy=False, progressive=True,
-               converts_colour=True),
-        _codec(HTJ2K_LOSSLESS_RPCL, "HTJ2K Lossless RPCL", "image/jphc", _decode_htj2k, lossy=False,
-               progressive=True, converts_colour=True),
-        _codec(HTJ2K, "HTJ2K", "image/jphc", _decode_htj2k_lossy, lossy=True, progressive=True,
-               converts_colour=True),
-        _codec(HTJ2K_PRIVATE, "HTJ2K (private UID)", "image/jphc", _decode_htj2k_lossy, lossy=True, progressive=True,
-               converts_colour=True),
-    )
-}
-
-_NATIVE = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN})
+    rows: int
+    columns: int
+    precision: int  # bits per sample of component 0
+    components: int
 
 
-def codec_for(transfer_syntax: str) -> Codec:
-    """The codec of a transfer syntax UID; DecodeError if there is none."""
-    codec = CODECS.get(str(transfer_syntax).strip().rstrip("\x00"))
-    if codec is None:
-        raise DecodeError(f"unsupported transfer syntax {transfer_syntax!r}")
-    return codec
-
-
-def declared_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | None:
-    """(rows, columns) a JPEG 2000 codestream (SIZ) or JPEG / JPEG-LS stream (SOF) declares.
-
-    None when the bytes are neither or the header is not within the first 64 KiB.
-    """
-    head = bytes(data[:65536])
-    if head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 42:
-        xs, ys, xo, yo, xt, yt, xto, yto, csiz = struct.unpack_from(">IIIIIIIIH", head, 8)
-        # ISO 15444-1 A.5.1: the tile grid must start at or before the image and overlap it.
-        # OpenJPH never returns from a stream whose tile origin lies past the image origin.
-        if not (xs > xo and ys > yo and xt and yt and xto <= xo and yto <= yo and xto + xt > xo
-                and yto + yt > yo and 1 <= csiz <= 16384):
-            return (0, 0)
-        return ys - yo, xs - xo
-    if head[:2] != b"\xff\xd8":
+def _j2k_header(head: bytes) -> StreamHeader | None:
+    if len(head) < 42:
         return None
-    i = 2
-    while i + 4 <= len(head):
-        if head[i] != 0xFF:
-            return None
-        marker = head[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):
-            if i + 9 > len(head):
-                return None
-            rows = (head[i + 5] << 8) | head[i + 6]
-            return (rows, (head[i + 7] << 8) | head[i + 8]) if rows else None  # 0: rows come in DNL
-        i += 2 + ((head[i + 2] << 8) | head[i + 3])
+    xs, ys, xo, yo, xt, yt, xto, yto, csiz = struct.unpack_from(">IIIIIIIIH", head, 8)
+    # ISO 15444-1 A.5.1: the tile grid must start at or before the image and overlap it.
+    # OpenJPH never returns from a stream whose tile origin lies past the image origin.
+    if not (xs > xo and ys > yo and xt and yt and xto <= xo and yto <= yo and xto + xt > xo
+            and yto + yt > yo and 1 <= csiz <= 16384):
+        return StreamHeader(0, 0, 0, 0)
+    precision = (head[42] & 0x7F) + 1 if len(head) > 42 else 0  # Ssiz of component 0
+    return StreamHeader(ys - yo, xs - xo, precision, csiz)
+
+
+def stream_header(data: bytes | bytearray | memoryview) -> StreamHeader | None:
+    """The header a JPEG 2000 codestream or JPEG / JPEG-LS stream declares; None when neither.
+
+    A JPEG 2000 SIZ that breaks the standard's tile-grid rules answers a 0x0 size.
+    """
+    if data[:4] == b"\xff\x4f\xff\x51":
+        return _j2k_header(bytes(data[:64]))
+    try:
+        jpeg = read_jpeg_header(data, scans=False)
+    except JpegError as exc:
+        raise DecodeError(str(exc)) from exc
+    if jpeg is None or not jpeg.rows:  # 0: the rows come in a DNL marker
+        return None
+    return StreamHeader(jpeg.rows, jpeg.columns, jpeg.precision, jpeg.components)
+
+
+def _rle_problem(data: memoryview, fmt: PixelFormat) -> str | None:
+    try:
+        read_rle_header(data, fmt.samples_per_pixel * max(1, fmt.bits_allocated // 8))
+    except RleError as exc:
+        return str(exc)
     return None
 
 
@@ -523,16 +581,7 @@ def decode_frame(
     view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
     if len(view) == 0:
         raise DecodeError(f"{codec.name} decode failed: empty frame")
-    if codec.uid not in _NATIVE and codec.uid != RLE_LOSSLESS:
-        # the decoder allocates what the stream declares, not what the metadata says
-        size = declared_size(view)
-        if size is not None and size != (fmt.rows, fmt.columns):
-            raise DecodeError(f"{codec.name} decode failed: the stream declares {size[0]}x{size[1]}, "
-                              f"the image is {fmt.rows}x{fmt.columns}")
-        if codec.resolution_progressive:
-            problem = _quantization_problem(view)
-            if problem:
-                raise DecodeError(f"{codec.name} decode failed: {problem}")
+    header = _check_stream(view, fmt, codec)
     try:
         decoded = codec.decode(view, fmt, reduce)
     except DecodeError as exc:
@@ -543,13 +592,60 @@ def decode_frame(
         if type(exc).__module__.startswith("imagecodecs") or type(exc).__name__.endswith("Error"):
             raise DecodeError(f"{codec.name} decode failed: {exc}") from exc
         raise
+    if header is not None and header.precision > fmt.bits_stored and not codec.lossy and not reduce:
+        _check_values_fit(decoded, header, fmt, codec)
     rows, columns = reduced_size(fmt.rows, fmt.columns, reduce)
-    if codec.uid in _NATIVE and fmt.photometric_interpretation == "YBR_FULL_422" and fmt.is_colour:
+    if codec.uid in NATIVE_SYNTAXES and fmt.photometric_interpretation == "YBR_FULL_422" and fmt.is_colour:
         return _normalise_values(_ybr_to_rgb(_expand_422(decoded, fmt)), fmt, codec)
     pixels = _shape(decoded, rows, columns, fmt, codec)
     if fmt.is_colour and not codec.converts_colour and fmt.photometric_interpretation in ("YBR_FULL", "YBR_FULL_422"):
         pixels = _ybr_to_rgb(_normalise_values(pixels, fmt, codec))
     return _normalise_values(pixels, fmt, codec)
+
+
+def _check_stream(view: memoryview, fmt: PixelFormat, codec: Codec) -> StreamHeader | None:
+    """The guards that run before any decoder: what the stream declares must match the metadata.
+
+    A decoder allocates what the stream declares and trusts its offsets, so a size, sample depth
+    or RLE segment table that disagrees is refused here (one message, no crash, no clipped image).
+    """
+    if codec.uid in NATIVE_SYNTAXES:
+        expected = fmt.frame_length
+        if len(view) > expected + 1:  # one pad byte makes an odd length even
+            raise DecodeError(f"{codec.name} decode failed: the frame has {len(view)} bytes, {expected} expected "
+                              f"for {fmt.rows}x{fmt.columns}x{fmt.samples_per_pixel} samples of "
+                              f"{fmt.bits_allocated} bits (BitsAllocated or the size is wrong)")
+        return None
+    if codec.uid == RLE_LOSSLESS:
+        problem = _rle_problem(view, fmt)
+        if problem:
+            raise DecodeError(f"{codec.name} decode failed: {problem}")
+        return None
+    try:
+        header = stream_header(view)
+    except DecodeError as exc:
+        raise DecodeError(f"{codec.name} decode failed: {exc}") from exc
+    if header is not None and (header.rows, header.columns) != (fmt.rows, fmt.columns):
+        raise DecodeError(f"{codec.name} decode failed: the stream declares {header.rows}x{header.columns}, "
+                          f"the image is {fmt.rows}x{fmt.columns}")
+    if header is not None and header.precision > max(8, fmt.bits_allocated):
+        raise DecodeError(f"{codec.name} decode failed: the stream holds {header.precision}-bit samples, "
+                          f"BitsAllocated is {fmt.bits_allocated}")
+    if codec.resolution_progressive:
+        problem = _quantization_problem(view)
+        if problem:
+            raise DecodeError(f"{codec.name} decode failed: {problem}")
+    return header
+
+
+def _check_values_fit(decoded: numpy.ndarray, header: StreamHeader, fmt: PixelFormat, codec: Codec) -> None:
+    """A lossless stream deeper than BitsStored must hold no value that masking would cut."""
+    if decoded.dtype.kind != "u" or fmt.is_signed:
+        return
+    top = int(decoded.max()) if decoded.size else 0
+    if top >= 1 << fmt.bits_stored:
+        raise DecodeError(f"{codec.name} decode failed: the stream holds {header.precision}-bit samples up to "
+                          f"{top}, BitsStored is {fmt.bits_stored}")
 
 
 def _shape(decoded: numpy.ndarray, rows: int, columns: int, fmt: PixelFormat, codec: Codec) -> numpy.ndarray:
@@ -561,7 +657,7 @@ def _shape(decoded: numpy.ndarray, rows: int, columns: int, fmt: PixelFormat, co
     if samples == 1:
         return decoded.reshape(rows, columns)
     if decoded.ndim == 1:
-        planar = fmt.planar_configuration == 1 and codec.uid in _NATIVE
+        planar = fmt.planar_configuration == 1 and codec.uid in NATIVE_SYNTAXES
         if planar:
             return decoded.reshape(samples, rows, columns).transpose(1, 2, 0)
         return decoded.reshape(rows, columns, samples)
@@ -649,3 +745,31 @@ def to_modality(stored: numpy.ndarray, fmt: PixelFormat) -> numpy.ndarray:
         out *= numpy.float32(slope)
     out += numpy.float32(intercept)
     return out
+
+
+# -- frames and fingerprints ----------------------------------------------------------------------
+
+
+def native_frames(pixel_data: bytes | bytearray | memoryview, fmt: PixelFormat) -> Iterator[memoryview]:
+    """The frames of native (uncompressed) pixel data as views, without copying; DecodeError when
+    the data ends early or 1-bit frames do not start on byte boundaries."""
+    view = memoryview(pixel_data).cast("B") if not isinstance(pixel_data, bytes) else memoryview(pixel_data)
+    length = fmt.frame_length
+    if fmt.bits_allocated == 1 and fmt.number_of_frames > 1 and (fmt.rows * fmt.columns) % 8:
+        raise DecodeError("multi-frame 1-bit data with frames not on byte boundaries")
+    for index in range(fmt.number_of_frames):
+        frame = view[index * length : (index + 1) * length]
+        if len(frame) < length:
+            raise DecodeError(f"pixel data ends in frame {index + 1} ({len(view)} bytes)")
+        yield frame
+
+
+def pixel_sha256(pixels: numpy.ndarray) -> str:
+    """SHA-256 of stored values as a contiguous little-endian array in their own dtype.
+
+    The one fingerprint of decoded pixels: the CLI prints it, the page and the tests compare it.
+    """
+    array = numpy.ascontiguousarray(pixels)
+    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder == "big"):
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return hashlib.sha256(array.tobytes()).hexdigest()

@@ -44,6 +44,7 @@ __all__ = [
     "RetrieveConfig",
     "RetrieveOptions",
     "RetrieveStage",
+    "origin_of",
     "parse_config",
     "preset",
 ]
@@ -237,8 +238,20 @@ class RetrieveConfig:
         default_factory=lambda: MappingProxyType({})
     )
     """Retrieve type -> ("default" | transfer syntax UID) -> options."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins besides the study's own that redirects and BulkDataURIs may lead to (``*``: any).
+
+    Not a Cornerstone key: our own, so a study cannot silently send the viewer to another host.
+    """
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """Keys given that this viewer does not use, one line each with its JSON path."""
+
+    def allows_url(self, url: str, study_url: str) -> bool:
+        """May a redirect or BulkDataURI of the study at ``study_url`` lead to ``url``?"""
+        target = origin_of(url)
+        return target is not None and (
+            target == origin_of(study_url) or "*" in self.allowed_origins or target in self.allowed_origins
+        )
 
     def options_for(self, retrieve_type: str, transfer_syntax: str | None = None) -> RetrieveOptions:
         """Options for a request: type+syntax, type+default, default+syntax, default+default.
@@ -266,26 +279,58 @@ class RetrieveConfig:
                 options[retrieve_type] = {
                     syntax: _options_to_json(opts) for syntax, opts in by_syntax.items()
                 }
-        return {
+        out = {
             "stages": [_stage_to_json(stage) for stage in self.stages],
             "retrieveOptions": options,
         }
+        if self.allowed_origins:
+            out["allowedOrigins"] = list(self.allowed_origins)
+        return out
 
     @classmethod
     def from_json(cls, obj: object) -> RetrieveConfig:
         """Validate a parsed JSON value; raises ConfigError naming the JSON path."""
         top = _object(obj, "$")
         notes = ConfigWarnings()
-        _check_keys(top, "$", {"stages", "retrieveOptions"}, CORNERSTONE_IGNORED_KEYS["config"], notes)
+        _check_keys(top, "$", {"stages", "retrieveOptions", "allowedOrigins"}, CORNERSTONE_IGNORED_KEYS["config"],
+                    notes)
         options = _parse_retrieve_options(top.get("retrieveOptions"), "$.retrieveOptions", notes)
         if "stages" in top:
             stages = _parse_stages(top["stages"], "$.stages", notes)
         else:
             stages = _infer_stages(options)
-        return cls(stages=stages, retrieve_options=options, warnings=tuple(notes))
+        origins = _origins(top.get("allowedOrigins"), "$.allowedOrigins")
+        return cls(stages=stages, retrieve_options=options, allowed_origins=origins, warnings=tuple(notes))
 
 
 # ---------------------------------------------------------------- parsing helpers
+
+_ORIGIN = re.compile(r"^(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?$")
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of an absolute http(s) URL, default ports dropped; else None."""
+    match = re.match(r"^(https?)://([^/?#@]+)", url.strip(), re.I)
+    if not match:
+        return None
+    scheme, host = match.group(1).lower(), match.group(2).lower()
+    default = ":443" if scheme == "https" else ":80"
+    return f"{scheme}://{host.removesuffix(default)}"
+
+
+def _origins(value: object, path: str) -> tuple[str, ...]:
+    """An array of origins (``https://host[:port]``, no path) or ``"*"``."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(path, f"expected an array of origins, got {_kind(value)}")
+    result = []
+    for i, item in enumerate(value):
+        text = _string(item, _child(path, i)).strip().lower().rstrip("/")
+        if text != "*" and not _ORIGIN.match(text):
+            raise ConfigError(_child(path, i), f"expected an origin like 'https://host:port' (no path), got {item!r}")
+        result.append(text if text == "*" else origin_of(text))
+    return tuple(result)
 
 
 def _child(path: str, key: str | int) -> str:

@@ -16,7 +16,14 @@ negotiate encodings). Both hold the same DICOM JSON.
     OUT/studies/{st}/series/{se}/instances/index.json[.gz]   the same (URL .../instances)
     OUT/studies/{st}/series/{se}/metadata[.gz]        series metadata (DICOM JSON array)
     OUT/studies/{st}/series/{se}/alternates.json      what each frames directory holds (below)
-    OUT/studies/{st}/series/{se}/instances/{sop}/{alternate}/{n}   frame n (1-based)
+    OUT/studies/{st}/series/{se}/thumbnail            rendered 8-bit JPEG of the series' middle image
+    OUT/studies/{st}/series/{se}/instances/{sop}/thumbnail              ... of the instance's first frame
+    OUT/studies/{st}/series/{se}/instances/{sop}/{alternate}/{n}.mht    frame n (1-based)
+
+The URL of frame n stays ``.../{alternate}/{n}``: a server maps it to ``{n}.mht`` (the toolkit's
+name, typed by suffix on any static host) or, in trees written before, to ``{n}``. ``--raw`` trees
+hold bare codestreams named ``{n}``. Thumbnails are at most 128 pixels a side, windowed with the
+image's first default window (``app/thumbnails.py``).
 
 Series metadata: PixelData is ``{"vr": "OB", "BulkDataURI": "instances/{sop}/frames"}`` (relative
 to the series), AvailableTransferSyntaxUID (0008,3002) names what ``frames/`` holds (HTJ2K
@@ -49,71 +56,65 @@ rows / columns are those of the series' first instance; for any instance they ar
 ceil(Rows / scale) x ceil(Columns / scale). Pixel attributes other than the size are those of
 the series metadata.
 
-Frame files are single-part multipart/related bodies as the toolkit writes them, plus a digest::
-
-    --{boundary}\\r\\nContent-Type: image/jphc;transfer-syntax=1.2.840.10008.1.2.4.202\\r\\n
-    Content-Digest: sha-256=:<base64 of the codestream's SHA-256>:\\r\\n\\r\\n
-    <codestream>\\r\\n--{boundary}--
-
-with one boundary per tree, chosen when the tree is created and kept on re-runs. The
-Content-Digest part header (RFC 9530) lets a viewer refuse bytes corrupted on disk or on the way:
-a bit flip inside entropy-coded data otherwise decodes to wrong pixels without an error. With ``--raw``
-a frame file is the bare codestream. ``dicomweb.json`` at the root tells a server which::
-
-    {"version": 1, "framing": "multipart" | "raw", "boundary": "...",
-     "alternates": {"frames": {"transferSyntaxUID": "...", "mediaType": "image/jphc",
-                               "contentType": "multipart/related; type=\\"image/jphc\\"; boundary=..."},
-                    ...}}
-
-``contentType`` is the exact Content-Type header to send with a frame file of that alternate.
+Frame files are single-part multipart/related bodies as the toolkit writes them, plus an RFC 9530
+Content-Digest part header, with one boundary per tree, chosen when the tree is created and kept on
+re-runs; ``dicomweb.json`` at the root tells a server how they are framed. Both formats are defined
+in ``app/tree`` (``framing.py``, ``manifest.py``), the one place the converter, discovery and
+serve.py take them from.
 
 Files are written to a temporary name in the same directory and then renamed, so an interrupted
 run never leaves a half-written file. Converted instances are merged into the series metadata
 and the QIDO indexes (with what the tree already holds) every 64 instances or 10 seconds, at the
 end of a run and when a run is interrupted; the metadata lists only instances whose frames are all
 written, and a re-run completes or updates a tree.
+
+A file that fails (damaged, undecodable, a UID that is not a valid DICOM UID and so cannot be a
+folder name) is reported and the run goes on; a file that is not a DICOM image (a README, a
+DICOMDIR, the tree's own files) is skipped with a notice. The exit status is 1 only when a DICOM
+file failed; an output that cannot be written stops the run with one message (status 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import gzip
-import hashlib
 import json
 import math
 import os
-import struct
 import sys
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import imagecodecs
 import numpy
 
-from app.codecs import (
-    DecodeError,
-    HTJ2K,
-    HTJ2K_LOSSLESS_RPCL,
-    JPEG_LS_LOSSLESS,
-    PixelFormat,
-    area_mean,
-    codec_for,
-    decode_frame,
-)
+from app.codecs import DecodeError, PixelFormat, area_mean, codec_for, decode_frame, native_frames
+from app.readers.codestream import CodestreamError, CodestreamScanner, MainHeader
+from app.thumbnails import render_thumbnail
+from app.tree import FRAME_SUFFIX, Alternate, TreeManifest, frame_file_names, frame_part_chunks
+from app.uids import HTJ2K, HTJ2K_LOSSLESS_RPCL, JPEG_LS_LOSSLESS, InvalidUID, check_uid
 
-CONVERTER_VERSION = "2"
-MANIFEST_VERSION = 1
+CONVERTER_VERSION = "2"  # tools/demo_data.py re-converts the demo tree when this changes
+NEW_TREE_FRAME_SUFFIX = FRAME_SUFFIX  # frame files written from now on: frames/1.mht
 THUMBNAIL_SCALE = 4
+THUMBNAIL_NAME = "thumbnail"  # rendered 8-bit JPEG per instance and per series (the toolkit's name)
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR's SOP class
 LOWEST_RESOLUTION = 64
 DEFAULT_LOSSY_QUALITY = 70.0
 
 
 class ConversionError(Exception):
     """One input file could not be converted; the message says why."""
+
+
+class NotDicom(ConversionError):
+    """An input that is not a DICOM image file (a README, a DICOMDIR, a tree's own files): skipped."""
+
+
+class OutputError(ConversionError):
+    """The output cannot be written (read-only, full disk): the run stops with one message."""
 
 
 # -- alternates -----------------------------------------------------------------------------------
@@ -133,18 +134,34 @@ class EncodedFrame:
 
 
 @dataclass(frozen=True)
-class Alternate:
-    """One frames directory of an instance: which encoding of the pixels it holds."""
+class AlternateEncoder:
+    """One frames folder the converter writes: its schema entry and how to encode a frame for it."""
 
-    name: str
-    transfer_syntax: str
-    media_type: str
-    lossy: bool
-    scale: int
+    spec: Alternate
     encode: Callable[["FrameImage", PixelFormat, EncodeSettings], EncodedFrame]
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def transfer_syntax(self) -> str:
+        return self.spec.transfer_syntax or ""
+
+    @property
+    def media_type(self) -> str:
+        return self.spec.media_type or ""
+
+    @property
+    def lossy(self) -> bool:
+        return bool(self.spec.lossy)
+
+    @property
+    def scale(self) -> int:
+        return self.spec.scale
+
     def part_content_type(self) -> str:
-        return f"{self.media_type};transfer-syntax={self.transfer_syntax}"
+        return self.spec.part_content_type()
 
 
 class FrameImage:
@@ -256,22 +273,26 @@ def _encode_lossy(image: FrameImage, fmt: PixelFormat, settings: EncodeSettings)
     return EncodedFrame(bytes(codestream), rows, columns, levels)
 
 
-ALTERNATES: dict[str, Alternate] = {
+def _encoder(name: str, syntax: str, media: str, lossy: bool, scale: int, encode) -> AlternateEncoder:
+    return AlternateEncoder(Alternate(name, syntax, media, lossy, scale, thumbnail=scale > 1), encode)
+
+
+ALTERNATES: dict[str, AlternateEncoder] = {
     alternate.name: alternate
     for alternate in (
-        Alternate("frames", HTJ2K_LOSSLESS_RPCL, "image/jphc", False, 1, _encode_frames),
-        Alternate("jls", JPEG_LS_LOSSLESS, "image/jls", False, 1, _encode_jls),
-        Alternate("jlsThumbnail", JPEG_LS_LOSSLESS, "image/jls", False, THUMBNAIL_SCALE, _encode_jls_thumbnail),
-        Alternate("lossy", HTJ2K, "image/jphc", True, 1, _encode_lossy),
-        Alternate("htj2kThumbnail", HTJ2K_LOSSLESS_RPCL, "image/jphc", False, THUMBNAIL_SCALE,
-                  _encode_htj2k_thumbnail),
+        _encoder("frames", HTJ2K_LOSSLESS_RPCL, "image/jphc", False, 1, _encode_frames),
+        _encoder("jls", JPEG_LS_LOSSLESS, "image/jls", False, 1, _encode_jls),
+        _encoder("jlsThumbnail", JPEG_LS_LOSSLESS, "image/jls", False, THUMBNAIL_SCALE, _encode_jls_thumbnail),
+        _encoder("lossy", HTJ2K, "image/jphc", True, 1, _encode_lossy),
+        _encoder("htj2kThumbnail", HTJ2K_LOSSLESS_RPCL, "image/jphc", False, THUMBNAIL_SCALE,
+                 _encode_htj2k_thumbnail),
     )
 }
 ALTERNATE_ALIASES = {"htj2k": "frames"}
 DEFAULT_ALTERNATES = tuple(ALTERNATES)
 
 
-def parse_alternates(names: Iterable[str] | str | None) -> tuple[str, ...]:
+def alternate_names(names: Iterable[str] | str | None) -> tuple[str, ...]:
     """Alternate directory names from option values; `frames` is always included, first."""
     if names is None:
         return DEFAULT_ALTERNATES
@@ -294,44 +315,25 @@ def parse_alternates(names: Iterable[str] | str | None) -> tuple[str, ...]:
 
 # -- codestream check -----------------------------------------------------------------------------
 
-PROGRESSION_ORDERS = ("LRCP", "RLCP", "RPCL", "PCRL", "CPRL")
-
-
-@dataclass(frozen=True)
-class MainHeader:
-    progression_order: str
-    decomposition_levels: int
-    has_tlm: bool
-
 
 def read_main_header(codestream: bytes) -> MainHeader:
-    """The COD progression order and levels, and whether a TLM marker is present."""
-    if codestream[:2] != b"\xff\x4f":
-        raise ValueError("not a JPEG 2000 codestream (no SOC)")
-    position = 2
-    order = None
-    levels = None
-    has_tlm = False
-    while position + 4 <= len(codestream):
-        marker = int.from_bytes(codestream[position : position + 2], "big")
-        if marker == 0xFF90:  # SOT: end of the main header
-            break
-        length = int.from_bytes(codestream[position + 2 : position + 4], "big")
-        if marker == 0xFF52:
-            order = PROGRESSION_ORDERS[codestream[position + 5]]
-            levels = codestream[position + 9]
-        elif marker == 0xFF55:
-            has_tlm = True
-        position += 2 + length
-    if order is None or levels is None:
-        raise ValueError("no COD marker in the main header")
-    return MainHeader(order, levels, has_tlm)
+    """The main header (SIZ, COD, TLM) by the viewer's own codestream reader; ValueError if none."""
+    scanner = CodestreamScanner()
+    view = memoryview(codestream)
+    for start in range(0, len(view), 1 << 16):
+        scanner.feed(view[start : start + (1 << 16)])
+        if scanner.header is not None:
+            return scanner.header
+    raise CodestreamError("no complete main header")
 
 
 def check_rpcl_codestream(codestream: bytes, levels: int) -> None:
     header = read_main_header(codestream)
-    if header.progression_order != "RPCL" or not header.has_tlm or header.decomposition_levels != levels:
-        raise ConversionError(f"HTJ2K encoder wrote {header}, .202 needs RPCL, TLM and {levels} levels")
+    order, decompositions = header.cod.progression_name, header.cod.decompositions
+    if order != "RPCL" or header.tlm is None or decompositions != levels:
+        raise ConversionError(f"HTJ2K encoder wrote {order}, {decompositions} levels, TLM "
+                              f"{'present' if header.tlm is not None else 'absent'}: .202 needs RPCL, TLM and "
+                              f"{levels} levels")
 
 
 # -- tree writing ---------------------------------------------------------------------------------
@@ -341,18 +343,31 @@ def write_atomic(path: Path, chunks: bytes | Sequence[bytes]) -> int:
     """Write to a temporary name in the same directory, then rename; returns the size."""
     if isinstance(chunks, (bytes, bytearray, memoryview)):
         chunks = [chunks]
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     size = 0
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as handle:
             for chunk in chunks:
                 handle.write(chunk)
                 size += len(chunk)
         os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    return size
+
+
+def write_frame_file(folder: Path, number: int, manifest: TreeManifest, chunks: Sequence[bytes]) -> int:
+    """Frame ``number`` under the tree's current name (``1.mht``), removing a stale other-named copy."""
+    name = manifest.frame_file_name(number)
+    size = write_atomic(folder / name, chunks)
+    for other in frame_file_names(number):
+        if other != name:
+            (folder / other).unlink(missing_ok=True)
     return size
 
 
@@ -397,62 +412,38 @@ def read_json_pair(path: Path, default: Any) -> Any:
     return default
 
 
-@dataclass
-class TreeManifest:
-    boundary: str
-    framing: str  # "multipart" | "raw"
-
-    def content_type(self, alternate: Alternate) -> str:
-        if self.framing == "raw":
-            return f"{alternate.media_type}; transfer-syntax={alternate.transfer_syntax}"
-        return f'multipart/related; type="{alternate.media_type}"; boundary={self.boundary}'
-
-    def to_json(self) -> dict:
-        return {
-            "version": MANIFEST_VERSION,
-            "framing": self.framing,
-            "boundary": self.boundary,
-            "converterVersion": CONVERTER_VERSION,
-            "metadata": {"gzip": ["index.json.gz", "metadata.gz"], "plain": ["index.json", "metadata"]},
-            "alternates": {
-                name: {
-                    "transferSyntaxUID": alternate.transfer_syntax,
-                    "mediaType": alternate.media_type,
-                    "contentType": self.content_type(alternate),
-                }
-                for name, alternate in ALTERNATES.items()
-            },
-        }
-
-
 def open_manifest(out: Path, raw: bool) -> TreeManifest:
+    """The tree's ``dicomweb.json``: kept (boundary, framing, frame names) when the tree exists."""
     framing = "raw" if raw else "multipart"
     existing = read_json_pair(out / "dicomweb.json", None) if (out / "dicomweb.json").exists() else None
     if existing:
-        if existing.get("framing", "multipart") != framing:
+        try:
+            manifest = TreeManifest.from_json(existing)
+        except ValueError as exc:
+            raise ConversionError(f"{out}/dicomweb.json: {exc}") from exc
+        if manifest.multipart:  # frames written from now on take the current name (servers read both)
+            manifest = replace(manifest, frame_suffix=NEW_TREE_FRAME_SUFFIX)
+        if manifest.framing != framing:
             raise ConversionError(
-                f"{out} holds {existing.get('framing')} frame files; convert with the same framing or to a new tree"
+                f"{out} holds {manifest.framing} frame files; convert with the same framing or to a new tree"
             )
-        manifest = TreeManifest(existing["boundary"], framing)
     else:
-        manifest = TreeManifest(f"DICOMwebBoundary{uuid.uuid4().hex}", framing)
+        manifest = TreeManifest.new(raw=raw, frame_suffix=NEW_TREE_FRAME_SUFFIX)
     out.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(manifest.to_json(), indent=2).encode() + b"\n"
-    write_atomic(out / "dicomweb.json", data)
+    doc = manifest.to_json({name: alternate.spec for name, alternate in ALTERNATES.items()},
+                           converterVersion=CONVERTER_VERSION,
+                           metadata={"gzip": ["index.json.gz", "metadata.gz"], "plain": ["index.json", "metadata"]})
+    write_atomic(out / "dicomweb.json", json.dumps(doc, indent=2).encode() + b"\n")
     return manifest
 
 
-def frame_file_chunks(manifest: TreeManifest, alternate: Alternate, codestream: bytes) -> list[bytes]:
-    if manifest.framing == "raw":
+def frame_file_chunks(manifest: TreeManifest, alternate: AlternateEncoder, codestream: bytes) -> list[bytes]:
+    if not manifest.multipart:
         return [codestream]
-    boundary = manifest.boundary.encode("ascii")
-    if boundary in codestream:  # astronomically unlikely with a random 128-bit boundary
-        raise ConversionError("boundary string occurs inside a codestream")
-    digest = base64.b64encode(hashlib.sha256(codestream).digest())
-    head = (b"--" + boundary + b"\r\nContent-Type: " + alternate.part_content_type().encode()
-            + b"\r\nContent-Digest: sha-256=:" + digest + b":\r\n\r\n")
-    tail = b"\r\n--" + boundary + b"--"
-    return [head, codestream, tail]
+    try:
+        return frame_part_chunks(codestream, alternate.part_content_type(), manifest.boundary)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from exc
 
 
 # -- DICOM JSON -----------------------------------------------------------------------------------
@@ -531,6 +522,10 @@ def commit_series(out: Path, study: str, series: str, converted: list[tuple[dict
         entry["rows"], entry["columns"] = -(-first_rows // scale), -(-first_columns // scale)
     write_atomic(series_dir / "alternates.json", json.dumps(known, indent=2).encode() + b"\n")
 
+    middle = series_dir / "instances" / str(_first(instances[len(instances) // 2], "00080018")) / THUMBNAIL_NAME
+    if middle.is_file():  # the series' thumbnail is its middle image's, as the toolkit picks it
+        write_atomic(series_dir / THUMBNAIL_NAME, middle.read_bytes())
+
     instance_index = [_pick(item, _INSTANCE_TAGS) for item in instances]
     write_json_pair(series_dir / "index.json", instance_index)
     write_json_pair(series_dir / "instances" / "index.json", instance_index)
@@ -601,6 +596,7 @@ class ConversionSummary:
     boundary: str
     instances: list[InstanceRecord] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    skipped: list[Failure] = field(default_factory=list)  # not DICOM image files: a notice, not a failure
     frames: int = 0
     bytes_by_alternate: dict[str, int] = field(default_factory=dict)
     seconds_by_alternate: dict[str, float] = field(default_factory=dict)
@@ -632,7 +628,8 @@ class ConversionSummary:
                 f"{self.bytes_by_alternate.get(name, 0):>14,} {self.seconds_by_alternate.get(name, 0.0):>9.2f}"
             )
         lines.append(
-            f"files: {self.files_converted} converted, {len(self.failures)} failed; frames: {self.frames}; "
+            f"files: {self.files_converted} converted, {len(self.failures)} failed, {len(self.skipped)} skipped; "
+            f"frames: {self.frames}; "
             f"decode {self.decode_seconds:.2f} s; total {self.seconds:.2f} s; framing {self.framing}"
         )
         return "\n".join(lines)
@@ -674,27 +671,19 @@ class _PendingMetadata:
         self.since = time.monotonic()
 
 
-def iter_input_files(inputs: Iterable[Path]) -> Iterator[Path]:
+def iter_input_files(inputs: Iterable[Path], exclude: Path | None = None) -> Iterator[Path]:
+    """Files of the inputs, folders walked in name order; the output tree (``exclude``) left out."""
+    skip = exclude.resolve() if exclude is not None else None
     for path in inputs:
         path = Path(path)
         if path.is_dir():
             for child in sorted(path.rglob("*")):
+                if skip is not None and child.resolve().is_relative_to(skip):
+                    continue
                 if child.is_file() and not child.name.startswith(".") and child.name != "DICOMDIR":
                     yield child
         else:
             yield path
-
-
-def _native_frames(pixel_data: bytes, fmt: PixelFormat) -> Iterator[memoryview]:
-    view = memoryview(pixel_data)
-    length = fmt.frame_length
-    if fmt.bits_allocated == 1 and fmt.number_of_frames > 1 and (fmt.rows * fmt.columns) % 8:
-        raise ConversionError("multi-frame 1-bit data with frames not on byte boundaries")
-    for index in range(fmt.number_of_frames):
-        frame = view[index * length : (index + 1) * length]
-        if len(frame) < length:
-            raise ConversionError(f"pixel data ends in frame {index + 1} ({len(view)} bytes)")
-        yield frame
 
 
 class Progress:
@@ -725,6 +714,10 @@ class Progress:
         self.stream.write(("\n" if self.tty and not self.quiet else "") + f"FAILED {path}: {reason}\n")
         self.stream.flush()
 
+    def skipped(self, path: Path, reason: str) -> None:
+        self.stream.write(("\n" if self.tty and not self.quiet else "") + f"skipped {path}: {reason}\n")
+        self.stream.flush()
+
     def done(self) -> None:
         if self.tty and not self.quiet:
             self.stream.write("\n")
@@ -744,21 +737,27 @@ def convert(
     """Convert DICOM files and folders into the static DICOMweb tree at `out` (see the module doc)."""
     started = time.perf_counter()
     out = Path(out)
-    names = parse_alternates(alternates)
+    names = alternate_names(alternates)
     settings = EncodeSettings(lossy_quality=lossy_quality)
     lossy_step(lossy_quality)  # validate early
     manifest = open_manifest(out, raw)
     remove_stale_temporaries(out)
     summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
-    files = list(iter_input_files(Path(path) for path in inputs))
+    files = list(iter_input_files((Path(path) for path in inputs), exclude=out))
     progress = Progress(len(files), progress_stream, quiet)
     pending = _PendingMetadata(out)
     try:
         for index, path in enumerate(files, 1):
             try:
                 record, obj, entries = _convert_file(path, index, out, names, settings, manifest, summary, progress)
-            except (ConversionError, DecodeError, OSError, ValueError, MemoryError) as exc:
-                reason = str(exc) or type(exc).__name__
+            except NotDicom as exc:
+                summary.skipped.append(Failure(path, str(exc)))
+                progress.skipped(path, str(exc))
+                continue
+            except OutputError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad file never stops the run: it is that file's failure
+                reason = _reason(exc)
                 summary.failures.append(Failure(path, reason))
                 progress.failure(path, reason)
                 continue
@@ -771,6 +770,20 @@ def convert(
     return summary
 
 
+def convert_one_file(path: Path, out: Path, names: tuple[str, ...], settings: EncodeSettings,
+                     manifest: TreeManifest) -> tuple[ConversionSummary, tuple[dict, dict[str, dict]] | None]:
+    """One file apart from a run (a pool worker): its frames written, its statistics, and its DICOM
+    JSON and alternate entries for the caller to merge into the tree (None when it failed)."""
+    summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
+    try:
+        record, obj, entries = _convert_file(path, 1, out, names, settings, manifest, summary, Progress(1, quiet=True))
+    except (ConversionError, DecodeError, OSError, ValueError, MemoryError) as exc:
+        summary.failures.append(Failure(path, str(exc) or type(exc).__name__))
+        return summary, None
+    summary.instances.append(record)
+    return summary, (obj, entries)
+
+
 def _read_dataset(path: Path) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -778,9 +791,14 @@ def _read_dataset(path: Path) -> Any:
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as exc:
-        raise ConversionError(f"not a DICOM file ({exc})") from exc
-    except (EOFError, KeyError, AttributeError, TypeError, struct.error) as exc:
+        raise NotDicom("not a DICOM file") from exc
+    except OSError as exc:
+        raise ConversionError(f"cannot read the file: {exc.strerror or exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - pydicom raises zlib, struct, KeyError, ValueError... on damage
         raise ConversionError(f"unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
+    media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+    if media_class == MEDIA_STORAGE_DIRECTORY:
+        raise NotDicom("a DICOMDIR (media directory), not an image")
     if "PixelData" not in ds:
         raise ConversionError("no pixel data")
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
@@ -792,9 +810,40 @@ def _read_dataset(path: Path) -> Any:
     return ds
 
 
+def _reason(exc: BaseException) -> str:
+    """One line for a file's failure: our own errors as they are, others with their type."""
+    if isinstance(exc, (ConversionError, DecodeError)):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _uids(ds: Any) -> tuple[str, str, str]:
+    """Study, series and SOP instance UIDs: path components, so only valid DICOM UIDs pass."""
+    out = []
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        try:
+            out.append(check_uid(str(ds.get(keyword)).strip(), keyword))
+        except InvalidUID as exc:
+            raise ConversionError(f"{exc}: it would be a folder name in the tree") from exc
+    return out[0], out[1], out[2]
+
+
+def _windows(ds: Any) -> tuple[tuple[float, float], ...]:
+    """The default VOI windows (center, width) of a dataset; none when absent or unreadable."""
+    def values(keyword: str) -> list[float]:
+        raw = ds.get(keyword)
+        items = list(raw) if isinstance(raw, Sequence) and not isinstance(raw, str) else [raw]
+        try:
+            return [float(v) for v in items if v not in (None, "")]
+        except (TypeError, ValueError):
+            return []
+
+    return tuple((c, w) for c, w in zip(values("WindowCenter"), values("WindowWidth")) if w > 0)
+
+
 def _frames_of(ds: Any, transfer_syntax: str, fmt: PixelFormat) -> Iterator[bytes | memoryview]:
     if codec_for(transfer_syntax).media_type == "application/octet-stream":  # native
-        yield from _native_frames(ds.PixelData, fmt)
+        yield from native_frames(ds.PixelData, fmt)
         return
     from pydicom.encaps import generate_frames
 
@@ -817,7 +866,7 @@ def _convert_file(
     fmt = PixelFormat.from_dataset(ds)
     if fmt.rows <= 0 or fmt.columns <= 0:
         raise ConversionError(f"invalid image size {fmt.rows}x{fmt.columns}")
-    study, series, sop = (str(ds.get(k)).strip() for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+    study, series, sop = _uids(ds)
     instance_dir = _series_dir(out, study, series) / "instances" / sop
     entries: dict[str, dict] = {}
     count = 0
@@ -825,12 +874,14 @@ def _convert_file(
         frame_started = time.perf_counter()
         image = FrameImage(decode_frame(frame, transfer_syntax, fmt))
         summary.decode_seconds += time.perf_counter() - frame_started
+        if number == 1:  # the instance's rendered preview, from its first frame
+            write_atomic(instance_dir / THUMBNAIL_NAME, render_thumbnail(image.pixels, fmt, _windows(ds)))
         for name in names:
             alternate = ALTERNATES[name]
             encode_started = time.perf_counter()
             encoded = alternate.encode(image, fmt, settings)
-            size = write_atomic(instance_dir / name / str(number),
-                                frame_file_chunks(manifest, alternate, encoded.codestream))
+            size = write_frame_file(instance_dir / name, number, manifest,
+                                    frame_file_chunks(manifest, alternate, encoded.codestream))
             summary.seconds_by_alternate[name] = summary.seconds_by_alternate.get(name, 0.0) + (
                 time.perf_counter() - encode_started
             )
@@ -845,19 +896,9 @@ def _convert_file(
     return InstanceRecord(path, study, series, sop, count, fmt.rows, fmt.columns), instance_json(ds, sop, fmt), entries
 
 
-def _alternate_entry(alternate: Alternate, encoded: EncodedFrame) -> dict:
-    entry = {
-        "path": alternate.name,
-        "transferSyntaxUID": alternate.transfer_syntax,
-        "mediaType": alternate.media_type,
-        "lossy": alternate.lossy,
-        "scale": alternate.scale,
-        "rows": encoded.rows,
-        "columns": encoded.columns,
-    }
-    if encoded.resolution_levels is not None:
-        entry["resolutionLevels"] = encoded.resolution_levels
-    return entry
+def _alternate_entry(alternate: AlternateEncoder, encoded: EncodedFrame) -> dict:
+    return replace(alternate.spec, rows=encoded.rows, columns=encoded.columns,
+                   resolution_levels=encoded.resolution_levels).to_json()
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -894,7 +935,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary.table())
     for failure in summary.failures:
         print(f"failed: {failure.path}: {failure.reason}", file=sys.stderr)
-    return 0 if summary.ok else 1
+    return 0 if summary.ok else 1  # skipped non-DICOM files are notices, not failures
 
 
 if __name__ == "__main__":

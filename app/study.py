@@ -19,6 +19,8 @@ from . import dicomjson as dj
 from .codecs import MAX_FRAME_BYTES, PixelFormat
 from .dicomjson import Tag
 from .transport.base import Transport, TransportError
+from .tree import Alternate, parse_alternates
+from .uids import EXPLICIT_VR_LITTLE_ENDIAN
 
 __all__ = [
     "Alternate",
@@ -27,28 +29,16 @@ __all__ = [
     "StackImage",
     "discover",
     "fetch_json",
+    "parse_alternates",
     "stack_from_metadata",
 ]
 
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 JSON_ACCEPT = "application/dicom+json, application/json;q=0.9, */*;q=0.1"
 MAX_STACK_IMAGES = 100_000  # frames of one series; more is a broken or hostile metadata document
 
 
 class DiscoveryError(Exception):
     """The URL does not lead to a series with images."""
-
-
-@dataclass(frozen=True)
-class Alternate:
-    """One alternate encoding beside ``frames/`` (from the series ``alternates.json``)."""
-
-    frames_path: str  # "/jlsThumbnail/"
-    rows: int | None = None
-    columns: int | None = None
-    transfer_syntax: str | None = None
-    lossy: bool | None = None
-    thumbnail: bool = False
 
 
 @dataclass(frozen=True)
@@ -245,41 +235,6 @@ async def _alternates(transport: Transport, series_url: str) -> dict[str, Altern
         if found is not None and not isinstance(found, BaseException):
             return parse_alternates(found[1])
     return {}
-
-
-def parse_alternates(doc: object) -> dict[str, Alternate]:
-    """Accept a list of entries or a mapping name -> entry; keys are normalised framesPath."""
-    entries: list[tuple[str | None, dict]] = []
-    if isinstance(doc, dict) and isinstance(doc.get("alternates"), (list, dict)):
-        doc = doc["alternates"]
-    if isinstance(doc, dict):
-        entries = [(k, v) for k, v in doc.items() if isinstance(v, dict)]
-    elif isinstance(doc, list):
-        entries = [(None, v) for v in doc if isinstance(v, dict)]
-    out: dict[str, Alternate] = {}
-    for key, entry in entries:
-        name = entry.get("framesPath") or entry.get("path") or entry.get("name") or key
-        if not name:
-            continue
-        path = "/" + str(name).strip("/") + "/"
-
-        def num(*names):
-            for n in names:
-                if isinstance(entry.get(n), (int, float)):
-                    return int(entry[n])
-            return None
-
-        ts = entry.get("transferSyntaxUID") or entry.get("transferSyntax") or entry.get("transfer_syntax")
-        lossy = entry.get("lossy")
-        out[path] = Alternate(
-            frames_path=path,
-            rows=num("rows", "Rows"),
-            columns=num("columns", "Columns", "cols"),
-            transfer_syntax=str(ts) if ts else None,
-            lossy=bool(lossy) if lossy is not None else None,
-            thumbnail=bool(entry.get("thumbnail", False)) or (num("scale") or 1) > 1,
-        )
-    return out
 
 
 def _normal(iop: list[float] | None) -> tuple[float, float, float] | None:

@@ -129,7 +129,8 @@ def wait_for_app_state(record: PageRecord, states=("ready",), timeout_ms: int = 
 
 
 # fixtures that start a server or need the downloaded demo data (directly or through others)
-SERVER_FIXTURES = {"serve_dir", "demo_server", "demo_data", "runtime", "orthanc", "static_nginx"}
+SERVER_FIXTURES = {"serve_dir", "demo_server", "demo_data", "runtime", "orthanc", "static_nginx",
+                   "served"}
 
 
 def pytest_collection_modifyitems(config, items):

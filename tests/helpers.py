@@ -17,8 +17,21 @@ from typing import Callable
 
 from app.engine import RetrievePolicy
 
-__all__ = ["split", "engine_options", "ct_series", "Behaviour", "OddServer", "Action", "Script",
+__all__ = ["stored_file", "stored_frames", "split", "engine_options", "ct_series", "Behaviour", "OddServer", "Action", "Script",
            "ScriptedServer", "ScriptedHandler"]
+
+
+def stored_file(root: Path, rel: str) -> Path:
+    """The file a static server answers ``rel`` with: as named, the toolkit's ``{n}.mht``, or ``.gz``."""
+    for name in (rel, rel + ".mht", rel + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    return root / rel
+
+
+def stored_frames(root: Path, pattern: str) -> list[Path]:
+    """Frame files matching ``pattern`` (ending in ``/{n}``) in either layout: ``{n}`` or ``{n}.mht``."""
+    return sorted(root.glob(pattern)) + sorted(root.glob(pattern + ".mht"))
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -64,6 +77,36 @@ def ct_series(folder: Path, count: int, *, series_uid: str | None = None):
     return paths, source
 
 
+def tree_file(root: Path, request_path: str) -> tuple[str, Path]:
+    """(URL path, file) of a request under ``/dicomweb`` in a converted tree (either frame layout)."""
+    path = request_path.split("?")[0]
+    return path, stored_file(root, path.removeprefix("/dicomweb").lstrip("/"))
+
+
+def frame_content_type(data: bytes) -> str:
+    """The Content-Type a DICOMweb server gives a stored frame file (multipart if it is one)."""
+    if data.startswith(b"--"):
+        boundary = data[2: data.index(b"\r\n")].decode()
+        return f'multipart/related; type="application/octet-stream"; boundary={boundary}'
+    return "application/octet-stream"
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive, no Nagle delay, no log lines."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _head(self, status: int, headers: dict) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+
+
 # -- OddServer -------------------------------------------------------------------------------------
 
 
@@ -77,31 +120,19 @@ class Behaviour:
         self.__dict__.update(kw)
 
 
-class _OddHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, *args) -> None:
-        pass
+class _OddHandler(QuietHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         srv = self.server
         b: Behaviour = srv.behaviour
-        path = self.path.split("?")[0]
-        rel = path.removeprefix("/dicomweb").lstrip("/")
-        file = srv.root / rel
-        if not file.is_file() and (srv.root / (rel + ".gz")).is_file():
-            file = srv.root / (rel + ".gz")
+        path, file = tree_file(srv.root, self.path)
         entry = {"path": path, "status": 404, "range": self.headers.get("Range"), "bytes_sent": 0, "aborted": False}
         srv.log.append(entry)
         if any(m in path for m in b.missing) or not file.is_file():
             self._head(404, {"Content-Length": "0"})
             return
         data = file.read_bytes()
-        ctype = "application/octet-stream"
-        if data.startswith(b"--"):
-            boundary = data[2 : data.index(b"\r\n")].decode()
-            ctype = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
+        ctype = frame_content_type(data)
         rng = self.headers.get("Range")
         status, start, end = 200, 0, len(data) - 1
         m = re.match(r"bytes=(\d+)-(\d*)$", rng or "")
@@ -133,11 +164,6 @@ class _OddHandler(BaseHTTPRequestHandler):
             entry["aborted"] = True
             self.close_connection = True
 
-    def _head(self, status: int, headers: dict) -> None:
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
 
 
 class OddServer:
@@ -175,20 +201,11 @@ class Action:
 Script = Callable[[str, int, str | None], Action | None]  # (path, nth request of it, Range) -> action
 
 
-class ScriptedHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, *args) -> None:
-        pass
+class ScriptedHandler(QuietHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         srv = self.server
-        path = self.path.split("?")[0]
-        rel = path.removeprefix("/dicomweb").lstrip("/")
-        file = srv.root / rel
-        if not file.is_file() and (srv.root / (rel + ".gz")).is_file():
-            file = srv.root / (rel + ".gz")
+        path, file = tree_file(srv.root, self.path)
         rng = self.headers.get("Range")
         with srv.lock:
             srv.counts[path] = n = srv.counts.get(path, 0) + 1
@@ -196,10 +213,7 @@ class ScriptedHandler(BaseHTTPRequestHandler):
         if not file.is_file():
             return self._send(404, b"", {})
         data = file.read_bytes()
-        ctype = "application/octet-stream"
-        if data.startswith(b"--"):
-            boundary = data[2 : data.index(b"\r\n")].decode()
-            ctype = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
+        ctype = frame_content_type(data)
         action = srv.script(path, n, rng) if "/frames/" in path and f"/{srv.hit_sop}/" in path else None
         try:
             self._act(action, data, ctype, rng)
@@ -258,6 +272,8 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             return
         if kind == "content_range":  # 206 with a Content-Range that lies about the start
             return self._send(206, data, {"Content-Type": ctype, "Content-Range": a.value.format(size=len(data))})
+        if kind == "gzip_ranges":  # stored gzip-compressed, sent encoded, Range over the stored bytes
+            return self._ranged(gzip.compress(data), rng, {"Content-Type": ctype, "Content-Encoding": "gzip"})
         if kind == "gzip":
             return self._send(200, gzip.compress(data), {"Content-Type": ctype, "Content-Encoding": "gzip"})
         if kind == "ctype":
@@ -284,21 +300,19 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             return
         if kind == "full":  # ignore Range
             return self._send(200, data, {"Content-Type": ctype})
-        m = re.match(r"bytes=(\d+)-(\d*)$", rng or "")
-        if m:
-            start = int(m.group(1))
-            end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
-            if start >= len(data):
-                return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
-            return self._send(206, data[start : end + 1],
-                              {"Content-Type": ctype, "Content-Range": f"bytes {start}-{end}/{len(data)}"})
-        self._send(200, data, {"Content-Type": ctype})
+        self._ranged(data, rng, {"Content-Type": ctype})
 
-    def _head(self, status: int, headers: dict) -> None:
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
+    def _ranged(self, data: bytes, rng: str | None, headers: dict) -> None:
+        """200, or 206/416 for a ``bytes=a-b`` Range over ``data``."""
+        m = re.match(r"bytes=(\d+)-(\d*)$", rng or "")
+        if not m:
+            return self._send(200, data, headers)
+        start = int(m.group(1))
+        end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
+        if start >= len(data):
+            return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+        return self._send(206, data[start: end + 1], {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"})
+
 
     def _send(self, status: int, body: bytes, headers: dict) -> None:
         self._head(status, {**headers, "Content-Length": str(len(body))})

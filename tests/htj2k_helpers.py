@@ -1,4 +1,4 @@
-"""Test helpers for JPEG 2000 codestreams: chunk splits, scanning, and the one-tile-part rewrite.
+"""Test helpers for JPEG 2000 codestreams: scanning, and the one-tile-part rewrite.
 
 ``one_tile_part`` turns the converter's encoding (RPCL, one tile-part per resolution level, TLM)
 into what the Static DICOMweb toolkit and AWS HealthImaging serve (one tile-part, no TLM) without
@@ -13,16 +13,6 @@ import struct
 from app.readers.codestream import CodestreamComplete, CodestreamScanner, ResolutionComplete
 
 SOT, SOD, TLM, EOC = b"\xff\x90", b"\xff\x93", 0xFF55, b"\xff\xd9"
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    """``data`` cut at the given offsets (taken modulo its length + 1): any chunking of a stream."""
-    cuts = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, last = [], 0
-    for c in cuts + [len(data)]:
-        pieces.append(data[last:c])
-        last = c
-    return pieces
 
 
 def scan(chunks) -> list:

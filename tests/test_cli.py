@@ -19,6 +19,7 @@ from pydicom.data import get_testdata_file
 from app.cli import pixel_sha256
 from app.config import parse_config
 from app.convert import convert
+from helpers import stored_frames
 
 PROJECT = Path(__file__).resolve().parent.parent
 RADIOGRAPH_SERIES = "1.3.51.0.7.2481275770.33884.26178.36453.11104.7622.4803"
@@ -55,7 +56,7 @@ def test_load_radiograph_prints_json_lines_and_exits_0(demo_server, demo_data):
 def test_a_failed_image_exits_1(tmp_path, serve_dir):
     out = tmp_path / "tree"
     convert([get_testdata_file("CT_small.dcm")], out, "", quiet=True)
-    for frame in out.glob("studies/*/series/*/instances/*/frames/1"):
+    for frame in stored_frames(out, "studies/*/series/*/instances/*/frames/1"):
         frame.unlink()
     server = serve_dir(out)
     config = tmp_path / "config.json"
@@ -176,7 +177,7 @@ def test_unused_keys_warn_on_stderr_and_the_load_goes_on(tmp_path, demo_server, 
 def test_failed_images_are_named_on_stderr_with_a_summary(tmp_path, serve_dir):
     out = tmp_path / "tree"
     convert([get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm")], out, "", quiet=True)
-    frames = sorted(out.glob("studies/*/series/*/instances/*/frames/1"))
+    frames = sorted(stored_frames(out, "studies/*/series/*/instances/*/frames/1"))
     frames[0].unlink()
     series = frames[0].parents[3]
     server = serve_dir(out)
@@ -213,6 +214,7 @@ class _Odd(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.servers  # a loopback server of its own
 @pytest.mark.parametrize(("kind", "cause"), [("redirect", "redirected (HTTP 302) to http://198.51.100.7"),
                                               ("nested", "nested too deeply"), ("bomb", "gzip bomb")])
 def test_no_series_metadata_names_the_real_cause(kind, cause):
@@ -227,3 +229,14 @@ def test_no_series_metadata_names_the_real_cause(kind, cause):
         server.server_close()
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "no series metadata at" in result.stderr and cause in result.stderr
+
+
+def test_htj2k_byte_range_is_cornerstones_row_64_kb_then_the_rest(demo_server, demo_data):
+    """Cornerstone's byte-range row: the first 64 KB, then the rest in one request (issue 17 item 2)."""
+    result = app("load", demo_server.url + _demo_url(demo_data), "--config", "htj2kByteRange", timeout=120)
+    assert result.returncode == 0, result.stderr
+    events = lines(result.stdout)
+    ranges = [e["byte_range"] for e in events if e["event"] == "RequestStarted"]
+    assert ranges == [[0, 65535], [65536, None]]
+    refs = [e for e in events if e["event"] == "Refinement"]
+    assert [r["final"] for r in refs] == [False, True]

@@ -409,29 +409,123 @@ def test_lossy_htj2k_of_full_width_unsigned_data_does_not_wrap():
 
 
 
+def without(monkeypatch, *functions: str) -> None:
+    """Pretend this imagecodecs build lacks ``functions`` (as Pyodide's trimmed one does)."""
+    real = codecs._has
+    monkeypatch.setattr(codecs, "_has", lambda name: name not in functions and real(name))
+
+
 @pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "SC_rgb_rle_16bit.dcm", "SC_rgb_rle.dcm"])
 def test_rle_fallback_without_imagecodecs_dicomrle(name, monkeypatch):
-    """Pyodide's imagecodecs may lack dicomrle: pydicom's RLE decoder gives the same pixels."""
+    """Pyodide's imagecodecs may lack dicomrle: pydicom's RLE decoder (public API) gives the same pixels."""
     expected = decode_file(name)
-
-    def missing(*names):
-        raise DecodeError("not in this build")
-
-    monkeypatch.setattr(codecs, "_imagecodecs_function", missing)
+    without(monkeypatch, "dicomrle_decode")
+    assert codec_for(codecs.RLE_LOSSLESS).backend(PixelFormat(rows=1, columns=1)).name == "pydicom"
     numpy.testing.assert_array_equal(decode_file(name), expected)
 
 
 def test_htj2k_falls_back_to_openjpeg_when_openjph_is_missing(monkeypatch):
     image = smooth_image(40, 30, 12)
     encoded = imagecodecs.htj2k_encode(image, reversible=True, tlm=True, tilepart=1, resolutions=2)
-    real = codecs._imagecodecs_function
-
-    def without_openjph(*names):
-        if names == ("htj2k_decode",):
-            raise DecodeError("not in this build")
-        return real(*names)
-
-    monkeypatch.setattr(codecs, "_imagecodecs_function", without_openjph)
+    without(monkeypatch, "htj2k_decode")
     fmt = fmt_for(image, 12)
     numpy.testing.assert_array_equal(decode_frame(encoded, "1.2.840.10008.1.2.4.202", fmt), image)
     assert decode_frame(encoded, "1.2.840.10008.1.2.4.202", fmt, reduce=1).shape == (20, 15)
+
+
+def test_backend_order_is_data_and_a_missing_decoder_names_what_was_tried(monkeypatch):
+    htj2k = codec_for(codecs.HTJ2K_LOSSLESS_RPCL)
+    assert [b.name for b in htj2k.backends] == ["imagecodecs.htj2k_decode", "imagecodecs.jpeg2k_decode"]
+    lossy = codec_for(codecs.HTJ2K)
+    full_width = PixelFormat(rows=8, columns=8, bits_allocated=8, bits_stored=8)
+    assert lossy.backend(full_width).name == "imagecodecs.jpeg2k_decode"  # clamps instead of wrapping
+    assert lossy.backend(full_width, 1).name == "imagecodecs.htj2k_decode"  # reduced: OpenJPH's skipres
+    assert all(uid in codecs.DECODERS for uid in CODECS)
+    without(monkeypatch, "jpegls_decode")
+    image = smooth_image(16, 16, 8)
+    with pytest.raises(DecodeError, match=r"no decoder for JPEG-LS Lossless in this build \(tried imagecodecs"):
+        decode_frame(imagecodecs.jpegls_encode(image), codecs.JPEG_LS_LOSSLESS, fmt_for(image))
+
+
+def test_codecs_use_no_private_pydicom_api():
+    source = open(codecs.__file__).read()
+    assert "_rle_decode_frame" not in source and "pydicom.pixels.decoders.rle" not in source
+
+
+# -- DICOM RLE header (issue 14 item 2) ------------------------------------------------------------
+
+
+def rle_frame(segments: int, offsets: list[int], size: int = 664) -> bytes:
+    header = numpy.zeros(16, "<u4")
+    header[0] = segments
+    header[1:1 + len(offsets)] = offsets
+    body = bytes([0x7F]) + bytes(range(128)) * 6
+    return (header.tobytes() + body)[:size]
+
+
+@pytest.mark.parametrize("segments,offsets,message", [
+    (2, [64, 4294967295], "past the 664-byte frame"),
+    (2, [64, 60000], "past the 664-byte frame"),
+    (2, [64, 63], "not after segment 1"),
+    (2, [100, 200], "not right after the header"),
+    (0, [], "0 segments"),
+    (16, [64], "16 segments"),
+    (1, [64], "the pixel format needs 2"),
+])
+def test_rle_header_is_validated_before_the_native_decoder(segments, offsets, message):
+    fmt = PixelFormat(rows=16, columns=16, bits_allocated=16, bits_stored=16)
+    with pytest.raises(DecodeError, match=message):
+        decode_frame(rle_frame(segments, offsets), codecs.RLE_LOSSLESS, fmt)
+
+
+def test_a_664_byte_rle_frame_with_offsets_past_the_data_does_not_crash_the_process():
+    """Without the header check imagecodecs.dicomrle_decode reads past its buffer: SIGSEGV."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy\nfrom app.codecs import decode_frame, DecodeError, PixelFormat, RLE_LOSSLESS\n"
+        "h = numpy.zeros(16, '<u4'); h[0] = 3; h[1:4] = (64, 100, 5000000)\n"
+        "frame = (h.tobytes() + bytes([0x7F]) + bytes(range(128)) * 6)[:664]\n"
+        "assert len(frame) == 664\n"
+        "try:\n"
+        "    decode_frame(frame, RLE_LOSSLESS, PixelFormat(rows=16, columns=16, samples_per_pixel=3,"
+        " bits_allocated=8, bits_stored=8, photometric_interpretation='RGB'))\n"
+        "except DecodeError as exc:\n    print('refused:', exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            cwd=str(__import__("pathlib").Path(codecs.__file__).parent.parent))
+    assert result.returncode == 0, (result.returncode, result.stderr[-500:])
+    assert "refused: RLE Lossless decode failed: RLE segment 3 starts at 5000000" in result.stdout
+
+
+# -- BitsAllocated / BitsStored against the stream (issue 14 item 8) -------------------------------
+
+
+@pytest.mark.parametrize("encode,transfer_syntax", [
+    (lambda a: imagecodecs.jpegls_encode(a), codecs.JPEG_LS_LOSSLESS),
+    (lambda a: imagecodecs.htj2k_encode(a, reversible=True), codecs.HTJ2K_LOSSLESS),
+    (lambda a: imagecodecs.ljpeg_encode(a), codecs.JPEG_LOSSLESS_SV1),
+], ids=["jpegls", "htj2k", "ljpeg"])
+def test_bits_allocated_8_on_a_16_bit_stream_fails_with_a_message(encode, transfer_syntax):
+    image = smooth_image(32, 24, 16)
+    wrong = PixelFormat(rows=32, columns=24, bits_allocated=8, bits_stored=8)
+    with pytest.raises(DecodeError, match="the stream holds 16-bit samples, BitsAllocated is 8"):
+        decode_frame(bytes(encode(image)), transfer_syntax, wrong)
+
+
+def test_bits_stored_too_small_for_the_lossless_values_fails_instead_of_masking():
+    image = smooth_image(32, 24, 12)
+    data = imagecodecs.jpegls_encode(image)
+    numpy.testing.assert_array_equal(decode_frame(data, codecs.JPEG_LS_LOSSLESS, fmt_for(image, 12)), image)
+    with pytest.raises(DecodeError, match="up to 4095, BitsStored is 8"):
+        decode_frame(data, codecs.JPEG_LS_LOSSLESS, fmt_for(image, 8))
+
+
+def test_native_frame_longer_than_the_format_says_is_refused():
+    image = smooth_image(16, 16, 16)
+    wrong = PixelFormat(rows=16, columns=16, bits_allocated=8, bits_stored=8)
+    with pytest.raises(DecodeError, match="512 bytes, 256 expected"):
+        decode_frame(image.tobytes(), codecs.EXPLICIT_VR_LITTLE_ENDIAN, wrong)
+    padded = numpy.zeros((3, 3), numpy.uint8)
+    assert decode_frame(padded.tobytes() + b"\0", codecs.EXPLICIT_VR_LITTLE_ENDIAN, fmt_for(padded)).shape == (3, 3)

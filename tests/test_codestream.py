@@ -19,6 +19,8 @@ from app.readers.codestream import (
     MainHeader,
     ResolutionComplete,
 )
+from helpers import split
+from htj2k_helpers import scan
 
 
 @functools.cache
@@ -30,23 +32,6 @@ def pixels() -> np.ndarray:
 def encoded(tlm: bool, tilepart: int, tile: tuple[int, int] | None = None) -> bytes:
     kw = {"tile": tile} if tile else {}
     return bytes(imagecodecs.htj2k_encode(pixels(), reversible=True, resolutions=5, tlm=tlm, tilepart=tilepart, **kw))
-
-
-def scan(chunks) -> list:
-    s = CodestreamScanner()
-    events = []
-    for c in chunks:
-        events += s.feed(c)
-    return events + s.close()
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    cuts = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, last = [], 0
-    for c in cuts + [len(data)]:
-        pieces.append(data[last:c])
-        last = c
-    return pieces
 
 
 VARIANTS = [(True, 1, None), (False, 1, None), (True, 0, None), (False, 0, None), (True, 1, (64, 64)), (False, 1, (64, 64))]

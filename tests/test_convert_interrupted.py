@@ -101,7 +101,7 @@ def test_the_metadata_lists_only_whole_instances(killed):
     for item in json.loads(metadata_path.read_bytes()):
         sop = item["00080018"]["Value"][0]
         for name in ALTERNATES:
-            assert (series_dir / "instances" / sop / name / "1").is_file(), (sop, name)
+            assert (series_dir / "instances" / sop / name / "1.mht").is_file(), (sop, name)
 
 
 def test_a_rerun_completes_the_tree(killed):

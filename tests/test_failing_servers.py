@@ -20,7 +20,7 @@ from app.engine import ImageFailed, Refinement, RetrieveEngine
 from app.readers import CodestreamScanner, MultipartReader, PartData
 from app.study import discover
 from app.transport.native import NativeTransport
-from helpers import Action, Script, ScriptedHandler, ScriptedServer, ct_series, engine_options
+from helpers import Action, Script, ScriptedHandler, ScriptedServer, ct_series, engine_options, stored_frames
 
 STARTS_SERVERS = True  # conftest marks every test here ``servers``
 
@@ -207,7 +207,7 @@ def test_cut_to_a_server_that_ignores_range_on_the_retry(tree):
 
 SMALL_RANGES = RetrieveConfig.from_json({
     "stages": [{"id": "fast", "retrieveType": "fast"}, {"id": "final", "retrieveType": "final"}],
-    "retrieveOptions": {"fast": {"rangeIndex": 0, "chunkSize": 4096, "decodeLevel": 1},
+    "retrieveOptions": {"fast": {"rangeIndex": 0, "initialChunkSize": 4096, "chunkSize": 4096, "decodeLevel": 1},
                         "final": {"rangeIndex": -1}},
 })
 
@@ -241,6 +241,17 @@ def test_range_ignored_from_the_start(tree):
 def test_gzip_encoded_frames_decode_to_the_right_image(tree):
     events, engine, _ = run(tree, lambda p, n, r: Action("gzip"))
     assert assert_right_or_failed(tree, events, engine) == "final"
+
+
+def test_byte_ranges_over_gzip_encoded_frames(tree):
+    """Frames stored as .gz and sent with Content-Encoding: gzip, Range counting the stored bytes
+    (issue 13 item 2): the first range shows what it can, the rest comes as one whole request,
+    never a Range starting at the decoded length."""
+    events, engine, server = run(tree, lambda p, n, r: Action("gzip_ranges"), SMALL_RANGES, hit=0)
+    assert not failures(events)
+    assert [h["range"] for h in server.hits()] == ["bytes=0-4095", None]
+    assert assert_right_or_failed(tree, events, engine, hit=0) == "final"
+    assert_others_final(tree, events, engine, hit=0)
 
 
 @pytest.mark.parametrize("ctype", ["text/html", "image/jpeg", "application/json", "multipart/related",
@@ -290,7 +301,7 @@ def test_truncated_or_broken_multipart_fails_clearly(tree, mangle, outcome):
 @pytest.mark.parametrize("tail", ["cut, closed properly", "garbage", "zeros", "EOC lost"])
 def test_corrupt_end_after_a_good_partial_is_never_final(tree, tail):
     """The lowest level arrives intact and is shown; the rest is broken: ImageFailed, no final."""
-    sample = next((tree["root"] / tree["series"]).glob("instances/*/frames/1")).read_bytes()
+    sample = stored_frames(tree["root"] / tree["series"], "instances/*/frames/1")[0].read_bytes()
     start, codestream, _ = _frame_parts(sample)
     level0_end = start + CodestreamScanner().feed(codestream)[0].level_end_offsets()[0]
     rng = np.random.default_rng(7)
@@ -383,7 +394,7 @@ def _silent_flip(codestream: bytes, fmt, expected: np.ndarray) -> bytes:
 def test_a_silent_bit_flip_is_caught_by_the_content_digest(tree, config):
     """One flipped bit inside entropy-coded data decodes without an error to wrong pixels; the
     part's Content-Digest (written by the converter) turns it into ImageFailed, never a final."""
-    sample = next((tree["root"] / tree["series"]).glob("instances/*/frames/1")).read_bytes()
+    sample = stored_frames(tree["root"] / tree["series"], "instances/*/frames/1")[0].read_bytes()
     assert b"Content-Digest: sha-256=:" in sample[:400]
     expected = tree["pixels"]
     fmt = PixelFormat(rows=expected.shape[0], columns=expected.shape[1], bits_allocated=16,

@@ -7,7 +7,8 @@ import tomllib
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
-CPYTHON_ONLY = {"app/convert.py", "app/cli.py", "app/check.py", "app/__main__.py", "app/transport/native.py",
+CPYTHON_ONLY = {"app/convert.py", "app/convert_pool.py", "app/convert_dask.py", "app/thumbnails.py",
+                "app/cli.py", "app/check.py", "app/__main__.py", "app/transport/native.py",
                 "app/transport/framing.py", "app/transport/mock.py"}
 
 

@@ -8,21 +8,32 @@ pixels at its level.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import os
+import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 import imagecodecs
 import numpy as np
+import pydicom
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from app.codecs import HTJ2K_LOSSLESS
+from app.convert import ALTERNATES, frame_file_chunks, open_manifest
 from app.readers import packets
 from app.readers.codestream import CodestreamError, CodestreamScanner, ResolutionComplete
-from htj2k_helpers import level_ends, one_tile_part, packet_bytes_before, scan, split, tile_parts
+from helpers import split, stored_frames
+from htj2k_helpers import level_ends, one_tile_part, packet_bytes_before, scan, tile_parts
 
 
 def smooth_image(seed: int, rows: int, columns: int, channels: int, dtype: str) -> np.ndarray:
@@ -119,13 +130,26 @@ def test_a_level_is_reported_when_its_last_byte_arrives_and_not_before():
         assert before == list(range(level)) and after == [level]
 
 
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def test_a_tile_part_running_to_eoc_reports_its_lower_levels_early():
+    cs = bytearray(toolkit_encoding(smooth_image(8, 200, 180, 1, "uint16"), 4))
+    (sot, _, _), = tile_parts(bytes(cs))
+    struct.pack_into(">I", cs, sot + 6, 0)  # Psot = 0: the tile-part runs to EOC
+    known = level_ends(toolkit_encoding(smooth_image(8, 200, 180, 1, "uint16"), 4))
+    s = CodestreamScanner()
+    early = [e for e in s.feed(bytes(cs[:-2])) if isinstance(e, ResolutionComplete)]
+    assert early == known[:-1]
+    late = [e for e in s.feed(bytes(cs[-2:])) + s.close() if isinstance(e, ResolutionComplete)]
+    assert [(e.level, e.end_offset) for e in late] == [(4, len(cs))]
+
+
 @functools.cache
 def radiograph_tlm() -> bytes:
     """The demo radiograph's frame as the converter stored it (3072x2614, 16-bit, 6 levels, TLM)."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent / "static" / "dicomweb"
-    frames = sorted(root.glob("studies/1.3.51.0.7.3365391312*/series/*/instances/*/frames/1"))
+    root = PROJECT / "static" / "dicomweb"
+    frames = stored_frames(root, "studies/1.3.51.0.7.3365391312*/series/*/instances/*/frames/1")
     if not frames:
         pytest.skip("demo tree not set up (tools/demo_data.py)")
     raw = frames[0].read_bytes()
@@ -291,3 +315,134 @@ def test_the_scanner_refuses_data_after_an_error():
         s.feed(b"\xff\x4f")
     with pytest.raises(CodestreamError):
         s.close()
+
+
+# -- the CLI, streaming a no-TLM tree of the radiograph from serve.py ------------------------------
+
+RADIOGRAPH_SERIES = "1.3.51.0.7.2481275770.33884.26178.36453.11104.7622.4803"
+
+
+def no_tlm_tree(demo_data: Path, out: Path) -> Path:
+    """The demo radiograph's study as the toolkit would store it: its frame RPCL, one tile-part, no
+    TLM, labelled .201. Everything else is hard-linked from the demo tree, never written through."""
+    study = next(demo_data.glob("studies/*/series/" + RADIOGRAPH_SERIES)).parent.parent
+    shutil.copytree(study, out / "studies" / study.name, copy_function=os.link)
+    for name in ("dicomweb.json", "demo.json"):
+        shutil.copyfile(demo_data / name, out / name)
+    frame = stored_frames(out, "studies/*/series/*/instances/*/frames/1")[0]
+    raw = frame.read_bytes()
+    codestream = one_tile_part(raw[raw.index(b"\xff\x4f\xff\x51") : raw.rindex(b"\xff\xd9") + 2])
+    frame.unlink()  # a hard link: replace it, never write into it
+    frames = ALTERNATES["frames"]
+    alternate = dataclasses.replace(frames, spec=dataclasses.replace(frames.spec, transfer_syntax=HTJ2K_LOSSLESS))
+    frame.write_bytes(b"".join(frame_file_chunks(open_manifest(out, raw=False), alternate, codestream)))
+    return out
+
+
+def test_cli_streams_levels_of_a_no_tlm_radiograph_before_the_final(demo_data, serve_dir, tmp_path):
+    tree = no_tlm_tree(demo_data, tmp_path / "tree")
+    server = serve_dir(tree)
+    meta = json.loads((tree / "demo.json").read_text())
+    url = server.url + next(d for d in meta if d["seriesInstanceUID"] == RADIOGRAPH_SERIES)["url"]
+    result = subprocess.run([sys.executable, "-m", "app", "load", url, "--config", "htj2k"], cwd=PROJECT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    refs = [e for e in map(json.loads, result.stdout.splitlines()) if e["event"] == "Refinement"]
+    *partial, final = refs
+    assert partial and all(r["status"] == "SUBRESOLUTION" and not r["final"] and r["reduce"] > 0 for r in partial)
+    assert [r["reduce"] for r in partial] == sorted({r["reduce"] for r in partial}, reverse=True)
+    assert all((r["rows"], r["columns"]) == SIZES[r["reduce"]] for r in partial)
+    assert final["final"] and final["status"] == "FULL_RESOLUTION" and final["transfer_syntax"] == HTJ2K_LOSSLESS
+    source = pydicom.dcmread(PROJECT / ".cache" / "demo" / "radiograph" / "cat.dcm").pixel_array
+    assert final["sha256"] == hashlib.sha256(np.ascontiguousarray(source, "<u2").tobytes()).hexdigest()
+    frame = stored_frames(tree, "studies/*/series/*/instances/*/frames/1")[0]
+    assert final["bytes_received"] == frame.stat().st_size  # nothing fetched twice
+
+
+SIZES = {r: ((2614 + (1 << r) - 1) >> r, (3072 + (1 << r) - 1) >> r) for r in range(7)}
+
+
+def test_hostile_headers_are_refused_cheaply():
+    cs = toolkit_encoding(smooth_image(4, 128, 128, 1, "uint16"), 5)
+    coding, data, _ = _coding_and_packets(cs)
+    endless = packets.PacketReader(coding, data)  # a tile-part to EOC of nothing but 0xFF
+    with pytest.raises(packets.PacketError):
+        for _ in range(100):
+            endless.feed(b"\xff" * 4096)
+    huge = dataclasses.replace(coding, x1=1 << 30, y1=1 << 30)  # a SIZ no real image has
+    tiny = dataclasses.replace(coding.components[0], precincts=((1, 1),) * 6, block_exponents=(2, 2))
+    for bad in (huge, dataclasses.replace(huge, components=(tiny,))):
+        with pytest.raises(packets.PacketError, match="more than"):
+            packets.packet_plan(bad, 4)
+
+
+@pytest.mark.browser
+def test_page_streams_levels_of_a_no_tlm_radiograph_before_the_final(page, runtime, demo_data, serve_dir, tmp_path):
+    from test_viewer import FAST4G, open_viewer, render_log, source_sha256, throttle
+
+    tree = no_tlm_tree(demo_data, tmp_path / "tree")
+    server = serve_dir(tree)
+    entry = next(d for d in json.loads((tree / "demo.json").read_text()) if d["seriesInstanceUID"] == RADIOGRAPH_SERIES)
+    p = page.page
+    open_viewer(page, server.url, "?noload=1", state=("ready",))
+    throttle(p, FAST4G)
+    p.fill("#url", entry["url"])
+    p.click("#load")
+    p.wait_for_function("window.renderLog.some(e => e.final)", timeout=90_000)
+    log = render_log(p)
+    *partial, final = log
+    assert partial and all(e["status"] == "SUBRESOLUTION" and not e["final"] for e in partial)
+    sizes = [e["columns"] for e in log]
+    assert sizes == sorted(set(sizes)), "strictly increasing resolutions"
+    assert final["final"] and (final["rows"], final["columns"]) == (2614, 3072)
+    assert final["t_ms"] > partial[0]["t_ms"] + 500
+    assert p.evaluate("window.pyApp.pixelsSha256(0)") == source_sha256("radiograph", "cat.dcm")
+
+
+# -- HT codeword segments bit by bit (no encoder at hand writes refinement or placeholder passes) -
+
+
+def stuffed(bits: str) -> bytes:
+    """Packet-header bits as an encoder writes them: MSB first, a 0 stuffed after each 0xFF."""
+    out, value, count, room = bytearray(), 0, 0, 8
+    for b in bits:
+        value, count = (value << 1) | int(b), count + 1
+        if count == room:
+            out.append(value)
+            room, value, count = (7 if value == 0xFF else 8), 0, 0
+    if count:
+        out.append(value << (room - count))
+    if out and out[-1] == 0xFF:
+        out.append(0)
+    return bytes(out)
+
+
+ONE_BLOCK = "1" + "1" + "1"  # non-empty packet; the block is included; no zero bit-plane
+PASSES = {1: "0", 2: "10", 3: "1100", 4: "1101", 6: "111100000"}
+
+
+@pytest.mark.parametrize(("passes", "lengths", "body"), [
+    (1, "0101", 5),  # Lblock 3 + 1 (one increment): cleanup in 4 bits
+    (2, "0101" + "0011", 8),  # then SigProp alone: 4 bits
+    (3, "0101" + "00011", 8),  # then SigProp + MagRef: Lblock + 1 bits
+    (3, "0000" + "0", 0),  # placeholders only: a zero cleanup, one more zero bit (3 passes)
+    (6, "000101" + "00011", 8),  # 3 placeholders + cleanup (Lblock + 2), 2 refinements (Lblock + 1)
+])
+def test_ht_segment_lengths(passes, lengths, body):
+    bits = ONE_BLOCK + PASSES[passes] + "10" + lengths  # Lblock: one increment, to 4
+    data = stuffed(bits)
+    packet = packets._Packet(0, 0, ((1, 1),), True, packets.HT_BLOCKS)
+    assert packets._read_packet(data, 0, len(data), len(data), packet, False, False) == (len(data), body)
+
+
+def test_classic_passes_share_one_segment():
+    data = stuffed(ONE_BLOCK + PASSES[3] + "10" + "01010")  # 3 passes: Lblock 4 + floor(log2 3) = 5 bits
+    packet = packets._Packet(0, 0, ((1, 1),), False, 0)
+    assert packets._read_packet(data, 0, len(data), len(data), packet, False, False) == (len(data), 10)
+
+
+def test_a_tlm_that_lists_one_tile_part_still_finds_levels_from_packets():
+    pixels = smooth_image(9, 150, 170, 1, "uint16")
+    other = bytes(imagecodecs.htj2k_encode(pixels, reversible=True, resolutions=4, tlm=True))
+    assert len(tile_parts(other)) == 1 and b"\xff\x55" in other[: tile_parts(other)[0][0]]
+    assert_same_levels(converter_encoding(pixels, 4), other)

@@ -11,9 +11,9 @@ import pytest
 
 from app.config import PRESETS
 from conftest import CHROMIUM, CHROMIUM_ARGS
-from tools.peer.cornerstone import CornerstonePage, PeerError, check_build, chromium_args, source_sha256, to_cornerstone
-
-pytestmark = pytest.mark.browser
+from app.config import RetrieveConfig
+from tools.peer.cornerstone import (CornerstonePage, PeerError, check_build, chromium_args, source_sha256, to_cornerstone,
+                                    to_ours)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,7 @@ def _canvas_red(page) -> np.ndarray:
     return np.array(values, dtype=np.uint8).reshape(height, width)
 
 
+@pytest.mark.browser
 def test_build_is_local_and_complete(peer_build):
     """The page, their decode worker and the codecs' wasm are all in the build folder."""
     for name in ("peer.html", "peer.js", "decodeImageFrameWorker.js", "wasm/openjphjs.wasm",
@@ -62,6 +63,7 @@ def test_build_is_local_and_complete(peer_build):
     assert versions["@cornerstonejs/dicom-image-loader"].startswith("5.14.")
 
 
+@pytest.mark.browser
 def test_peer_draws_the_radiograph_progressively_and_exactly(peer, demo_data):
     """HTJ2K byte range: a SUBRESOLUTION draw, then the full image, whose pixels are the source's;
     the draw is on screen (WebGL canvas not blank) and every request went to our server."""
@@ -82,6 +84,7 @@ def test_peer_draws_the_radiograph_progressively_and_exactly(peer, demo_data):
     assert len(frames) == 2, frames  # the first range, then the rest
 
 
+@pytest.mark.browser
 def test_pixel_check_tells_images_apart(peer, demo_data):
     """The exactness check can fail: another instance's source, or a wrong type, gives another hash."""
     entry = _radiograph(demo_data)
@@ -99,6 +102,48 @@ def test_pixel_check_tells_images_apart(peer, demo_data):
         peer.check_pixels()
 
 
+@pytest.mark.browser
 def test_missing_series_is_reported_not_measured(peer):
     with pytest.raises(PeerError, match="HTTP 404"):
         peer.load(peer.server.url + "/dicomweb/studies/1.2/series/3.4", to_cornerstone(PRESETS["htj2k"]))
+
+
+def test_byte_range_rows_give_both_pages_the_same_first_range():
+    from app.bench.peer import row_specs
+
+    rows = row_specs(["htj2kByteRange", "jls"])
+    assert [r.key for r in rows] == ["htj2kByteRange64k", "htj2kByteRange128k", "jls"]
+    for row, size in zip(rows, (65536, 131072)):
+        fast = to_cornerstone(row.config)["retrieveOptions"]["singleFast"]
+        assert fast["rangeIndex"] == 0 and fast["initialChunkSize"] == fast["chunkSize"] == size
+        ours = RetrieveConfig.from_json(to_ours(row.config))  # our page accepts what it is given
+        assert ours.options_for("singleFast").chunk_size == size
+    assert to_cornerstone(rows[2].config) == PRESETS["jls"]
+
+
+def test_cpu_load_goes_with_peer(capsys):
+    from app.bench.runner import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--cpu-load", "2"])
+    assert exc.value.code == 2 and "--peer" in capsys.readouterr().err
+
+
+@pytest.mark.browser
+def test_bench_peer_runs_both_pages_on_one_row(runtime, demo_data, peer_build, tmp_path):
+    """``python -m app bench --peer cornerstone`` end to end (one run, no emulation): both pages
+    draw the radiograph exactly, the proxy counts the same frame bytes for both, the table has it."""
+    import subprocess
+    import sys
+
+    from conftest import PROJECT
+
+    command = ["-m", "app", "bench", "--peer", "cornerstone", "--runs", "1", "--profiles", "none",
+               "--modes", "jls", "--no-stack", "--quiet", "--root", str(demo_data), "--out", str(tmp_path)]
+    done = subprocess.run([sys.executable, *command], cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "peer.json").read_text())["rows"]
+    assert (row["ours"]["exact"], row["theirs"]["exact"]) == ("1/1", "1/1"), row
+    assert row["ours"]["final_ms"]["n"] == row["theirs"]["final_ms"]["n"] == 1, row
+    assert row["ours"]["bytes_frames"]["median"] == row["theirs"]["bytes_frames"]["median"] > 6_000_000, row
+    assert "| JLS | none |" in done.stdout and (tmp_path / "peer.md").exists()

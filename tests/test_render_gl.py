@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.render import Appearance, Window, to_rgba
+from app.render import Appearance, Window, grey_lut, to_rgba
 
 PROJECT = Path(__file__).resolve().parent.parent
 ORIGIN = "http://127.0.0.1:9"  # never contacted: page.route answers from disk
@@ -50,9 +50,10 @@ class Harness:
         self.page = page
         self.sizes: dict[str, tuple[int, int]] = {}
 
-    def open(self, name: str, mode: str, width: int, height: int) -> str:
-        self.sizes[name] = (width, height)
-        return self.page.evaluate("(a) => harness.open(...a)", [name, mode, width, height])
+    def open(self, name: str, mode: str, width: int, height: int, dpr: float = 1) -> str:
+        """A canvas of ``width`` x ``height`` CSS px at ``dpr`` device pixels per CSS px."""
+        self.sizes[name] = (round(width * dpr), round(height * dpr))
+        return self.page.evaluate("(a) => harness.open(...a)", [name, mode, width, height, dpr])
 
     def upload(self, name: str, key: str, pixels: np.ndarray, dtype: str | None = None) -> int:
         samples = 3 if pixels.ndim == 3 else 1
@@ -131,6 +132,26 @@ def test_every_uint16_value_under_several_windows(harness, mode):
     for center, width in WINDOWS:  # one canvas, successive W/L changes as in a drag
         drawn = harness.draw("a", "ramp", center=center, width=width, smooth=False)
         assert_same(drawn, reference(EVERY_UINT16, center, width), f"{mode} W/L {center}/{width}")
+
+
+def test_the_grey_table_equals_render_py_for_random_windows(harness):
+    """The table both paths sample, against app/render.py's grey_lut, over many random views."""
+    rng = np.random.default_rng(12)
+    for i in range(40):
+        dtype = ("uint16", "int16", "uint8", "int8")[i % 4]
+        view = {"center": float(rng.choice([rng.integers(-70000, 70000), rng.uniform(-3000, 9000)])),
+                "width": float(rng.choice([rng.integers(1, 70000), rng.uniform(0, 4000), 1, 2])),
+                "slope": float(rng.choice([1, 1, 2.5, -1, 0.1, -0.37, 3e-4])),
+                "intercept": float(rng.choice([0, -1024, 3.7, -32768.5])),
+                "invert": bool(rng.integers(2)), "monochrome1": bool(rng.integers(2))}
+        data = harness.page.evaluate("(a) => harness.table(...a)", [dtype, view])
+        levels = np.frombuffer(base64.b64decode(data), dtype=np.uint8)
+        look = Appearance(Window(view["center"], view["width"]), view["invert"],
+                          view["monochrome1"], view["slope"], view["intercept"])
+        expected = (grey_lut(np.dtype(dtype), look) & 0xFF).astype(np.uint8)
+        wrong = np.flatnonzero(levels != expected)
+        assert not len(wrong), (f"{dtype} {view}: pattern {wrong[0]} gives {levels[wrong[0]]}, "
+                                f"render.py {expected[wrong[0]]}")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -212,6 +233,16 @@ def test_zoom_pan_and_aspect(harness, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_device_pixel_ratio_sizes_the_canvas_and_scales_the_pan(harness, mode):
+    image = (np.arange(48 * 64, dtype=np.uint16) * 5).reshape(48, 64)
+    harness.open("a", mode, 32, 24, dpr=2)
+    harness.upload("a", "im", image)
+    drawn = harness.draw("a", "im", center=8000, width=16000, panX=5, panY=-3, smooth=False)
+    expected = placed(reference(image, 8000, 16000), (64, 48), (48, 64), pan=(10, -6))
+    assert_same(drawn, expected, f"{mode} dpr 2")
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_smooth_drawing_at_one_to_one_is_exact(harness, mode):
     image = (np.arange(40 * 50, dtype=np.uint16) * 17).reshape(40, 50)
     harness.open("a", mode, 50, 40)
@@ -268,3 +299,68 @@ def test_window_level_drag_rate_on_the_radiograph_size(harness, mode):
     assert rate["kind"] == mode and rate["updates"] > 0 and math.isfinite(rate["perSecond"])
     print(f"\nW/L drag {mode}: {rate['perSecond']:.1f} updates/s, p50 {rate['p50']:.1f} ms, "
           f"p95 {rate['p95']:.1f} ms, 65536-entry table {rate['tableMs']:.2f} ms")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_smooth_magnification_interpolates_between_grey_levels(harness, mode):
+    ramp = np.repeat((np.arange(16, dtype=np.uint16) * 100)[None, :], 8, axis=0)  # 16x8
+    grey = reference(ramp, 800, 1600)[0, :, 0].astype(int)
+    harness.open("a", mode, 64, 32)
+    harness.upload("a", "ramp", ramp)
+    nearest = harness.draw("a", "ramp", center=800, width=1600, smooth=False)[..., 0].astype(int)
+    smooth = harness.draw("a", "ramp", center=800, width=1600, smooth=True)[..., 0].astype(int)
+    assert (nearest == np.repeat(grey, 4)[None, :]).all()
+    assert (np.diff(smooth, axis=1) >= 0).all() and (smooth == smooth[:1]).all()
+    assert smooth.min() >= grey.min() and smooth.max() <= grey.max()
+    assert len(set(smooth[0])) > len(set(grey))  # levels between the stored ones: interpolated
+
+
+def test_a_lost_webgl_context_asks_for_uploads_again(harness):
+    image = (np.arange(16 * 16, dtype=np.uint16) * 9).reshape(16, 16)
+    harness.open("a", "webgl2", 16, 16)
+    harness.upload("a", "im", image)
+    harness.draw("a", "im", center=1000, width=2000)
+    assert harness.page.evaluate("harness.context('a', false)") == "webglcontextlost"
+    assert harness.call("a", "has", "im") == {"value": False}
+    assert harness.page.evaluate("harness.context('a', true)") == "webglcontextrestored"
+    harness.upload("a", "im", image)
+    assert_same(harness.draw("a", "im", center=1000, width=2000), reference(image, 1000, 2000),
+                "after the context came back")
+
+
+def test_2d_keeps_the_rgba_of_the_last_few_images_only(harness):
+    harness.open("a", "2d", 16, 16)
+    slices = [np.full((16, 16), 100 * i, dtype=np.uint16) for i in range(8)]
+    for i, pixels in enumerate(slices):
+        harness.upload("a", f"s{i}", pixels)
+    stored = sum(p.nbytes for p in slices)
+    for i, pixels in enumerate(slices):  # scroll through the series, then back to the first
+        drawn = harness.draw("a", f"s{i}", center=400, width=800)
+        assert_same(drawn, reference(pixels, 400, 800), f"slice {i}")
+    held = harness.call("a", "bytesHeld")["value"]
+    assert stored + 4 * 16 * 16 * 8 <= held < stored + 5 * 16 * 16 * 8 + 65536 * 4
+    assert_same(harness.draw("a", "s0", center=400, width=800), reference(slices[0], 400, 800), "s0")
+
+
+def test_without_webgl2_auto_falls_back_to_2d(page):
+    """A browser without WebGL2 (getContext("webgl2") gives null) draws through the 2D path."""
+    page.page.add_init_script("""{
+        const original = HTMLCanvasElement.prototype.getContext;
+        HTMLCanvasElement.prototype.getContext = function (type, options) {
+            return type === "webgl2" ? null : original.call(this, type, options);
+        };
+    }""")
+    page.page.route(ORIGIN + "/**", _serve_from_disk)
+    page.page.goto(ORIGIN + "/tests/pages/render.html")
+    page.page.wait_for_function("document.documentElement.dataset.ready === '1'", timeout=20_000)
+    harness = Harness(page.page)
+    assert harness.open("a", "auto", 256, 256) == "2d"
+    harness.upload("a", "ramp", EVERY_UINT16)
+    assert_same(harness.draw("a", "ramp", center=2048, width=4096), reference(EVERY_UINT16, 2048, 4096),
+                "fallback")
+    refused = page.page.evaluate("""async () => {
+        const { createRenderer } = await import("/app/ui/render.mjs");
+        try { createRenderer(document.createElement("canvas"), { mode: "webgl2" }); return null; }
+        catch (error) { return error.message; } }""")
+    assert refused == "render: WebGL2 is not available in this browser"
+    assert page.errors == []

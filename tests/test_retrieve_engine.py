@@ -20,7 +20,7 @@ from helpers import BASE, Site, htj2k_frame, image_pixels, run_mock
 
 SMALL_RANGES = RetrieveConfig.from_json({
     "stages": [{"id": "fast", "retrieveType": "fast"}, {"id": "final", "retrieveType": "final"}],
-    "retrieveOptions": {"fast": {"rangeIndex": 0, "chunkSize": 4096, "decodeLevel": 2},
+    "retrieveOptions": {"fast": {"rangeIndex": 0, "initialChunkSize": 4096, "chunkSize": 4096, "decodeLevel": 2},
                         "final": {"rangeIndex": -1, "streaming": True}},
 })
 
@@ -250,7 +250,7 @@ def test_an_image_that_cannot_become_final_ends_with_image_failed(htj2k_images):
     site = htj2k_site(htj2k_images)
     config = RetrieveConfig.from_json({
         "stages": [{"id": "fast", "retrieveType": "fast"}],
-        "retrieveOptions": {"fast": {"rangeIndex": 0, "chunkSize": 4096, "decodeLevel": 2}},
+        "retrieveOptions": {"fast": {"rangeIndex": 0, "initialChunkSize": 4096, "chunkSize": 4096, "decodeLevel": 2}},
     })
     events, engine, _ = run_mock(site, config)
     for i in range(3):
@@ -294,3 +294,48 @@ def test_the_first_frame_request_never_waits_on_optional_files(htj2k_images):
         set(names[:3]) == {"alternates.json", "alternates.json.gz", "metadata"}
     assert names[3].startswith("instances/")  # the next request is the frame, not a wait
     assert refinements(events)[-1].final
+
+
+def test_an_image_cancelled_and_requested_again_while_its_job_stops_loads_once_more(htj2k_images):
+    site = htj2k_site(htj2k_images)
+    seen = []
+
+    def control(engine, event):
+        if isinstance(event, RequestStarted) and event.index == 0 and not seen:
+            seen.append(event)
+            engine.cancel([0])
+            engine.request([0])  # the old job is still stopping: the new one waits for its slot
+
+    events, engine, transport = run_mock(site, preset("single"), control=control, concurrency=1)
+    assert len(frame_requests(transport, 0)) == 2 and not failures(events)
+    assert len([r for r in refinements(events, 0)]) == 1  # only the second job's result counts
+    assert_all_final(site, events, engine)
+
+
+# -- Cornerstone 5.14's chunk options -----------------------------------------------------------------------
+
+
+def test_range_n_ends_at_initial_chunk_size_plus_n_chunks(htj2k_images):
+    site = htj2k_site(htj2k_images[:1])
+    config = RetrieveConfig.from_json({
+        "stages": [{"id": "fast", "retrieveType": "fast"}, {"id": "final", "retrieveType": "final"}],
+        "retrieveOptions": {"fast": {"rangeIndex": 1, "initialChunkSize": 4096, "chunkSize": 8192, "decodeLevel": 0},
+                            "final": {"rangeIndex": -1}},
+    })
+    events, engine, transport = run_mock(site, config)
+    assert [r.byte_range for r in frame_requests(transport, 0)] == [(0, 4096 + 8192 - 1), (4096 + 8192, None)]
+    assert_all_final(site, events, engine)
+
+
+@pytest.mark.parametrize("gap, partials", [(None, "several"), (10**9, "one")])
+def test_ms_between_decode_spaces_partial_decodes(htj2k_images, gap, partials):
+    site = htj2k_site(htj2k_images[:1])
+    options = {"streaming": True, "decodeLevel": 2}
+    if gap is not None:
+        options["msBetweenDecode"] = gap
+    body, ctype, _ = next(iter(site.files.values()))
+    site.script = lambda req, n: MockResponse(200, {"content-type": ctype}, [body[i:i + 512] for i in range(0, len(body), 512)])
+    events, engine, _ = run_mock(site, RetrieveConfig.from_json({"retrieveOptions": {"single": options}}))
+    partial = [r for r in refinements(events, 0) if not r.final]
+    assert (len(partial) == 1) if partials == "one" else (len(partial) >= 2)
+    assert_all_final(site, events, engine)

@@ -133,7 +133,7 @@ def test_wanted_level_ends_the_first_range_at_a_level():
     body = FrameBody("u", HTJ2K_LOSSLESS_RPCL)
     body.set_content_type("image/jphc")
     body.feed(codestream[:600])  # the main header and TLM, no level yet
-    options = RetrieveOptions(range_index=0, chunk_size=1000, decode_level=2)
+    options = RetrieveOptions(range_index=0, initial_chunk_size=1000, decode_level=2)
     level = rules.wanted_level(body, options, 1000)
     ends = body.header.level_end_offsets()
     assert level is not None and level.reduce == 2 and body.level_file_end(level.level) == ends[0]
@@ -145,3 +145,35 @@ def test_retry_delay_honours_retry_after_up_to_its_cap():
     assert settings.retry_delay(0, 3600.0) == 2.0 and settings.retry_delay(0, 0.2) == 0.2
     with pytest.raises(ValueError):
         RetrievePolicy(concurrency=0)
+
+
+# -- the frame body ----------------------------------------------------------------------------------------
+
+
+def test_a_frame_body_takes_nothing_after_its_framing_was_rejected():
+    """STYLE pair 2: a reader that raised is never fed again, whatever a later stage brings."""
+    from app.readers.multipart import MultipartError
+    from app.retrieve.body import FrameBody
+
+    body = FrameBody("u", HTJ2K_LOSSLESS_RPCL)
+    body.set_content_type('multipart/related; type="application/octet-stream"; boundary=B')
+    with pytest.raises(MultipartError):
+        body.feed(b"--B\r\nno colon here\r\n\r\nabc")
+    with pytest.raises(MultipartError, match="already rejected"):
+        body.feed(b"\r\n--B--\r\n")
+    assert body.error and not body.data
+
+
+def test_a_codestream_the_scanner_rejects_is_never_whole():
+    from app.codecs import DecodeError
+    from app.retrieve.body import FrameBody
+
+    codestream = bytearray(htj2k_frame(image_pixels(64, 64)))
+    codestream[2:4] = b"\xff\x99"  # not SIZ after SOC
+    body = FrameBody("u", HTJ2K_LOSSLESS_RPCL)
+    body.set_content_type("image/jphc")
+    body.feed(bytes(codestream))
+    body.end_of_file()
+    assert body.scanner is None and body.codestream_error
+    with pytest.raises(DecodeError, match="corrupt codestream"):
+        body.check_whole_codestream()

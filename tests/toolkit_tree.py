@@ -90,13 +90,17 @@ def _rewrite_series(folder: Path, tree: ToolkitTree, uncompressed: set[str]) -> 
             instance[AVAILABLE_TS] = {"vr": "UI", "Value": [EXPLICIT_LE]}
         for frame in sorted((folder / "instances" / sop).glob("*/[0-9]*")):
             headers, payload = split_frame(frame.read_bytes())
+            base = frame.name.removesuffix(".mht")  # our converter writes {n}.mht already (older trees {n})
             if native and frame.parent.name == "frames":
                 stored = np.ascontiguousarray(tree.pixels[sop], tree.pixels[sop].dtype.newbyteorder("<"))
                 body = mht(f"application/octet-stream;transfer-syntax={EXPLICIT_LE}", stored.tobytes())
-                frame.with_name(frame.name + ".mht.gz").write_bytes(gzip.compress(body, mtime=0))
+                written = frame.with_name(base + ".mht.gz")
+                written.write_bytes(gzip.compress(body, mtime=0))
             else:
-                frame.with_name(frame.name + ".mht").write_bytes(mht(headers["content-type"], payload))
-            frame.unlink()
+                written = frame.with_name(base + ".mht")
+                written.write_bytes(mht(headers["content-type"], payload))
+            if written != frame:
+                frame.unlink()
         tree.series[instance["0020000E"]["Value"][0]] = folder
     (folder / "metadata.gz").write_bytes(gzip.compress(json.dumps(metadata).encode(), mtime=0))
     for name in ("metadata", "metadata.json", "alternates.json", "alternates.json.gz"):

@@ -181,6 +181,7 @@ def ensure_demo_data(project_root: Path = PROJECT_ROOT, out: Path | None = None,
                 pass
 
     from app.convert import convert
+    from app.tree import DemoEntry, demo_list_json
 
     started = time.perf_counter()
     archives: dict[str, Path] = {}
@@ -197,14 +198,9 @@ def ensure_demo_data(project_root: Path = PROJECT_ROOT, out: Path | None = None,
         if summary.failures:
             raise RuntimeError(f"converting {source.name} failed: {summary.failures}")
         for study, series in summary.series:
-            demos.append({
-                "name": source.name,
-                "studyInstanceUID": study,
-                "seriesInstanceUID": series,
-                "url": f"/dicomweb/studies/{study}/series/{series}",
-                "instances": sum(1 for record in summary.instances if record.series_uid == series),
-            })
-    (out / "demo.json").write_text(json.dumps(demos, indent=2) + "\n")
+            demos.append(DemoEntry(source.name, study, series, f"/dicomweb/studies/{study}/series/{series}",
+                                   sum(1 for record in summary.instances if record.series_uid == series)))
+    (out / "demo.json").write_text(json.dumps(demo_list_json(demos), indent=2) + "\n")
     stamp_path.write_text(json.dumps(_stamp(archives), indent=2) + "\n")
     log(f"done in {time.perf_counter() - started:.1f} s: {len(demos)} demo series in {out / 'demo.json'}")
     return out

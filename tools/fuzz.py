@@ -2,6 +2,7 @@
 the decode path, for a given number of seconds; prints what happened.
 
     python tools/fuzz.py [--seconds 30] [--seed 1] [--root static/dicomweb] [--save DIR]
+    python tools/fuzz.py --converter [--seconds 30] [--seed 1] [--save DIR]
 
 Each case takes one real file (a frame file: multipart or raw codestream; or a series metadata
 document), mutates it (bit flips, truncation, insertions, deletions, 16/32-bit overwrites, splices
@@ -18,6 +19,13 @@ other exception) and ``slow`` (a case over --case-seconds). Crashes and slow cas
 under --save for replay. A case stuck inside a C decoder cannot be interrupted: after four times
 --case-seconds the run exits (status 1, Python traceback on stderr); a decoder that segfaults ends
 the run too (status -11/139). Either way --save/last-case.bin and last-case.json hold the input. Exit status 1 when there was a crash or a slow case.
+
+``--converter`` fuzzes ``python -m app.convert`` instead: mutated DICOM Part 10 files (pydicom's
+test files as seeds), a batch at a time, each batch in its own converter process so that a crash
+is counted, not fatal; a crashing batch is run again file by file to name the input. Outcomes per
+file: ``converted``, ``failed`` (reported by the converter, the run went on), ``skipped`` (not
+DICOM), ``crash`` (the process died or no summary), ``slow`` (over the batch timeout), and
+``escaped`` (a file written outside ``-o``). Exit status 1 on any crash, slow or escaped case.
 """
 
 from __future__ import annotations
@@ -27,8 +35,11 @@ import collections
 import faulthandler
 import json
 import random
+import re
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -139,7 +150,7 @@ def metadata_case(data: bytes, rng: random.Random, reference: dict) -> str:
 
 def load_inputs(root: Path, limit: int) -> tuple[list[tuple[str, Path, bytes, dict]], list[bytes]]:
     frames = sorted(p for p in root.rglob("*") if p.is_file() and p.parent.name in ("frames", "lossy", "htj2kThumbnail")
-                    and p.name.isdigit())
+                    and p.name.removesuffix(".mht").isdigit())
     metadata = sorted(p for p in root.rglob("metadata*") if p.is_file())
     cases = []
     for path in frames[:limit]:
@@ -153,6 +164,78 @@ def load_inputs(root: Path, limit: int) -> tuple[list[tuple[str, Path, bytes, di
     return cases, [c[2] for c in cases]
 
 
+# -- the converter ---------------------------------------------------------------------------------
+
+CONVERTER_SEEDS = ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "SC_rgb_rle.dcm", "JPEG2000.dcm",
+                   "image_dfl.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPEGLSNearLossless_16.dcm", "liver_1frame.dcm")
+_FILE_LINE = re.compile(r"^(FAILED|skipped) (.+?): ")
+
+
+def _convert_batch(files: list[Path], out: Path, timeout: float) -> tuple[str, dict[str, str]]:
+    """Run the converter on ``files`` in a process of its own: ("done" | "crash" | "slow", outcome per name)."""
+    command = [sys.executable, "-m", "app.convert", *map(str, files), "-o", str(out), "--alternates", "jls", "-q"]
+    try:
+        result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "slow", {}
+    if result.returncode not in (0, 1) or "files:" not in result.stdout:
+        return "crash", {"_stderr": result.stderr[-400:], "_rc": str(result.returncode)}
+    outcomes = {f.name: "converted" for f in files}
+    for line in result.stderr.splitlines():
+        match = _FILE_LINE.match(line)
+        if match:
+            outcomes[Path(match.group(2)).name] = "failed" if match.group(1) == "FAILED" else "skipped"
+    return "done", outcomes
+
+
+def _escaped(work: Path) -> list[str]:
+    """Files the converter wrote anywhere but its input and output folders."""
+    return [str(p) for p in work.rglob("*") if p.is_file() and not (p.is_relative_to(work / "in")
+                                                                    or p.is_relative_to(work / "out"))]
+
+
+def converter_main(args: argparse.Namespace) -> int:
+    from pydicom.data import get_testdata_file
+
+    seeds = [Path(get_testdata_file(name)) for name in CONVERTER_SEEDS]
+    corpus = [p.read_bytes() for p in seeds if p is not None]
+    rng = random.Random(args.seed)
+    outcomes: collections.Counter[str] = collections.Counter()
+    problems: list[dict] = []
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < args.seconds:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            (work / "in").mkdir()
+            files, how = [], {}
+            for i in range(args.batch):
+                mutated, how[f"case{i}.dcm"] = mutate(rng.choice(corpus), rng, rng.choice(corpus))
+                files.append(work / "in" / f"case{i}.dcm")
+                files[-1].write_bytes(mutated)
+            status, got = _convert_batch(files, work / "out", args.case_seconds * args.batch)
+            if status != "done":  # find the input: each file again, alone
+                got = {}
+                for path in files:
+                    alone, one = _convert_batch([path], work / "out1", args.case_seconds * 4)
+                    got[path.name] = one.get(path.name, "converted") if alone == "done" else alone
+                    if alone != "done":
+                        problems.append({"mutation": how[path.name], "outcome": alone, **one})
+                        if args.save:
+                            args.save.mkdir(parents=True, exist_ok=True)
+                            (args.save / f"convert-{alone}-{n}.dcm").write_bytes(path.read_bytes())
+            for name, outcome in got.items():
+                outcomes[outcome] += 1
+            escaped = _escaped(work)
+            if escaped:
+                outcomes["escaped"] += len(escaped)
+                problems.append({"outcome": "escaped", "files": escaped[:5]})
+            n += len(files)
+    report = {"seconds": round(time.perf_counter() - start, 1), "seed": args.seed, "mode": "converter",
+              "seeds": [p.name for p in seeds], "cases": n, "outcomes": dict(outcomes), "problems": problems[:20]}
+    print(json.dumps(report, indent=2))
+    return 1 if outcomes["crash"] or outcomes["slow"] or outcomes["escaped"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="how long to run (default 30)")
@@ -162,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=40, help="most files of each kind to use")
     parser.add_argument("--case-seconds", type=float, default=5.0, help="a case slower than this is reported")
     parser.add_argument("--save", type=Path, default=None, help="folder for crashing / slow inputs")
+    parser.add_argument("--converter", action="store_true", help="fuzz the converter with mutated DICOM files")
+    parser.add_argument("--batch", type=int, default=16, help="converter: files per converter process")
     args = parser.parse_args(argv)
+    if args.converter:
+        return converter_main(args)
 
     faulthandler.enable()  # a segfault in a decoder prints where it happened
     swallowed = collections.Counter()

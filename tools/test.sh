@@ -10,6 +10,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # never `playwright install`, which downloads a browser).
 need_apt=()
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# OpenJPEG for glymur, which writes the classic JPEG 2000 streams of the packet-reader tests.
+dpkg -s libopenjp2-7 >/dev/null 2>&1 || need_apt+=(libopenjp2-7)
 # Node.js and npm: set-up packs the runtime from the npm registry and compiles it inside Pyodide
 # under Node (tools/runtime/); machines of this kind have them, this is for one that does not.
 command -v node >/dev/null && command -v npm >/dev/null || need_apt+=(nodejs npm)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
 from .chromium import launch
+from .network import ThrottleProxy
 from .profiles import PROFILES, floor_ms, timeout_ms
 from .results import ColdStart, LoadRun, Stats, Transfer
 from .site import Demo, frame_bytes
@@ -69,6 +70,8 @@ _COLLECT_JS = """() => ({
   appState: document.documentElement.dataset.app,
   errors: document.getElementById('errors') ? document.getElementById('errors').innerText : '',
   timings: Object.assign({}, window.appTimings)})"""
+_REFUSED_JS = """() => Array.from(document.querySelectorAll('#errors, #config-error:not([hidden])'),
+  e => e.textContent.trim()).join(' ').trim()"""
 _CLICK_JS = ("() => { window.__bench.click = performance.now(); document.getElementById('load').click();"
              " return window.__bench.click; }")
 _FIRST_DRAWN_JS = ("() => Array.from(window.renderLog || []).some(e => e.drawn)"
@@ -84,14 +87,14 @@ _FETCH_JS = """async ([u, range]) => {
 class BrowserDriver:
     """One Chromium for the whole bench; each measurement in its own fresh context."""
 
-    def __init__(self) -> None:
+    def __init__(self, args: Sequence[str] | None = None) -> None:
         try:
             from playwright.sync_api import sync_playwright
         except ImportError as exc:  # pragma: no cover - depends on the machine
             raise SystemExit(f"error: the browser bench needs playwright ({exc}); or use --engine cpython")
         self._pw = sync_playwright().start()
         try:
-            self.browser = launch(self._pw)
+            self.browser = launch(self._pw, args)
         except FileNotFoundError as exc:
             self._pw.stop()
             raise SystemExit(f"error: {exc}") from None
@@ -116,12 +119,17 @@ class BrowserDriver:
         page.on("pageerror", lambda e: errors.append(str(e)))
         return context, page, cdp, errors
 
-    def load(self, metered, base: str, entry: dict, preset: str, profile: str, expect_bytes: int) -> LoadRun:
-        """One load of ``entry`` under ``preset``; ``metered`` is the proxy the page goes through."""
+    def load(self, metered: ThrottleProxy, base: str, entry: dict, preset: str, profile: str, expect_bytes: int,
+             inspect: Callable[[Any], None] | None = None) -> LoadRun:
+        """One load of ``entry`` under ``preset`` (a name or configuration JSON); ``metered`` is the
+        proxy the page goes through; ``inspect(page)`` reads more from the page before it closes."""
         context, page, cdp, errors = self._page()
         try:
-            page.goto(f"{base}/index.html?noload=1&url={quote(entry['url'], safe='/')}&config={preset}")
+            page.goto(f"{base}/index.html?noload=1&url={quote(entry['url'], safe='/')}&config={quote(preset)}")
             page.wait_for_function(_READY_JS, timeout=120_000)
+            refused = page.evaluate(_REFUSED_JS)  # e.g. the configuration: the page would load with another
+            if refused:
+                raise RuntimeError(f"page error before the load ({preset}, {profile}): {refused}")
             _emulate(cdp, profile)  # only now: the runtime load is never under emulation
             mark = len(metered.request_log)
             t_click = page.evaluate(_CLICK_JS)
@@ -131,6 +139,8 @@ class BrowserDriver:
             frames, total, count = frame_bytes(metered.request_log, mark)
             if data["appState"] == "error" or errors:
                 raise RuntimeError(f"page error ({preset}, {profile}): {data['errors']} {errors}")
+            if inspect is not None:
+                inspect(page)
             loading = next((t for s, t in data["states"] if s == "loading"), None)
             after = [d for start, d in data.get("longtasks") or [] if start >= t_click]
             return LoadRun(log=data["log"], t_click=t_click, t_loading=loading, bytes_frames=frames,

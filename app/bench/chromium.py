@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "launch"]
 
@@ -15,8 +15,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-dev-shm-usage"]
 
 
-def launch(playwright: Any) -> Any:
+def launch(playwright: Any, args: Sequence[str] | None = None) -> Any:
     """A headless Chromium from a started Playwright (sync API); never Playwright's own download."""
     if not Path(CHROMIUM).exists():
         raise FileNotFoundError(f"{CHROMIUM} is missing: the test command installs Debian's chromium")
-    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=list(CHROMIUM_ARGS if args is None else args))

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .network import ThrottleProxy
 from .results import LoadRun
 from .site import Demo, frame_bytes
 
@@ -64,7 +65,7 @@ async def _load(base_url: str, entry: dict, preset: str) -> LoadRun:
         await transport.aclose()
 
 
-def cpython_load(metered, entry: dict, preset: str) -> LoadRun:
+def cpython_load(metered: ThrottleProxy, entry: dict, preset: str) -> LoadRun:
     """One load through ``metered`` (the proxy), with the frame bytes it saw."""
     mark = len(metered.request_log)
     run = run_async(lambda: _load(metered.url, entry, preset))

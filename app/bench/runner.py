@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from app.tree import frame_file_names
+
 from .browser import BrowserDriver
 from .cpython import cpython_load, native_decode, radiograph_format
 from .network import PROJECT, ServeProcess, ThrottleProxy
@@ -94,7 +96,7 @@ class _Bench:
 
 def _stored_frame(folder: Path) -> Path:
     """Frame 1 as stored: ``1.mht`` (the toolkit's layout) or ``1``."""
-    return folder / "1.mht" if (folder / "1.mht").is_file() else folder / "1"
+    return next((folder / n for n in frame_file_names(1) if (folder / n).is_file()), folder / "1")
 
 
 def run_bench(*, engine: str = "browser", runs: int = 3, profiles: Sequence[str] = DEFAULT_PROFILES,
@@ -160,6 +162,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-decode", action="store_true", help="skip the decode comparison")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only re-render a saved benchmark.json (to --out, or print)")
+    parser.add_argument("--peer", choices=("cornerstone",),
+                        help="run the rows side by side with another viewer's page (tools/peer/), alternating runs")
+    parser.add_argument("--cpu-load", type=int, default=0, metavar="N",
+                        help="with --peer: N busy background processes during the runs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
@@ -172,6 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [p for p in profiles if p not in PROFILES] + [m for m in modes if m not in MODES]
     if bad or args.runs < 1:
         parser.error(f"unknown profile/mode {bad}" if bad else "--runs must be >= 1")
+    if args.cpu_load < 0 or (args.cpu_load and not args.peer):
+        parser.error("--cpu-load takes N >= 0 and goes with --peer")
+    if args.peer:
+        from .peer import main as peer_main
+
+        return peer_main(args, profiles, modes, argv if argv is not None else sys.argv[2:])
     if args.render:
         result = rerender(BenchResult.from_json(json.loads(args.render.read_text())))
         print(render_markdown(result))

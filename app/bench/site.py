@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from app.tree import frame_file_names, parse_demo_list
+
+from .network import RequestRecord
+
 __all__ = ["Demo", "find_demo", "frame_bytes"]
 
 _FRAME_PATH = re.compile(r"/instances/[^/]+/[^/]+/\d+(?:\.mht)?(?:\?|$)")
@@ -29,7 +33,7 @@ class Demo:
 def _frame_one(instance: Path) -> Iterable[Path]:
     """Frame 1 of every encoding folder of an instance, in either layout (``1`` or ``1.mht``)."""
     for folder in sorted(p for p in instance.iterdir() if p.is_dir()):
-        for name in ("1", "1.mht"):
+        for name in frame_file_names(1):
             if (folder / name).is_file():
                 yield folder / name
                 break
@@ -37,9 +41,9 @@ def _frame_one(instance: Path) -> Iterable[Path]:
 
 def find_demo(base: str, data_root: Path) -> Demo:
     """The 3072-px radiograph and the first stack of 10+ images listed in ``demo.json``."""
-    entries = json.loads((data_root / "demo.json").read_text())
+    entries = [e.to_json() for e in parse_demo_list(json.loads((data_root / "demo.json").read_text()))]
     radiograph = next(e for e in entries if "3072" in e["name"])
-    stack = next((e for e in entries if int(e.get("instances", 1)) >= 10), None)
+    stack = next((e for e in entries if e["instances"] >= 10), None)
     demo = Demo(base.rstrip("/"), radiograph, stack, data_root, {}, 0)
     for instance in sorted(p for p in (demo.series_dir(radiograph) / "instances").iterdir() if p.is_dir()):
         for path in _frame_one(instance):
@@ -50,7 +54,7 @@ def find_demo(base: str, data_root: Path) -> Demo:
     return demo
 
 
-def frame_bytes(log: Iterable, start: int) -> tuple[int, int, int]:
+def frame_bytes(log: Iterable[RequestRecord], start: int) -> tuple[int, int, int]:
     """(frame bytes, all bytes, frame requests) sent since log position ``start``."""
     frames = total = count = 0
     for rec in list(log)[start:]:

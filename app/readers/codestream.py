@@ -27,6 +27,7 @@ from .packets import ComponentCoding, LevelEnd, PacketError, PacketReader, TileC
 __all__ = [
     "CodestreamScanner",
     "CodestreamError",
+    "ScannerState",
     "MainHeader",
     "Siz",
     "Cod",
@@ -202,6 +203,7 @@ class CodestreamComplete:
 
 Event = MainHeader | ResolutionComplete | CodestreamComplete
 
+
 class ScannerState(enum.Enum):
     """Where the scanner is in the codestream; ERROR is final (h11 style)."""
 
@@ -233,6 +235,11 @@ class _TilePartPackets:
         self._header = bytearray()
         self._reader: PacketReader | None = None
         self._plan = packet_plan(coding, last_level)  # raises PacketError for what it cannot read
+
+    @property
+    def done(self) -> bool:
+        """Every level below the top is found: the rest of the tile-part need not be looked at."""
+        return self._reader is not None and self._reader.done
 
     def feed(self, data: bytes | bytearray | memoryview, base: int) -> list[LevelEnd]:
         lo = max(base, self._next)
@@ -488,7 +495,7 @@ class CodestreamScanner:
         self._progressive = True
 
     def _feed_packets(self, data: bytes | bytearray | memoryview, base: int) -> None:
-        if self._packets is None:
+        if self._packets is None or self._packets.done:
             return
         try:
             for e in self._packets.feed(data, base):

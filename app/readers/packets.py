@@ -32,6 +32,11 @@ BYPASS, TERMINATE_EACH_PASS, HT_BLOCKS, HT_MIXED = 0x01, 0x04, 0x40, 0x80
 CLASSIC_SEGMENT_PASSES = 109  # (37 - 1) * 3 + 1: a classic code-block's passes fit one segment
 MAX_ZERO_BIT_PLANES = 74  # far above any real Mb: a longer run of zeros is a corrupt header
 MAX_LENGTH_BITS = 32
+# bounds that keep hostile headers (a huge SIZ, tiny precincts, runs of 0xFF) cheap to refuse
+MAX_PACKETS = 1 << 17  # packets of the levels read
+MAX_BLOCKS_PER_BAND = 1 << 18  # code-blocks of one precinct in one subband (tag tree leaves)
+MAX_HEADER_BYTES = 1 << 22
+REPARSE_FREELY = 1 << 16  # a header held beyond this is parsed again only after 1/4 more arrives
 RESOLUTION_MAJOR = ("RPCL", "RLCP", "LRCP")  # LRCP only with one layer
 
 
@@ -97,7 +102,7 @@ def packet_plan(coding: TileCoding, last_level: int | None = None) -> list[list[
     """The packets of resolution levels 0..last_level, in codestream order (refuses what it cannot order)."""
     _check_supported(coding)
     top = coding.components[0].decompositions
-    plan = []
+    plan, count = [], 0
     for r in range(top + 1 if last_level is None else min(last_level, top) + 1):
         keyed = []
         for c, comp in enumerate(coding.components):
@@ -105,12 +110,15 @@ def packet_plan(coding: TileCoding, last_level: int | None = None) -> list[list[
                 keyed.append((key, packet))
         keyed.sort(key=lambda item: item[0])
         plan.append([packet for _, packet in keyed])
+        count += len(keyed)
+        if count > MAX_PACKETS:
+            raise PacketError(f"more than {MAX_PACKETS} packets")
     return plan
 
 
 def _check_supported(coding: TileCoding) -> None:
-    if coding.order not in RESOLUTION_MAJOR or (coding.order == "LRCP" and coding.layers != 1):
-        raise PacketError(f"{coding.order} with {coding.layers} layers is not resolution-major")
+    if coding.order not in RESOLUTION_MAJOR:
+        raise PacketError(f"{coding.order} progression is not resolution-major")
     if coding.layers != 1:
         raise PacketError("more than one quality layer")
     if not coding.components or len({c.decompositions for c in coding.components}) != 1:
@@ -144,6 +152,8 @@ def _resolution_packets(coding: TileCoding, c: int, comp: ComponentCoding, r: in
     px0, py0 = rx0 >> ppx, ry0 >> ppy  # precinct grid origin, in precincts
     across = _ceil_div(rx1, 1 << ppx) - px0
     down = _ceil_div(ry1, 1 << ppy) - py0
+    if across * down > MAX_PACKETS:
+        raise PacketError(f"more than {MAX_PACKETS} precincts in one resolution")
     bands = _bands(tcx0, tcy0, tcx1, tcy1, comp.decompositions, r)
     shift = 0 if r == 0 else 1  # precincts and code-blocks of r > 0 subbands are half size
     ex = min(comp.block_exponents[0], ppx - shift)
@@ -184,7 +194,10 @@ def _blocks(band, bx0: int, by0: int, pw: int, ph: int, ex: int, ey: int) -> tup
     x1, y1 = min(bx0 + (1 << pw), band[2]), min(by0 + (1 << ph), band[3])
     if x1 <= x0 or y1 <= y0:
         return (0, 0)
-    return (_ceil_div(x1, 1 << ex) - (x0 >> ex), _ceil_div(y1, 1 << ey) - (y0 >> ey))
+    across, down = _ceil_div(x1, 1 << ex) - (x0 >> ex), _ceil_div(y1, 1 << ey) - (y0 >> ey)
+    if across * down > MAX_BLOCKS_PER_BAND:
+        raise PacketError(f"more than {MAX_BLOCKS_PER_BAND} code-blocks in one precinct")
+    return across, down
 
 
 # -- bits ----------------------------------------------------------------------------------------
@@ -358,6 +371,8 @@ def _band_bytes(bits: _Bits, across: int, down: int, packet: _Packet) -> int:
             lblock = 3
             while bits.bit():
                 lblock += 1
+                if lblock > MAX_LENGTH_BITS:
+                    raise PacketError("Lblock beyond any codeword segment length")
             if packet.ht:
                 total += _ht_bytes(bits, passes, lblock)
             else:
@@ -407,6 +422,7 @@ class PacketReader:
         self._skip = 0  # body bytes still to pass over
         self._level, self._index = 0, 0
         self._held = bytearray()  # the start of a header that straddles chunks
+        self._parse_at = 0  # held bytes needed before that header is parsed again
 
     @property
     def done(self) -> bool:
@@ -439,6 +455,8 @@ class PacketReader:
             if self._held:
                 before = len(self._held)
                 self._held += data[i:]
+                if len(self._held) < self._parse_at:
+                    return
                 src, off, end = self._held, 0, len(self._held)
             else:
                 before, src, off, end = 0, data, i, n
@@ -449,7 +467,9 @@ class PacketReader:
             except _NeedMore:
                 if not self._held:
                     self._held += data[i:]
+                self._parse_later()
                 return
+            self._parse_at = 0
             if header >= before:
                 i += header - before
                 self._held = bytearray()
@@ -461,6 +481,13 @@ class PacketReader:
             self._skip = body
             self._index += 1
             self._close_empty_levels(events, self._pos + body)
+
+    def _parse_later(self) -> None:
+        """Parse a long straddling header again only after a quarter more of it: linear, not quadratic."""
+        held = len(self._held)
+        if held > MAX_HEADER_BYTES:
+            raise PacketError(f"a packet header longer than {MAX_HEADER_BYTES} bytes")
+        self._parse_at = held + 1 if held <= REPARSE_FREELY else min(held + held // 4, self._limit - self._pos)
 
     def _close_empty_levels(self, events: list[LevelEnd], end: int | None = None) -> None:
         """Report each level whose packets are all read (levels with no packets at once)."""

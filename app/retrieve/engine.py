@@ -14,30 +14,17 @@ from ..readers.multipart import MultipartError
 from ..study import Stack
 from ..transport.base import Transport
 from ..transport.errors import TransportError
-from .body import FrameBody
 from .budget import Budget
 from .events import EngineEvent, ImageFailed, Refinement
-from .fetch import Attempt, StreamAttempt, Superseded, attempt_for
+from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded
 from .nearby import replicas
 from .policy import FetchKind, Policy
+from .ranges import RangeAttempt
 from .scheduler import Scheduler
 from .settings import RetrievePolicy
 from .state import Change, ImageState, Job, Phase
 
 __all__ = ["RetrieveEngine"]
-
-
-class InlineAttempt(Attempt):
-    """Pixel data that came inline in the metadata (InlineBinary): nothing to fetch."""
-
-    def __init__(self, engine: "RetrieveEngine", st: ImageState, job: Job, stage: RetrieveStage) -> None:
-        image = st.image
-        self.engine, self.settings, self.st, self.job, self.stage = engine, engine.policy, st, job, stage
-        self.options = RetrieveOptions()
-        self.body = FrameBody(image.frame_url, image.transfer_syntax)
-        self.body.syntax = image.transfer_syntax
-        self.body.data += image.inline_data or b""
-        self.body.complete = True
 
 
 class RetrieveEngine:
@@ -145,10 +132,8 @@ class RetrieveEngine:
                 st.failures = 0
             if todo or not st.wanted:
                 st.apply(Change.REQUEST)
-            if self.scheduler.queue(i, todo):
-                continue
-            if st.phase is Phase.QUEUED and not st.busy:  # nothing left to run: settled at once
-                st.apply(Change.FINISH_FINAL if st.final else Change.FINISH_FAILED)
+            if not self.scheduler.queue(i, todo):
+                self._settle(st)
         if self._wake:
             self._wake.set()
 
@@ -265,9 +250,11 @@ class RetrieveEngine:
 
     def _attempt(self, st: ImageState, job: Job, stage: RetrieveStage, options: RetrieveOptions) -> Attempt:
         kind = self.rules.fetch_kind(options)
-        if kind is FetchKind.RANGES and self.frames_encoded:
-            return StreamAttempt(self, st, job, stage, options, streaming=True)  # no ranges over gzip
-        return attempt_for(kind)(self, st, job, stage, options)
+        if kind is FetchKind.RANGES and not self.frames_encoded:
+            return RangeAttempt(self, st, job, stage, options)
+        if kind is FetchKind.RANGES:  # no ranges over Content-Encoded frames: stream them whole
+            return StreamAttempt(self, st, job, stage, options, streaming=True)
+        return StreamAttempt(self, st, job, stage, options)
 
     def _end_job(self, st: ImageState, job: Job, gave_way: bool) -> None:
         st.job = None
@@ -281,8 +268,15 @@ class RetrieveEngine:
                     st.apply(Change.STAGE_END)
                 else:
                     self._finish(st, self.config.stages[job.stage_pos])
+        else:
+            self._settle(st)
         self.scheduler.done(job.index)
         self.budget.trim(self._states, st, self.current)
+
+    def _settle(self, st: ImageState) -> None:
+        """Requested again with no stage left to run (and no job): it is what it already was."""
+        if st.phase is Phase.QUEUED and not st.busy and not self.scheduler.pending.get(st.image.index):
+            st.apply(Change.FINISH_FINAL if st.final else Change.FINISH_FAILED)
 
     def _finish(self, st: ImageState, stage: RetrieveStage) -> None:
         """The image's last stage ended: final, or failed with a message (never silently neither)."""

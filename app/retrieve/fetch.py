@@ -1,5 +1,5 @@
 """Fetch strategies: one attempt object per image and stage (Cornerstone's ``getPixelData`` split
-into a streamed request and range requests, each its own class).
+into a streamed request and range requests, each its own class; byte ranges are in ``ranges``).
 
 An attempt holds what every step needs (the image's state, the stage, its options, the frame body)
 so no step takes ten arguments. ``StreamAttempt`` asks for the whole frame (or, with rangeIndex -1,
@@ -22,14 +22,14 @@ from ..transport.base import ContentRange, Response, parse_content_range
 from ..transport.errors import ProtocolError, StatusError, TransportError, TransportTimeout, retry_after_seconds
 from .body import FrameBody
 from .events import FirstBytes, RequestFinished, RequestStarted
-from .policy import FetchKind, frame_request_url
+from .policy import frame_request_url
 from .settings import ACCEPT_ANY
 from .state import ImageState, Job
 
 if TYPE_CHECKING:  # the engine drives attempts; attempts call back into it
     from .engine import RetrieveEngine
 
-__all__ = ["Attempt", "StreamAttempt", "RangeAttempt", "Superseded", "attempt_for"]
+__all__ = ["Attempt", "InlineAttempt", "StreamAttempt", "Superseded"]
 
 ByteRange = tuple[int, int | None]
 
@@ -42,19 +42,20 @@ class Attempt:
     """One stage of one image: fetch what it needs, then decode what it holds."""
 
     def __init__(self, engine: "RetrieveEngine", st: ImageState, job: Job, stage: RetrieveStage,
-                 options: RetrieveOptions) -> None:
+                 options: RetrieveOptions, body: FrameBody | None = None) -> None:
         self.engine = engine
         self.settings = engine.policy
         self.st = st
         self.job = job
         self.stage = stage
         self.options = options
-        image = st.image
-        url = frame_request_url(image.frame_url, options)
-        body = st.bodies.get(url)
-        if body is None:
-            body = st.bodies[url] = FrameBody(url, engine.rules.syntax_of(image, options))
+        if body is None:  # what earlier stages left of this frame resource, or a new one
+            url = frame_request_url(st.image.frame_url, options)
+            body = st.bodies.get(url)
+            if body is None:
+                body = st.bodies[url] = FrameBody(url, engine.rules.syntax_of(st.image, options))
         self.body = body
+        self.last_partial: float | None = None  # clock of the last partial decode while streaming
 
     # -- the stage ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -226,11 +227,17 @@ class Attempt:
             body.feed(chunk)
             if on_chunk is not None and on_chunk():
                 await asyncio.sleep(0)  # let the request it started go out now
-            if streaming and body.levels and not body.decodable_complete:
+            if streaming and body.levels and not body.decodable_complete and self._decode_due():
                 level = self.engine.rules.best_partial_level(body, st.best, self.options)
                 if level is not None:
                     self.engine.decode(self, reduce=level.reduce, end=level.end_offset)
+                    self.last_partial = self.engine.clock()
                     await asyncio.sleep(0)
+
+    def _decode_due(self) -> bool:
+        """``msBetweenDecode``: the least time between two partial decodes of the image."""
+        gap = self.options.ms_between_decode
+        return not gap or self.last_partial is None or (self.engine.clock() - self.last_partial) * 1000 >= gap
 
     async def chunks(self, resp: Response) -> AsyncIterator[bytes]:
         """The body's chunks; no byte for the low-speed time is a timeout (the browser's fetch
@@ -263,6 +270,21 @@ class Attempt:
             raise TransportTimeout(f"GET {url}: no answer in {seconds:g} s") from exc
 
 
+class InlineAttempt(Attempt):
+    """Pixel data that came inline in the metadata (InlineBinary): nothing to fetch."""
+
+    def __init__(self, engine: "RetrieveEngine", st: ImageState, job: Job, stage: RetrieveStage) -> None:
+        image = st.image
+        body = FrameBody(image.frame_url, image.transfer_syntax)
+        body.syntax = image.transfer_syntax
+        body.data += image.inline_data or b""
+        body.complete = True
+        super().__init__(engine, st, job, stage, RetrieveOptions(), body)
+
+    async def fetch_frame(self) -> None:
+        return None
+
+
 class StreamAttempt(Attempt):
     """The whole frame, or (rangeIndex -1) the rest of it, in one request; streamed when asked,
     so the levels between what is held and the final one show as they complete."""
@@ -273,113 +295,3 @@ class StreamAttempt(Attempt):
 
     async def fetch_frame(self) -> None:
         await self.fetch(None, streaming=self.streaming)
-
-
-class RangeAttempt(Attempt):
-    """``rangeIndex`` >= 0: ``chunkSize`` bytes, then on to the end of a level if needed.
-
-    The second range is asked for as soon as the first one's main header (its TLM) says where
-    that level ends, so its round trip overlaps the first transfer instead of following it.
-    Whatever is still missing after that (no TLM in the first bytes, the early request failed
-    or was answered oddly) is fetched the plain way, from the first byte not held.
-    """
-
-    def __init__(self, *args) -> None:
-        super().__init__(*args)
-        self.want_end = self.options.chunk_size * (self.options.range_index + 1)
-        self.ahead: asyncio.Task | None = None
-        self.ahead_asked = False
-
-    async def fetch_frame(self) -> None:
-        body = self.body
-        try:
-            if body.file_offset < self.want_end:
-                await self.fetch(self.want_end, streaming=False, on_chunk=self._on_chunk)
-            await self._take_ahead()
-        finally:
-            self._drop_ahead()
-        if body.encoded:
-            return  # no ranges over encoded bytes: a later stage asks for the whole frame
-        level = self.engine.rules.wanted_level(body, self.options, self.want_end)
-        if level is not None and not body.decodable_complete:
-            end = body.level_file_end(level.level)
-            if end is not None and end > body.file_offset:
-                await self.fetch(end, streaming=False)
-
-    def _on_chunk(self) -> bool:
-        """After each chunk of a range the server honours: True if it started the early range."""
-        body = self.body
-        if self.ahead_asked or body.header is None or body.encoded:
-            return False
-        self.ahead_asked = True
-        level = self.engine.rules.wanted_level(body, self.options, self.want_end)
-        end = body.level_file_end(level.level) if level is not None else None
-        if end is not None and end > self.want_end and not body.decodable_complete:
-            self.ahead = asyncio.ensure_future(self.read_ahead(self.want_end, end))
-        return self.ahead is not None
-
-    async def _take_ahead(self) -> None:
-        """Feed the early range's bytes, if they came and the body reached where they start."""
-        if self.ahead is None:
-            return
-        try:
-            chunks, total = await self.ahead
-        except (TransportError, ValueError):
-            return
-        self.check()
-        body = self.body
-        if body.file_offset != self.want_end or body.decodable_complete or body.encoded:
-            return
-        for chunk in chunks:
-            self.st.bytes_received += len(chunk)
-            body.feed(chunk)
-        if total is not None:
-            body.total = total
-            if body.file_offset >= total:
-                body.end_of_file()
-
-    def _drop_ahead(self) -> None:
-        task = self.ahead
-        if task is None:
-            return
-        if not task.done():
-            task.cancel()
-        elif not task.cancelled():
-            task.exception()  # retrieved: a failed early range is not worth a warning
-
-    async def read_ahead(self, start: int, end: int) -> tuple[list[bytes], int | None]:
-        """Bytes ``start``..``end``-1 of the frame, held aside until the body reaches ``start``.
-
-        Anything but a 206 for exactly that start raises (the caller then fetches the plain way);
-        one attempt only, no retries: the plain way has them.
-        """
-        body, stage, index = self.body, self.stage, self.st.image.index
-        self.emit(RequestStarted(index, stage.id, body.url, (start, end - 1), self.t_ms()))
-        chunks: list[bytes] = []
-        received, status, cancelled, resp = 0, 0, False, None
-        try:
-            resp = await self.get((start, end - 1))
-            status = resp.status
-            self.emit(FirstBytes(index, stage.id, body.url, status, self.t_ms()))
-            cr = parse_content_range(resp.headers.get("content-range"))
-            if status != 206 or cr is None or cr.start != start:
-                raise ProtocolError(f"{body.url}: the early range request got HTTP {status}")
-            async for chunk in self.chunks(resp):
-                received += len(chunk)
-                if start + received > self.settings.max_frame_bytes:
-                    raise ProtocolError(f"{body.url}: more than {self.settings.max_frame_bytes} bytes for one frame")
-                chunks.append(bytes(chunk))
-            if received > end - start:
-                raise ProtocolError(f"{body.url}: the early range came encoded")
-            return chunks, cr.total
-        except asyncio.CancelledError:
-            cancelled = True
-            raise
-        finally:
-            if resp is not None:
-                await resp.aclose()
-            self.emit(RequestFinished(index, stage.id, body.url, status, received, self.t_ms(), cancelled))
-
-
-def attempt_for(kind: FetchKind) -> type[Attempt]:
-    return RangeAttempt if kind is FetchKind.RANGES else StreamAttempt

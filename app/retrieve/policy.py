@@ -111,7 +111,7 @@ class Policy:
         """The status of a decoded image: a partial level is SUBRESOLUTION; a whole frame is what
         its stage can reach, lower when smaller than the image or in a lossy syntax."""
         if partial:
-            return Q.SUBRESOLUTION
+            return options.partial_status
         status = self.target_status(image, options)
         if (rows, columns) != (image.rows, image.columns) and status > Q.SUBRESOLUTION:
             status = Q.SUBRESOLUTION

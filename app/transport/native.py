@@ -237,12 +237,7 @@ class NativeResponse:
             return
         length = self.headers.get("content-length")
         if length is not None:
-            body = ContentLengthReader(parse_content_length(length))
-            while not body.done:
-                data = await self._read(min(body.remaining, READ_SIZE))
-                if not data:
-                    body.read_eof()
-                body.received(len(data))
+            async for data in self._counted(parse_content_length(length)):
                 yield data
             self._finish()
             return
@@ -261,14 +256,19 @@ class NativeResponse:
                 while (await self._readline()).strip():
                     pass  # trailers
                 return
-            chunk = ContentLengthReader(size)
-            while not chunk.done:
-                data = await self._read(min(chunk.remaining, READ_SIZE))
-                if not data:
-                    chunk.read_eof()
-                chunk.received(len(data))
+            async for data in self._counted(size):
                 yield data
             await self._readexactly(2)
+
+    async def _counted(self, length: int) -> AsyncIterator[bytes]:
+        """Exactly ``length`` bytes (a Content-Length body or one chunk), or IncompleteBody."""
+        body = ContentLengthReader(length)
+        while not body.done:
+            data = await self._read(min(body.remaining, READ_SIZE))
+            if not data:
+                body.read_eof()
+            body.received(len(data))
+            yield data
 
     def _finish(self) -> None:
         self._done = True

@@ -59,7 +59,7 @@ class ScrollSlices(Action):
 
     FIELDS = ("delta",)
 
-    def __init__(self, delta):
+    def __init__(self, delta: int):
         self.delta = delta
 
 
@@ -68,7 +68,7 @@ class WindowLevel(Action):
 
     FIELDS = ("dcenter", "dwidth")
 
-    def __init__(self, dcenter, dwidth):
+    def __init__(self, dcenter: float, dwidth: float):
         self.dcenter = dcenter
         self.dwidth = dwidth
 
@@ -78,7 +78,7 @@ class Zoom(Action):
 
     FIELDS = ("factor", "cx", "cy")
 
-    def __init__(self, factor, cx, cy):
+    def __init__(self, factor: float, cx: "float | None", cy: "float | None"):
         self.factor = factor
         self.cx = cx
         self.cy = cy
@@ -89,7 +89,7 @@ class Pan(Action):
 
     FIELDS = ("dx", "dy")
 
-    def __init__(self, dx, dy):
+    def __init__(self, dx: float, dy: float):
         self.dx = dx
         self.dy = dy
 
@@ -99,7 +99,7 @@ class ToolChanged(Action):
 
     FIELDS = ("tool",)
 
-    def __init__(self, tool):
+    def __init__(self, tool: str):
         self.tool = tool
 
 
@@ -116,8 +116,8 @@ class _Pointer:
 class PointerGestures:
     """Feed ``down``/``move``/``up``/``wheel``/``key``; each returns the list of actions it caused."""
 
-    def __init__(self, tool=SCROLL, slice_step_px=SLICE_STEP_PX, wheel_step_px=WHEEL_STEP_PX,
-                 wl_per_px=WL_PER_PX):
+    def __init__(self, tool: str = SCROLL, slice_step_px: float = SLICE_STEP_PX,
+                 wheel_step_px: float = WHEEL_STEP_PX, wl_per_px: float = WL_PER_PX):
         if tool not in TOOLS:
             raise ValueError("unknown tool " + repr(tool))
         self.tool = tool
@@ -131,11 +131,11 @@ class PointerGestures:
         self._travel = 0.0  # vertical travel not yet turned into slices
         self._wheel = 0.0
         self._wheel_t = None
-        self._hover = None  # last mouse position with no button down (for ctrl+wheel zoom)
+        self._hover = None  # last mouse position, where ctrl+wheel zooms about
 
     # -- tool --
 
-    def set_tool(self, tool):
+    def set_tool(self, tool: str) -> list:
         """Choose the one-finger / left-drag tool; returns [ToolChanged] when it changed."""
         if tool not in TOOLS:
             raise ValueError("unknown tool " + repr(tool))
@@ -145,13 +145,15 @@ class PointerGestures:
         self._travel = 0.0
         return [ToolChanged(tool)]
 
-    def toggle_tool(self):
+    def toggle_tool(self) -> list:
         return self.set_tool(WINDOWLEVEL if self.tool == SCROLL else SCROLL)
 
     # -- pointers --
 
-    def down(self, pointer_id, x, y, t, kind="mouse", button=0, shift=False):
-        """A pointer went down; ``kind`` is the DOM pointerType ("mouse", "touch", "pen")."""
+    def down(self, pointer_id: int, x: float, y: float, t: float, kind: str = "mouse",
+             button: int = 0, shift: bool = False) -> list:
+        """A pointer went down: ``kind`` is the DOM pointerType ("mouse", "touch", "pen"), ``button``
+        the DOM button (0 left: the tool; 1 middle or 2 right: pan, as is shift+left)."""
         drag = "pan" if kind == "mouse" and (button == 2 or button == 1 or shift) else "tool"
         self._pointers[pointer_id] = _Pointer(x, y, kind, drag)
         if len(self._pointers) == 2:
@@ -162,7 +164,7 @@ class PointerGestures:
         self._travel = 0.0
         return []
 
-    def move(self, pointer_id, x, y, t):
+    def move(self, pointer_id: int, x: float, y: float, t: float) -> list:
         """A pointer moved (also a hovering mouse, which only records where it is)."""
         pointer = self._pointers.get(pointer_id)
         if pointer is None or pointer.kind == "mouse":
@@ -181,7 +183,7 @@ class PointerGestures:
             return [WindowLevel(dy * self.wl_per_px, dx * self.wl_per_px)]
         return self._scroll_by(dy)
 
-    def up(self, pointer_id, t):
+    def up(self, pointer_id: int, t: float) -> list:
         """A pointer was lifted or cancelled; the gesture ends when the last one is."""
         self._pointers.pop(pointer_id, None)
         if not self._pointers:
@@ -189,7 +191,7 @@ class PointerGestures:
             self._travel = 0.0
         return []
 
-    def cancel(self):
+    def cancel(self) -> list:
         """Forget every pointer (focus lost, series changed)."""
         self._pointers = {}
         self._pinched = False
@@ -224,7 +226,8 @@ class PointerGestures:
 
     # -- wheel and keys --
 
-    def wheel(self, dx, dy, ctrl, t, x=None, y=None):
+    def wheel(self, dx: float, dy: float, ctrl: bool, t: float, x: "float | None" = None,
+              y: "float | None" = None) -> list:
         """A wheel event in px; with ctrl (or a trackpad pinch) it zooms about (x, y)."""
         if ctrl:
             if dy == 0:
@@ -245,7 +248,7 @@ class PointerGestures:
         self._wheel -= steps * self.wheel_step_px
         return [ScrollSlices(steps)]
 
-    def key(self, name):
+    def key(self, name: str) -> list:
         """A key (DOM ``KeyboardEvent.key``): arrows and pages scroll, "w"/"s" choose the tool."""
         if name in KEY_SLICES:
             return [ScrollSlices(KEY_SLICES[name])]

@@ -5,6 +5,13 @@
 // give the CPU reference's grey levels exactly); zoom and pan are a destination rectangle. A W/L
 // drag therefore costs one table build and one draw, never Python or numpy.
 // No dependencies: the viewer's main thread imports this file as it is.
+//
+// Use (the contract in helpers/CONTRACT.md): createRenderer(canvas, {mode}) -> renderer with
+// upload(key, image), has, drop, draw(key, view), clear, resize(cssW, cssH, dpr), bytesHeld,
+// readPixels. WebGL2 keeps one integer texture per key (R16UI/R8UI, R32F, RGB8UI) and samples a
+// 256x256 R8 grey table; the 2D path keeps the typed array and, for the last few images drawn,
+// their RGBA for the current table, so zoom and pan only redraw. After a lost WebGL context
+// has(key) is false for every key: upload again. Smooth drawing interpolates when magnifying.
 
 const BYTES = { uint8: 1, int8: 1, uint16: 2, int16: 2, float32: 4 };
 const LUT_SIDE = 256; // the 65536-entry table as a 256x256 texture: index = row * 256 + column
@@ -46,20 +53,50 @@ function greyOf(stored, t) {
   return t.flip ? 255 - grey : grey;
 }
 
-/** Grey level per raw 8- or 16-bit pattern (signed types read as two's complement). */
+/** Grey level per raw 8- or 16-bit pattern (signed types read as two's complement).
+ * The VOI function is monotonic in the stored value (every float32 step is), so only the values
+ * between the window's ends are computed; below and above them the table is filled. */
 export function greyTable(dtype, view) {
   const t = windowTerms(view);
   const size = BYTES[dtype] === 1 ? 256 : 65536;
-  const table = new Uint8Array(size);
-  const shift = size === 256 ? 24 : 16;
   const signed = dtype === "int8" || dtype === "int16";
-  for (let i = 0; i < size; i++) table[i] = greyOf(signed ? (i << shift) >> shift : i, t);
+  const lowest = signed ? -size / 2 : 0;
+  const byValue = new Uint8Array(size); // byValue[v - lowest]
+  const grey = (v) => greyOf(v, t);
+  const first = grey(lowest);
+  const last = grey(lowest + size - 1);
+  const start = firstChange(grey, lowest, lowest + size - 1, first, 1);
+  const end = firstChange(grey, lowest + size - 1, lowest, last, -1);
+  byValue.fill(first, 0, start - lowest);
+  for (let v = start; v <= end; v++) byValue[v - lowest] = grey(v);
+  byValue.fill(last, Math.max(end + 1, start) - lowest);
+  if (!signed) return byValue;
+  const table = new Uint8Array(size);
+  table.set(byValue.subarray(size / 2), 0); // 0 .. max at patterns 0 ..
+  table.set(byValue.subarray(0, size / 2), size / 2); // min .. -1 at patterns size/2 ..
   return table;
+}
+
+/** Nearest value to ``from`` (walking by ``step`` towards ``to``) whose grey is not ``grey0``;
+ * past ``to`` when there is none. Binary search: the grey level is monotonic in the value. */
+function firstChange(grey, from, to, grey0, step) {
+  let inside = from - step; // last value known to give grey0 (from gives it)
+  let outside = to + step; // first value known not to (or past the end)
+  while ((outside - inside) * step > 1) {
+    const middle = inside + step * Math.floor(((outside - inside) * step) / 2);
+    if (grey(middle) === grey0) inside = middle; else outside = middle;
+  }
+  return outside;
 }
 
 function tableKey(dtype, view) {
   const t = windowTerms(view);
   return [BYTES[dtype], dtype[0], t.slope, t.intercept, t.low, t.span, t.steep, t.flip].join("|");
+}
+
+/** Smooth drawing interpolates only where an image texel covers more than a device pixel. */
+function magnifies(view, dest, image) {
+  return view.smooth !== false && (dest.width > image.columns || dest.height > image.rows);
 }
 
 /** Destination rectangle in device pixels (top-left origin) of the FINAL image's geometry. */
@@ -107,12 +144,16 @@ function rawView(image, info) {
 
 // ---- WebGL2 ----
 
-// The image's destination rectangle only: the rest of the canvas is cleared, not shaded.
+// The image's destination rectangle only (the rest of the canvas is cleared, not shaded), with
+// texel coordinates interpolated across it: 0 at one edge, the image's size at the other.
 const VERTEX = `#version 300 es
 uniform vec4 u_dest;      // x, y, width, height in device px, top-left origin
 uniform vec2 u_canvas;
+uniform ivec2 u_size;     // texels of the uploaded (maybe reduced) image
+out vec2 v_texel;
 void main() {
   vec2 corner = vec2(float(gl_VertexID & 1), float((gl_VertexID >> 1) & 1));
+  v_texel = corner * vec2(u_size);
   vec2 clip = (u_dest.xy + corner * u_dest.zw) / u_canvas * 2.0 - 1.0;
   gl_Position = vec4(clip.x, -clip.y, 0.0, 1.0);
 }`;
@@ -139,36 +180,29 @@ const COLOUR_AT = {
     }`,
 };
 
-function fragmentSource(kind) {
-  return `#version 300 es
-precision highp float; precision highp int;
-uniform vec4 u_dest;
-uniform vec2 u_canvas;
-uniform ivec2 u_size;     // texels of the uploaded (maybe reduced) image
-uniform bool u_smooth;
-uniform bool u_flip;
-uniform vec3 u_background;
-out vec4 outColour;
-${COLOUR_AT[kind]}
-void main() {
-  vec2 frag = vec2(gl_FragCoord.x, u_canvas.y - gl_FragCoord.y);
-  vec2 uv = (frag - u_dest.xy) / u_dest.zw;
-  if (any(lessThan(uv, vec2(0.0))) || any(greaterThanEqual(uv, vec2(1.0)))) {
-    outColour = vec4(u_background, 1.0);
-    return;
-  }
-  vec2 t = uv * vec2(u_size);
-  if (!u_smooth) {
-    outColour = vec4(colourAt(min(ivec2(t), u_size - 1)), 1.0);
-    return;
-  }
-  vec2 s = t - 0.5;
+// Nearest texel, or bilinear between the grey levels of the four nearest (magnification only:
+// on SwiftShader four lookups cost twice one, and minifying blurs nothing useful in).
+const SAMPLE = {
+  nearest: `outColour = vec4(colourAt(clamp(ivec2(v_texel), ivec2(0), u_size - 1)), 1.0);`,
+  linear: `vec2 s = v_texel - 0.5;
   vec2 f = fract(s);
   ivec2 p0 = clamp(ivec2(floor(s)), ivec2(0), u_size - 1);
   ivec2 p1 = clamp(ivec2(floor(s)) + 1, ivec2(0), u_size - 1);
   vec3 top = mix(colourAt(p0), colourAt(ivec2(p1.x, p0.y)), f.x);
   vec3 bottom = mix(colourAt(ivec2(p0.x, p1.y)), colourAt(p1), f.x);
-  outColour = vec4(mix(top, bottom, f.y), 1.0);
+  outColour = vec4(mix(top, bottom, f.y), 1.0);`,
+};
+
+function fragmentSource(kind, filter) {
+  return `#version 300 es
+precision highp float; precision highp int;
+uniform ivec2 u_size;
+uniform bool u_flip;
+in vec2 v_texel;
+out vec4 outColour;
+${COLOUR_AT[kind]}
+void main() {
+  ${SAMPLE[filter]}
 }`;
 }
 
@@ -182,10 +216,10 @@ function compile(gl, type, source) {
   return shader;
 }
 
-function link(gl, kind) {
+function link(gl, kind, filter) {
   const program = gl.createProgram();
   gl.attachShader(program, compile(gl, gl.VERTEX_SHADER, VERTEX));
-  gl.attachShader(program, compile(gl, gl.FRAGMENT_SHADER, fragmentSource(kind)));
+  gl.attachShader(program, compile(gl, gl.FRAGMENT_SHADER, fragmentSource(kind, filter)));
   gl.linkProgram(program);
   if (!gl.getProgramParameter(program, gl.LINK_STATUS)) {
     throw new Error(`render: program: ${gl.getProgramInfoLog(program)}`);
@@ -226,7 +260,7 @@ class GlRenderer {
 
   setUp() {
     const gl = this.gl;
-    this.programs = { table: link(gl, "table"), float: link(gl, "float"), rgb: link(gl, "rgb") };
+    this.programs = {}; // linked on first use: each costs a round trip to the GPU process
     this.lut = gl.createTexture();
     gl.activeTexture(gl.TEXTURE1);
     gl.bindTexture(gl.TEXTURE_2D, this.lut);
@@ -271,21 +305,22 @@ class GlRenderer {
     const entry = this.images.get(key);
     if (!entry) throw new Error(`render: no image uploaded as ${key}`);
     const gl = this.gl;
-    const { program, uniforms } = this.programs[entry.kind];
+    const { width, height } = this.canvas;
+    const dest = placement(view, entry, width, height, this.dpr);
+    const filter = magnifies(view, dest, entry) ? "linear" : "nearest";
+    const name = `${entry.kind}|${filter}`;
+    if (!this.programs[name]) this.programs[name] = link(gl, entry.kind, filter);
+    const { program, uniforms } = this.programs[name];
     gl.useProgram(program);
     if (entry.kind === "table") this.useTable(entry.dtype, view, uniforms);
     if (entry.kind === "float") this.setWindow(view, uniforms);
     gl.activeTexture(gl.TEXTURE0);
     gl.bindTexture(gl.TEXTURE_2D, entry.texture);
     gl.uniform1i(uniforms.u_image, 0);
-    const { width, height } = this.canvas;
-    const dest = placement(view, entry, width, height, this.dpr);
     gl.uniform4f(uniforms.u_dest, dest.x, dest.y, dest.width, dest.height);
     gl.uniform2f(uniforms.u_canvas, width, height);
     gl.uniform2i(uniforms.u_size, entry.columns, entry.rows);
-    gl.uniform1i(uniforms.u_smooth, view.smooth === false ? 0 : 1);
     if (uniforms.u_flip) gl.uniform1i(uniforms.u_flip, windowTerms(view).flip ? 1 : 0);
-    if (uniforms.u_background) gl.uniform3f(uniforms.u_background, ...BACKGROUND);
     gl.viewport(0, 0, width, height);
     gl.clearColor(BACKGROUND[0], BACKGROUND[1], BACKGROUND[2], 1);
     gl.clear(gl.COLOR_BUFFER_BIT);
@@ -356,15 +391,19 @@ function nearest(gl) {
   gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
 }
 
+/** Device pixels for the canvas's CSS size; assigning a size blanks a canvas, so only on change. */
 function resizeCanvas(renderer, cssWidth, cssHeight, dpr) {
   renderer.dpr = dpr > 0 ? dpr : 1;
-  renderer.canvas.width = Math.max(1, Math.round(cssWidth * renderer.dpr));
-  renderer.canvas.height = Math.max(1, Math.round(cssHeight * renderer.dpr));
+  const width = Math.max(1, Math.round(cssWidth * renderer.dpr));
+  const height = Math.max(1, Math.round(cssHeight * renderer.dpr));
+  if (renderer.canvas.width !== width) renderer.canvas.width = width;
+  if (renderer.canvas.height !== height) renderer.canvas.height = height;
 }
 
 // ---- 2D canvas ----
 
 const OPAQUE = 0xff000000;
+const PAINTED_KEEP = 4;
 
 /** Packed little-endian RGBA words for a grey table (one word per stored pattern). */
 function rgbaTable(grey) {
@@ -390,25 +429,29 @@ class CanvasRenderer {
     this.dpr = 1;
     this.images = new Map();
     this.words = null; // the last table as packed RGBA words
+    this.painted = []; // keys whose RGBA is kept, oldest first (at most PAINTED_KEEP)
     this.last = null;
   }
 
   upload(key, image) {
     const info = checkImage(image);
     this.drop(key);
-    this.images.set(key, { ...info, pixels: rawView(image, info), surface: null, shownAs: null });
+    this.images.set(key, { ...info, pixels: rawView(image, info), rgba: null, surface: null,
+                           shownAs: null });
   }
 
   has(key) { return this.images.has(key); }
 
   drop(key) {
     this.images.delete(key);
+    this.painted = this.painted.filter((k) => k !== key);
     if (this.last && this.last.key === key) this.last = null;
   }
 
   draw(key, view) {
     const entry = this.images.get(key);
     if (!entry) throw new Error(`render: no image uploaded as ${key}`);
+    this.keepPainted(key);
     const shownAs = entry.samples === 3 ? `rgb|${Boolean(view.invert)}`
       : entry.dtype === "float32" ? `f|${tableKey("float32", view)}` : tableKey(entry.dtype, view);
     if (entry.shownAs !== shownAs) this.paint(entry, view, shownAs);
@@ -417,8 +460,8 @@ class CanvasRenderer {
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.fillStyle = `rgb(${BACKGROUND.join(",")})`;
     ctx.fillRect(0, 0, width, height);
-    ctx.imageSmoothingEnabled = view.smooth !== false;
     const dest = placement(view, entry, width, height, this.dpr);
+    ctx.imageSmoothingEnabled = magnifies(view, dest, entry);
     ctx.drawImage(entry.surface, dest.x, dest.y, dest.width, dest.height);
     this.last = { key, view };
   }
@@ -426,8 +469,8 @@ class CanvasRenderer {
   /** The image's RGBA for this table, into its own surface: zoom and pan redraw it as it is. */
   paint(entry, view, shownAs) {
     const count = entry.rows * entry.columns;
-    const rgba = new ImageData(entry.columns, entry.rows);
-    const out = new Uint32Array(rgba.data.buffer);
+    if (!entry.rgba) entry.rgba = new ImageData(entry.columns, entry.rows);
+    const out = new Uint32Array(entry.rgba.data.buffer);
     const src = entry.pixels;
     if (entry.samples === 3) {
       fillColour(out, src, Boolean(view.invert));
@@ -439,8 +482,18 @@ class CanvasRenderer {
       for (let i = 0; i < count; i++) out[i] = table[src[i]];
     }
     if (!entry.surface) entry.surface = makeSurface(entry.columns, entry.rows);
-    entry.surface.getContext("2d").putImageData(rgba, 0, 0);
+    entry.surface.getContext("2d").putImageData(entry.rgba, 0, 0);
     entry.shownAs = shownAs;
+  }
+
+  /** RGBA is kept for the few images drawn last (8 bytes a pixel): a series stays affordable. */
+  keepPainted(key) {
+    this.painted = this.painted.filter((k) => k !== key);
+    this.painted.push(key);
+    while (this.painted.length > PAINTED_KEEP) {
+      const old = this.images.get(this.painted.shift());
+      if (old) Object.assign(old, { rgba: null, surface: null, shownAs: null });
+    }
   }
 
   table(dtype, view, key) {
@@ -466,7 +519,7 @@ class CanvasRenderer {
   bytesHeld() {
     let total = 0;
     for (const entry of this.images.values()) {
-      total += entry.bytes + (entry.surface ? entry.rows * entry.columns * 4 : 0);
+      total += entry.bytes + (entry.surface ? entry.rows * entry.columns * 8 : 0);
     }
     return total + (this.words ? this.words.table.byteLength : 0);
   }

@@ -70,7 +70,7 @@ function dragRate(mode, rows, columns, width, height, seconds) {
   const total = performance.now() - start;
   times.sort((a, b) => a - b);
   const tableStart = performance.now();
-  for (let i = 0; i < 50; i++) greyTable("uint16", { center: 2000 + i, width: 1000 });
+  for (let i = 0; i < 50; i++) greyTable("uint16", { center: 32768 + i, width: 65536 }); // worst case
   const tableMs = (performance.now() - tableStart) / 50;
   renderer.drop("big");
   return { kind: renderer.kind, updates: times.length, perSecond: times.length / (total / 1000),
@@ -78,5 +78,21 @@ function dragRate(mode, rows, columns, width, height, seconds) {
            tableMs };
 }
 
-window.harness = { open, upload, draw, call, dragRate };
+/** greyTable's levels for one view, as base64. */
+function table(dtype, view) {
+  return encode(greyTable(dtype, view));
+}
+
+/** Lose (then, with restore, get back) the WebGL context, as a GPU reset would. */
+const loseContext = new Map(); // name -> the extension, which a lost context no longer hands out
+function context(name, restore) {
+  const { canvas } = views.get(name);
+  if (!restore) loseContext.set(name, canvas.getContext("webgl2").getExtension("WEBGL_lose_context"));
+  const event = restore ? "webglcontextrestored" : "webglcontextlost";
+  const done = new Promise((resolve) => canvas.addEventListener(event, resolve, { once: true }));
+  if (restore) loseContext.get(name).restoreContext(); else loseContext.get(name).loseContext();
+  return done.then(() => event);
+}
+
+window.harness = { open, upload, draw, call, dragRate, table, context };
 document.documentElement.dataset.ready = "1";

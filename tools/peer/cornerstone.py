@@ -88,17 +88,45 @@ def check_build(build: bool = True) -> Path:
         raise PeerError(str(exc)) from exc
 
 
+def _ours_reads_initial_chunk_size() -> bool:
+    """Whether our configuration knows 5.14's ``initialChunkSize`` (then both read JSON alike)."""
+    from app.config import ConfigError, RetrieveConfig
+
+    try:
+        RetrieveConfig.from_json({"retrieveOptions": {"default": {"rangeIndex": 0, "initialChunkSize": 65536}}})
+    except ConfigError:
+        return False
+    return True
+
+
 def to_cornerstone(config: Mapping[str, Any]) -> dict:
     """Our retrieve configuration as Cornerstone 5.14 reads it.
 
-    Same keys, with one difference of meaning: our first byte range is ``chunkSize`` long, theirs
-    is ``initialChunkSize`` long (default 128 KiB) and ``chunkSize`` only sizes later ranges. So a
+    The same JSON once our configuration reads ``initialChunkSize``. Before that, our first byte
+    range is ``chunkSize`` long while theirs is ``initialChunkSize`` long (default 128 KiB), so a
     first range (``rangeIndex`` 0) gets ``initialChunkSize`` = our ``chunkSize`` unless given.
     """
     out = copy.deepcopy(dict(config))
+    if _ours_reads_initial_chunk_size():
+        return out
     for options in (out.get("retrieveOptions") or {}).values():
         if isinstance(options, dict) and options.get("rangeIndex") == 0 and "chunkSize" in options:
             options.setdefault("initialChunkSize", options["chunkSize"])
+    return out
+
+
+def to_ours(config: Mapping[str, Any]) -> dict:
+    """A configuration in 5.14's terms as our page reads it: the same JSON once our configuration
+    reads ``initialChunkSize``; before that, a first range's ``initialChunkSize`` becomes our
+    ``chunkSize`` (the size of our first range)."""
+    out = copy.deepcopy(dict(config))
+    if _ours_reads_initial_chunk_size():
+        return out
+    for options in (out.get("retrieveOptions") or {}).values():
+        if isinstance(options, dict) and "initialChunkSize" in options:
+            first = options.pop("initialChunkSize")
+            if options.get("rangeIndex") == 0:
+                options["chunkSize"] = first
     return out
 
 

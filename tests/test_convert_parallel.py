@@ -1,0 +1,90 @@
+"""The converter on a process pool writes the tree a serial run writes, and adds studies in place.
+
+Inputs are small series derived from the demo's real MR (tools/large_stacks.py), so these tests
+need the demo data (marked ``servers`` by the conftest through the ``demo_data`` fixture).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.convert import convert, read_json_pair
+from app.convert_pool import convert_parallel, main as convert_main
+from tools.large_stacks import StackSpec, write_series
+
+
+def tree_files(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def same_boundary(reference: Path, target: Path) -> None:
+    """Start `target` with the reference tree's manifest: the multipart boundary is per tree."""
+    target.mkdir(parents=True)
+    shutil.copy(reference / "dicomweb.json", target / "dicomweb.json")
+
+
+@pytest.fixture(scope="module")
+def small_series(demo_data, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sources")
+    made = {}
+    for name, slices, size in (("pool-a", 9, 128), ("pool-b", 5, 256)):
+        made[name] = root / name
+        write_series(StackSpec(name, f"pool test {name}", slices, size, 1.5, True, 7), made[name])
+    garbage = root / "pool-a" / "zz-not-dicom.dcm"
+    garbage.write_bytes(b"this is not a DICOM file" * 10)
+    return made
+
+
+def test_two_workers_write_the_serial_tree_byte_for_byte(small_series, tmp_path):
+    inputs = [small_series["pool-a"], small_series["pool-b"]]
+    serial = convert(inputs, tmp_path / "serial", quiet=True)
+    same_boundary(tmp_path / "serial", tmp_path / "pool")
+    pooled = convert_parallel(inputs, tmp_path / "pool", workers=2, quiet=True)
+
+    assert serial.files_converted == pooled.files_converted == 14
+    reference, got = tree_files(tmp_path / "serial"), tree_files(tmp_path / "pool")
+    assert sorted(got) == sorted(reference)
+    assert [name for name in reference if reference[name] != got[name]] == []  # frames and JSON alike
+    # the summary is the serial one: records in input order, the same failure, the same counters
+    assert [r.sop_uid for r in pooled.instances] == [r.sop_uid for r in serial.instances]
+    assert [(f.path, f.reason) for f in pooled.failures] == [(f.path, f.reason) for f in serial.failures]
+    assert len(pooled.failures) == 1 and pooled.failures[0].path.name == "zz-not-dicom.dcm"
+    assert pooled.frames == serial.frames and pooled.bytes_by_alternate == serial.bytes_by_alternate
+
+
+def test_adding_a_study_leaves_the_other_studies_files_alone(small_series, tmp_path):
+    out = tmp_path / "tree"
+    first = convert_parallel([small_series["pool-a"]], out, workers=2, quiet=True)
+    (study_a, _), = first.series
+    before = {path: (path.stat().st_ino, path.stat().st_mtime_ns)
+              for path in (out / "studies" / study_a).rglob("*") if path.is_file()}
+
+    second = convert_parallel([small_series["pool-b"]], out, workers=2, quiet=True)
+    (study_b, series_b), = second.series
+    after = {path: (path.stat().st_ino, path.stat().st_mtime_ns)
+             for path in (out / "studies" / study_a).rglob("*") if path.is_file()}
+    assert after == before  # not one file of study A rewritten
+
+    studies = read_json_pair(out / "studies" / "index.json", [])
+    assert sorted(item["0020000D"]["Value"][0] for item in studies) == sorted([study_a, study_b])
+    series_index = read_json_pair(out / "studies" / study_b / "series" / "index.json", [])
+    assert [item["0020000E"]["Value"][0] for item in series_index] == [series_b]
+    assert len(read_json_pair(out / "studies" / study_b / "series" / series_b / "metadata", [])) == 5
+
+    # and the tree equals one converted from both studies at once
+    same_boundary(out, tmp_path / "both")
+    convert([small_series["pool-a"], small_series["pool-b"]], tmp_path / "both", quiet=True)
+    assert tree_files(tmp_path / "both") == tree_files(out)
+
+
+def test_command_line_workers_flag_and_progress_across_workers(small_series, tmp_path, capsys):
+    code = convert_main([str(small_series["pool-b"]), "-o", str(tmp_path / "cli"), "--workers", "2"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "files: 5 converted, 0 failed" in captured.out
+    progress = [line for line in captured.err.splitlines() if line.startswith("[")]
+    assert sorted(int(line[1:].split("/")[0]) for line in progress) == [1, 2, 3, 4, 5]  # one line a file
+    assert convert_main([str(small_series["pool-b"]), "-o", str(tmp_path / "cli"), "--workers", "0"]) == 2

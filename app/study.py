@@ -110,11 +110,14 @@ class Stack:
         return self.alternates
 
 
-async def fetch_json(transport: Transport, url: str) -> object | None:
+async def fetch_json(transport: Transport, url: str, *, limits: TransferLimits = JSON_LIMITS) -> object | None:
     """GET a JSON document (gzip by magic bytes); None for 404/204 and friends.
 
-    An error answer's body is never read (it may be endless); the JSON body is collected up to
+    The transfer is under ``limits`` (unless the transport already applies some); an error
+    answer's body is never read (it may be endless); the JSON body is collected up to
     dicomjson.MAX_JSON_BYTES and checked for nesting and size before it is parsed."""
+    if not isinstance(transport, LimitedTransport):
+        transport = LimitedTransport(transport, limits)
     resp = await transport.get(url, headers={"Accept": JSON_ACCEPT})
     try:
         if resp.status in (204, 404, 410) or (resp.status >= 400 and resp.status != 500):

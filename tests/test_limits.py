@@ -328,3 +328,19 @@ def test_a_metadata_trickle_from_a_real_server_is_given_up():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_fetch_json_on_a_plain_transport_is_paced_too():
+    """Callers that skip discover (the page worker's series list) get the same rules: a stalled
+    answer ends at the low-speed time instead of hanging."""
+    from app.study import fetch_json
+    from app.transport.errors import TransportTimeout
+
+    async def stalled():
+        yield b"["
+        await asyncio.Event().wait()  # never set: the server went quiet
+
+    transport = MockTransport(lambda request: MockResponse(200, {"content-type": "application/json"}, stalled()))
+    with pytest.raises(TransportTimeout, match="no bytes for 0.05 s"):
+        asyncio.run(asyncio.wait_for(fetch_json(transport, f"{BASE}/../index.json",
+                                                limits=TransferLimits(low_speed_seconds=0.05)), 10))

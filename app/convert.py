@@ -777,8 +777,13 @@ def convert_one_file(path: Path, out: Path, names: tuple[str, ...], settings: En
     summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
     try:
         record, obj, entries = _convert_file(path, 1, out, names, settings, manifest, summary, Progress(1, quiet=True))
-    except (ConversionError, DecodeError, OSError, ValueError, MemoryError) as exc:
-        summary.failures.append(Failure(path, str(exc) or type(exc).__name__))
+    except NotDicom as exc:
+        summary.skipped.append(Failure(path, str(exc)))
+        return summary, None
+    except OutputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as in convert(): one bad file is that file's failure
+        summary.failures.append(Failure(path, _reason(exc)))
         return summary, None
     summary.instances.append(record)
     return summary, (obj, entries)

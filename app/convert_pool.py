@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Sequence
 
 from app import convert as serial
 from app.convert import (ConversionSummary, EncodeSettings, Failure, Progress, TreeManifest,
-                         convert_one_file, iter_input_files, lossy_step, open_manifest, parse_alternates,
+                         convert_one_file, iter_input_files, lossy_step, open_manifest, alternate_names,
                          remove_stale_temporaries)
 
 __all__ = ["convert_parallel", "default_workers", "merge_summary", "main"]
@@ -101,13 +101,13 @@ def convert_parallel(
                               progress_stream=progress_stream)
     started = time.perf_counter()
     out = Path(out)
-    names = parse_alternates(alternates)
+    names = alternate_names(alternates)
     settings = EncodeSettings(lossy_quality=lossy_quality)
     lossy_step(lossy_quality)
     manifest = open_manifest(out, raw)
     remove_stale_temporaries(out)
     summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
-    files = list(iter_input_files(Path(path) for path in inputs))
+    files = list(iter_input_files((Path(path) for path in inputs), exclude=out))
     progress = Progress(len(files), progress_stream, quiet)
     pending = serial._PendingMetadata(out)  # the serial run's batched JSON merge, in this process only
     finished: list[tuple[int, ConversionSummary]] = []
@@ -120,6 +120,8 @@ def convert_parallel(
                 if converted is None:
                     for failure in part.failures:
                         progress.failure(failure.path, failure.reason)
+                    for notice in part.skipped:
+                        progress.skipped(notice.path, notice.reason)
                     continue
                 record = part.instances[0]
                 pending.add(record, *converted)

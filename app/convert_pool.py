@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -115,7 +116,11 @@ def convert_parallel(
         with _pool(min(workers, max(1, len(files)))) as pool:
             window = workers * IN_FLIGHT_PER_WORKER
             for done, (index, future) in enumerate(_bounded(pool, files, window, out, names, settings, manifest), 1):
-                part, converted = future.result()
+                try:
+                    part, converted = future.result()
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)  # an unwritable tree, Ctrl-C, a lost worker
+                    raise
                 finished.append((index, part))
                 if converted is None:
                     for failure in part.failures:
@@ -127,6 +132,9 @@ def convert_parallel(
                 pending.add(record, *converted)
                 progress.frame(done, files[index], record.frames, record.frames, part.decode_seconds
                                + sum(part.seconds_by_alternate.values()))
+    except BrokenProcessPool as exc:
+        raise serial.ConversionError("a worker process died (out of memory, or killed); the files finished "
+                                     "are in the tree: run the same command again to complete it") from exc
     finally:
         pending.flush()  # also on KeyboardInterrupt: finished files reach the metadata
         progress.done()
@@ -150,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dask", metavar="SCHEDULER",
                         help="run on a Dask cluster, one task per series (e.g. tcp://scheduler:8786)")
     args = parser.parse_args(argv)
+    if args.dask and args.workers is not None:
+        parser.error("--workers and --dask exclude each other: the cluster's workers do the work")
     try:
         if args.dask:
             from app.convert_dask import convert_on_cluster

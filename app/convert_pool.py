@@ -97,23 +97,23 @@ def convert_parallel(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError("--workers must be >= 1")
-    if workers == 1:
+    out = Path(out)
+    files = list(iter_input_files((Path(path) for path in inputs), exclude=out))
+    if workers == 1 or len(files) < 2:  # nothing to share out
         return serial.convert(inputs, out, alternates, lossy_quality=lossy_quality, raw=raw, quiet=quiet,
                               progress_stream=progress_stream)
     started = time.perf_counter()
-    out = Path(out)
     names = alternate_names(alternates)
     settings = EncodeSettings(lossy_quality=lossy_quality)
     lossy_step(lossy_quality)
     manifest = open_manifest(out, raw)
     remove_stale_temporaries(out)
     summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
-    files = list(iter_input_files((Path(path) for path in inputs), exclude=out))
     progress = Progress(len(files), progress_stream, quiet)
     pending = serial._PendingMetadata(out)  # the serial run's batched JSON merge, in this process only
     finished: list[tuple[int, ConversionSummary]] = []
     try:
-        with _pool(min(workers, max(1, len(files)))) as pool:
+        with _pool(min(workers, len(files))) as pool:
             window = workers * IN_FLIGHT_PER_WORKER
             for done, (index, future) in enumerate(_bounded(pool, files, window, out, names, settings, manifest), 1):
                 try:

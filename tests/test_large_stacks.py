@@ -1,13 +1,16 @@
 """The large stacks made by set-up (tools/large_stacks.py), and a 1000-slice series loaded exactly by
 the CLI under a memory budget. Generated once and cached like the demo (about a minute the first
-time on 2 cores); marked ``servers`` (demo data, serve.py on loopback)."""
+time on 2 cores); those tests are marked ``servers`` (demo data, serve.py on loopback). The last
+test (engine back-pressure over a MockTransport) is in the fast tier."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy
 import pydicom
@@ -15,10 +18,14 @@ import pytest
 
 from app.bench.network import ServeProcess
 from app.cli import pixel_sha256
+from app.codecs import HTJ2K_LOSSLESS_RPCL
+from app.config import preset
 from app.convert import read_json_pair
+from app.engine import RetrieveEngine, RetrievePolicy
+from helpers import Site, htj2k_frame, image_pixels
 from tools.large_stacks import ensure_large_stacks
 
-PROJECT = __import__("pathlib").Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parent.parent
 UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 CACHE_MB = 32  # a quarter of the series' 128 MB of decoded pixels
 # what the process may hold beyond the budget and the one-image run's peak: frames in flight, the
@@ -111,3 +118,27 @@ def test_the_1000_slice_load_stays_within_the_memory_budget(loaded_1000):
     """Decoded pixels beyond the budget are dropped (the engine's Budget) and events wait for their
     reader before more work (no backlog of frames in the event queue)."""
     assert loaded_1000["peak"] - loaded_1000["baseline"] < CACHE_MB + OVERHEAD_MB
+
+
+def test_a_slow_reader_holds_back_the_engine_instead_of_a_backlog_of_frames():
+    """Fast tier, no sockets: with a reader slower than the decoder, events (and the pixels they
+    hold) waiting for it stay at about one job's worth per worker, not one per image."""
+    site = Site()
+    for index in range(48):
+        pixels = image_pixels(64, 64, seed=index)
+        site.add_frame(index, pixels, htj2k_frame(pixels), HTJ2K_LOSSLESS_RPCL)
+    concurrency = 3
+    engine = RetrieveEngine(site.stack(), preset("single"), site.transport(),
+                            policy=RetrievePolicy(concurrency=concurrency))
+
+    async def read_slowly() -> tuple[int, int]:
+        most = finals = 0
+        async for event in engine.run():
+            most = max(most, engine._queue.qsize())
+            finals += bool(getattr(event, "final", False))
+            await asyncio.sleep(0.001)  # the reader's own work (drawing, writing a line)
+        return most, finals
+
+    most, finals = asyncio.run(read_slowly())
+    assert finals == 48
+    assert most <= 6 * concurrency  # without back-pressure: every image's events (about 4 x 48)

@@ -91,7 +91,8 @@ def failure_text(url, message):
     low = message.lower()
     if "failed to fetch" in low or "networkerror" in low or "load failed" in low:
         cause = "the server could not be reached, or it does not allow this page to read it (CORS)"
-    elif "http 404" in low or "no series metadata" in low:
+    elif "http 404" in low or ("no series metadata" in low  # bare: absent; with ": cause": say the cause
+                               and ": " not in low.split("no series metadata", 1)[1]):
         cause = "not found (HTTP 404: no series metadata there)"
     elif "http 401" in low or "http 403" in low:
         cause = "access refused (%s)" % ("HTTP 401" if "401" in low else "HTTP 403")

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import AsyncIterator, Callable, Iterable
+from urllib.parse import urlsplit
 
 from ..codecs import DecodeError, decode_frame
 from ..config import RetrieveConfig, RetrieveOptions, RetrieveStage
 from ..readers.multipart import MultipartError
 from ..study import Stack
 from ..transport.base import Transport
-from ..transport.errors import TransportError
+from ..transport.errors import ProtocolError, TransportError
 from .budget import Budget
 from .events import EngineEvent, ImageFailed, Refinement
 from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded
@@ -302,6 +303,14 @@ class RetrieveEngine:
         if self.on_event is not None:
             self.on_event(event)
 
+    def check_url(self, url: str) -> None:
+        """Refuse a frame URL (a BulkDataURI, a redirect) outside the study's origin and
+        ``allowedOrigins``: the image fails naming the host, nothing is asked of it."""
+        if not self.config.allows_url(url, self.stack.series_url):
+            host = urlsplit(url).netloc or url
+            raise ProtocolError(f"{url}: host {host} is not the study's origin; "
+                                f"add its origin to allowedOrigins to load images from it")
+
     def t_ms(self, st: ImageState) -> float:
         if st.t0 is None:
             st.t0 = self.clock()
@@ -323,7 +332,7 @@ class RetrieveEngine:
             try:
                 pixels = decode_frame(part, syntax, fmt, reduce=reduce)
             except DecodeError:
-                if reduce == 0:
+                if end is None:
                     raise
                 body.partial_failed = True  # this decoder cannot read prefixes: wait for the whole frame
                 return
@@ -331,14 +340,14 @@ class RetrieveEngine:
                 part.release()
         decode_ms = round((self.clock() - t) * 1000.0, 3)
         rows, columns = pixels.shape[:2]
-        status = self.rules.status_of(image, options, syntax, rows, columns, partial=reduce > 0)
+        status = self.rules.status_of(image, options, syntax, rows, columns, partial=end is not None)
         rank = (int(status), rows * columns)
         if st.best is not None and rank <= st.best_rank:
             return  # never replace a better (or equal) result
         spacing = None
         if image.pixel_spacing is not None:
             spacing = (image.pixel_spacing[0] * image.rows / rows, image.pixel_spacing[1] * image.columns / columns)
-        final = reduce == 0 and not self.rules.later_stage_improves(
+        final = end is None and not self.rules.later_stage_improves(
             image, attempt.job.stage_pos, rank, image.index in self._requested, len(self._states))
         ref = Refinement(
             index=image.index, sop_instance_uid=image.sop_instance_uid, frame=image.frame,

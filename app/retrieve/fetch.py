@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, AsyncIterator, Callable
+from urllib.parse import urljoin
 
-from ..config import RetrieveOptions, RetrieveStage
+from ..config import DEFAULT_CHUNK_SIZE, DEFAULT_INITIAL_CHUNK_SIZE, RetrieveOptions, RetrieveStage
+from ..readers.codestream import ResolutionComplete
 from ..transport.base import ContentRange, Response, parse_content_range
 from ..transport.errors import ProtocolError, StatusError, TransportError, TransportTimeout, retry_after_seconds
 from .body import FrameBody
 from .events import FirstBytes, RequestFinished, RequestStarted
 from .policy import frame_request_url
-from .settings import ACCEPT_ANY
+from .settings import ACCEPT_ANY, MAX_REDIRECTS, REDIRECT_STATUSES
 from .state import ImageState, Job
 
 if TYPE_CHECKING:  # the engine drives attempts; attempts call back into it
@@ -32,6 +34,11 @@ if TYPE_CHECKING:  # the engine drives attempts; attempts call back into it
 __all__ = ["Attempt", "InlineAttempt", "StreamAttempt", "Superseded"]
 
 ByteRange = tuple[int, int | None]
+
+
+def _given(value: int, default: int) -> int:
+    """A streaming byte threshold: 0 (none) when the configuration left it at its default."""
+    return 0 if value == default else value
 
 
 class Superseded(Exception):
@@ -56,6 +63,7 @@ class Attempt:
                 body = st.bodies[url] = FrameBody(url, engine.rules.syntax_of(st.image, options))
         self.body = body
         self.last_partial: float | None = None  # clock of the last partial decode while streaming
+        self.last_partial_bytes = 0  # bytes held at that decode
 
     # -- the stage ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -70,10 +78,14 @@ class Attempt:
         elif self.options.range_index is not None or self.options.streaming:
             level = self.engine.rules.best_partial_level(body, self.st.best, self.options)
             if level is not None:
-                self.engine.decode(self, reduce=level.reduce, end=level.end_offset)
+                self.decode_partial(level)
 
     async def fetch_frame(self) -> None:
         raise NotImplementedError
+
+    def decode_partial(self, level: ResolutionComplete) -> None:
+        """Decode the prefix up to a complete level (at full size under ``decodeLevel`` 0)."""
+        self.engine.decode(self, reduce=self.engine.rules.partial_reduce(level, self.options), end=level.end_offset)
 
     def check(self) -> None:
         if not self.job.live:
@@ -230,14 +242,24 @@ class Attempt:
             if streaming and body.levels and not body.decodable_complete and self._decode_due():
                 level = self.engine.rules.best_partial_level(body, st.best, self.options)
                 if level is not None:
-                    self.engine.decode(self, reduce=level.reduce, end=level.end_offset)
-                    self.last_partial = self.engine.clock()
+                    self.decode_partial(level)
+                    self.last_partial, self.last_partial_bytes = self.engine.clock(), body.file_offset
                     await asyncio.sleep(0)
 
     def _decode_due(self) -> bool:
-        """``msBetweenDecode``: the least time between two partial decodes of the image."""
-        gap = self.options.ms_between_decode
-        return not gap or self.last_partial is None or (self.engine.clock() - self.last_partial) * 1000 >= gap
+        """Cornerstone's stream reader: the first partial decode once ``initialChunkSize`` bytes
+        are held, later ones ``chunkSize`` bytes and ``msBetweenDecode`` ms apart.
+
+        A size equal to its default counts as not given (RetrieveOptions cannot tell them apart):
+        then each level is decoded as soon as it completes, as our streaming presets do.
+        """
+        opts, held = self.options, self.body.file_offset
+        if self.last_partial is None:
+            return held >= _given(opts.initial_chunk_size, DEFAULT_INITIAL_CHUNK_SIZE)
+        if held - self.last_partial_bytes < _given(opts.chunk_size, DEFAULT_CHUNK_SIZE):
+            return False
+        gap = opts.ms_between_decode
+        return not gap or (self.engine.clock() - self.last_partial) * 1000 >= gap
 
     async def chunks(self, resp: Response) -> AsyncIterator[bytes]:
         """The body's chunks; no byte for the low-speed time is a timeout (the browser's fetch
@@ -260,14 +282,33 @@ class Attempt:
                 await aclose()
 
     async def get(self, byte_range: ByteRange | None) -> Response:
-        """transport.get, with the low-speed time as the deadline for the answer's headers."""
+        """transport.get, with the low-speed time as the deadline for the answer's headers.
+
+        Every URL asked for, redirected to (a 3xx with Location: NativeTransport does not follow)
+        or answered from (``response.url``: the browser's fetch follows by itself) must be one the
+        configuration allows for this study, so neither a BulkDataURI nor a redirect sends the
+        viewer to another host unless ``allowedOrigins`` says so.
+        """
         seconds = self.settings.low_speed_seconds
         url = self.body.url
-        try:
-            async with asyncio.timeout(seconds):
-                return await self.engine.transport.get(url, headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
-        except TimeoutError as exc:
-            raise TransportTimeout(f"GET {url}: no answer in {seconds:g} s") from exc
+        for _ in range(MAX_REDIRECTS + 1):
+            self.engine.check_url(url)
+            try:
+                async with asyncio.timeout(seconds):
+                    resp = await self.engine.transport.get(url, headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
+            except TimeoutError as exc:
+                raise TransportTimeout(f"GET {url}: no answer in {seconds:g} s") from exc
+            location = resp.headers.get("location") if resp.status in REDIRECT_STATUSES else None
+            try:
+                self.engine.check_url(resp.url or url)
+            except TransportError:
+                await resp.aclose()
+                raise
+            if not location:
+                return resp
+            await resp.aclose()
+            url = urljoin(url, location.strip())
+        raise ProtocolError(f"{self.body.url}: more than {MAX_REDIRECTS} redirects")
 
 
 class InlineAttempt(Attempt):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from app import convert as serial
-from app.convert import ConversionSummary, Failure, iter_input_files, open_manifest, parse_alternates
+from app.convert import ConversionSummary, Failure, iter_input_files, open_manifest, alternate_names
 from app.convert_pool import merge_summary
 
 __all__ = ["SeriesJob", "convert_on_cluster", "convert_series", "group_by_series", "STAGING"]
@@ -124,7 +124,7 @@ def convert_on_cluster(
 
     started = time.perf_counter()
     out = Path(out).resolve()
-    names = parse_alternates(alternates)
+    names = alternate_names(alternates)
     serial.lossy_step(lossy_quality)
     manifest = open_manifest(out, raw)
     shutil.rmtree(out / STAGING, ignore_errors=True)  # left by a run whose client died (one run a tree)

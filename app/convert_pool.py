@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Sequence
 
 from app import convert as serial
 from app.convert import (ConversionSummary, EncodeSettings, Failure, Progress, TreeManifest,
-                         convert_one_file, iter_input_files, lossy_step, open_manifest, parse_alternates,
+                         convert_one_file, iter_input_files, lossy_step, open_manifest, alternate_names,
                          remove_stale_temporaries)
 
 __all__ = ["convert_parallel", "default_workers", "merge_summary", "main"]
@@ -98,7 +98,7 @@ def convert_parallel(
                               progress_stream=progress_stream)
     started = time.perf_counter()
     out = Path(out)
-    names = parse_alternates(alternates)
+    names = alternate_names(alternates)
     settings = EncodeSettings(lossy_quality=lossy_quality)
     lossy_step(lossy_quality)
     manifest = open_manifest(out, raw)

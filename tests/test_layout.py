@@ -14,7 +14,7 @@ def test_every_app_module_is_shipped_to_the_browser():
     shipped = {Path(src).as_posix().removeprefix("./") for src in config["files"]}
     modules = {p.relative_to(PROJECT).as_posix() for p in (PROJECT / "app").rglob("*.py")}
     browser_only_entry = {"app/main.py"}  # loaded by the <script type="py"> tag itself
-    cpython_only = {"app/convert.py", "app/thumbnails.py", "app/cli.py", "app/check.py", "app/__main__.py",
+    cpython_only = {"app/convert.py", "app/convert_pool.py", "app/convert_dask.py", "app/thumbnails.py", "app/cli.py", "app/check.py", "app/__main__.py",
                     "app/transport/native.py", "app/transport/framing.py", "app/transport/mock.py"}
     cpython_only |= {m for m in modules if m.startswith("app/bench/")}  # the benchmark package
     assert modules - shipped - browser_only_entry - cpython_only == set()

@@ -329,11 +329,12 @@ def no_tlm_tree(demo_data: Path, out: Path) -> Path:
     shutil.copytree(study, out / "studies" / study.name, copy_function=os.link)
     for name in ("dicomweb.json", "demo.json"):
         shutil.copyfile(demo_data / name, out / name)
-    frame = next(out.glob("studies/*/series/*/instances/*/frames/1"))
+    frame = stored_frames(out, "studies/*/series/*/instances/*/frames/1")[0]
     raw = frame.read_bytes()
     codestream = one_tile_part(raw[raw.index(b"\xff\x4f\xff\x51") : raw.rindex(b"\xff\xd9") + 2])
     frame.unlink()  # a hard link: replace it, never write into it
-    alternate = dataclasses.replace(ALTERNATES["frames"], transfer_syntax=HTJ2K_LOSSLESS)
+    frames = ALTERNATES["frames"]
+    alternate = dataclasses.replace(frames, spec=dataclasses.replace(frames.spec, transfer_syntax=HTJ2K_LOSSLESS))
     frame.write_bytes(b"".join(frame_file_chunks(open_manifest(out, raw=False), alternate, codestream)))
     return out
 
@@ -354,7 +355,7 @@ def test_cli_streams_levels_of_a_no_tlm_radiograph_before_the_final(demo_data, s
     assert final["final"] and final["status"] == "FULL_RESOLUTION" and final["transfer_syntax"] == HTJ2K_LOSSLESS
     source = pydicom.dcmread(PROJECT / ".cache" / "demo" / "radiograph" / "cat.dcm").pixel_array
     assert final["sha256"] == hashlib.sha256(np.ascontiguousarray(source, "<u2").tobytes()).hexdigest()
-    frame = next(tree.glob("studies/*/series/*/instances/*/frames/1"))
+    frame = stored_frames(tree, "studies/*/series/*/instances/*/frames/1")[0]
     assert final["bytes_received"] == frame.stat().st_size  # nothing fetched twice
 
 

@@ -17,6 +17,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from . import dicomjson as dj
 from .codecs import MAX_FRAME_BYTES, PixelFormat
+from .config import origin_of
 from .dicomjson import Tag
 from .transport.base import Transport, TransportError
 from .tree import Alternate, parse_alternates
@@ -106,12 +107,27 @@ class Stack:
 
 async def fetch_json(transport: Transport, url: str) -> object | None:
     """GET a JSON document (gzip by magic bytes); None for 404/204 and friends."""
+    return (await _json_or_cause(transport, url))[0]
+
+
+async def _json_or_cause(transport: Transport, url: str) -> tuple[object | None, str]:
+    """The document, or None and why there is none (an HTTP status, an empty body).
+
+    An answer that is there but unusable (a redirect, too large, not JSON) raises DiscoveryError;
+    none at all raises TransportError. Redirects are not followed (NativeTransport); one the
+    browser followed to another origin is refused, as frames are.
+    """
     resp = await transport.get(url, headers={"Accept": JSON_ACCEPT})
     try:
+        if resp.url and origin_of(resp.url) != origin_of(url):
+            raise DiscoveryError(f"GET {url}: redirected to another host ({resp.url})")
+        if 300 <= resp.status < 400:
+            where = resp.headers.get("location", "?")
+            raise DiscoveryError(f"GET {url}: redirected (HTTP {resp.status}) to {where}: redirects are not followed")
         if resp.status in (204, 404, 410) or (resp.status >= 400 and resp.status != 500):
             async for _ in resp.chunks():
                 pass
-            return None
+            return None, f"HTTP {resp.status}"
         body = bytearray()
         async for chunk in resp.chunks():
             body += chunk
@@ -122,26 +138,36 @@ async def fetch_json(transport: Transport, url: str) -> object | None:
     finally:
         await resp.aclose()
     if not body.strip():
-        return None
+        return None, "empty body"
     try:
-        return dj.loads(body)
+        return dj.loads(body), ""
     except (ValueError, OSError) as exc:
         raise DiscoveryError(f"GET {url}: not JSON ({exc})") from exc
 
 
-async def _first_json(transport: Transport, urls: list[str]) -> tuple[str, object] | None:
-    """The first of the candidate URLs that answers JSON; a network failure on all is raised."""
-    failures: list[Exception] = []
+async def _first_json(transport: Transport, urls: list[str], *, missing: str | None = None
+                      ) -> tuple[str, object] | None:
+    """The first of the candidate URLs that answers JSON.
+
+    None if none does, or with ``missing`` a DiscoveryError '<missing>: <each URL's cause>'
+    (a 404, a timeout, a redirect, nesting, a gzip bomb): the user sees why, not just that.
+    A network failure on every URL is raised either way.
+    """
+    causes: list[str] = []
+    failures: list[TransportError] = []
     for url in urls:
         try:
-            doc = await fetch_json(transport, url)
+            doc, cause = await _json_or_cause(transport, url)
         except TransportError as exc:
             failures.append(exc)
-            continue
-        except DiscoveryError:
-            doc = None
+            doc, cause = None, str(exc)
+        except DiscoveryError as exc:
+            doc, cause = None, str(exc)
         if doc is not None:
             return url, doc
+        causes.append(f"{url.rsplit('/', 1)[-1]}: {cause.removeprefix(f'GET {url}: ')}")
+    if missing is not None:
+        raise DiscoveryError(f"{missing}: " + "; ".join(causes))
     if failures and len(failures) == len(urls):
         raise DiscoveryError(str(failures[-1]))
     return None
@@ -170,7 +196,8 @@ async def discover(transport: Transport, url: str, *, series_uid: str | None = N
         url = url.rsplit("/", 1)[0]
     # a DICOMweb root: list studies
     found = await _first_json(
-        transport, [f"{url}/studies", f"{url}/studies/index.json", f"{url}/studies/index.json.gz"]
+        transport, [f"{url}/studies", f"{url}/studies/index.json", f"{url}/studies/index.json.gz"],
+        missing=f"no studies found under {url}",
     )
     if found is None or not isinstance(found[1], list) or not found[1]:
         raise DiscoveryError(f"no studies found under {url}")
@@ -192,6 +219,7 @@ async def _load_study(transport: Transport, study_url: str, series_uid: str | No
     found = await _first_json(
         transport,
         [f"{study_url}/series", f"{study_url}/series/index.json", f"{study_url}/series/index.json.gz"],
+        missing=f"no series found under {study_url}",
     )
     if found is None or not isinstance(found[1], list) or not found[1]:
         raise DiscoveryError(f"no series found under {study_url}")
@@ -217,9 +245,8 @@ async def _load_series(transport: Transport, series_url: str, metadata_urls: lis
     alternates = asyncio.ensure_future(_alternates(transport, series_url))
     urls = metadata_urls or [f"{series_url}/metadata", f"{series_url}/metadata.gz", f"{series_url}/metadata.json"]
     try:
-        found = await _first_json(transport, urls)
-        if found is None:
-            raise DiscoveryError(f"no series metadata at {urls[0]}")
+        found = await _first_json(transport, urls, missing=f"no series metadata at {urls[0]}")
+        assert found is not None
         stack = stack_from_metadata(found[1], series_url)
     except BaseException:
         alternates.cancel()

@@ -256,3 +256,40 @@ def test_native_transport_follows_a_redirect_only_to_the_study_origin(redirectin
         assert redirecting.log == ["/s/instances/1.2.3.4.1/frames/1"]  # localhost is another origin
         (failure,) = failures(events)
         assert f"localhost:{port}" in failure.message
+
+
+# -- discovery says why there is no metadata ----------------------------------------------------------------
+
+
+def discover_over(handler):
+    from app.study import discover
+    from app.transport.mock import MockTransport
+
+    return asyncio.run(discover(MockTransport(handler), "http://a.test/s/studies/1/series/2"))
+
+
+def test_no_series_metadata_names_each_candidates_cause():
+    from app.study import DiscoveryError
+    from app.transport.errors import TransportTimeout
+
+    def handler(req):
+        if req.url.endswith("/metadata.json"):
+            raise TransportTimeout(f"GET {req.url}: timed out")
+        return MockResponse(404)
+
+    with pytest.raises(DiscoveryError) as caught:
+        discover_over(handler)
+    assert str(caught.value) == ("no series metadata at http://a.test/s/studies/1/series/2/metadata: "
+                                 "metadata: HTTP 404; metadata.gz: HTTP 404; metadata.json: timed out")
+
+
+def test_metadata_the_client_was_redirected_for_to_another_host_is_refused():
+    from app.study import DiscoveryError
+
+    def handler(req):
+        if req.url.endswith("/metadata"):
+            return MockResponse(200, {"content-type": "application/json"}, b"[]", url="http://other.test/m")
+        return MockResponse(404)
+
+    with pytest.raises(DiscoveryError, match=r"metadata: redirected to another host \(http://other.test/m\)"):
+        discover_over(handler)

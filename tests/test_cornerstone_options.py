@@ -293,3 +293,80 @@ def test_metadata_the_client_was_redirected_for_to_another_host_is_refused():
 
     with pytest.raises(DiscoveryError, match=r"metadata: redirected to another host \(http://other.test/m\)"):
         discover_over(handler)
+
+
+# -- the browser transport in a real Chromium: where a followed redirect ended ------------------------------
+
+_PAGE = b"""<!doctype html><meta charset="utf-8"><script type="module">
+import { loadPyodide } from "/static/pyodide/pyodide.mjs";
+window.py = loadPyodide({ indexURL: "/static/pyodide/" });
+</script>"""
+_SOURCES = ("app/__init__.py", "app/transport/__init__.py", "app/transport/base.py",
+            "app/transport/errors.py", "app/transport/browser.py")
+
+
+class _PageAndRedirect(QuietHandler):
+    """The test page, Pyodide, the transport's sources; /redirect sends the page's fetch to the
+    same port under another host name (another origin), whose answer allows any origin."""
+
+    def do_GET(self):
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parents[1]
+        path = self.path.split("?")[0]
+        headers = {"Access-Control-Allow-Origin": "*"}
+        if path == "/":
+            body, ctype = _PAGE, "text/html"
+        elif path == "/redirect":
+            self._head(302, {**headers, "Location": self.server.location, "Content-Length": "0"})
+            return
+        elif path == "/frame":
+            body, ctype = b"frame bytes", "application/octet-stream"
+        elif path.startswith("/static/pyodide/") or path.lstrip("/") in _SOURCES:
+            file = root / path.lstrip("/")
+            body = file.read_bytes()
+            ctype = {".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json"}.get(
+                file.suffix, "application/octet-stream")
+        else:
+            self._head(404, {"Content-Length": "0"})
+            return
+        self._head(200, {**headers, "Content-Type": ctype, "Content-Length": str(len(body))})
+        self.wfile.write(body)
+
+
+_RUN = """async ([sources, url]) => {
+  const py = await window.py;
+  for (const path of sources) {
+    const text = await (await fetch("/" + path)).text();
+    py.FS.mkdirTree("/home/pyodide/" + path.split("/").slice(0, -1).join("/"));
+    py.FS.writeFile("/home/pyodide/" + path, text);
+  }
+  py.globals.set("target", url);
+  return await py.runPythonAsync(`
+from app.transport.browser import BrowserTransport
+resp = await BrowserTransport().get(target)
+body = b"".join([c async for c in resp.chunks()])
+f"{resp.status} {resp.url} {body.decode()}"
+`);
+}"""
+
+
+@pytest.mark.browser
+def test_browser_transport_reports_where_a_followed_redirect_ended(browser):
+    """fetch follows redirects by itself: the answer's url must be where it ended (another
+    origin here), which is what the engine checks against allowedOrigins."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _PageAndRedirect)
+    httpd.daemon_threads = True
+    port = httpd.server_address[1]
+    httpd.location = f"http://localhost:{port}/frame"
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        result = page.evaluate(_RUN, [list(_SOURCES), f"http://127.0.0.1:{port}/redirect"])
+    finally:
+        context.close()
+        httpd.shutdown()
+        httpd.server_close()
+    assert result == f"200 http://localhost:{port}/frame frame bytes"

@@ -120,7 +120,7 @@ async def _json_or_cause(transport: Transport, url: str) -> tuple[object | None,
     resp = await transport.get(url, headers={"Accept": JSON_ACCEPT})
     try:
         if resp.url and origin_of(resp.url) != origin_of(url):
-            raise DiscoveryError(f"GET {url}: redirected to another host ({resp.url})")
+            raise DiscoveryError(f"GET {url}: redirected to another origin ({resp.url})")
         if 300 <= resp.status < 400:
             where = resp.headers.get("location", "?")
             raise DiscoveryError(f"GET {url}: redirected (HTTP {resp.status}) to {where}: redirects are not followed")

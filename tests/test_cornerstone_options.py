@@ -291,7 +291,7 @@ def test_metadata_the_client_was_redirected_for_to_another_host_is_refused():
             return MockResponse(200, {"content-type": "application/json"}, b"[]", url="http://other.test/m")
         return MockResponse(404)
 
-    with pytest.raises(DiscoveryError, match=r"metadata: redirected to another host \(http://other.test/m\)"):
+    with pytest.raises(DiscoveryError, match=r"metadata: redirected to another origin \(http://other.test/m\)"):
         discover_over(handler)
 
 

@@ -20,6 +20,7 @@ from .codecs import MAX_FRAME_BYTES, PixelFormat
 from .config import origin_of
 from .dicomjson import Tag
 from .transport.base import Transport, TransportError
+from .transport.limits import JSON_LIMITS, LimitedTransport, TransferLimits
 from .tree import Alternate, parse_alternates
 from .uids import EXPLICIT_VR_LITTLE_ENDIAN
 
@@ -40,6 +41,11 @@ MAX_STACK_IMAGES = 100_000  # frames of one series; more is a broken or hostile 
 
 class DiscoveryError(Exception):
     """The URL does not lead to a series with images."""
+
+
+class RefusedDocument(DiscoveryError):
+    """A document was refused for what it is (nested too deeply, too large, too many objects),
+    not for being absent: its reason is reported instead of "not found"."""
 
 
 @dataclass(frozen=True)
@@ -106,16 +112,20 @@ class Stack:
 
 
 async def fetch_json(transport: Transport, url: str) -> object | None:
-    """GET a JSON document (gzip by magic bytes); None for 404/204 and friends."""
+    """GET a JSON document (gzip by magic bytes); None for 404/204 and friends.
+
+    An error answer's body is never read (it may be endless); the JSON body is collected up to
+    dicomjson.MAX_JSON_BYTES and checked for nesting and size before it is parsed."""
     return (await _json_or_cause(transport, url))[0]
 
 
 async def _json_or_cause(transport: Transport, url: str) -> tuple[object | None, str]:
     """The document, or None and why there is none (an HTTP status, an empty body).
 
-    An answer that is there but unusable (a redirect, too large, not JSON) raises DiscoveryError;
-    none at all raises TransportError. Redirects are not followed (NativeTransport); one the
-    browser followed to another origin is refused, as frames are.
+    An answer that is there but unusable (a redirect, not JSON) raises DiscoveryError, one refused
+    for what it is (too large, nested too deeply) RefusedDocument; none at all TransportError.
+    Redirects are not followed (NativeTransport); one the browser followed to another origin is
+    refused, as frames are.
     """
     resp = await transport.get(url, headers={"Accept": JSON_ACCEPT})
     try:
@@ -125,22 +135,22 @@ async def _json_or_cause(transport: Transport, url: str) -> tuple[object | None,
             where = resp.headers.get("location", "?")
             raise DiscoveryError(f"GET {url}: redirected (HTTP {resp.status}) to {where}: redirects are not followed")
         if resp.status in (204, 404, 410) or (resp.status >= 400 and resp.status != 500):
-            async for _ in resp.chunks():
-                pass
             return None, f"HTTP {resp.status}"
+        if resp.status != 200:
+            raise DiscoveryError(f"GET {url}: HTTP {resp.status}")
         body = bytearray()
         async for chunk in resp.chunks():
             body += chunk
             if len(body) > dj.MAX_JSON_BYTES:
-                raise DiscoveryError(f"GET {url}: more than {dj.MAX_JSON_BYTES} bytes of JSON")
-        if resp.status != 200:
-            raise DiscoveryError(f"GET {url}: HTTP {resp.status}")
+                raise RefusedDocument(f"GET {url}: more than {dj.MAX_JSON_BYTES} bytes of JSON")
     finally:
         await resp.aclose()
     if not body.strip():
         return None, "empty body"
     try:
         return dj.loads(body), ""
+    except dj.JsonRefused as exc:
+        raise RefusedDocument(f"GET {url}: {exc}") from exc
     except (ValueError, OSError) as exc:
         raise DiscoveryError(f"GET {url}: not JSON ({exc})") from exc
 
@@ -149,16 +159,17 @@ async def _first_json(transport: Transport, urls: list[str], *, missing: str | N
                       ) -> tuple[str, object] | None:
     """The first of the candidate URLs that answers JSON.
 
-    None if none does, or with ``missing`` a DiscoveryError '<missing>: <each URL's cause>'
-    (a 404, a timeout, a redirect, nesting, a gzip bomb): the user sees why, not just that.
-    A network failure on every URL is raised either way.
+    When none does: with ``missing``, a DiscoveryError '<missing>: <each URL's cause>' (a 404, a
+    timeout, a redirect, nesting, a gzip bomb): the user sees why, not just that. Without it, a
+    network failure, timeout or refused document is raised (its reason matters more than "not
+    found"), else None.
     """
     causes: list[str] = []
-    failures: list[TransportError] = []
+    failures: list[Exception] = []
     for url in urls:
         try:
             doc, cause = await _json_or_cause(transport, url)
-        except TransportError as exc:
+        except (TransportError, RefusedDocument) as exc:
             failures.append(exc)
             doc, cause = None, str(exc)
         except DiscoveryError as exc:
@@ -167,9 +178,9 @@ async def _first_json(transport: Transport, urls: list[str], *, missing: str | N
             return url, doc
         causes.append(f"{url.rsplit('/', 1)[-1]}: {cause.removeprefix(f'GET {url}: ')}")
     if missing is not None:
-        raise DiscoveryError(f"{missing}: " + "; ".join(causes))
-    if failures and len(failures) == len(urls):
-        raise DiscoveryError(str(failures[-1]))
+        raise DiscoveryError(f"{missing}: " + "; ".join(causes)) from (failures[0] if failures else None)
+    if failures:
+        raise DiscoveryError(str(failures[0])) from failures[0]
     return None
 
 
@@ -182,8 +193,13 @@ def _path_segments(url: str) -> list[str]:
     return [s for s in urlsplit(url).path.split("/") if s]
 
 
-async def discover(transport: Transport, url: str, *, series_uid: str | None = None) -> Stack:
-    """Find the series the URL names (or the first/best one under it) and build its stack."""
+async def discover(transport: Transport, url: str, *, series_uid: str | None = None,
+                   limits: TransferLimits = JSON_LIMITS) -> Stack:
+    """Find the series the URL names (or the first/best one under it) and build its stack.
+
+    Every document is fetched under ``limits`` (the frames' low-speed rule, a deadline)."""
+    if not isinstance(transport, LimitedTransport):
+        transport = LimitedTransport(transport, limits)
     url = _strip(url)
     segs = _path_segments(url)
     if segs and segs[-1] in ("metadata", "metadata.gz", "metadata.json"):

@@ -159,10 +159,10 @@ async def _first_json(transport: Transport, urls: list[str], *, missing: str | N
                       ) -> tuple[str, object] | None:
     """The first of the candidate URLs that answers JSON.
 
-    When none does: with ``missing``, a DiscoveryError '<missing>: <each URL's cause>' (a 404, a
-    timeout, a redirect, nesting, a gzip bomb): the user sees why, not just that. Without it, a
-    network failure, timeout or refused document is raised (its reason matters more than "not
-    found"), else None.
+    When none does, a network failure, timeout or refused document (too large, nested too deeply)
+    is raised: its reason matters more than "not found". Else, with ``missing``, a DiscoveryError
+    '<missing>: <each URL's cause>' (a 404, a redirect, not JSON), so the user sees why, not just
+    that; without it, None.
     """
     causes: list[str] = []
     failures: list[Exception] = []
@@ -177,10 +177,10 @@ async def _first_json(transport: Transport, urls: list[str], *, missing: str | N
         if doc is not None:
             return url, doc
         causes.append(f"{url.rsplit('/', 1)[-1]}: {cause.removeprefix(f'GET {url}: ')}")
-    if missing is not None:
-        raise DiscoveryError(f"{missing}: " + "; ".join(causes)) from (failures[0] if failures else None)
-    if failures:
+    if failures:  # alone: "not found" would hide it (the page words a message by what it names)
         raise DiscoveryError(str(failures[0])) from failures[0]
+    if missing is not None:
+        raise DiscoveryError(f"{missing}: " + "; ".join(causes))
     return None
 
 

@@ -269,7 +269,7 @@ class _Odd(BaseHTTPRequestHandler):
 
 @pytest.mark.servers  # a loopback server of its own
 @pytest.mark.parametrize(("kind", "cause"), [("redirect", "redirected (HTTP 302) to http://198.51.100.7"),
-                                              ("nested", "nested too deeply"), ("bomb", "inflates to more than")])
+                                              ("nested", "nested more than"), ("bomb", "inflates to more than")])
 def test_no_series_metadata_names_the_real_cause(kind, cause):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Odd)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -281,7 +281,7 @@ def test_no_series_metadata_names_the_real_cause(kind, cause):
         server.shutdown()
         server.server_close()
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
-    assert "no series metadata at" in result.stderr and cause in result.stderr
+    assert "/series/1.3/metadata" in result.stderr and cause in result.stderr
 
 
 def test_htj2k_byte_range_is_cornerstones_row_64_kb_then_the_rest(demo_server, demo_data):

@@ -270,6 +270,24 @@ def discover_over(handler):
 
 def test_no_series_metadata_names_each_candidates_cause():
     from app.study import DiscoveryError
+
+    def handler(req):
+        if req.url.endswith("/metadata"):
+            return MockResponse(302, {"location": "http://a.test/elsewhere"})
+        if req.url.endswith("/metadata.json"):
+            return MockResponse(200, {"content-type": "application/json"}, b"<html>login</html>")
+        return MockResponse(404)
+
+    with pytest.raises(DiscoveryError) as caught:
+        discover_over(handler)
+    assert str(caught.value) == (
+        "no series metadata at http://a.test/s/studies/1/series/2/metadata: "
+        "metadata: redirected (HTTP 302) to http://a.test/elsewhere: redirects are not followed; "
+        "metadata.gz: HTTP 404; metadata.json: not JSON (Expecting value: line 1 column 1 (char 0))")
+
+
+def test_a_timeout_is_named_even_when_the_other_candidates_404():
+    from app.study import DiscoveryError
     from app.transport.errors import TransportTimeout
 
     def handler(req):
@@ -277,10 +295,8 @@ def test_no_series_metadata_names_each_candidates_cause():
             raise TransportTimeout(f"GET {req.url}: timed out")
         return MockResponse(404)
 
-    with pytest.raises(DiscoveryError) as caught:
+    with pytest.raises(DiscoveryError, match=r"metadata.json: timed out"):
         discover_over(handler)
-    assert str(caught.value) == ("no series metadata at http://a.test/s/studies/1/series/2/metadata: "
-                                 "metadata: HTTP 404; metadata.gz: HTTP 404; metadata.json: timed out")
 
 
 def test_metadata_the_client_was_redirected_for_to_another_host_is_refused():

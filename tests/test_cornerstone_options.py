@@ -386,3 +386,60 @@ def test_browser_transport_reports_where_a_followed_redirect_ended(browser):
         httpd.shutdown()
         httpd.server_close()
     assert result == f"200 http://localhost:{port}/frame frame bytes"
+
+
+# -- the CLI: a BulkDataURI on another origin, refused unless --allow-origin names it -----------------------
+
+
+class _BulkElsewhere(QuietHandler):
+    """Series metadata whose BulkDataURI names this server under another host name."""
+
+    def do_GET(self):
+        import json
+
+        server = self.server
+        server.log.append(self.headers.get("Host", "") + self.path)
+        if self.path == "/s/studies/1.2.3/series/1.2.3.4/metadata":
+            doc = [instance_json("1.2.3.4.1", 1, 256, 256, HTJ2K_LOSSLESS_RPCL)]
+            doc[0]["7FE00010"] = {"vr": "OB", "BulkDataURI": f"{server.elsewhere}/bulk/1.2.3.4.1/frames"}
+            body, ctype = json.dumps(doc).encode(), "application/dicom+json"
+        elif self.path == "/bulk/1.2.3.4.1/frames/1":
+            body, ctype = server.frame
+        else:
+            self._head(404, {"Content-Length": "0"})
+            return
+        self._head(200, {"Content-Type": ctype, "Content-Length": str(len(body))})
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_cli_loads_bulk_data_on_another_origin_only_when_allowed(image, allow):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from app.cli import pixel_sha256
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _BulkElsewhere)
+    httpd.daemon_threads = True
+    port = httpd.server_address[1]
+    httpd.log, httpd.frame = [], multipart_frame(image[1], HTJ2K_LOSSLESS_RPCL)
+    httpd.elsewhere = f"http://localhost:{port}"
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    args = ["--allow-origin", httpd.elsewhere] if allow else []
+    try:
+        result = subprocess.run([sys.executable, "-m", "app", "load", f"http://127.0.0.1:{port}/s/studies/1.2.3/series/1.2.3.4", *args],
+                                cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    if allow:
+        assert result.returncode == 0, result.stderr
+        finals = [json.loads(line) for line in result.stdout.splitlines()]
+        finals = [e for e in finals if e["event"] == "Refinement" and e["final"]]
+        assert [e["sha256"] for e in finals] == [pixel_sha256(image[0])]
+    else:
+        assert result.returncode == 1
+        assert f"localhost:{port}" in result.stderr and "allowedOrigins" in result.stderr
+        assert not [entry for entry in httpd.log if "/bulk/" in entry]  # the other origin was never asked

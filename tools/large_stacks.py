@@ -271,8 +271,10 @@ def _stack(spec: StackSpec, source_dir: Path, tree: Path) -> LargeStack:
 
 def _stamp(spec: StackSpec) -> dict:
     from app.convert import CONVERTER_VERSION
+    from app.tree import FRAME_SUFFIX
 
-    return {"generator": GENERATOR_VERSION, "converterVersion": CONVERTER_VERSION, "spec": asdict(spec)}
+    return {"generator": GENERATOR_VERSION, "converterVersion": CONVERTER_VERSION, "frameSuffix": FRAME_SUFFIX,
+            "spec": asdict(spec)}
 
 
 @contextmanager

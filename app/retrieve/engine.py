@@ -202,6 +202,10 @@ class RetrieveEngine:
 
     async def _worker(self) -> None:
         while True:
+            while self._queue is not None and self._queue.qsize() > self.policy.concurrency:
+                # events run() has not handed out hold their pixels, out of the budget's reach: let
+                # the reader catch up before more work (a fast server otherwise fills memory)
+                await asyncio.sleep(0.001)
             taken = self.scheduler.take()
             if taken is None:
                 if self.scheduler.idle:

@@ -44,7 +44,7 @@ def tree():
 
 def load(url: str, config: RetrieveConfig) -> tuple[list, RetrieveEngine]:
     async def main():
-        transport = NativeTransport(connect_timeout=2, read_timeout=5)
+        transport = NativeTransport()  # default timeouts: a loaded machine must not turn into a retry
         try:
             stack = await discover(transport, url)
             engine = RetrieveEngine(stack, config, transport)

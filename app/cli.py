@@ -8,7 +8,6 @@ import dataclasses
 import enum
 import hashlib
 import json
-import re
 import sys
 import time
 import traceback
@@ -17,7 +16,6 @@ from typing import Sequence, TextIO
 
 import numpy
 
-from .check import explain_missing_json
 from .config import PRESETS, ConfigError, RetrieveConfig, parse_config, preset
 from .engine import (DEFAULT_CONCURRENCY, EngineEvent, ImageFailed, Refinement, RetrieveEngine,
                      RetrievePolicy)
@@ -96,10 +94,7 @@ async def load(
     transport = transport or default_transport()
     try:
         t0 = time.perf_counter()
-        try:
-            stack = await discover(transport, url, series_uid=series)
-        except DiscoveryError as exc:
-            raise DiscoveryError(await _with_cause(transport, str(exc))) from exc
+        stack = await discover(transport, url, series_uid=series)  # a DiscoveryError names each cause
         out.write(json.dumps({
             "event": "StackReady", "study_uid": stack.study_uid, "series_uid": stack.series_uid,
             "images": len(stack), "series_url": stack.series_url,
@@ -121,19 +116,6 @@ async def load(
     finally:
         if own:
             await transport.aclose()
-
-
-_NO_METADATA = re.compile(r"no series metadata at (\S+/metadata)\b")
-
-
-async def _with_cause(transport, message: str) -> str:
-    """study.py says only 'no series metadata at X': ask each candidate again and say why."""
-    found = _NO_METADATA.search(message)
-    if not found:
-        return message
-    first = found.group(1)
-    causes = await explain_missing_json(transport, [first, first + ".gz", first + ".json"])
-    return f"{message} ({causes})"
 
 
 def _viewport(text: str) -> tuple[int, int]:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import AsyncIterator, Callable, Iterable
+from urllib.parse import urlsplit
 
 from ..codecs import DecodeError
 from ..config import RetrieveConfig, RetrieveOptions, RetrieveStage
 from ..readers.multipart import MultipartError
 from ..study import Stack
 from ..transport.base import Transport
-from ..transport.errors import TransportError
+from ..transport.errors import ProtocolError, TransportError
 from .budget import Budget
 from .events import EngineEvent, ImageFailed, Refinement
 from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded, WholeAttempt
@@ -309,6 +310,14 @@ class RetrieveEngine:
         if self.on_event is not None:
             self.on_event(event)
 
+    def check_url(self, url: str) -> None:
+        """Refuse a frame URL (a BulkDataURI, a redirect) outside the study's origin and
+        ``allowedOrigins``: the image fails naming the host, nothing is asked of it."""
+        if not self.config.allows_url(url, self.stack.series_url):
+            host = urlsplit(url).netloc or url
+            raise ProtocolError(f"{url}: host {host} is not the study's origin; "
+                                f"add its origin to allowedOrigins to load images from it")
+
     def t_ms(self, st: ImageState) -> float:
         if st.t0 is None:
             st.t0 = self.clock()
@@ -327,12 +336,12 @@ class RetrieveEngine:
             return  # this decoder cannot read prefixes: wait for the whole frame
         decode_ms = round((self.clock() - t) * 1000.0, 3)
         rows, columns = pixels.shape[:2]
-        status = self.rules.status_of(image, options, syntax, rows, columns, partial=reduce > 0,
-                                      stream_lossless=body.stream_lossless if reduce == 0 else None)
+        status = self.rules.status_of(image, options, syntax, rows, columns, partial=end is not None,
+                                      stream_lossless=body.stream_lossless if end is None else None)
         rank = (int(status), rows * columns)
         if st.best is not None and rank <= st.best_rank:
             return  # never replace a better (or equal) result
-        final = reduce == 0 and not self.rules.later_stage_improves(
+        final = end is None and not self.rules.later_stage_improves(
             image, attempt.job.stage_pos, rank, image.index in self._requested, len(self._states))
         ref = Refinement(
             index=image.index, sop_instance_uid=image.sop_instance_uid, frame=image.frame,

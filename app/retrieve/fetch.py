@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, AsyncIterator, Callable
+from urllib.parse import urljoin
 
-from ..config import RetrieveOptions, RetrieveStage
+from ..config import DEFAULT_CHUNK_SIZE, DEFAULT_INITIAL_CHUNK_SIZE, RetrieveOptions, RetrieveStage
+from ..readers.codestream import ResolutionComplete
 from ..transport.base import ContentRange, Response, parse_content_range
 from ..transport.errors import ProtocolError, StatusError, TransportError, retry_after_seconds
 from ..transport.limits import SpeedWatch, head_within, paced
@@ -26,7 +28,7 @@ from .body import FrameBody
 from .events import FirstBytes, RequestFinished, RequestStarted
 from .limits import check_frame_content_type, frame_byte_cap
 from .policy import frame_request_url
-from .settings import ACCEPT_ANY
+from .settings import ACCEPT_ANY, MAX_REDIRECTS, REDIRECT_STATUSES
 from .state import ImageState, Job
 
 if TYPE_CHECKING:  # the engine drives attempts; attempts call back into it
@@ -35,6 +37,11 @@ if TYPE_CHECKING:  # the engine drives attempts; attempts call back into it
 __all__ = ["Attempt", "InlineAttempt", "StreamAttempt", "WholeAttempt", "Superseded"]
 
 ByteRange = tuple[int, int | None]
+
+
+def _given(value: int, default: int) -> int:
+    """A streaming byte threshold: 0 (none) when the configuration left it at its default."""
+    return 0 if value == default else value
 
 
 class Superseded(Exception):
@@ -59,6 +66,7 @@ class Attempt:
                 body = st.bodies[url] = FrameBody(url, engine.rules.syntax_of(st.image, options))
         self.body = body
         self.last_partial: float | None = None  # clock of the last partial decode while streaming
+        self.last_partial_bytes = 0  # bytes held at that decode
         # memory tied to the data, and one deadline for all of this stage's requests and retries
         self.byte_cap = frame_byte_cap(st.image.fmt, self.settings.max_frame_bytes)
         self.watch = SpeedWatch(self.settings.transfer_limits, body.url, engine.clock)
@@ -76,10 +84,14 @@ class Attempt:
         elif self.options.range_index is not None or self.options.streaming:
             level = self.engine.rules.best_partial_level(body, self.st.best, self.options)
             if level is not None:
-                self.engine.decode(self, reduce=level.reduce, end=level.end_offset)
+                self.decode_partial(level)
 
     async def fetch_frame(self) -> None:
         raise NotImplementedError
+
+    def decode_partial(self, level: ResolutionComplete) -> None:
+        """Decode the prefix up to a complete level (at full size under ``decodeLevel`` 0)."""
+        self.engine.decode(self, reduce=self.engine.rules.partial_reduce(level, self.options), end=level.end_offset)
 
     def check(self) -> None:
         if not self.job.live:
@@ -236,15 +248,25 @@ class Attempt:
             if streaming and body.levels and not body.decodable_complete and self._decode_due():
                 level = self.engine.rules.best_partial_level(body, st.best, self.options)
                 if level is not None:
-                    self.engine.decode(self, reduce=level.reduce, end=level.end_offset)
-                    self.last_partial = self.engine.clock()
+                    self.decode_partial(level)
+                    self.last_partial, self.last_partial_bytes = self.engine.clock(), body.file_offset
                     await asyncio.sleep(0)
         return False
 
     def _decode_due(self) -> bool:
-        """``msBetweenDecode``: the least time between two partial decodes of the image."""
-        gap = self.options.ms_between_decode
-        return not gap or self.last_partial is None or (self.engine.clock() - self.last_partial) * 1000 >= gap
+        """Cornerstone's stream reader: the first partial decode once ``initialChunkSize`` bytes
+        are held, later ones ``chunkSize`` bytes and ``msBetweenDecode`` ms apart.
+
+        A size equal to its default counts as not given (RetrieveOptions cannot tell them apart):
+        then each level is decoded as soon as it completes, as our streaming presets do.
+        """
+        opts, held = self.options, self.body.file_offset
+        if self.last_partial is None:
+            return held >= _given(opts.initial_chunk_size, DEFAULT_INITIAL_CHUNK_SIZE)
+        if held - self.last_partial_bytes < _given(opts.chunk_size, DEFAULT_CHUNK_SIZE):
+            return False
+        gap = opts.ms_between_decode
+        return not gap or (self.engine.clock() - self.last_partial) * 1000 >= gap
 
     def check_cap(self, end: int) -> None:
         """Refuse a frame resource larger than any encoding of the declared image."""
@@ -259,9 +281,29 @@ class Attempt:
         return paced(resp, watch or self.watch)
 
     async def get(self, byte_range: ByteRange | None) -> Response:
-        """transport.get, with the low-speed time as the deadline for the answer's headers."""
-        return await head_within(self.engine.transport, self.body.url, self.watch.wait_seconds(),
-                                 headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
+        """transport.get, with the low-speed time as the deadline for the answer's headers.
+
+        Every URL asked for, redirected to (a 3xx with Location: NativeTransport does not follow)
+        or answered from (``response.url``: the browser's fetch follows by itself) must be one the
+        configuration allows for this study, so neither a BulkDataURI nor a redirect sends the
+        viewer to another host unless ``allowedOrigins`` says so.
+        """
+        url = self.body.url
+        for _ in range(MAX_REDIRECTS + 1):
+            self.engine.check_url(url)
+            resp = await head_within(self.engine.transport, url, self.watch.wait_seconds(),
+                                     headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
+            location = resp.headers.get("location") if resp.status in REDIRECT_STATUSES else None
+            try:
+                self.engine.check_url(resp.url or url)
+            except TransportError:
+                await resp.aclose()
+                raise
+            if not location:
+                return resp
+            await resp.aclose()
+            url = urljoin(url, location.strip())
+        raise ProtocolError(f"{self.body.url}: more than {MAX_REDIRECTS} redirects")
 
 
 class InlineAttempt(Attempt):

@@ -109,7 +109,7 @@ class Policy:
 
     def status_of(self, image: StackImage, options: RetrieveOptions, syntax: str, rows: int, columns: int,
                   *, partial: bool, stream_lossless: bool | None = None) -> ImageQualityStatus:
-        """The status of a decoded image: a partial level is SUBRESOLUTION; a whole frame is what
+        """The status of a decoded image: partial data is ``partial_status``; a whole frame is what
         its stage can reach, lower when smaller than the image; lossy or not as the stream says
         (JPEG-LS NEAR, the JPEG process) where it says, else as its transfer syntax is labelled."""
         if partial:
@@ -142,8 +142,16 @@ class Policy:
     # -- which levels -----------------------------------------------------------------------
     @staticmethod
     def level_allowed(level: ResolutionComplete, options: RetrieveOptions, body: FrameBody) -> bool:
-        return (1 <= level.reduce <= options.decode_level_cap and not body.partial_failed
+        """A level short of the whole image, within ``decodeLevel`` (0: any, decoded at full size)."""
+        cap = options.decode_level_cap
+        return (level.reduce >= 1 and (cap == 0 or level.reduce <= cap) and not body.partial_failed
                 and body.resolved_syntax in PREFIX_DECODABLE)
+
+    @staticmethod
+    def partial_reduce(level: ResolutionComplete, options: RetrieveOptions) -> int:
+        """Levels skipped when decoding a level prefix: its own, or none for ``decodeLevel`` 0
+        (Cornerstone decodes partial data at full size; the result is LOSSY, not smaller)."""
+        return 0 if options.decode_level_cap == 0 else level.reduce
 
     def fills_viewport(self, rows: int, columns: int) -> bool:
         if self.viewport is None:

@@ -23,7 +23,7 @@ def decode_pixels(body: FrameBody, fmt: PixelFormat, *, reduce: int, end: int | 
         try:
             return decode_frame(part, body.resolved_syntax, fmt, reduce=reduce)
         except DecodeError:
-            if reduce == 0:
+            if end is None:
                 raise
             body.partial_failed = True
             return None

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from ..codecs import MAX_FRAME_BYTES
 from ..transport.limits import TransferLimits
 
-__all__ = ["RetrievePolicy", "DEFAULT_CONCURRENCY", "ACCEPT_ANY"]
+__all__ = ["RetrievePolicy", "DEFAULT_CONCURRENCY", "ACCEPT_ANY", "MAX_REDIRECTS", "REDIRECT_STATUSES"]
 
 ACCEPT_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 DEFAULT_CONCURRENCY = 6
+MAX_REDIRECTS = 5  # a frame request followed further than this is a loop, not a move
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)

@@ -227,7 +227,7 @@ def check_shape(raw: bytes) -> None:
         if len(steps):
             levels = numpy.cumsum(steps, dtype=numpy.int32) + depth
             if levels.max() > MAX_JSON_DEPTH:
-                raise JsonRefused(f"JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+                raise JsonRefused(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
             depth = int(levels[-1])
 
 

@@ -129,7 +129,7 @@ def test_deep_nesting_is_refused_before_the_parser_runs(monkeypatch):
     monkeypatch.setattr(dj.json, "loads", no_parse)
     for doc in (b"[" * 40_000 + b"]" * 40_000, b"[" * 500 + b"]" * 500,
                 b'[{"a":' * 100 + b"1" + b"}]" * 100):
-        with pytest.raises(dj.JsonRefused, match=r"nested too deeply \(more than 64 levels\)"):
+        with pytest.raises(dj.JsonRefused, match="nested more than 64 levels deep"):
             dj.loads(doc)
 
 
@@ -155,7 +155,7 @@ def serve_json(documents: dict[str, bytes], clock: Clock | None = None, step: in
 def test_deeply_nested_metadata_is_a_clear_discovery_error():
     """Before: the cause was hidden behind "no series metadata at ..."."""
     transport = serve_json({f"{BASE}/metadata": b"[" * 40_000 + b"]" * 40_000})
-    with pytest.raises(DiscoveryError, match=r"metadata: JSON nested too deeply \(more than 64 levels\)"):
+    with pytest.raises(DiscoveryError, match="metadata: JSON nested more than 64 levels deep"):
         asyncio.run(discover(transport, BASE))
 
 

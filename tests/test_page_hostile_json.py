@@ -28,7 +28,7 @@ def test_deeply_nested_metadata_fails_clearly_and_the_page_recovers(page, runtim
 
     page.page.goto(f"{server.url}/?url={quote(server.url + '/dicomweb/' + DEEP)}&config=htj2k")
     said = ("() => (document.querySelector('#errors').innerText + ' '"
-            " + document.querySelector('#status').innerText).includes('nested too deeply (more than 64 levels)')")
+            " + document.querySelector('#status').innerText).includes('nested more than 64 levels deep')")
     try:
         page.page.wait_for_function(said, timeout=120_000)
     except Exception as exc:  # noqa: BLE001 - the page's story is the useful failure message

@@ -405,7 +405,7 @@ def static_nginx(runtime, demo_data, tmp_path_factory):
     manifest = json.loads((demo_data / "dicomweb.json").read_text())
     port = free_port()
     proc = start_nginx(tmp_path_factory.mktemp("nginx-static"), DEPLOY / "static-dicomweb.conf", port,
-                       APP_ROOT=str(PROJECT), DATA_ROOT=str(demo_data), BOUNDARY=manifest["boundary"])
+                       APP_ROOT=str(PROJECT), DATA_ROOT=str(demo_data), BOUNDARY=manifest["boundary"], MHT_TYPES="")
     try:
         yield f"http://127.0.0.1:{port}", proc, manifest
     finally:

@@ -89,7 +89,8 @@ def served(request, tree, tmp_path_factory):
             (prefix / sub).mkdir()
         text = TEMPLATE.read_text()
         for key, value in {"LISTEN": f"127.0.0.1:{port}", "APP_ROOT": str(PROJECT),
-                           "DATA_ROOT": str(tree.root), "BOUNDARY": "none"}.items():
+                           "DATA_ROOT": str(tree.root), "BOUNDARY": "none",
+                           "MHT_TYPES": "multipart/related mht gz;"}.items():
             text = text.replace(f"@{key}@", value)
         (prefix / "nginx.conf").write_text(text)
         argv = [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")]

@@ -124,6 +124,7 @@ class Page:
         self.running = False
         self.cine = None
         self.pending_view = None  # slice/wl/zoom/invert from a link, for the series being opened
+        self.demo = []  # (url, name) of the demo studies serve.py lists
 
     # ---- engine messages ----
     def on_engine(self, kind, text, raw):

@@ -104,6 +104,21 @@ def failure_text(url, message):
     return "Could not open %s: %s" % (url, cause)
 
 
+def set_badge(badge):
+    span = document.createElement("span")
+    span.className = "badge " + badge
+    span.textContent = badge_label(badge)
+    el("overlay-tr").replaceChildren(span)
+
+
+def retire_preview():
+    """The start-up preview goes for good (a real image is drawn, or another series is asked for)."""
+    preview = el("preview")
+    preview.dataset.retired = "1"
+    preview.hidden = True
+    preview.removeAttribute("src")
+
+
 class Page:
     """The viewer on this page: one ViewState, one renderer, one engine worker."""
 
@@ -165,6 +180,7 @@ class Page:
 
     def on_open_failed(self, m, raw):
         if self.state.fail(m["generation"], m["message"]):
+            retire_preview()
             self.stop_open_timer()
             self.show_nothing()
             show_error(failure_text(m["url"], m["message"]))
@@ -247,6 +263,8 @@ class Page:
     # ---- loading ----
     def start_load(self, url, index=None):
         """Replace whatever is shown by this URL's series, at once (nothing of the old one stays)."""
+        if not url.rstrip("/").endswith(el("preview").dataset.url or "\n"):
+            retire_preview()  # a preview of another series never stays beside this one
         generation = self.state.begin(url)
         self.drop_all()
         self.show_nothing()
@@ -344,6 +362,7 @@ class Page:
         if found is None:
             self.renderer.clear()
         else:
+            retire_preview()
             key, held = found
             self.renderer.draw(key, js(self.state.view()))
             window.pageLog.draw(self.state.index, self.state.index, held.status, held.sop)
@@ -365,6 +384,8 @@ class Page:
             self.renderer.clear()
         for corner in ("overlay-tl", "overlay-tr", "overlay-bl", "overlay-br"):
             el(corner).replaceChildren()
+        if not el("preview").hidden:
+            set_badge("PREVIEW")  # the start-up preview stays badged as such
         el("study-info").replaceChildren()
         el("series-list").replaceChildren()
         el("wl-preset").replaceChildren()
@@ -385,13 +406,10 @@ class Page:
         if self.state.current() is None:
             return
         tl, badge, bl, br = self.state.overlay(self.displayed_percent())
+        if badge == "LOADING" and not el("preview").hidden:
+            badge = "PREVIEW"
         el("overlay-tl").textContent = tl
-        tr = el("overlay-tr")
-        tr.replaceChildren()
-        span = document.createElement("span")
-        span.className = "badge " + badge
-        span.textContent = badge_label(badge)
-        tr.appendChild(span)
+        set_badge(badge)
         el("overlay-bl").textContent = bl
         el("overlay-br").textContent = br
 

@@ -274,7 +274,7 @@ def check_frame(report: Report, where: str, body: bytes, content_type: str | Non
     _check_digest(report, where, headers, payload)
     try:
         header = stream_header(payload)
-    except DecodeError:
+    except DecodeError:  # malformed JPEG markers: the decode check names it
         header = None
     size = (header.rows, header.columns) if header else None
     if size and expect.rows and expect.columns and size != (expect.rows, expect.columns):

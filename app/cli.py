@@ -83,6 +83,7 @@ async def load(
     images: int | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     viewport: tuple[int, int] | None = None,
+    cache_mb: int | None = None,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
     transport=None,
@@ -105,7 +106,8 @@ async def load(
             "t_ms": round((time.perf_counter() - t0) * 1000, 3),
         }) + "\n")
         requested = list(range(len(stack) if images is None else min(images, len(stack))))
-        engine = RetrieveEngine(stack, config, transport, policy=RetrievePolicy(concurrency=concurrency),
+        budget = {} if cache_mb is None else {"cache_bytes": cache_mb << 20}
+        engine = RetrieveEngine(stack, config, transport, policy=RetrievePolicy(concurrency=concurrency, **budget),
                                 viewport=viewport)
         failures: dict[int, str] = {}
         async for event in engine.run(requested):
@@ -146,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app load", description="Load a DICOM stack progressively.")
     parser.add_argument("url", help="DICOMweb root, study, series or metadata URL (static trees too)")
     parser.add_argument("--config", help=f"preset ({', '.join(PRESETS)}) or a JSON file (Cornerstone3D shape)")
+    parser.add_argument("--cache-mb", type=int, help="memory budget of decoded pixels and held bytes (MB)")
     parser.add_argument("--series", help="SeriesInstanceUID to load when the URL names a study or root")
     parser.add_argument("--images", type=int, help="load only the first N images of the stack")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight")
@@ -165,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--images must be >= 1")
         _, requested, finals = asyncio.run(load(
             args.url, config, series=args.series, images=args.images,
-            concurrency=args.concurrency, viewport=args.viewport,
+            concurrency=args.concurrency, viewport=args.viewport, cache_mb=args.cache_mb,
         ))
     except KeyboardInterrupt:
         return 130

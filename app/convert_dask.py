@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from app import convert as serial
-from app.convert import ConversionSummary, Failure, iter_input_files, open_manifest, alternate_names
+from app.convert import ConversionSummary, Failure, alternate_names, iter_input_files, open_manifest
 from app.convert_pool import merge_summary
 
 __all__ = ["SeriesJob", "convert_on_cluster", "convert_series", "group_by_series", "STAGING"]
@@ -48,23 +48,28 @@ class SeriesJob:
     raw: bool
 
 
-def group_by_series(files: Iterable[Path]) -> tuple[dict[tuple[str, str], list[Path]], list[Failure]]:
-    """Input files by (study, series) from their headers; files that cannot be read as DICOM are
-    returned as failures (the serial converter would fail them the same way)."""
+def group_by_series(files: Iterable[Path]) -> tuple[dict[tuple[str, str], list[Path]], list[Failure],
+                                                   list[Failure]]:
+    """Input files by (study, series) from their headers, files that are not DICOM (skipped, as the
+    serial converter skips them) and files whose header cannot be read (failures)."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     groups: dict[tuple[str, str], list[Path]] = {}
-    failures = []
+    failures, skipped = [], []
     for path in files:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True,
                                  specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
             key = (str(ds.StudyInstanceUID).strip(), str(ds.SeriesInstanceUID).strip())
+        except InvalidDicomError:
+            skipped.append(Failure(path, "not a DICOM file"))
+            continue
         except Exception as exc:  # noqa: BLE001 - any unreadable header is that file's failure
-            failures.append(Failure(path, f"not a DICOM file or no study/series UID ({type(exc).__name__})"))
+            failures.append(Failure(path, f"no study/series UID ({type(exc).__name__})"))
             continue
         groups.setdefault(key, []).append(path)
-    return groups, failures
+    return groups, failures, skipped
 
 
 def _publish(built: Path, target: Path) -> None:
@@ -129,7 +134,8 @@ def convert_on_cluster(
     manifest = open_manifest(out, raw)
     shutil.rmtree(out / STAGING, ignore_errors=True)  # left by a run whose client died (one run a tree)
     summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
-    groups, unreadable = group_by_series(iter_input_files(Path(path) for path in inputs))
+    inputs_found = iter_input_files((Path(path) for path in inputs), exclude=out)
+    groups, unreadable, not_dicom = group_by_series(inputs_found)
     run = out / STAGING / uuid.uuid4().hex
     jobs = [SeriesJob(study, series, tuple(files), out, run / series, names, lossy_quality, raw)
             for (study, series), files in groups.items()]
@@ -156,5 +162,6 @@ def convert_on_cluster(
     for number in sorted(parts):  # records in the order the series were found
         merge_summary(summary, parts[number])
     summary.failures[:0] = unreadable
+    summary.skipped[:0] = not_dicom
     summary.seconds = time.perf_counter() - started
     return summary

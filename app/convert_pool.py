@@ -14,6 +14,7 @@ import dataclasses
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Iterable, Iterator, Sequence
 
 from app import convert as serial
 from app.convert import (ConversionSummary, EncodeSettings, Failure, Progress, TreeManifest,
-                         convert_one_file, iter_input_files, lossy_step, open_manifest, alternate_names,
+                         alternate_names, convert_one_file, iter_input_files, lossy_step, open_manifest,
                          remove_stale_temporaries)
 
 __all__ = ["convert_parallel", "default_workers", "merge_summary", "main"]
@@ -53,8 +54,10 @@ def merge_summary(into: ConversionSummary, part: ConversionSummary) -> None:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    # forkserver: workers start from a clean process that already imported the codecs, never from
-    # a fork of a parent that may run threads (pytest, a server)
+    """Forked workers start at once with the codecs imported; a parent that runs threads (pytest,
+    a server) forks a clean forkserver instead, since forking a threaded process can deadlock."""
+    if threading.active_count() == 1:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["app.convert"])
     return ProcessPoolExecutor(workers, mp_context=context)
@@ -104,7 +107,7 @@ def convert_parallel(
     manifest = open_manifest(out, raw)
     remove_stale_temporaries(out)
     summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
-    files = list(iter_input_files(Path(path) for path in inputs))
+    files = list(iter_input_files((Path(path) for path in inputs), exclude=out))
     progress = Progress(len(files), progress_stream, quiet)
     pending = serial._PendingMetadata(out)  # the serial run's batched JSON merge, in this process only
     finished: list[tuple[int, ConversionSummary]] = []
@@ -117,6 +120,8 @@ def convert_parallel(
                 if converted is None:
                     for failure in part.failures:
                         progress.failure(failure.path, failure.reason)
+                    for skipped in part.skipped:
+                        progress.skipped(skipped.path, skipped.reason)
                     continue
                 record = part.instances[0]
                 pending.add(record, *converted)

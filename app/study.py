@@ -19,6 +19,7 @@ from . import dicomjson as dj
 from .codecs import MAX_FRAME_BYTES, PixelFormat
 from .dicomjson import Tag
 from .transport.base import Transport, TransportError
+from .transport.limits import JSON_LIMITS, LimitedTransport, TransferLimits
 from .tree import Alternate, parse_alternates
 from .uids import EXPLICIT_VR_LITTLE_ENDIAN
 
@@ -39,6 +40,11 @@ MAX_STACK_IMAGES = 100_000  # frames of one series; more is a broken or hostile 
 
 class DiscoveryError(Exception):
     """The URL does not lead to a series with images."""
+
+
+class RefusedDocument(DiscoveryError):
+    """A document was refused for what it is (nested too deeply, too large, too many objects),
+    not for being absent: its reason is reported instead of "not found"."""
 
 
 @dataclass(frozen=True)
@@ -105,45 +111,49 @@ class Stack:
 
 
 async def fetch_json(transport: Transport, url: str) -> object | None:
-    """GET a JSON document (gzip by magic bytes); None for 404/204 and friends."""
+    """GET a JSON document (gzip by magic bytes); None for 404/204 and friends.
+
+    An error answer's body is never read (it may be endless); the JSON body is collected up to
+    dicomjson.MAX_JSON_BYTES and checked for nesting and size before it is parsed."""
     resp = await transport.get(url, headers={"Accept": JSON_ACCEPT})
     try:
         if resp.status in (204, 404, 410) or (resp.status >= 400 and resp.status != 500):
-            async for _ in resp.chunks():
-                pass
             return None
+        if resp.status != 200:
+            raise DiscoveryError(f"GET {url}: HTTP {resp.status}")
         body = bytearray()
         async for chunk in resp.chunks():
             body += chunk
             if len(body) > dj.MAX_JSON_BYTES:
-                raise DiscoveryError(f"GET {url}: more than {dj.MAX_JSON_BYTES} bytes of JSON")
-        if resp.status != 200:
-            raise DiscoveryError(f"GET {url}: HTTP {resp.status}")
+                raise RefusedDocument(f"GET {url}: more than {dj.MAX_JSON_BYTES} bytes of JSON")
     finally:
         await resp.aclose()
     if not body.strip():
         return None
     try:
         return dj.loads(body)
+    except dj.JsonRefused as exc:
+        raise RefusedDocument(f"GET {url}: {exc}") from exc
     except (ValueError, OSError) as exc:
         raise DiscoveryError(f"GET {url}: not JSON ({exc})") from exc
 
 
 async def _first_json(transport: Transport, urls: list[str]) -> tuple[str, object] | None:
-    """The first of the candidate URLs that answers JSON; a network failure on all is raised."""
+    """The first of the candidate URLs that answers JSON. When none does, a network failure,
+    timeout or refused document is raised (its reason matters more than "not found")."""
     failures: list[Exception] = []
     for url in urls:
         try:
             doc = await fetch_json(transport, url)
-        except TransportError as exc:
+        except (TransportError, RefusedDocument) as exc:
             failures.append(exc)
             continue
         except DiscoveryError:
             doc = None
         if doc is not None:
             return url, doc
-    if failures and len(failures) == len(urls):
-        raise DiscoveryError(str(failures[-1]))
+    if failures:
+        raise DiscoveryError(str(failures[0])) from failures[0]
     return None
 
 
@@ -156,8 +166,13 @@ def _path_segments(url: str) -> list[str]:
     return [s for s in urlsplit(url).path.split("/") if s]
 
 
-async def discover(transport: Transport, url: str, *, series_uid: str | None = None) -> Stack:
-    """Find the series the URL names (or the first/best one under it) and build its stack."""
+async def discover(transport: Transport, url: str, *, series_uid: str | None = None,
+                   limits: TransferLimits = JSON_LIMITS) -> Stack:
+    """Find the series the URL names (or the first/best one under it) and build its stack.
+
+    Every document is fetched under ``limits`` (the frames' low-speed rule, a deadline)."""
+    if not isinstance(transport, LimitedTransport):
+        transport = LimitedTransport(transport, limits)
     url = _strip(url)
     segs = _path_segments(url)
     if segs and segs[-1] in ("metadata", "metadata.gz", "metadata.json"):

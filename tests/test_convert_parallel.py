@@ -50,8 +50,9 @@ def test_two_workers_write_the_serial_tree_byte_for_byte(small_series, tmp_path)
     assert [name for name in reference if reference[name] != got[name]] == []  # frames and JSON alike
     # the summary is the serial one: records in input order, the same failure, the same counters
     assert [r.sop_uid for r in pooled.instances] == [r.sop_uid for r in serial.instances]
-    assert [(f.path, f.reason) for f in pooled.failures] == [(f.path, f.reason) for f in serial.failures]
-    assert len(pooled.failures) == 1 and pooled.failures[0].path.name == "zz-not-dicom.dcm"
+    assert [(f.path, f.reason) for f in pooled.failures] == [(f.path, f.reason) for f in serial.failures] == []
+    assert [(f.path, f.reason) for f in pooled.skipped] == [(f.path, f.reason) for f in serial.skipped]
+    assert len(pooled.skipped) == 1 and pooled.skipped[0].path.name == "zz-not-dicom.dcm"
     assert pooled.frames == serial.frames and pooled.bytes_by_alternate == serial.bytes_by_alternate
 
 

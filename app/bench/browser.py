@@ -195,7 +195,8 @@ class BrowserDriver:
         context, page, cdp, _errors = self._page()
         out: dict[str, Transfer] = {}
         try:
-            page.goto(f"{demo.base}/dicomweb/demo.json")  # same origin, no Python to start
+            # same origin, no Python to start, and no CSP sandbox (data under /dicomweb/ has one)
+            page.goto(f"{demo.base}/static/runtime.json")
             _emulate(cdp, profile)
             base = f"{demo.base}{demo.radiograph['url']}/instances/{sop}"
             for name, path, rng in (("HTJ2K full", "frames/1", None), ("JLS full", "jls/1", None),

@@ -40,6 +40,7 @@ __all__ = ["PEERS", "RowSpec", "PeerRow", "run_peer", "render_peer", "main"]
 PEERS = ("cornerstone",)
 STACK_PRESET = "interleavedStack"
 BYTE_RANGE = "htj2kByteRange"
+OURS_BYTE_RANGE = "htj2kRangeThenStream"  # our own byte-range preset, given to both pages as well
 FIRST_RANGE_SIZES = (65536, 131072)
 
 
@@ -78,6 +79,9 @@ def row_specs(modes: Sequence[str]) -> list[RowSpec]:
             for size in FIRST_RANGE_SIZES:
                 rows.append(RowSpec(f"{mode}{size // 1024}k", f"{MODES[mode][0]}, first {size // 1024} KiB",
                                     _with_first_range(PRESETS[mode], size)))
+            if OURS_BYTE_RANGE in PRESETS:
+                rows.append(RowSpec(OURS_BYTE_RANGE, "HTJ2K 128 KiB range, then the rest streamed",
+                                    PRESETS[OURS_BYTE_RANGE]))
         else:
             rows.append(RowSpec(mode, MODES[mode][0], PRESETS[mode]))
     return rows

@@ -263,7 +263,8 @@ class Page:
     # ---- loading ----
     def start_load(self, url, index=None):
         """Replace whatever is shown by this URL's series, at once (nothing of the old one stays)."""
-        if not url.rstrip("/").endswith(el("preview").dataset.url or "\n"):
+        previewed = el("preview").getAttribute("data-url")  # (None when there is no preview)
+        if not previewed or not url.rstrip("/").endswith(previewed):
             retire_preview()  # a preview of another series never stays beside this one
         generation = self.state.begin(url)
         self.drop_all()

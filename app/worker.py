@@ -277,7 +277,7 @@ def starting_window(pixels: np.ndarray, image) -> list[float]:
 async def decode_frame_call(url: str, fmt_json: str) -> str:
     """Fetch a frame URL, decode it with the viewer's codecs, return sha256 of the stored values."""
     from app.codecs import PixelFormat, decode_frame
-    from app.readers.multipart import MultipartReader, PartData
+    from app.readers.multipart import MultipartReader, PartData, boundary_from_content_type
 
     spec = json.loads(fmt_json)
     ts = spec.pop("transfer_syntax")
@@ -288,9 +288,8 @@ async def decode_frame_call(url: str, fmt_json: str) -> str:
         raise RuntimeError(f"{url}: HTTP {response.status}")
     data = (await response.arrayBuffer()).to_bytes()
     ctype = response.headers.get("content-type") or ""
-    if ctype.startswith("multipart/"):
-        boundary = ctype.split("boundary=")[1].split(";")[0].strip().strip('"').encode()
-        reader = MultipartReader(boundary)
+    if ctype.startswith("multipart/") or data[:2] == b"--":
+        reader = MultipartReader(boundary_from_content_type(ctype))  # None: learnt from the body
         events = reader.feed(data) + reader.close()
         data = b"".join(bytes(e.data) for e in events if isinstance(e, PartData))
     t0 = time.perf_counter()

@@ -135,3 +135,24 @@ def test_discovery_starts_while_python_boots(page, demo_server):
         hits = [e for e in demo_server.log if e["path"] == f"{url}/{name}"]
         assert len(hits) == 1, (name, hits)
         assert hits[0]["time"] < python_started  # asked for before any Python ran
+
+
+def test_a_badged_preview_before_the_runtime_is_ready(page, demo_server):
+    """With ?url= a series, the tree's rendered thumbnail is on screen, badged PREVIEW, before the
+    runtime is ready; the first real image replaces it."""
+    entries = json.loads((demo_server.server.mounts.data_root / "demo.json").read_text())
+    url = next(e for e in entries if "MR" in e["name"])["url"]
+    page.page.add_init_script("""window.__badges = [];
+      new MutationObserver(() => { const b = document.querySelector('#overlay-tr .badge');
+        const p = document.getElementById('preview');
+        window.__badges.push([b ? b.textContent : '', p && !p.hidden]); })
+      .observe(document, {childList: true, subtree: true, attributes: true, attributeFilter: ['hidden']});""")
+    page.page.goto(f"{demo_server.url}/?url={url}")
+    wait_for_app_state(page, ("idle",))
+    timings = page.page.evaluate("Object.assign({}, window.appTimings)")
+    assert 0 < timings["previewMs"] < timings["readyMs"]
+    badges = page.page.evaluate("window.__badges")
+    assert all(badge == "PREVIEW" for badge, shown in badges if shown), "an unbadged preview"
+    assert any(shown for _, shown in badges)
+    assert page.page.is_hidden("#preview") and page.page.inner_text("#overlay-tr") == "FULL"
+    assert any(u.endswith(f"{url}/thumbnail") for u in page.requests)

@@ -102,7 +102,7 @@ def test_keys_after_menus_url_state_and_history(page, demo_server, demo_data):
     p.keyboard.press("ArrowDown")
     p.wait_for_timeout(150)
     assert slice_number(p) == start + 1
-    assert p.input_value("#series") == mr["url"], "the arrow changed the series menu"
+    assert p.input_value("#series").endswith(mr["url"]), "the arrow changed the series menu"
     query = parse_qs(urlsplit(p.url).query)
     assert query["url"][0].endswith(mr["url"]) and query["slice"] == [str(start + 1)]
     assert "wl" in query and "zoom" in query

@@ -38,7 +38,10 @@ def test_the_study_browser_lists_every_series_and_loads_one(page, runtime, serve
     items = p.eval_on_selector_all("#series-list .series-item", "l => l.map(e => [e.dataset.url, e.textContent])")
     assert [url.rsplit("/", 1)[1] for url, _ in items] == uids
     assert any("MR" in text and "20 images" in text for _, text in items)
-    assert p.eval_on_selector("#series", "s => s.options.length") == 3
+    p.wait_for_function("Array.from(document.querySelectorAll('#series-list img')).every(i => i.complete)")
+    sizes = p.eval_on_selector_all("#series-list .series-item img", "l => l.map(i => i.naturalWidth)")
+    assert len(sizes) == 3 and all(w > 0 for w in sizes), "the tree's rendered thumbnails are shown"
+    assert p.eval_on_selector("#series", "s => s.querySelector('optgroup').children.length") == 3
     assert p.input_value("#series").endswith(uids[1])
     mr = next(url for url, text in items if "MR" in text)
     p.click(f"#series-list .series-item[data-url='{mr}']")

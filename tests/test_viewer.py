@@ -223,18 +223,20 @@ def test_invalid_configuration_names_the_path_and_keeps_the_old_one(page, demo_s
     open_viewer(page, demo_server.url, f"?url={quote(entry['url'])}&config=htj2kByteRange")
     kept = p.eval_on_selector("#config", "t => t.value")
     stored = p.evaluate("localStorage.getItem('progressive-dicom.retrieveConfig')")
+    # the configuration is checked by the engine's worker: the answer comes back asynchronously
+    error_shown = "(t) => document.getElementById('config-error').textContent.includes(t)"
     p.fill("#config", json.dumps({"stages": [{"id": "x", "decimate": 0}]}))
     p.click("#apply")
-    error = p.inner_text("#config-error")
-    assert "$.stages[0].decimate" in error
+    p.wait_for_function(error_shown, arg="$.stages[0].decimate")
     assert p.evaluate("localStorage.getItem('progressive-dicom.retrieveConfig')") == stored
     p.fill("#config", '{"stages": [')
     p.click("#apply")
-    assert "line 1" in p.inner_text("#config-error")
+    p.wait_for_function(error_shown, arg="line 1")
     # the configuration in force is still the byte-range one: a reload fetches a first range again
     page.requests.clear()
     p.fill("#config", kept)
     p.click("#apply")
+    p.wait_for_function("document.getElementById('config-status').textContent === 'applied'")
     assert p.is_hidden("#config-error")
     wait_for_app_state(page, ("idle",))
     assert render_log(p)[-1]["final"]

@@ -49,6 +49,25 @@ if (!params.has("noload") && /^(https?:\/\/|\/)[^\s]*\/series\/[^/?#]+\/?$/.test
   const base = studyUrl.replace(/\/$/, "");
   preload.push(base + "/metadata", base + "/alternates.json");
 }
+// First pixels before the runtime is ready: the tree's rendered thumbnail of a ?url= series,
+// badged PREVIEW (never taken for a diagnostic image); the UI removes it at its first real draw.
+if (preload.length) {
+  const preview = document.getElementById("preview");
+  preview.addEventListener("load", () => {
+    if (preview.dataset.retired) return;
+    preview.hidden = false;
+    window.appTimings.previewMs = performance.now();
+    const badge = document.createElement("span");
+    badge.className = "badge PREVIEW";
+    badge.textContent = "PREVIEW";
+    document.getElementById("overlay-tr").replaceChildren(badge);
+  }, { once: true });
+  preview.dataset.url = studyUrl.replace(/\/$/, "");
+  preview.src = preview.dataset.url + "/thumbnail";
+}
+const STARTING = { runtime: "Starting: loading Python…", python: "Starting: installing numpy and imagecodecs…",
+                   packages: "Starting: loading the viewer…" };
+
 const worker = new Worker(new URL("./worker.mjs", import.meta.url), { type: "module" });
 const early = [];
 let listener = null;
@@ -61,6 +80,8 @@ worker.onmessage = (event) => {
   if (m.type === "boot") {
     window.appTimings["worker_" + m.stage + "Ms"] = toPage(m.t);
     if (m.stage === "python") window.appTimings.pythonStartMs = toPage(m.t);
+    const status = document.getElementById("status");
+    if (status && booting() && STARTING[m.stage]) status.textContent = STARTING[m.stage];
   } else if (m.type === "fatal") {
     window.appFail("The engine could not start: " + m.message);
     return;

@@ -62,7 +62,7 @@ def bind(page):
 
 
 def renderer_ready(page, module):
-    page.renderer = module.createRenderer(el("canvas"), js({"mode": "auto"}))
+    page.renderer = module.createRenderer(el("canvas"), js({"mode": window.renderMode()}))
     window.viewerRenderer = page.renderer
     became_ready(page)
 
@@ -109,14 +109,11 @@ def load_url(page, text, view=None):
 
 
 def fill_demo_picker(page, entries):
-    select = el("series")
-    if not entries.length:
+    page.demo = [(str(e.url), str(e.name)) for e in entries]
+    if not page.demo:
         return
-    select.replaceChildren()
-    for entry in entries:
-        option = document.createElement("option")
-        option.value, option.textContent = entry.url, entry.name
-        select.appendChild(option)
+    select = el("series")
+    select.replaceChildren(option_group("Demo studies", page.demo))
     select.hidden = False
     select.value = el("url").value  # the series on screen, when it is one of them
     if not el("url").value:
@@ -136,21 +133,33 @@ def fill_series(page, m):
     """The open study's series: the series menu and the browser list (with the tree's rendered
     thumbnail where it has one; the browser decodes it)."""
     select, box = el("series"), el("series-list")
-    select.replaceChildren()
     box.replaceChildren()
+    choices = []
     for s in m["series"]:
         label = " ".join(x for x in ("#%s" % s["number"] if s["number"] is not None else "",
                                      s["description"], "(%s, %s images)" % (s["modality"] or "?",
                                      s["count"] if s["count"] is not None else "?")) if x)
-        option = document.createElement("option")
-        option.value, option.textContent = s["url"], label
-        select.appendChild(option)
+        choices.append((s["url"], label))
         box.appendChild(series_item(page, s, label))
+    select.replaceChildren(option_group("This study", choices))
+    if page.demo:
+        select.appendChild(option_group("Demo studies", page.demo))
     select.hidden = False
     select.value = page.state.url
     for s in m["series"]:
         if page.state.url.endswith(s["uid"]):
             select.value = s["url"]
+
+
+def option_group(label, choices):
+    """An <optgroup> of (value, text) options for the series menu."""
+    group = document.createElement("optgroup")
+    group.label = label
+    for value, text in choices:
+        option = document.createElement("option")
+        option.value, option.textContent = value, text
+        group.appendChild(option)
+    return group
 
 
 def series_item(page, s, label):

@@ -105,6 +105,21 @@ def failure_text(url, message):
     return "Could not open %s: %s" % (url, cause)
 
 
+def set_badge(badge):
+    span = document.createElement("span")
+    span.className = "badge " + badge
+    span.textContent = badge_label(badge)
+    el("overlay-tr").replaceChildren(span)
+
+
+def retire_preview():
+    """The start-up preview goes for good (a real image is drawn, or another series is asked for)."""
+    preview = el("preview")
+    preview.dataset.retired = "1"
+    preview.hidden = True
+    preview.removeAttribute("src")
+
+
 class Page:
     """The viewer on this page: one ViewState, one renderer, one engine worker."""
 
@@ -125,6 +140,7 @@ class Page:
         self.running = False
         self.cine = None
         self.pending_view = None  # slice/wl/zoom/invert from a link, for the series being opened
+        self.demo = []  # (url, name) of the demo studies serve.py lists
 
     # ---- engine messages ----
     def on_engine(self, kind, text, raw):
@@ -165,6 +181,7 @@ class Page:
 
     def on_open_failed(self, m, raw):
         if self.state.fail(m["generation"], m["message"]):
+            retire_preview()
             self.stop_open_timer()
             self.show_nothing()
             show_error(failure_text(m["url"], m["message"]))
@@ -247,6 +264,9 @@ class Page:
     # ---- loading ----
     def start_load(self, url, index=None):
         """Replace whatever is shown by this URL's series, at once (nothing of the old one stays)."""
+        previewed = el("preview").getAttribute("data-url")  # (None when there is no preview)
+        if not previewed or not url.rstrip("/").endswith(previewed):
+            retire_preview()  # a preview of another series never stays beside this one
         generation = self.state.begin(url)
         self.drop_all()
         self.show_nothing()
@@ -344,6 +364,7 @@ class Page:
         if found is None:
             self.renderer.clear()
         else:
+            retire_preview()
             key, held = found
             self.renderer.draw(key, js(self.state.view()))
             window.pageLog.draw(self.state.index, self.state.index, held.status, held.sop)
@@ -365,6 +386,8 @@ class Page:
             self.renderer.clear()
         for corner in ("overlay-tl", "overlay-tr", "overlay-bl", "overlay-br"):
             el(corner).replaceChildren()
+        if not el("preview").hidden:
+            set_badge("PREVIEW")  # the start-up preview stays badged as such
         el("study-info").replaceChildren()
         el("series-list").replaceChildren()
         el("wl-preset").replaceChildren()
@@ -385,13 +408,10 @@ class Page:
         if self.state.current() is None:
             return
         tl, badge, bl, br = self.state.overlay(self.displayed_percent())
+        if badge == "LOADING" and not el("preview").hidden:
+            badge = "PREVIEW"
         el("overlay-tl").textContent = tl
-        tr = el("overlay-tr")
-        tr.replaceChildren()
-        span = document.createElement("span")
-        span.className = "badge " + badge
-        span.textContent = badge_label(badge)
-        tr.appendChild(span)
+        set_badge(badge)
         el("overlay-bl").textContent = bl
         el("overlay-br").textContent = br
 

@@ -156,3 +156,12 @@ def test_a_badged_preview_before_the_runtime_is_ready(page, demo_server):
     assert any(shown for _, shown in badges)
     assert page.page.is_hidden("#preview") and page.page.inner_text("#overlay-tr") == "FULL"
     assert any(u.endswith(f"{url}/thumbnail") for u in page.requests)
+
+
+def test_worker_imports_the_app_from_set_up_bytecode(booted):
+    """Set-up's compiled twins (static/app-pyc/app.zip) are what the worker ran: no app module
+    was compiled from source (serve.py's set-up made the zip from these very sources)."""
+    report = json.loads(booted.page.evaluate("window.engine.call('bytecodeReport')"))
+    assert report["bytecode"] == "present"
+    assert report["modules"] >= 20  # app.worker and what it imports
+    assert report["compiled"] == []

@@ -9,9 +9,12 @@ import { loadPyodide } from "../../static/pyodide/pyodide.mjs";
 import { parseShipping } from "./shipping.mjs";
 
 const base = new URL("../../", import.meta.url);
+const HOME = "/home/pyodide/";          // where the app's files go (set-up compiles for this path)
+const APP_PYC = "static/app-pyc/app.zip";
 const epoch = () => performance.timeOrigin + performance.now();  // comparable with the page's clock
 const queue = [];     // messages that arrive before Python is up
 let handler = null;   // app/worker.py's handle(message)
+let report = null;    // () => how the app's modules were loaded (bytecodeReport)
 const preloaded = new Map();
 const nativeFetch = globalThis.fetch.bind(globalThis);
 
@@ -48,27 +51,75 @@ self.onmessage = (event) => {
     }
     return;
   }
+  if (message && message.type === "call" && message.name === "bytecodeReport") {
+    post({ type: "reply", id: message.id, value: report ? JSON.stringify(report()) : null });
+    return;
+  }
   if (handler) handler(message); else queue.push(message);
 };
+
+// The app's own files, asked for while Pyodide loads: each [path in the worker, bytes].
+function fetchFiles(shipping) {
+  return Promise.all(shipping.files.map(async ([src, dst]) => {
+    const response = await nativeFetch(new URL(src, base));
+    if (!response.ok) throw new Error(`${src}: HTTP ${response.status}`);
+    return [dst.replace(/^\.\//, ""), new Uint8Array(await response.arrayBuffer())];
+  }));
+}
+
+// Set-up's compiled twins of those files (tools/setup_runtime.py ensure_app_bytecode): checked
+// hash-based pycs in __pycache__, used by the interpreter only while the source beside them is
+// the one they were made from. Missing (no set-up run) is fine: everything compiles from source.
+async function fetchBytecode() {
+  try {
+    const response = await nativeFetch(new URL(APP_PYC, base));
+    return response.ok ? await response.arrayBuffer() : null;
+  } catch {
+    return null;
+  }
+}
+
+// Which app modules the interpreter had to compile from source (tests ask, see bytecodeReport).
+const WATCH_COMPILES = `
+import importlib.machinery as machinery
+compiled = []
+_source_to_code = machinery.SourceFileLoader.source_to_code
+def _watched(self, data, path, *args, **kwargs):
+    if str(path).startswith("${HOME}app/"):
+        compiled.append(str(path)[${HOME.length}:])
+    return _source_to_code(self, data, path, *args, **kwargs)
+machinery.SourceFileLoader.source_to_code = _watched
+`;
+
+async function install(pyodide, files, bytecode) {
+  for (const [dst, bytes] of files) {
+    const path = HOME + dst;
+    pyodide.FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
+    pyodide.FS.writeFile(path, bytes);
+  }
+  if (bytecode) pyodide.unpackArchive(bytecode, "zip", { extractDir: HOME });
+  const watch = pyodide.globals.get("dict")();
+  pyodide.runPython(WATCH_COMPILES, { globals: watch });
+  return () => {
+    const compiled = watch.get("compiled").toJs();
+    const loaded = pyodide.runPython(
+      "import sys\nsorted(m for m in sys.modules if m == 'app' or m.startswith('app.'))").toJs();
+    return { bytecode: bytecode ? "present" : "absent", modules: loaded.length, compiled };
+  };
+}
 
 async function start() {
   post({ type: "boot", stage: "runtime", t: epoch() });
   const shipping = parseShipping(await (await nativeFetch(new URL("pyscript.toml", base))).text());
+  const files = fetchFiles(shipping);
+  const bytecode = fetchBytecode();
+  files.catch(() => {});  // reported when awaited below
   const pyodide = await loadPyodide({ indexURL: new URL("static/pyodide/", base).href,
                                       packageCacheDir: undefined, fullStdLib: false });
   post({ type: "boot", stage: "python", t: epoch() });
   await pyodide.loadPackage(shipping.packages.map((p) => new URL(p, base).href),
                             { messageCallback: () => {}, errorCallback: (m) => console.warn(m) });
-  const files = await Promise.all(shipping.files.map(async ([src, dst]) => {
-    const response = await nativeFetch(new URL(src, base));
-    if (!response.ok) throw new Error(`${src}: HTTP ${response.status}`);
-    return [dst, new Uint8Array(await response.arrayBuffer())];
-  }));
-  for (const [dst, bytes] of files) {
-    const path = "/home/pyodide/" + dst.replace(/^\.\//, "");
-    pyodide.FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
-    pyodide.FS.writeFile(path, bytes);
-  }
+  report = await install(pyodide, await files, await bytecode);
   post({ type: "boot", stage: "packages", t: epoch() });
   const worker = pyodide.pyimport("app.worker");
   handler = await worker.start(post, epoch, new URL(shipping.lazy.pydicom, base).href);

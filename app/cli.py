@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import dataclasses
 import enum
-import hashlib
 import json
 import sys
 import time
@@ -14,23 +13,15 @@ import traceback
 from pathlib import Path
 from typing import Sequence, TextIO
 
-import numpy
 
 from .config import PRESETS, ConfigError, RetrieveConfig, parse_config, preset
+from .codecs import pixel_sha256
 from .engine import (DEFAULT_CONCURRENCY, EngineEvent, ImageFailed, Refinement, RetrieveEngine,
                      RetrievePolicy)
 from .study import DiscoveryError, Stack, discover
 from .transport import TransportError, default_transport
 
 __all__ = ["main", "load", "pixel_sha256", "event_json"]
-
-
-def pixel_sha256(pixels: numpy.ndarray) -> str:
-    """SHA-256 of the stored values as a contiguous little-endian array in their own dtype."""
-    array = numpy.ascontiguousarray(pixels)
-    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder == "big"):
-        array = array.astype(array.dtype.newbyteorder("<"))
-    return hashlib.sha256(array.tobytes()).hexdigest()
 
 
 def event_json(event: EngineEvent) -> dict:

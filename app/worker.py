@@ -11,7 +11,6 @@ Message shapes are documented in docs (CONTRACT "Worker protocol"); every messag
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from typing import Callable
@@ -20,7 +19,7 @@ import js  # type: ignore[import-not-found]
 import numpy as np
 from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
 
-from app.codecs import PYDICOM_SYNTAXES
+from app.codecs import PYDICOM_SYNTAXES, pixel_sha256
 from app.config import PRESET_DESCRIPTIONS, PRESETS, ConfigError, parse_config, preset
 from app.render import default_window
 from app.engine import FirstBytes, ImageFailed, Refinement, RequestStarted
@@ -295,8 +294,7 @@ async def decode_frame_call(url: str, fmt_json: str) -> str:
     t0 = time.perf_counter()
     pixels = decode_frame(data, ts, PixelFormat(**spec))
     decode_ms = (time.perf_counter() - t0) * 1000.0
-    stored = np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<"), copy=False)
-    return json.dumps({"sha256": hashlib.sha256(stored.tobytes()).hexdigest(),
+    return json.dumps({"sha256": pixel_sha256(pixels),
                        "rows": int(pixels.shape[0]), "columns": int(pixels.shape[1]),
                        "dtype": str(pixels.dtype), "decode_ms": decode_ms})
 

@@ -58,7 +58,7 @@ self.onmessage = (event) => {
   if (handler) handler(message); else queue.push(message);
 };
 
-// The app's own files, asked for while Pyodide loads: each [path in the worker, bytes].
+// The app's own files, asked for while the wheels load: each [path in the worker, bytes].
 function fetchFiles(shipping) {
   return Promise.all(shipping.files.map(async ([src, dst]) => {
     const response = await nativeFetch(new URL(src, base));
@@ -111,12 +111,14 @@ async function install(pyodide, files, bytecode) {
 async function start() {
   post({ type: "boot", stage: "runtime", t: epoch() });
   const shipping = parseShipping(await (await nativeFetch(new URL("pyscript.toml", base))).text());
-  const files = fetchFiles(shipping);
-  const bytecode = fetchBytecode();
-  files.catch(() => {});  // reported when awaited below
   const pyodide = await loadPyodide({ indexURL: new URL("static/pyodide/", base).href,
                                       packageCacheDir: undefined, fullStdLib: false });
   post({ type: "boot", stage: "python", t: epoch() });
+  // asked for while the wheels load and unpack, not before: the interpreter's own downloads
+  // come first on the few connections a browser opens to one server
+  const bytecode = fetchBytecode();
+  const files = fetchFiles(shipping);
+  files.catch(() => {});  // reported when awaited below
   await pyodide.loadPackage(shipping.packages.map((p) => new URL(p, base).href),
                             { messageCallback: () => {}, errorCallback: (m) => console.warn(m) });
   report = await install(pyodide, await files, await bytecode);

@@ -159,9 +159,13 @@ def test_a_badged_preview_before_the_runtime_is_ready(page, demo_server):
 
 
 def test_worker_imports_the_app_from_set_up_bytecode(booted):
-    """Set-up's compiled twins (static/app-pyc/app.zip) are what the worker ran: no app module
-    was compiled from source (serve.py's set-up made the zip from these very sources)."""
+    """Set-up's compiled twins (static/app-pyc/KEY.zip) are what the worker ran: it named these
+    sources as set-up does, and no app module was compiled from source (serve.py's set-up made
+    the zip from these very sources)."""
+    from tools.setup_runtime import app_key, app_sources
+
     report = json.loads(booted.page.evaluate("window.engine.call('bytecodeReport')"))
+    assert report["key"] == app_key(app_sources())
     assert report["bytecode"] == "present"
     assert report["modules"] >= 20  # app.worker and what it imports
     assert report["compiled"] == []

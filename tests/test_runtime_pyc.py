@@ -78,9 +78,10 @@ def test_a_module_that_does_not_compile_gets_no_twin(tmp_path):
         assert [n.split("/")[-1].split(".")[0] for n in zin.namelist()] == ["good"]
 
 
-def test_set_up_rebuilds_the_zip_when_a_source_changes(tmp_path, runtime):
-    """The stamp rule, with the real Pyodide under Node: current -> no rebuild; edited -> rebuilt."""
-    from tools.setup_runtime import APP_PYC_DIR, APP_PYC_ZIP, ensure_app_bytecode
+def test_set_up_compiles_again_when_a_source_changes(tmp_path, runtime):
+    """The key rule, with the real Pyodide under Node: same sources -> same zip, left alone;
+    an edited source -> another key and a zip of its own; the edited twin has the new hash."""
+    from tools.setup_runtime import APP_PYC_DIR, app_key, app_sources, ensure_app_bytecode
 
     project = tmp_path / "project"
     (project / "app").mkdir(parents=True)
@@ -90,19 +91,17 @@ def test_set_up_rebuilds_the_zip_when_a_source_changes(tmp_path, runtime):
         '[engine.files]\n"./app/__init__.py" = "./app/__init__.py"\n"./app/a.py" = "./app/a.py"\n')
     static = tmp_path / "static"
     built = ensure_app_bytecode(project=project, static=static)
-    assert built == static / APP_PYC_DIR / APP_PYC_ZIP
-    first = built.read_bytes()
+    assert built == static / APP_PYC_DIR / f"{app_key(app_sources(project))}.zip"
     with zipfile.ZipFile(built) as zin:
         assert sorted(zin.namelist()) == ["app/__pycache__/__init__.cpython-314.pyc",
                                           "app/__pycache__/a.cpython-314.pyc"]
         pyc = zin.read("app/__pycache__/a.cpython-314.pyc")
     assert int.from_bytes(pyc[4:8], "little") == 0b11  # hash-based, checked
     mtime = built.stat().st_mtime_ns
-    ensure_app_bytecode(project=project, static=static)
+    assert ensure_app_bytecode(project=project, static=static) == built
     assert built.stat().st_mtime_ns == mtime  # current: left alone
     (project / "app" / "a.py").write_text("A = 2\n")
-    ensure_app_bytecode(project=project, static=static)
-    assert built.read_bytes() != first
-    with zipfile.ZipFile(built) as zin:
+    rebuilt = ensure_app_bytecode(project=project, static=static)
+    assert rebuilt != built and rebuilt.name == f"{app_key(app_sources(project))}.zip"
+    with zipfile.ZipFile(rebuilt) as zin:
         assert zin.read("app/__pycache__/a.cpython-314.pyc")[8:16] != pyc[8:16]  # new source hash
-

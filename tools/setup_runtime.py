@@ -21,8 +21,8 @@ are dropped (imagecodecs' other codecs, numpy.random/fft, typing stubs, pydicom'
 Navigation to ready went from 4.6 s to 2.4 s on a quiet 2-core machine.
 
 The viewer's own worker modules (pyscript.toml [engine.files]) are compiled the same way into
-``static/app-pyc/app.zip`` (checked hash-based ``__pycache__`` twins; rebuilt when a source's
-content hash changes, see ``ensure_app_bytecode``).
+``static/app-pyc/KEY.zip`` (checked hash-based ``__pycache__`` twins; KEY names the sources'
+contents, see ``ensure_app_bytecode``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import tempfile
 import time
 import tomllib
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,8 +126,9 @@ SLIM_TOOLS = (PROJECT / "tools" / "runtime" / "slim.py", PROJECT / "tools" / "ru
 
 #: The worker's own modules, compiled at set-up like the stdlib (see ensure_app_bytecode).
 APP_PYC_DIR = "app-pyc"
-APP_PYC_ZIP = "app.zip"
 APP_PYC_VERSION = 1
+#: How many compiled apps static/app-pyc keeps (checkouts sharing static/, recent edits).
+APP_PYC_KEEP = 8
 #: Where app/ui/worker.mjs writes the app's files (code objects' file names, __pycache__ paths).
 APP_PREFIX = "/home/pyodide/"
 APP_PYC_TOOLS = (PROJECT / "tools" / "runtime" / "app_pyc.py", PROJECT / "tools" / "runtime" / "app_pyc.mjs")
@@ -285,46 +287,58 @@ def app_sources(project: Path = PROJECT) -> dict[str, Path]:
             for src, dst in files.items() if dst.endswith(".py")}
 
 
-def app_bytecode_stamp(sources: dict[str, Path]) -> dict:
-    """What the compiled app was made from: each source's sha256, the interpreter and the tools."""
+def app_key(sources: dict[str, Path]) -> str:
+    """The name of the twins of exactly these sources; app/ui/worker.mjs (sourcesKey) computes the
+    same from the files it fetched: CRC-32 over each ``path NUL size NUL bytes`` in list order."""
+    crc = 0
+    for dst, path in sources.items():
+        data = path.read_bytes()
+        crc = zlib.crc32(data, zlib.crc32(f"{dst}\0{len(data)}\0".encode(), crc))
+    return f"{crc:08x}"
+
+
+def app_bytecode_stamp() -> dict:
+    """What else the twins depend on: the interpreter that compiled them and the tools."""
     return {
         "version": APP_PYC_VERSION,
         "pyodide": NPM_PYODIDE.sha256,
         "tools": hashlib.sha256(b"".join(p.read_bytes() for p in APP_PYC_TOOLS)).hexdigest(),
-        "sources": {dst: sha256_of(path) for dst, path in sorted(sources.items())},
     }
 
 
 def ensure_app_bytecode(force: bool = False, project: Path = PROJECT, static: Path = STATIC) -> Path:
-    """``static/app-pyc/app.zip``: the worker's modules compiled by the page's own Pyodide.
+    """``static/app-pyc/KEY.zip``: the worker's modules compiled by the page's own Pyodide.
 
-    Rebuilt whenever a source's content hash differs from the stamp. The worker uses a module's
-    compiled twin only while its source is the one it was made from (checked hash-based pycs), so
-    a stale zip (an edit since set-up, another checkout sharing static/) costs speed, never
-    correctness: an edited module is compiled from its source as before."""
+    KEY names the sources' contents (``app_key``), so an edited source means another zip, and
+    checkouts sharing static/ each find their own (the newest few are kept). The worker asks for
+    the KEY of the files it fetched; with no such zip it compiles from source, as before. Each
+    twin is also a checked hash-based pyc, used only while its source is the one it came from."""
     dest = static / APP_PYC_DIR
-    stamp = dest / "stamp.json"
     sources = app_sources(project)
-    wanted = app_bytecode_stamp(sources)
-    if not force and stamp_is(stamp, wanted) and (dest / APP_PYC_ZIP).exists():
-        return dest / APP_PYC_ZIP
+    key = app_key(sources)
+    built, stamp = dest / f"{key}.zip", dest / f"{key}.json"
+    if not force and stamp_is(stamp, app_bytecode_stamp()) and built.exists():
+        return built
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="app-pyc-") as tmp:
         work = Path(tmp)
         with zipfile.ZipFile(work / "sources.zip", "w") as zout:
-            for dst, path in sorted(sources.items()):
+            for dst, path in sources.items():
                 zout.write(path, dst)
         result = run_in_pyodide(APP_PYC_TOOLS[1], work, {
-            "src": "/work/sources.zip", "dst": f"/work/{APP_PYC_ZIP}", "prefix": APP_PREFIX})
+            "src": "/work/sources.zip", "dst": "/work/app.zip", "prefix": APP_PREFIX})
         dest.mkdir(parents=True, exist_ok=True)
-        (work / APP_PYC_ZIP).chmod(0o644)
+        (work / "app.zip").chmod(0o644)
         # replace, never rewrite in place: a server may be sending the old file right now
-        shutil.move(work / APP_PYC_ZIP, dest / (APP_PYC_ZIP + ".tmp"))
-        (dest / (APP_PYC_ZIP + ".tmp")).replace(dest / APP_PYC_ZIP)
-    stamp.write_text(json.dumps(wanted, indent=1))
-    print(f"setup: compiled {result['compiled']} app modules to {dest / APP_PYC_ZIP} "
+        shutil.move(work / "app.zip", dest / f"{key}.zip.tmp")
+        (dest / f"{key}.zip.tmp").replace(built)
+    stamp.write_text(json.dumps(app_bytecode_stamp(), indent=1))
+    for old in sorted(dest.glob("*.zip"), key=lambda p: p.stat().st_mtime)[:-APP_PYC_KEEP]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
+    print(f"setup: compiled {result['compiled']} app modules to {built} "
           f"({time.perf_counter() - started:.1f} s)", flush=True)
-    return dest / APP_PYC_ZIP
+    return built
 
 
 def ensure_runtime(force: bool = False) -> Path:

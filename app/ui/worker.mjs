@@ -10,7 +10,7 @@ import { parseShipping } from "./shipping.mjs";
 
 const base = new URL("../../", import.meta.url);
 const HOME = "/home/pyodide/";          // where the app's files go (set-up compiles for this path)
-const APP_PYC = "static/app-pyc/app.zip";
+const APP_PYC = "static/app-pyc/";   // + sourcesKey(files) + ".zip"
 const epoch = () => performance.timeOrigin + performance.now();  // comparable with the page's clock
 const queue = [];     // messages that arrive before Python is up
 let handler = null;   // app/worker.py's handle(message)
@@ -67,16 +67,40 @@ function fetchFiles(shipping) {
   }));
 }
 
-// Set-up's compiled twins of those files (tools/setup_runtime.py ensure_app_bytecode): checked
-// hash-based pycs in __pycache__, used by the interpreter only while the source beside them is
-// the one they were made from. Missing (no set-up run) is fine: everything compiles from source.
-async function fetchBytecode() {
+// Set-up's compiled twins of exactly these files (tools/setup_runtime.py ensure_app_bytecode),
+// named by sourcesKey: checked hash-based pycs in __pycache__, used by the interpreter only while
+// the source beside them is the one they came from. None for these sources (set-up not run since
+// an edit) is fine: everything compiles from source, as before.
+async function fetchBytecode(key) {
   try {
-    const response = await nativeFetch(new URL(APP_PYC, base));
+    const response = await nativeFetch(new URL(`${APP_PYC}${key}.zip`, base));
     return response.ok ? await response.arrayBuffer() : null;
   } catch {
     return null;
   }
+}
+
+const CRC_TABLE = Uint32Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function crc32(bytes, crc) {
+  let c = ~crc >>> 0;
+  for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xFF] ^ (c >>> 8);
+  return ~c >>> 0;
+}
+
+// The same key as set-up's app_key: CRC-32 over each "path NUL size NUL bytes", in list order.
+function sourcesKey(files) {
+  const text = new TextEncoder();
+  let crc = 0;
+  for (const [dst, bytes] of files) {
+    if (!dst.endsWith(".py")) continue;
+    crc = crc32(bytes, crc32(text.encode(`${dst}\0${bytes.length}\0`), crc));
+  }
+  return crc.toString(16).padStart(8, "0");
 }
 
 // Which app modules the interpreter had to compile from source (tests ask, see bytecodeReport).
@@ -91,7 +115,7 @@ def _watched(self, data, path, *args, **kwargs):
 machinery.SourceFileLoader.source_to_code = _watched
 `;
 
-async function install(pyodide, files, bytecode) {
+function install(pyodide, files, bytecode, key) {
   for (const [dst, bytes] of files) {
     const path = HOME + dst;
     pyodide.FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
@@ -104,7 +128,7 @@ async function install(pyodide, files, bytecode) {
     const compiled = watch.get("compiled").toJs();
     const loaded = pyodide.runPython(
       "import sys\nsorted(m for m in sys.modules if m == 'app' or m.startswith('app.'))").toJs();
-    return { bytecode: bytecode ? "present" : "absent", modules: loaded.length, compiled };
+    return { key, bytecode: bytecode ? "present" : "absent", modules: loaded.length, compiled };
   };
 }
 
@@ -116,12 +140,12 @@ async function start() {
   post({ type: "boot", stage: "python", t: epoch() });
   // asked for while the wheels load and unpack, not before: the interpreter's own downloads
   // come first on the few connections a browser opens to one server
-  const bytecode = fetchBytecode();
   const files = fetchFiles(shipping);
-  files.catch(() => {});  // reported when awaited below
+  const key = files.then(sourcesKey, () => null);  // a failed file is reported when awaited
+  const bytecode = key.then((k) => k && fetchBytecode(k));
   await pyodide.loadPackage(shipping.packages.map((p) => new URL(p, base).href),
                             { messageCallback: () => {}, errorCallback: (m) => console.warn(m) });
-  report = await install(pyodide, await files, await bytecode);
+  report = install(pyodide, await files, await bytecode, await key);
   post({ type: "boot", stage: "packages", t: epoch() });
   const worker = pyodide.pyimport("app.worker");
   handler = await worker.start(post, epoch, new URL(shipping.lazy.pydicom, base).href);

@@ -43,6 +43,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent
+if str(PROJECT) not in sys.path:  # imported as a module from elsewhere (tests, the bench)
+    sys.path.insert(0, str(PROJECT))
+
+from app.tree.framing import sniff_frame_content_type  # noqa: E402 - the tree's one format rule
+
 DEFAULT_DATA = PROJECT / "static" / "dicomweb"
 
 #: Types by suffix; set here, not from the machine's mime.types, so every host answers alike.
@@ -175,29 +180,7 @@ def frame_content_type(path: Path, stored_gzip: bool = False) -> str | None:
             head = fh.read(512)
     except (OSError, EOFError, zlib.error):
         return None
-    if head.startswith(b"--"):
-        first, _, rest = head.partition(b"\r\n")
-        boundary = first[2:].decode("latin-1").strip()
-        part_type = "application/octet-stream"
-        for line in rest.split(b"\r\n"):
-            if not line:
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-type":
-                part_type = value.strip()
-        media, _, params = part_type.partition(";")
-        out = f'multipart/related; type="{media.strip()}"; boundary={boundary}'
-        ts = re.search(r"transfer-syntax\s*=\s*\"?([0-9.]+)", params)
-        if ts:
-            out += f"; transfer-syntax={ts.group(1)}"
-        return out
-    if head.startswith(b"\xff\x4f\xff\x51"):
-        return "image/jphc" if b"\xff\x50" in head[:256] else "image/j2c"
-    if head.startswith(b"\xff\xd8\xff\xf7"):
-        return "image/jls"
-    if head.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    return "application/octet-stream"
+    return sniff_frame_content_type(head)
 
 
 def content_type_for(path: Path, in_data: bool) -> tuple[str, bool]:
@@ -208,6 +191,8 @@ def content_type_for(path: Path, in_data: bool) -> tuple[str, bool]:
     if in_data:
         if base in ("metadata", "index.json"):
             return DICOM_JSON, stored_gzip
+        if base == "thumbnail":  # the rendered 8-bit JPEG of an instance or series
+            return "image/jpeg", stored_gzip
         if base.isdigit() or (base.endswith(".mht") and base[:-4].isdigit()):  # frames/1, jls/1.mht ...
             return frame_content_type(path, stored_gzip) or "application/octet-stream", stored_gzip
     suffix = Path(base).suffix

@@ -32,7 +32,7 @@ from .readers.multipart import MultipartError, MultipartReader, PartData, PartHe
 from .transport import Transport, TransportError
 from .transport.base import parse_content_digest
 
-__all__ = ["Finding", "Report", "JsonProbe", "check", "probe_json", "explain_missing_json", "main"]
+__all__ = ["Finding", "Report", "JsonProbe", "check", "probe_json", "main"]
 
 HTJ2K_SYNTAXES = (HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL, HTJ2K, HTJ2K_PRIVATE)
 LOSSLESS_HTJ2K = (HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL)
@@ -117,15 +117,6 @@ async def probe_json(transport: Transport, url: str, *, limit: int = dj.MAX_JSON
     if not isinstance(document, list):
         return JsonProbe(url, f"not a DICOM JSON array (a JSON {type(document).__name__})")
     return JsonProbe(url, None, document)
-
-
-async def explain_missing_json(transport: Transport, urls: Sequence[str]) -> str:
-    """One line giving each candidate URL's cause, for 'no series metadata at ...' messages."""
-    causes = []
-    for url in urls:
-        probe = await probe_json(transport, url)
-        causes.append(f"{url.rsplit('/', 1)[-1]}: {probe.cause or 'usable'}")
-    return "; ".join(causes)
 
 
 # ---------------------------------------------------------------- where the bytes come from
@@ -274,7 +265,7 @@ def check_frame(report: Report, where: str, body: bytes, content_type: str | Non
     _check_digest(report, where, headers, payload)
     try:
         header = stream_header(payload)
-    except DecodeError:
+    except DecodeError:  # malformed JPEG markers: the decode check names it
         header = None
     size = (header.rows, header.columns) if header else None
     if size and expect.rows and expect.columns and size != (expect.rows, expect.columns):

@@ -8,7 +8,6 @@ import dataclasses
 import enum
 import hashlib
 import json
-import re
 import sys
 import time
 import traceback
@@ -17,7 +16,6 @@ from typing import Sequence, TextIO
 
 import numpy
 
-from .check import explain_missing_json
 from .config import PRESETS, ConfigError, RetrieveConfig, parse_config, preset
 from .engine import (DEFAULT_CONCURRENCY, EngineEvent, ImageFailed, Refinement, RetrieveEngine,
                      RetrievePolicy)
@@ -83,6 +81,7 @@ async def load(
     images: int | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     viewport: tuple[int, int] | None = None,
+    cache_mb: int | None = None,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
     transport=None,
@@ -95,17 +94,15 @@ async def load(
     transport = transport or default_transport()
     try:
         t0 = time.perf_counter()
-        try:
-            stack = await discover(transport, url, series_uid=series)
-        except DiscoveryError as exc:
-            raise DiscoveryError(await _with_cause(transport, str(exc))) from exc
+        stack = await discover(transport, url, series_uid=series)  # a DiscoveryError names each cause
         out.write(json.dumps({
             "event": "StackReady", "study_uid": stack.study_uid, "series_uid": stack.series_uid,
             "images": len(stack), "series_url": stack.series_url,
             "t_ms": round((time.perf_counter() - t0) * 1000, 3),
         }) + "\n")
         requested = list(range(len(stack) if images is None else min(images, len(stack))))
-        engine = RetrieveEngine(stack, config, transport, policy=RetrievePolicy(concurrency=concurrency),
+        budget = {} if cache_mb is None else {"cache_bytes": cache_mb << 20}
+        engine = RetrieveEngine(stack, config, transport, policy=RetrievePolicy(concurrency=concurrency, **budget),
                                 viewport=viewport)
         failures: dict[int, str] = {}
         async for event in engine.run(requested):
@@ -121,19 +118,6 @@ async def load(
             await transport.aclose()
 
 
-_NO_METADATA = re.compile(r"no series metadata at (\S+/metadata)\b")
-
-
-async def _with_cause(transport, message: str) -> str:
-    """study.py says only 'no series metadata at X': ask each candidate again and say why."""
-    found = _NO_METADATA.search(message)
-    if not found:
-        return message
-    first = found.group(1)
-    causes = await explain_missing_json(transport, [first, first + ".gz", first + ".json"])
-    return f"{message} ({causes})"
-
-
 def _viewport(text: str) -> tuple[int, int]:
     try:
         rows, cols = text.lower().split("x")
@@ -146,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app load", description="Load a DICOM stack progressively.")
     parser.add_argument("url", help="DICOMweb root, study, series or metadata URL (static trees too)")
     parser.add_argument("--config", help=f"preset ({', '.join(PRESETS)}) or a JSON file (Cornerstone3D shape)")
+    parser.add_argument("--cache-mb", type=int, help="memory budget of decoded pixels and held bytes (MB)")
     parser.add_argument("--series", help="SeriesInstanceUID to load when the URL names a study or root")
     parser.add_argument("--images", type=int, help="load only the first N images of the stack")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight")
@@ -165,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--images must be >= 1")
         _, requested, finals = asyncio.run(load(
             args.url, config, series=args.series, images=args.images,
-            concurrency=args.concurrency, viewport=args.viewport,
+            concurrency=args.concurrency, viewport=args.viewport, cache_mb=args.cache_mb,
         ))
     except KeyboardInterrupt:
         return 130

@@ -628,6 +628,9 @@ def _check_stream(view: memoryview, fmt: PixelFormat, codec: Codec) -> StreamHea
     if header is not None and (header.rows, header.columns) != (fmt.rows, fmt.columns):
         raise DecodeError(f"{codec.name} decode failed: the stream declares {header.rows}x{header.columns}, "
                           f"the image is {fmt.rows}x{fmt.columns}")
+    if codec.uid in (JPEG_LS_LOSSLESS, JPEG_LS_NEAR_LOSSLESS) and not _ends_with_eoi(view):
+        # CharLS spends seconds on some truncated streams before it gives up (16 s on a 64x64 one)
+        raise DecodeError(f"{codec.name} decode failed: the stream is truncated (no EOI marker at its end)")
     if header is not None and header.precision > max(8, fmt.bits_allocated):
         raise DecodeError(f"{codec.name} decode failed: the stream holds {header.precision}-bit samples, "
                           f"BitsAllocated is {fmt.bits_allocated}")
@@ -636,6 +639,12 @@ def _check_stream(view: memoryview, fmt: PixelFormat, codec: Codec) -> StreamHea
         if problem:
             raise DecodeError(f"{codec.name} decode failed: {problem}")
     return header
+
+
+def _ends_with_eoi(view: memoryview) -> bool:
+    """Whether a JPEG stream ends with EOI (FF D9), allowing the zero padding DICOM items add."""
+    tail = bytes(view[-8:]).rstrip(b"\x00")
+    return tail.endswith(b"\xff\xd9")
 
 
 def _check_values_fit(decoded: numpy.ndarray, header: StreamHeader, fmt: PixelFormat, codec: Codec) -> None:

@@ -96,7 +96,7 @@ from app.thumbnails import render_thumbnail
 from app.tree import FRAME_SUFFIX, Alternate, TreeManifest, frame_file_names, frame_part_chunks
 from app.uids import HTJ2K, HTJ2K_LOSSLESS_RPCL, JPEG_LS_LOSSLESS, InvalidUID, check_uid
 
-CONVERTER_VERSION = "2"  # tools/demo_data.py re-converts the demo tree when this changes
+CONVERTER_VERSION = "3"  # 3: frames/{n}.mht and thumbnails; tools/demo_data.py re-converts the demo tree on a change
 NEW_TREE_FRAME_SUFFIX = FRAME_SUFFIX  # frame files written from now on: frames/1.mht
 THUMBNAIL_SCALE = 4
 THUMBNAIL_NAME = "thumbnail"  # rendered 8-bit JPEG per instance and per series (the toolkit's name)
@@ -274,7 +274,8 @@ def _encode_lossy(image: FrameImage, fmt: PixelFormat, settings: EncodeSettings)
 
 
 def _encoder(name: str, syntax: str, media: str, lossy: bool, scale: int, encode) -> AlternateEncoder:
-    return AlternateEncoder(Alternate(name, syntax, media, lossy, scale, thumbnail=scale > 1), encode)
+    spec = Alternate(name, transfer_syntax=syntax, media_type=media, lossy=lossy, scale=scale, thumbnail=scale > 1)
+    return AlternateEncoder(spec, encode)
 
 
 ALTERNATES: dict[str, AlternateEncoder] = {
@@ -777,8 +778,13 @@ def convert_one_file(path: Path, out: Path, names: tuple[str, ...], settings: En
     summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
     try:
         record, obj, entries = _convert_file(path, 1, out, names, settings, manifest, summary, Progress(1, quiet=True))
-    except (ConversionError, DecodeError, OSError, ValueError, MemoryError) as exc:
-        summary.failures.append(Failure(path, str(exc) or type(exc).__name__))
+    except NotDicom as exc:
+        summary.skipped.append(Failure(path, str(exc)))
+        return summary, None
+    except OutputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as in a serial run: any error is this file's failure
+        summary.failures.append(Failure(path, _reason(exc)))
         return summary, None
     summary.instances.append(record)
     return summary, (obj, entries)

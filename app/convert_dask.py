@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from app import convert as serial
-from app.convert import ConversionSummary, Failure, iter_input_files, open_manifest, alternate_names
+from app.convert import ConversionSummary, Failure, alternate_names, iter_input_files, open_manifest
 from app.convert_pool import merge_summary
+from app.uids import check_uid
 
 __all__ = ["SeriesJob", "convert_on_cluster", "convert_series", "group_by_series", "STAGING"]
 
@@ -48,23 +49,29 @@ class SeriesJob:
     raw: bool
 
 
-def group_by_series(files: Iterable[Path]) -> tuple[dict[tuple[str, str], list[Path]], list[Failure]]:
-    """Input files by (study, series) from their headers; files that cannot be read as DICOM are
-    returned as failures (the serial converter would fail them the same way)."""
+def group_by_series(files: Iterable[Path]) -> tuple[dict[tuple[str, str], list[Path]], list[Failure], list[Failure]]:
+    """Input files by (study, series) from their headers, and the files left out: failures (no
+    valid study or series UID: they become folder names) and skipped ones (not DICOM), as the
+    serial converter would report them."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     groups: dict[tuple[str, str], list[Path]] = {}
-    failures = []
+    failures, skipped = [], []
     for path in files:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True,
                                  specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
-            key = (str(ds.StudyInstanceUID).strip(), str(ds.SeriesInstanceUID).strip())
+            key = (check_uid(str(ds.get("StudyInstanceUID", "")).strip(), "StudyInstanceUID"),
+                   check_uid(str(ds.get("SeriesInstanceUID", "")).strip(), "SeriesInstanceUID"))
+        except InvalidDicomError:
+            skipped.append(Failure(path, "not a DICOM file"))
+            continue
         except Exception as exc:  # noqa: BLE001 - any unreadable header is that file's failure
-            failures.append(Failure(path, f"not a DICOM file or no study/series UID ({type(exc).__name__})"))
+            failures.append(Failure(path, f"{type(exc).__name__}: {exc}"))
             continue
         groups.setdefault(key, []).append(path)
-    return groups, failures
+    return groups, failures, skipped
 
 
 def _publish(built: Path, target: Path) -> None:
@@ -129,7 +136,7 @@ def convert_on_cluster(
     manifest = open_manifest(out, raw)
     shutil.rmtree(out / STAGING, ignore_errors=True)  # left by a run whose client died (one run a tree)
     summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
-    groups, unreadable = group_by_series(iter_input_files(Path(path) for path in inputs))
+    groups, failures, skipped = group_by_series(iter_input_files((Path(path) for path in inputs), exclude=out))
     run = out / STAGING / uuid.uuid4().hex
     jobs = [SeriesJob(study, series, tuple(files), out, run / series, names, lossy_quality, raw)
             for (study, series), files in groups.items()]
@@ -155,6 +162,7 @@ def convert_on_cluster(
             (out / STAGING).rmdir()
     for number in sorted(parts):  # records in the order the series were found
         merge_summary(summary, parts[number])
-    summary.failures[:0] = unreadable
+    summary.failures[:0] = failures
+    summary.skipped[:0] = skipped
     summary.seconds = time.perf_counter() - started
     return summary

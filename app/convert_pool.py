@@ -14,8 +14,10 @@ import dataclasses
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -53,8 +55,10 @@ def merge_summary(into: ConversionSummary, part: ConversionSummary) -> None:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    # forkserver: workers start from a clean process that already imported the codecs, never from
-    # a fork of a parent that may run threads (pytest, a server)
+    """Forked workers start at once with the codecs imported; a parent that runs threads (pytest,
+    a server) forks a clean forkserver instead, since forking a threaded process can deadlock."""
+    if threading.active_count() == 1:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["app.convert"])
     return ProcessPoolExecutor(workers, mp_context=context)
@@ -93,35 +97,44 @@ def convert_parallel(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError("--workers must be >= 1")
-    if workers == 1:
+    out = Path(out)
+    files = list(iter_input_files((Path(path) for path in inputs), exclude=out))
+    if workers == 1 or len(files) < 2:  # nothing to share out
         return serial.convert(inputs, out, alternates, lossy_quality=lossy_quality, raw=raw, quiet=quiet,
                               progress_stream=progress_stream)
     started = time.perf_counter()
-    out = Path(out)
     names = alternate_names(alternates)
     settings = EncodeSettings(lossy_quality=lossy_quality)
     lossy_step(lossy_quality)
     manifest = open_manifest(out, raw)
     remove_stale_temporaries(out)
     summary = ConversionSummary(out, names, manifest.framing, manifest.boundary)
-    files = list(iter_input_files(Path(path) for path in inputs))
     progress = Progress(len(files), progress_stream, quiet)
     pending = serial._PendingMetadata(out)  # the serial run's batched JSON merge, in this process only
     finished: list[tuple[int, ConversionSummary]] = []
     try:
-        with _pool(min(workers, max(1, len(files)))) as pool:
+        with _pool(min(workers, len(files))) as pool:
             window = workers * IN_FLIGHT_PER_WORKER
             for done, (index, future) in enumerate(_bounded(pool, files, window, out, names, settings, manifest), 1):
-                part, converted = future.result()
+                try:
+                    part, converted = future.result()
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)  # an unwritable tree, Ctrl-C, a lost worker
+                    raise
                 finished.append((index, part))
                 if converted is None:
                     for failure in part.failures:
                         progress.failure(failure.path, failure.reason)
+                    for notice in part.skipped:
+                        progress.skipped(notice.path, notice.reason)
                     continue
                 record = part.instances[0]
                 pending.add(record, *converted)
                 progress.frame(done, files[index], record.frames, record.frames, part.decode_seconds
                                + sum(part.seconds_by_alternate.values()))
+    except BrokenProcessPool as exc:
+        raise serial.ConversionError("a worker process died (out of memory, or killed); the files finished "
+                                     "are in the tree: run the same command again to complete it") from exc
     finally:
         pending.flush()  # also on KeyboardInterrupt: finished files reach the metadata
         progress.done()
@@ -145,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dask", metavar="SCHEDULER",
                         help="run on a Dask cluster, one task per series (e.g. tcp://scheduler:8786)")
     args = parser.parse_args(argv)
+    if args.dask and args.workers is not None:
+        parser.error("--workers and --dask exclude each other: the cluster's workers do the work")
     try:
         if args.dask:
             from app.convert_dask import convert_on_cluster

@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import zlib
 from typing import Any
+
+import numpy
 
 __all__ = [
     "Tag",
@@ -22,9 +25,26 @@ __all__ = [
     "loads",
     "maybe_gunzip",
     "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_CONTAINERS",
+    "MAX_JSON_VALUES",
+    "JsonRefused",
+    "check_shape",
 ]
 
 MAX_JSON_BYTES = 256 << 20  # most bytes a (gzip) DICOM JSON document may inflate to
+# DICOM JSON nests 3 levels per sequence (element, Value list, item): 64 allows 20 nested
+# sequences; Pyodide's parser overflows the browser's stack long before Python's recursion limit
+MAX_JSON_DEPTH = 64
+# objects + arrays, and values, in one document: each costs ~60-200 bytes once parsed, whatever
+# its text costs ("{}" is 2 bytes), so these bound the parsed size (a 2,000-instance CT series
+# has about 500,000 objects and arrays)
+MAX_JSON_CONTAINERS = 2_000_000
+MAX_JSON_VALUES = 8_000_000
+
+
+class JsonRefused(ValueError):
+    """The document is refused before parsing: nested too deeply or too many objects."""
 
 
 class Tag:
@@ -176,9 +196,46 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     return bytes(out)
 
 
+_ESCAPE = re.compile(rb"\\.", re.S)
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"[]{},')))
+_SCAN_BLOCK = 1 << 20  # bytes per vectorised step: a few MB of temporaries at most
+_QUOTE, _COMMA = ord('"'), ord(",")
+
+
+def check_shape(raw: bytes) -> None:
+    """Refuse a document nested deeper than MAX_JSON_DEPTH or holding more objects or values than
+    the limits, before any parser sees it (vectorised: no Python loop over the bytes)."""
+    text = _ESCAPE.sub(b"", raw) if b"\\" in raw else raw  # escapes only occur inside strings
+    marks = numpy.frombuffer(text.translate(None, _NOT_STRUCTURE), numpy.uint8)  # "[]{}, only
+    containers = values = depth = 0
+    in_string = False
+    for start in range(0, len(marks), _SCAN_BLOCK):
+        block = marks[start:start + _SCAN_BLOCK]
+        quotes = block == _QUOTE
+        inside = (numpy.cumsum(quotes, dtype=numpy.int32) + in_string) & 1 == 1
+        in_string = bool(inside[-1])
+        block = block[~(inside | quotes)]  # the structure outside strings
+        opens = (block == ord("[")) | (block == ord("{"))
+        commas = block == _COMMA
+        containers += int(numpy.count_nonzero(opens))
+        values += int(numpy.count_nonzero(commas))
+        if containers > MAX_JSON_CONTAINERS:
+            raise JsonRefused(f"JSON with more than {MAX_JSON_CONTAINERS} objects and arrays")
+        if values > MAX_JSON_VALUES:
+            raise JsonRefused(f"JSON with more than {MAX_JSON_VALUES} values")
+        steps = (opens.view(numpy.int8) * 2 - 1)[~commas]
+        if len(steps):
+            levels = numpy.cumsum(steps, dtype=numpy.int32) + depth
+            if levels.max() > MAX_JSON_DEPTH:
+                raise JsonRefused(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+            depth = int(levels[-1])
+
+
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """Parse DICOM JSON (gzip by magic bytes, BOM tolerated); ValueError when it is not JSON."""
-    raw = data if isinstance(data, str) else maybe_gunzip(data)
+    """Parse DICOM JSON (gzip by magic bytes, BOM tolerated); ValueError when it is not JSON,
+    JsonRefused (a ValueError) when its nesting or size is over the limits."""
+    raw = data.encode("utf-8") if isinstance(data, str) else maybe_gunzip(data)
+    check_shape(raw)
     if isinstance(raw, bytes):
         raw = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
     try:

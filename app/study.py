@@ -17,8 +17,10 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from . import dicomjson as dj
 from .codecs import MAX_FRAME_BYTES, PixelFormat
+from .config import origin_of
 from .dicomjson import Tag
 from .transport.base import Transport, TransportError
+from .transport.limits import JSON_LIMITS, LimitedTransport, TransferLimits
 from .tree import Alternate, parse_alternates
 from .uids import EXPLICIT_VR_LITTLE_ENDIAN
 
@@ -39,6 +41,11 @@ MAX_STACK_IMAGES = 100_000  # frames of one series; more is a broken or hostile 
 
 class DiscoveryError(Exception):
     """The URL does not lead to a series with images."""
+
+
+class RefusedDocument(DiscoveryError):
+    """A document was refused for what it is (nested too deeply, too large, too many objects),
+    not for being absent: its reason is reported instead of "not found"."""
 
 
 @dataclass(frozen=True)
@@ -105,45 +112,75 @@ class Stack:
 
 
 async def fetch_json(transport: Transport, url: str) -> object | None:
-    """GET a JSON document (gzip by magic bytes); None for 404/204 and friends."""
+    """GET a JSON document (gzip by magic bytes); None for 404/204 and friends.
+
+    An error answer's body is never read (it may be endless); the JSON body is collected up to
+    dicomjson.MAX_JSON_BYTES and checked for nesting and size before it is parsed."""
+    return (await _json_or_cause(transport, url))[0]
+
+
+async def _json_or_cause(transport: Transport, url: str) -> tuple[object | None, str]:
+    """The document, or None and why there is none (an HTTP status, an empty body).
+
+    An answer that is there but unusable (a redirect, not JSON) raises DiscoveryError, one refused
+    for what it is (too large, nested too deeply) RefusedDocument; none at all TransportError.
+    Redirects are not followed (NativeTransport); one the browser followed to another origin is
+    refused, as frames are.
+    """
     resp = await transport.get(url, headers={"Accept": JSON_ACCEPT})
     try:
+        if resp.url and origin_of(resp.url) != origin_of(url):
+            raise DiscoveryError(f"GET {url}: redirected to another origin ({resp.url})")
+        if 300 <= resp.status < 400:
+            where = resp.headers.get("location", "?")
+            raise DiscoveryError(f"GET {url}: redirected (HTTP {resp.status}) to {where}: redirects are not followed")
         if resp.status in (204, 404, 410) or (resp.status >= 400 and resp.status != 500):
-            async for _ in resp.chunks():
-                pass
-            return None
+            return None, f"HTTP {resp.status}"
+        if resp.status != 200:
+            raise DiscoveryError(f"GET {url}: HTTP {resp.status}")
         body = bytearray()
         async for chunk in resp.chunks():
             body += chunk
             if len(body) > dj.MAX_JSON_BYTES:
-                raise DiscoveryError(f"GET {url}: more than {dj.MAX_JSON_BYTES} bytes of JSON")
-        if resp.status != 200:
-            raise DiscoveryError(f"GET {url}: HTTP {resp.status}")
+                raise RefusedDocument(f"GET {url}: more than {dj.MAX_JSON_BYTES} bytes of JSON")
     finally:
         await resp.aclose()
     if not body.strip():
-        return None
+        return None, "empty body"
     try:
-        return dj.loads(body)
+        return dj.loads(body), ""
+    except dj.JsonRefused as exc:
+        raise RefusedDocument(f"GET {url}: {exc}") from exc
     except (ValueError, OSError) as exc:
         raise DiscoveryError(f"GET {url}: not JSON ({exc})") from exc
 
 
-async def _first_json(transport: Transport, urls: list[str]) -> tuple[str, object] | None:
-    """The first of the candidate URLs that answers JSON; a network failure on all is raised."""
+async def _first_json(transport: Transport, urls: list[str], *, missing: str | None = None
+                      ) -> tuple[str, object] | None:
+    """The first of the candidate URLs that answers JSON.
+
+    When none does, a network failure, timeout or refused document (too large, nested too deeply)
+    is raised: its reason matters more than "not found". Else, with ``missing``, a DiscoveryError
+    '<missing>: <each URL's cause>' (a 404, a redirect, not JSON), so the user sees why, not just
+    that; without it, None.
+    """
+    causes: list[str] = []
     failures: list[Exception] = []
     for url in urls:
         try:
-            doc = await fetch_json(transport, url)
-        except TransportError as exc:
+            doc, cause = await _json_or_cause(transport, url)
+        except (TransportError, RefusedDocument) as exc:
             failures.append(exc)
-            continue
-        except DiscoveryError:
-            doc = None
+            doc, cause = None, str(exc)
+        except DiscoveryError as exc:
+            doc, cause = None, str(exc)
         if doc is not None:
             return url, doc
-    if failures and len(failures) == len(urls):
-        raise DiscoveryError(str(failures[-1]))
+        causes.append(f"{url.rsplit('/', 1)[-1]}: {cause.removeprefix(f'GET {url}: ')}")
+    if failures:  # alone: "not found" would hide it (the page words a message by what it names)
+        raise DiscoveryError(str(failures[0])) from failures[0]
+    if missing is not None:
+        raise DiscoveryError(f"{missing}: " + "; ".join(causes))
     return None
 
 
@@ -156,8 +193,13 @@ def _path_segments(url: str) -> list[str]:
     return [s for s in urlsplit(url).path.split("/") if s]
 
 
-async def discover(transport: Transport, url: str, *, series_uid: str | None = None) -> Stack:
-    """Find the series the URL names (or the first/best one under it) and build its stack."""
+async def discover(transport: Transport, url: str, *, series_uid: str | None = None,
+                   limits: TransferLimits = JSON_LIMITS) -> Stack:
+    """Find the series the URL names (or the first/best one under it) and build its stack.
+
+    Every document is fetched under ``limits`` (the frames' low-speed rule, a deadline)."""
+    if not isinstance(transport, LimitedTransport):
+        transport = LimitedTransport(transport, limits)
     url = _strip(url)
     segs = _path_segments(url)
     if segs and segs[-1] in ("metadata", "metadata.gz", "metadata.json"):
@@ -170,7 +212,8 @@ async def discover(transport: Transport, url: str, *, series_uid: str | None = N
         url = url.rsplit("/", 1)[0]
     # a DICOMweb root: list studies
     found = await _first_json(
-        transport, [f"{url}/studies", f"{url}/studies/index.json", f"{url}/studies/index.json.gz"]
+        transport, [f"{url}/studies", f"{url}/studies/index.json", f"{url}/studies/index.json.gz"],
+        missing=f"no studies found under {url}",
     )
     if found is None or not isinstance(found[1], list) or not found[1]:
         raise DiscoveryError(f"no studies found under {url}")
@@ -192,6 +235,7 @@ async def _load_study(transport: Transport, study_url: str, series_uid: str | No
     found = await _first_json(
         transport,
         [f"{study_url}/series", f"{study_url}/series/index.json", f"{study_url}/series/index.json.gz"],
+        missing=f"no series found under {study_url}",
     )
     if found is None or not isinstance(found[1], list) or not found[1]:
         raise DiscoveryError(f"no series found under {study_url}")
@@ -217,9 +261,8 @@ async def _load_series(transport: Transport, series_url: str, metadata_urls: lis
     alternates = asyncio.ensure_future(_alternates(transport, series_url))
     urls = metadata_urls or [f"{series_url}/metadata", f"{series_url}/metadata.gz", f"{series_url}/metadata.json"]
     try:
-        found = await _first_json(transport, urls)
-        if found is None:
-            raise DiscoveryError(f"no series metadata at {urls[0]}")
+        found = await _first_json(transport, urls, missing=f"no series metadata at {urls[0]}")
+        assert found is not None
         stack = stack_from_metadata(found[1], series_url)
     except BaseException:
         alternates.cancel()

@@ -128,9 +128,10 @@ def wait_for_app_state(record: PageRecord, states=("ready",), timeout_ms: int = 
     return state
 
 
-# fixtures that start a server or need the downloaded demo data (directly or through others)
+# fixtures that start a server or need the downloaded demo data (directly or through others;
+# ``radiograph`` in test_convert reads the downloaded radiograph from .cache)
 SERVER_FIXTURES = {"serve_dir", "demo_server", "demo_data", "runtime", "orthanc", "static_nginx",
-                   "served"}
+                   "served", "radiograph"}
 
 
 def pytest_collection_modifyitems(config, items):

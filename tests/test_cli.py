@@ -161,6 +161,59 @@ def test_cornerstone_5_14_examples_validate_and_load(name, tmp_path, demo_server
     refs = [e for e in lines(result.stdout) if e["event"] == "Refinement"]
     source = pydicom.dcmread(PROJECT / ".cache" / "demo" / "radiograph" / "cat.dcm").pixel_array
     assert refs[-1]["final"] and refs[-1]["sha256"] == pixel_sha256(source)
+    assert_ranges_follow(parse_config(json.dumps(doc)), lines(result.stdout))
+
+
+def assert_ranges_follow(config, events) -> None:
+    """Every frame request asks what its stage's options say (issue 17): no Range without
+    rangeIndex; a range ends at initialChunkSize + n * chunkSize (Cornerstone 5.14) or the file's
+    end, and only once that much is held does one go on to the end of a resolution level;
+    rangeIndex -1 asks for the rest; each starts where the bytes held end: nothing is asked twice."""
+    stages = {stage.id: stage for stage in config.stages}
+    held: dict[int, int | None] = {}
+    whole: set[int] = set()  # a range ended short of what was asked: the frame was all in
+    asked = [e for e in events if e["event"] == "RequestStarted"]
+    assert asked
+    for e in asked:
+        i, options = e["index"], config.options_for(stages[e["stage_id"]].retrieve_type)
+        assert i not in whole, e
+        byte_range = e["byte_range"]
+        if options.range_index is None or (options.range_index < 0 and not held.get(i)):
+            assert byte_range is None, e
+            held[i] = None
+            continue
+        start, end = byte_range
+        assert start == held.get(i, 0), e  # from the first byte not held
+        if options.range_index < 0:
+            assert end is None, e
+        elif start < options.range_end(options.range_index):
+            assert end + 1 <= options.range_end(options.range_index), e
+            if end + 1 < options.range_end(options.range_index):  # the file is shorter: clamped to it
+                whole.add(i)
+        else:  # the stage's range is held: on to the end of a resolution level
+            assert end is not None and end + 1 > options.range_end(options.range_index), e
+        held[i] = None if end is None else end + 1
+
+
+MR_SERIES = "0.0.0.0.3.8811.2.20010413115754.12432"
+
+
+@pytest.mark.parametrize("name", ["byte range with initialChunkSize", "interleaved", "stackProgressive HTJ2K Bytes"])
+def test_cornerstone_5_14_byte_ranges_over_a_stack_are_the_configured_ones(name, tmp_path, demo_server, demo_data):
+    """The 20-image MR stack: every image's requests follow the example's ranges; every final is exact."""
+    doc = CORNERSTONE_5_14[name]
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(doc))
+    result = app("load", demo_server.url + _demo_url(demo_data, MR_SERIES), "--config", str(config), timeout=300)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    events = lines(result.stdout)
+    assert_ranges_follow(parse_config(json.dumps(doc)), events)
+    sources = {}
+    for path in sorted((PROJECT / ".cache" / "demo" / "mr-stack").glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        sources[ds.SOPInstanceUID] = pixel_sha256(ds.pixel_array)
+    finals = {e["sop_instance_uid"]: e["sha256"] for e in events if e["event"] == "Refinement" and e["final"]}
+    assert finals == sources
 
 
 def test_unused_keys_warn_on_stderr_and_the_load_goes_on(tmp_path, demo_server, demo_data):
@@ -216,7 +269,7 @@ class _Odd(BaseHTTPRequestHandler):
 
 @pytest.mark.servers  # a loopback server of its own
 @pytest.mark.parametrize(("kind", "cause"), [("redirect", "redirected (HTTP 302) to http://198.51.100.7"),
-                                              ("nested", "nested too deeply"), ("bomb", "gzip bomb")])
+                                              ("nested", "nested more than"), ("bomb", "inflates to more than")])
 def test_no_series_metadata_names_the_real_cause(kind, cause):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Odd)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -228,7 +281,7 @@ def test_no_series_metadata_names_the_real_cause(kind, cause):
         server.shutdown()
         server.server_close()
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
-    assert "no series metadata at" in result.stderr and cause in result.stderr
+    assert "/series/1.3/metadata" in result.stderr and cause in result.stderr
 
 
 def test_htj2k_byte_range_is_cornerstones_row_64_kb_then_the_rest(demo_server, demo_data):

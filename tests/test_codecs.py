@@ -529,3 +529,13 @@ def test_native_frame_longer_than_the_format_says_is_refused():
         decode_frame(image.tobytes(), codecs.EXPLICIT_VR_LITTLE_ENDIAN, wrong)
     padded = numpy.zeros((3, 3), numpy.uint8)
     assert decode_frame(padded.tobytes() + b"\0", codecs.EXPLICIT_VR_LITTLE_ENDIAN, fmt_for(padded)).shape == (3, 3)
+
+
+def test_a_truncated_jpeg_ls_stream_is_refused_before_charls_sees_it():
+    """CharLS takes seconds on some truncated streams (16 s on this one): no EOI, no decode."""
+    image = smooth_image(64, 64, 12)
+    encoded = bytes(imagecodecs.jpegls_encode(image))
+    for cut in (len(encoded) // 4, len(encoded) // 2, len(encoded) - 1):
+        with pytest.raises(DecodeError, match="truncated"):
+            decode_frame(encoded[:cut], codecs.JPEG_LS_LOSSLESS, fmt_for(image, 12))
+    numpy.testing.assert_array_equal(decode_frame(encoded + b"\0", codecs.JPEG_LS_LOSSLESS, fmt_for(image, 12)), image)

@@ -6,12 +6,16 @@ need the demo data (marked ``servers`` by the conftest through the ``demo_data``
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from app.convert import convert, read_json_pair
+from app.convert import ConversionError, convert, read_json_pair
 from app.convert_pool import convert_parallel, main as convert_main
 from tools.large_stacks import StackSpec, write_series
 
@@ -50,8 +54,9 @@ def test_two_workers_write_the_serial_tree_byte_for_byte(small_series, tmp_path)
     assert [name for name in reference if reference[name] != got[name]] == []  # frames and JSON alike
     # the summary is the serial one: records in input order, the same failure, the same counters
     assert [r.sop_uid for r in pooled.instances] == [r.sop_uid for r in serial.instances]
-    assert [(f.path, f.reason) for f in pooled.failures] == [(f.path, f.reason) for f in serial.failures]
-    assert len(pooled.failures) == 1 and pooled.failures[0].path.name == "zz-not-dicom.dcm"
+    for kind in ("failures", "skipped"):
+        assert [(f.path, f.reason) for f in getattr(pooled, kind)] == [(f.path, f.reason) for f in getattr(serial, kind)]
+    assert [f.path.name for f in pooled.skipped] == ["zz-not-dicom.dcm"] and not pooled.failures
     assert pooled.frames == serial.frames and pooled.bytes_by_alternate == serial.bytes_by_alternate
 
 
@@ -88,3 +93,40 @@ def test_command_line_workers_flag_and_progress_across_workers(small_series, tmp
     progress = [line for line in captured.err.splitlines() if line.startswith("[")]
     assert sorted(int(line[1:].split("/")[0]) for line in progress) == [1, 2, 3, 4, 5]  # one line a file
     assert convert_main([str(small_series["pool-b"]), "-o", str(tmp_path / "cli"), "--workers", "0"]) == 2
+
+
+def _kill_a_pool_worker_once_frames_exist(out: Path, killed: list) -> None:
+    import psutil
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        workers = [p for p in psutil.Process().children(recursive=True) if p.ppid() != os.getpid()]
+        if workers and any(out.glob("studies/*/series/*/instances/*/frames/*")):
+            workers[0].send_signal(signal.SIGKILL)  # the forkserver's children are the pool's workers
+            killed.append(workers[0].pid)
+            return
+        time.sleep(0.005)
+
+
+def test_a_lost_pool_worker_stops_the_run_cleanly_and_a_rerun_completes(small_series, tmp_path):
+    pytest.importorskip("psutil")
+    reference = tmp_path / "serial"
+    convert([small_series["pool-a"]], reference, quiet=True)
+    out = tmp_path / "pool"
+    same_boundary(reference, out)
+    killed: list = []
+    killer = threading.Thread(target=_kill_a_pool_worker_once_frames_exist, args=(out, killed))
+    killer.start()
+    try:
+        convert_parallel([small_series["pool-a"]], out, workers=2, quiet=True)
+    except ConversionError as exc:
+        assert "run the same command again" in str(exc)
+    killer.join()
+    assert killed, "no pool worker was caught converting"
+    for item in read_json_pair(next(out.glob("studies/*/series/*")) / "metadata", []):
+        sop = item["00080018"]["Value"][0]  # listed instances are whole
+        instance = next(out.glob(f"studies/*/series/*/instances/{sop}"))
+        assert sorted(p.name for p in instance.iterdir() if p.is_dir()) == sorted(
+            ["frames", "jls", "jlsThumbnail", "lossy", "htj2kThumbnail"])
+    convert_parallel([small_series["pool-a"]], out, workers=2, quiet=True)
+    assert tree_files(out) == tree_files(reference)

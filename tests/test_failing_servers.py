@@ -438,3 +438,33 @@ def test_a_stall_is_given_up_whatever_the_transport(tree):
     (failed,) = failures(events, HIT)
     assert "no bytes for 0.5 s" in failed.message
     assert_others_final(tree, events, engine)
+
+
+def test_the_cli_names_the_content_type_of_a_non_image_answer(tree):
+    """Issue 14.3: a frame answered 200 text/html (a login page, an SPA fallback) is never taken
+    as pixels: the CLI fails that image naming the type, the others load to their final image."""
+    import io
+
+    from app.cli import load
+
+    out, err = io.StringIO(), io.StringIO()
+    server = ScriptedServer(tree["root"], "-", lambda p, n, r: Action("ctype", value="text/html; charset=utf-8"))
+
+    async def main():
+        transport = NativeTransport(connect_timeout=1.0, read_timeout=2.0)
+        try:
+            stack = await discover(transport, f"{server.url}/{tree['series']}")
+            server.httpd.hit_sop = stack.images[HIT].sop_instance_uid
+            return await load(f"{server.url}/{tree['series']}", preset("single"), out=out, err=err,
+                              transport=transport)
+        finally:
+            await transport.aclose()
+
+    try:
+        _, requested, final = asyncio.run(asyncio.wait_for(main(), 20))
+    finally:
+        server.close()
+    assert final == IMAGES - 1
+    assert "answered 'text/html', not a frame" in err.getvalue()
+    assert "1 of 3 images failed" in err.getvalue()
+    assert len(server.hits()) == 1  # not retried: the server would answer the same

@@ -245,6 +245,28 @@ def test_a_small_frame_held_whole_by_the_first_range_is_final_and_fetched_once(s
         assert_all_final(site, events, engine)
 
 
+@pytest.mark.parametrize("near, status", [(0, Q.FULL_RESOLUTION), (2, Q.LOSSY)])
+@pytest.mark.parametrize("config", ["single", "htj2kRangeThenStream"])
+def test_jpeg_ls_quality_comes_from_near_not_the_label(near, status, config):
+    """A JPEG-LS frame labelled near-lossless (.81) with NEAR = 0 is lossless (issue 13 item 4)."""
+    import imagecodecs
+
+    from app.codecs import JPEG_LS_NEAR_LOSSLESS
+
+    site = Site()
+    for i in range(2):
+        pixels = image_pixels(64, 64, seed=i, dtype="u1")
+        site.add_frame(i, pixels, bytes(imagecodecs.jpegls_encode(pixels, level=near)), JPEG_LS_NEAR_LOSSLESS)
+    events, engine, transport = run_mock(site, preset(config))
+    for i in range(2):
+        (ref,) = refinements(events, i)
+        assert ref.final and ref.status == status and engine.phase(i) is Phase.FINAL
+        assert len(frame_requests(transport, i)) == 1  # nothing fetched twice
+        if near == 0:
+            np.testing.assert_array_equal(ref.pixels, site.pixels[i])
+    assert not failures(events)
+
+
 def test_an_image_that_cannot_become_final_ends_with_image_failed(htj2k_images):
     """Only a first range, no later stage: a partial level is all there will be; say so."""
     site = htj2k_site(htj2k_images)

@@ -108,8 +108,9 @@ def test_a_lossy_syntax_is_final_at_lossy():
 def test_thumbnail_and_lossy_alternates_lower_the_target():
     config = preset("jlsReduced")
     rules, image = policy_for(JPEG_LS_LOSSLESS, config, {
-        "/jlsThumbnail/": Alternate("/jlsThumbnail/", 16, 16, JPEG_LS_LOSSLESS, False, True),
-        "/jls/": Alternate("/jls/", 64, 64, JPEG_LS_LOSSLESS, False),
+        "/jlsThumbnail/": Alternate("jlsThumbnail", transfer_syntax=JPEG_LS_LOSSLESS, lossy=False, scale=4,
+                                    rows=16, columns=16, thumbnail=True),
+        "/jls/": Alternate("jls", transfer_syntax=JPEG_LS_LOSSLESS, lossy=False, rows=64, columns=64),
     })
     thumb, full = config.stages[:2]
     assert rules.target_status(image, rules.options(thumb, image)) == Q.SUBRESOLUTION

@@ -29,6 +29,7 @@ def tree(tmp_path_factory):
     body = (f"--{BOUNDARY}\r\nContent-Type: image/jphc;transfer-syntax=1.2.840.10008.1.2.4.202\r\n\r\n"
             .encode() + payload + f"\r\n--{BOUNDARY}--".encode())
     (frames / "1").write_bytes(body)
+    (series / "thumbnail").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(100) + b"\xff\xd9")
     metadata = [{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}]
     (series / "metadata.gz").write_bytes(gzip.compress(json.dumps(metadata).encode()))
     (root / "studies" / "index.json").write_text(json.dumps(metadata * 50))
@@ -97,6 +98,13 @@ def test_frame_content_type_has_boundary_and_transfer_syntax(live):
     assert ctype.startswith('multipart/related; type="image/jphc"')
     assert f"boundary={BOUNDARY}" in ctype
     assert "transfer-syntax=1.2.840.10008.1.2.4.202" in ctype
+
+
+def test_a_rendered_thumbnail_is_a_jpeg_image(live):
+    """The toolkit's (and our converter's) ``thumbnail`` files: an <img> may show them."""
+    resp, body = request(live, "/dicomweb/studies/1.2.3/series/4.5.6/thumbnail")
+    assert resp.status == 200 and resp.getheader("Content-Type") == "image/jpeg"
+    assert body.startswith(b"\xff\xd8")
 
 
 def test_data_is_same_origin_only_by_default(live):

@@ -26,8 +26,10 @@ JLS = "1.2.840.10008.1.2.4.80"
 
 
 def test_alternates_round_trip_through_json():
-    written = [Alternate("frames", "1.2.840.10008.1.2.4.202", "image/jphc", False, 1, 2614, 3072, 6),
-               Alternate("jlsThumbnail", JLS, "image/jls", False, 4, thumbnail=True).sized(2614, 3072)]
+    written = [Alternate("frames", 2614, 3072, "1.2.840.10008.1.2.4.202", False, media_type="image/jphc",
+                         resolution_levels=6),
+               Alternate("jlsThumbnail", transfer_syntax=JLS, media_type="image/jls", lossy=False, scale=4,
+                         thumbnail=True).sized(2614, 3072)]
     doc = alternates_json(written)
     assert doc["jlsThumbnail"] == {"path": "jlsThumbnail", "transferSyntaxUID": JLS, "mediaType": "image/jls",
                                    "lossy": False, "scale": 4, "rows": 654, "columns": 768}
@@ -35,6 +37,8 @@ def test_alternates_round_trip_through_json():
     assert list(read) == ["/frames/", "/jlsThumbnail/"]
     assert read["/frames/"] == written[0] and read["/jlsThumbnail/"] == written[1]
     assert read["/jlsThumbnail/"].frames_path == "/jlsThumbnail/"
+    assert Alternate("/jls/", 64, 64, JLS, False) == Alternate("jls", rows=64, columns=64, transfer_syntax=JLS,
+                                                               lossy=False)  # discovery's old positional order
 
 
 def test_alternates_reader_is_tolerant_of_other_tools_spellings():
@@ -84,7 +88,7 @@ def test_manifest_keeps_old_trees_layout_and_types_frames():
     new = TreeManifest.new()
     assert new.frame_file_name(1) == "1.mht" and new.boundary.startswith("DICOMwebBoundary")
     assert TreeManifest.new(raw=True).frame_file_name(1) == "1"
-    jls = Alternate("jls", JLS, "image/jls")
+    jls = Alternate("jls", transfer_syntax=JLS, media_type="image/jls")
     doc = new.to_json({"jls": jls}, converterVersion="3")
     assert doc["frameSuffix"] == ".mht" and doc["converterVersion"] == "3"
     assert doc["alternates"]["jls"]["contentType"] == f'multipart/related; type="image/jls"; boundary={new.boundary}'

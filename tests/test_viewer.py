@@ -33,13 +33,10 @@ def open_viewer(record, base_url: str, query: str = "", state=("idle",), timeout
     wait_for_app_state(record, state, timeout_ms)
 
 
-def canvas_pixels(page, selector: str = "#canvas") -> np.ndarray:
-    """The red channel of a canvas (the images are grey), moved as base64 to stay fast."""
-    width, height, b64 = page.evaluate(f"""() => {{ const c = document.querySelector('{selector}');
-        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        let s = ''; for (let i = 0; i < d.length; i += 0x8000)
-            s += String.fromCharCode.apply(null, d.subarray(i, i + 0x8000));
-        return [c.width, c.height, btoa(s)]; }}""")
+def canvas_pixels(page) -> np.ndarray:
+    """The red channel of the viewport as drawn (the renderer reads its canvas back: a WebGL
+    canvas has no 2D context), moved as base64 to stay fast."""
+    width, height, b64 = page.evaluate("window.pyApp.canvasPixels()")
     rgba = np.frombuffer(base64.b64decode(b64), dtype=np.uint8).reshape(height, width, 4)
     return rgba[..., 0].copy()
 
@@ -57,6 +54,42 @@ def source_sha256(key: str, name: str) -> str:
 
 def render_log(page) -> list[dict]:
     return page.evaluate("Array.from(window.renderLog)")
+
+
+class WorkerNetwork:
+    """Network events of the engine's web worker: a page's CDP session throttles the worker's
+    fetches but does not report them, so this attaches to the worker target (auto-attach, messages
+    through Target.sendMessageToTarget) and enables its Network domain."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.cdp = page.context.new_cdp_session(page)
+        self.handlers: dict[str, list] = {}
+        self.enabled = False
+        self.cdp.on("Target.attachedToTarget", self._attached)
+        self.cdp.on("Target.receivedMessageFromTarget", self._received)
+        self.cdp.send("Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": False,
+                                               "flatten": False})
+        for _ in range(100):
+            if self.enabled:
+                break
+            page.wait_for_timeout(50)
+        assert self.enabled, "the engine's worker target was not found"
+
+    def on(self, method: str, fn) -> None:
+        self.handlers.setdefault(method, []).append(fn)
+
+    def _attached(self, event) -> None:
+        if event["targetInfo"]["type"] == "worker":
+            message = json.dumps({"id": 1, "method": "Network.enable", "params": {}})
+            self.cdp.send("Target.sendMessageToTarget", {"sessionId": event["sessionId"], "message": message})
+
+    def _received(self, event) -> None:
+        message = json.loads(event["message"])
+        if message.get("id") == 1:
+            self.enabled = True
+        for fn in self.handlers.get(message.get("method", ""), []):
+            fn(message["params"])
 
 
 def throttle(page, conditions: dict) -> None:
@@ -251,12 +284,13 @@ def test_fast_scrolling_on_slow4g(page, demo_server, demo_data, config):
     js_before = cdp.send("Runtime.getHeapUsage")["usedSize"]
     wasm_before = json.loads(p.evaluate("window.pyApp.memoryUsage()"))["wasmHeapBytes"]
     cancelled: list = []
-    cdp.on("Network.loadingFailed", lambda e: cancelled.append(e) if e.get("canceled") else None)
+    net = WorkerNetwork(p)  # the frames are fetched by the engine's worker
+    net.on("Network.loadingFailed", lambda e: cancelled.append(e) if e.get("canceled") else None)
     frame_ids: set = set()
     received: dict = {}  # bytes the page actually took in, per frame request (what crossed the link)
-    cdp.on("Network.requestWillBeSent",
+    net.on("Network.requestWillBeSent",
            lambda e: frame_ids.add(e["requestId"]) if "/frames/" in e["request"]["url"] else None)
-    cdp.on("Network.dataReceived", lambda e: received.__setitem__(
+    net.on("Network.dataReceived", lambda e: received.__setitem__(
         e["requestId"], received.get(e["requestId"], 0) + e["encodedDataLength"]))
     cdp.send("Network.enable")
     cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})

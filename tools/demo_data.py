@@ -11,7 +11,8 @@ Downloads with the ordinary package clients (cached in ``<project>/.cache/downlo
 then converts them with every alternate (``app.convert``) into ``<project>/static/dicomweb`` and
 writes ``demo.json`` there, the list of demo series the viewer picks its default from. A stamp
 file (``.demo-stamp.json``) records the inputs and the converter version, so a second run with
-nothing changed returns at once.
+nothing changed returns at once; a new converter version converts the demo series again, in place
+(the converter upgrades an existing tree: ``frames/1`` becomes ``frames/1.mht``, thumbnails added).
 """
 
 from __future__ import annotations

@@ -249,6 +249,19 @@ def write_series(spec: StackSpec, dest: Path, project_root: Path = PROJECT_ROOT)
     return paths
 
 
+def write_archive(dest: Path, series: int = 8, slices: int = 22, size: int = 512,
+                  project_root: Path = PROJECT_ROOT) -> list[Path]:
+    """Several CT-like series (their own study each) under `dest`: an archive for the converter's
+    throughput, where one task per series (Dask) can use every worker. Returns the folders."""
+    folders = []
+    for number in range(series):
+        folder = dest / f"series-{number + 1:02d}"
+        write_series(StackSpec(f"archive-{number + 1}-{slices}x{size}", f"archive series {number + 1}", slices,
+                               size, 1.25, True, number), folder, project_root)
+        folders.append(folder)
+    return folders
+
+
 def _stack(spec: StackSpec, source_dir: Path, tree: Path) -> LargeStack:
     study = stable_uid(spec.name, GENERATOR_VERSION, "study")
     series = stable_uid(spec.name, GENERATOR_VERSION, "series")
@@ -258,8 +271,10 @@ def _stack(spec: StackSpec, source_dir: Path, tree: Path) -> LargeStack:
 
 def _stamp(spec: StackSpec) -> dict:
     from app.convert import CONVERTER_VERSION
+    from app.tree import FRAME_SUFFIX
 
-    return {"generator": GENERATOR_VERSION, "converterVersion": CONVERTER_VERSION, "spec": asdict(spec)}
+    return {"generator": GENERATOR_VERSION, "converterVersion": CONVERTER_VERSION, "frameSuffix": FRAME_SUFFIX,
+            "spec": asdict(spec)}
 
 
 @contextmanager

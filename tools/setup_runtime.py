@@ -11,6 +11,7 @@ Result::
     static/pyodide/   pyodide.mjs, pyodide.asm.mjs, pyodide.asm.wasm, python_stdlib.zip, pyodide-lock.json
     static/pyscript/  core.js, core.css and the chunks they import
     static/wheels/    numpy, imagecodecs (wasm32), pydicom
+    static/micropython/  micropython.mjs, micropython.wasm (the page's main thread; Pyodide runs in a worker)
 
 Then the stdlib zip and the wheels are *slimmed* for a fast start (``tools/runtime/slim.py``, run
 inside Pyodide under Node by ``tools/runtime/compile.mjs``): every ``.py`` becomes sourceless
@@ -41,6 +42,8 @@ STAMP_VERSION = 4
 
 PYODIDE_VERSION = "314.0.7"
 PYSCRIPT_VERSION = "0.7.31"
+#: The MicroPython PyScript 0.7.31 asks for by default (its core.js names this version).
+MICROPYTHON_VERSION = "1.28.0-6"
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,13 @@ NPM_PYSCRIPT = Artifact(
     "b2ca1a0c0956aebd990a7c8524cca1eb061444a8319a7264d2f31ef30bea276a",
     ("npm", "pack", "--silent", f"@pyscript/core@{PYSCRIPT_VERSION}"),
 )
+NPM_MICROPYTHON = Artifact(
+    f"micropython-micropython-webassembly-pyscript-{MICROPYTHON_VERSION}.tgz",
+    "1f22644874da319a46bf607840d518cca320d67b16b21fb2633cd1147a7a198b",
+    ("npm", "pack", "--silent", f"@micropython/micropython-webassembly-pyscript@{MICROPYTHON_VERSION}"),
+)
+#: Files of the MicroPython package the page's main thread needs (no ulab, no settrace build).
+MICROPYTHON_FILES = ("micropython.mjs", "micropython.wasm")
 WHEEL_PYDICOM = Artifact(
     "pydicom-3.0.2-py3-none-any.whl",
     "abf971a5440f84dbaf42c4b6758e30e62480902584f8b270b9a5d146e278a07b",
@@ -220,16 +230,39 @@ def slim(targets: dict[str, Path]) -> list[dict]:
     return results
 
 
+def stamp_is(stamp: Path, wanted: dict) -> bool:
+    """True when a set-up stamp file holds exactly ``wanted`` (missing or unreadable: False)."""
+    try:
+        return json.loads(stamp.read_text()) == wanted
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_micropython(force: bool = False) -> Path:
+    """static/micropython/: the page's main-thread interpreter. Its own stamp, so that checkouts
+    that do not know it yet never see ``runtime.json`` change (and never lay out static/ again)."""
+    dest = STATIC / "micropython"
+    stamp = dest / "stamp.json"
+    wanted = {"micropython": NPM_MICROPYTHON.sha256}
+    if not force and stamp_is(stamp, wanted):
+        return dest
+    tmp = STATIC / "micropython.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    extract_npm(fetch(NPM_MICROPYTHON), tmp, lambda rel: rel if rel in MICROPYTHON_FILES else None)
+    precompress(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
+    stamp.write_text(json.dumps(wanted))
+    return dest
+
+
 def ensure_runtime(force: bool = False) -> Path:
-    """Make ``static/`` hold the runtime; a no-op when the stamp says it is current."""
+    """Make ``static/`` hold the runtime; a no-op when the stamps say it is current."""
+    ensure_micropython(force)
     stamp = STATIC / "runtime.json"
     wanted = stamp_contents()
-    if not force and stamp.exists():
-        try:
-            if json.loads(stamp.read_text()) == wanted:
-                return STATIC
-        except ValueError:
-            pass
+    if not force and stamp_is(stamp, wanted):
+        return STATIC
     started = time.perf_counter()
     pyodide_tgz = fetch(NPM_PYODIDE)
     pyscript_tgz = fetch(NPM_PYSCRIPT)

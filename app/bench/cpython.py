@@ -38,7 +38,7 @@ def run_async(make_coro: Callable[[], Any]) -> Any:
     return box["value"]
 
 
-async def _load(base_url: str, entry: dict, preset: str) -> LoadRun:
+async def _load(base_url: str, entry: dict, preset: str, policy=None) -> LoadRun:
     from app.config import preset as get_preset
     from app.engine import Refinement, RetrieveEngine
     from app.study import discover
@@ -49,7 +49,8 @@ async def _load(base_url: str, entry: dict, preset: str) -> LoadRun:
     try:
         t0 = time.perf_counter()
         stack = await discover(transport, base_url + entry["url"])
-        engine = RetrieveEngine(stack, get_preset(preset), transport, viewport=(900, 1280))
+        engine = RetrieveEngine(stack, get_preset(preset), transport, viewport=(900, 1280),
+                                **({"policy": policy} if policy else {}))  # a memory budget (scale.py)
         current = min(len(stack) // 2, len(stack) - 1) if len(stack) > 2 else 0
         engine.set_current(current)
         t_loading = (time.perf_counter() - t0) * 1000.0

@@ -158,6 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="write benchmark.md/.json/.png here (benchmark-cpython.* for cpython)")
     parser.add_argument("--root", type=Path, help="static DICOMweb tree to serve (default static/dicomweb)")
     parser.add_argument("--no-stack", action="store_true", help="skip the 20-slice stack rows")
+    parser.add_argument("--scale", nargs="?", const="small", choices=("small", "full"),
+                        help="only the large-stack and converter throughput rows (scale.py; default small)")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold start rows (browser)")
     parser.add_argument("--no-decode", action="store_true", help="skip the decode comparison")
     parser.add_argument("--render", type=Path, metavar="JSON",
@@ -196,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.quiet:
             print(f"[{time.perf_counter() - t0:6.1f} s] {text}", file=sys.stderr, flush=True)
 
+    if args.scale:
+        from .scale import main as scale_main
+
+        return scale_main(args.scale, runs=args.runs, profile=profiles[0], out=args.out, progress=progress)
     result = run_bench(engine=args.engine, runs=args.runs, profiles=profiles, modes=modes,
                        stack=not args.no_stack, cold_start=not args.no_cold_start, decode=not args.no_decode,
                        data_root=args.root, progress=progress)

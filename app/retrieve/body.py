@@ -24,6 +24,7 @@ from ..readers.codestream import (
     MainHeader,
     ResolutionComplete,
 )
+from ..readers.jpeg import JpegError, JpegHeader, read_jpeg_header
 from ..readers.multipart import (
     MultipartEnd,
     MultipartError,
@@ -36,7 +37,7 @@ from ..readers.multipart import (
 )
 from ..transport.base import DIGEST_ALGORITHMS, parse_content_digest
 
-__all__ = ["FrameBody", "PREFIX_DECODABLE", "media_of", "jpeg_size"]
+__all__ = ["FrameBody", "PREFIX_DECODABLE", "media_of"]
 
 # syntaxes whose decoder reads a prefix holding whole resolution levels (OpenJPH, skipres)
 PREFIX_DECODABLE = frozenset({HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL, HTJ2K, HTJ2K_PRIVATE})
@@ -226,6 +227,21 @@ class FrameBody:
             raise DecodeError(f"the frame's bytes do not match their Content-Digest ({self.digest[0]}): "
                               "corrupted on the server or on the way")
 
+    def jpeg_header(self, *, scans: bool = True) -> JpegHeader | None:
+        """The JPEG / JPEG-LS header of the frame bytes held, None if they are not JPEG (or
+        their markers are broken: the decoder then says why)."""
+        try:
+            return read_jpeg_header(self.data, scans=scans)
+        except JpegError:
+            return None
+
+    @property
+    def stream_lossless(self) -> bool | None:
+        """What the stream itself says of its quality: JPEG-LS NEAR = 0 or lossless JPEG is
+        lossless, any other JPEG is not; None when the stream does not say (not JPEG)."""
+        header = self.jpeg_header()
+        return None if header is None else header.lossless
+
     @property
     def decodable_complete(self) -> bool:
         return self.complete or self.codestream_complete
@@ -248,27 +264,3 @@ def media_of(syntax: str) -> str | None:
         return codec_for(syntax).media_type
     except DecodeError:
         return None
-
-
-def jpeg_size(data: bytearray) -> tuple[int, int] | None:
-    """(rows, columns) from the SOF of a JPEG / JPEG-LS stream, None if it is not one."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    n = len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        length = (data[i + 2] << 8) | data[i + 3]
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):
-            if i + 9 > n:
-                return None
-            rows = (data[i + 5] << 8) | data[i + 6]
-            cols = (data[i + 7] << 8) | data[i + 8]
-            return rows, cols
-        i += 2 + length
-    return None

@@ -7,19 +7,21 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import AsyncIterator, Callable, Iterable
+from urllib.parse import urlsplit
 
-from ..codecs import DecodeError, decode_frame
+from ..codecs import DecodeError
 from ..config import RetrieveConfig, RetrieveOptions, RetrieveStage
 from ..readers.multipart import MultipartError
 from ..study import Stack
 from ..transport.base import Transport
-from ..transport.errors import TransportError
+from ..transport.errors import ProtocolError, TransportError
 from .budget import Budget
 from .events import EngineEvent, ImageFailed, Refinement
-from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded
+from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded, WholeAttempt
 from .nearby import replicas
 from .policy import FetchKind, Policy
 from .ranges import RangeAttempt
+from .refine import decode_pixels, scaled_spacing
 from .scheduler import Scheduler
 from .settings import RetrievePolicy
 from .state import Change, ImageState, Job, Phase
@@ -200,6 +202,10 @@ class RetrieveEngine:
 
     async def _worker(self) -> None:
         while True:
+            while self._queue is not None and self._queue.qsize() > self.policy.concurrency:
+                # events run() has not handed out hold their pixels, out of the budget's reach: let
+                # the reader catch up before more work (a fast server otherwise fills memory)
+                await asyncio.sleep(0.001)
             taken = self.scheduler.take()
             if taken is None:
                 if self.scheduler.idle:
@@ -254,7 +260,9 @@ class RetrieveEngine:
             return RangeAttempt(self, st, job, stage, options)
         if kind is FetchKind.RANGES:  # no ranges over Content-Encoded frames: stream them whole
             return StreamAttempt(self, st, job, stage, options, streaming=True)
-        return StreamAttempt(self, st, job, stage, options)
+        if kind is FetchKind.STREAM:
+            return StreamAttempt(self, st, job, stage, options)
+        return WholeAttempt(self, st, job, stage, options)
 
     def _end_job(self, st: ImageState, job: Job, gave_way: bool) -> None:
         st.job = None
@@ -302,6 +310,14 @@ class RetrieveEngine:
         if self.on_event is not None:
             self.on_event(event)
 
+    def check_url(self, url: str) -> None:
+        """Refuse a frame URL (a BulkDataURI, a redirect) outside the study's origin and
+        ``allowedOrigins``: the image fails naming the host, nothing is asked of it."""
+        if not self.config.allows_url(url, self.stack.series_url):
+            host = urlsplit(url).netloc or url
+            raise ProtocolError(f"{url}: host {host} is not the study's origin; "
+                                f"add its origin to allowedOrigins to load images from it")
+
     def t_ms(self, st: ImageState) -> float:
         if st.t0 is None:
             st.t0 = self.clock()
@@ -314,35 +330,23 @@ class RetrieveEngine:
         attempt.check()
         st, body, options, image = attempt.st, attempt.body, attempt.options, attempt.st.image
         syntax = body.resolved_syntax
-        fmt = self.rules.pixel_format(image, body, options)
         t = self.clock()
-        if end is None:
-            body.check_whole_codestream()
-        with memoryview(body.data) as view:
-            part = view[:end] if end is not None else view
-            try:
-                pixels = decode_frame(part, syntax, fmt, reduce=reduce)
-            except DecodeError:
-                if reduce == 0:
-                    raise
-                body.partial_failed = True  # this decoder cannot read prefixes: wait for the whole frame
-                return
-            finally:
-                part.release()
+        pixels = decode_pixels(body, self.rules.pixel_format(image, body, options), reduce=reduce, end=end)
+        if pixels is None:
+            return  # this decoder cannot read prefixes: wait for the whole frame
         decode_ms = round((self.clock() - t) * 1000.0, 3)
         rows, columns = pixels.shape[:2]
-        status = self.rules.status_of(image, options, syntax, rows, columns, partial=reduce > 0)
+        status = self.rules.status_of(image, options, syntax, rows, columns, partial=end is not None,
+                                      stream_lossless=body.stream_lossless if end is None else None)
         rank = (int(status), rows * columns)
         if st.best is not None and rank <= st.best_rank:
             return  # never replace a better (or equal) result
-        spacing = None
-        if image.pixel_spacing is not None:
-            spacing = (image.pixel_spacing[0] * image.rows / rows, image.pixel_spacing[1] * image.columns / columns)
-        final = reduce == 0 and not self.rules.later_stage_improves(
+        final = end is None and not self.rules.later_stage_improves(
             image, attempt.job.stage_pos, rank, image.index in self._requested, len(self._states))
         ref = Refinement(
             index=image.index, sop_instance_uid=image.sop_instance_uid, frame=image.frame,
-            stage_id=attempt.stage.id, status=status, rows=rows, columns=columns, pixel_spacing=spacing,
+            stage_id=attempt.stage.id, status=status, rows=rows, columns=columns,
+            pixel_spacing=scaled_spacing(image, rows, columns),
             bytes_received=st.bytes_received, t_ms=self.t_ms(st), decode_ms=decode_ms, final=final,
             pixels=pixels, transfer_syntax=syntax, reduce=reduce, url=body.url,
         )

@@ -4,34 +4,44 @@ into a streamed request and range requests, each its own class; byte ranges are 
 An attempt holds what every step needs (the image's state, the stage, its options, the frame body)
 so no step takes ten arguments. ``StreamAttempt`` asks for the whole frame (or, with rangeIndex -1,
 the rest of it) and, when streaming, decodes levels as they complete; ``RangeAttempt`` asks for
-``chunkSize`` bytes and extends the request to the end of a resolution level.
+``initialChunkSize`` + n ``chunkSize`` bytes and extends the request to the end of a level.
 
 Failures: a retryable TransportError (5xx/429, a lost or cut transfer, a stall) is tried again
 (``RetrievePolicy.retries``) from the first byte not held; anything else fails the stage at once.
 A frame served with a Content-Encoding (gzip) is never continued by Range: the server's offsets
-count encoded bytes the browser never shows, so the rest comes as one whole request.
+count encoded bytes while both transports hand over decoded ones, so the rest comes as one whole
+request (and later images of the load skip ranges: ``RetrieveEngine.frames_encoded``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, AsyncIterator, Callable
+from urllib.parse import urljoin
 
-from ..config import RetrieveOptions, RetrieveStage
+from ..config import DEFAULT_CHUNK_SIZE, DEFAULT_INITIAL_CHUNK_SIZE, RetrieveOptions, RetrieveStage
+from ..readers.codestream import ResolutionComplete
 from ..transport.base import ContentRange, Response, parse_content_range
-from ..transport.errors import ProtocolError, StatusError, TransportError, TransportTimeout, retry_after_seconds
+from ..transport.errors import ProtocolError, StatusError, TransportError, retry_after_seconds
+from ..transport.limits import SpeedWatch, head_within, paced
 from .body import FrameBody
 from .events import FirstBytes, RequestFinished, RequestStarted
+from .limits import check_frame_content_type, frame_byte_cap
 from .policy import frame_request_url
-from .settings import ACCEPT_ANY
+from .settings import ACCEPT_ANY, MAX_REDIRECTS, REDIRECT_STATUSES
 from .state import ImageState, Job
 
 if TYPE_CHECKING:  # the engine drives attempts; attempts call back into it
     from .engine import RetrieveEngine
 
-__all__ = ["Attempt", "InlineAttempt", "StreamAttempt", "Superseded"]
+__all__ = ["Attempt", "InlineAttempt", "StreamAttempt", "WholeAttempt", "Superseded"]
 
 ByteRange = tuple[int, int | None]
+
+
+def _given(value: int, default: int) -> int:
+    """A streaming byte threshold: 0 (none) when the configuration left it at its default."""
+    return 0 if value == default else value
 
 
 class Superseded(Exception):
@@ -56,6 +66,10 @@ class Attempt:
                 body = st.bodies[url] = FrameBody(url, engine.rules.syntax_of(st.image, options))
         self.body = body
         self.last_partial: float | None = None  # clock of the last partial decode while streaming
+        self.last_partial_bytes = 0  # bytes held at that decode
+        # memory tied to the data, and one deadline for all of this stage's requests and retries
+        self.byte_cap = frame_byte_cap(st.image.fmt, self.settings.max_frame_bytes)
+        self.watch = SpeedWatch(self.settings.transfer_limits, body.url, engine.clock)
 
     # -- the stage ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -70,10 +84,14 @@ class Attempt:
         elif self.options.range_index is not None or self.options.streaming:
             level = self.engine.rules.best_partial_level(body, self.st.best, self.options)
             if level is not None:
-                self.engine.decode(self, reduce=level.reduce, end=level.end_offset)
+                self.decode_partial(level)
 
     async def fetch_frame(self) -> None:
         raise NotImplementedError
+
+    def decode_partial(self, level: ResolutionComplete) -> None:
+        """Decode the prefix up to a complete level (at full size under ``decodeLevel`` 0)."""
+        self.engine.decode(self, reduce=self.engine.rules.partial_reduce(level, self.options), end=level.end_offset)
 
     def check(self) -> None:
         if not self.job.live:
@@ -87,12 +105,15 @@ class Attempt:
 
     # -- requests with retries ---------------------------------------------------------------
     async def fetch(self, want_end: int | None, *, streaming: bool,
-                    on_chunk: Callable[[], bool] | None = None) -> None:
-        """Bring the body up to ``want_end`` (exclusive; None: the whole file) from what it holds."""
+                    on_chunk: Callable[[], bool] | None = None, stop: Callable[[], bool] | None = None) -> None:
+        """Bring the body up to ``want_end`` (exclusive; None: the whole file) from what it holds;
+        ``stop`` (asked after each chunk) ends the transfer early, the rest left for later."""
         retries = self.settings.retries
         for attempt in range(retries + 1):
+            self.watch.restart_window()
             try:
-                return await self.fetch_once(want_end, streaming=streaming, on_chunk=on_chunk)
+                self.watch.check_deadline()
+                return await self.fetch_once(want_end, streaming=streaming, on_chunk=on_chunk, stop=stop)
             except TransportError as exc:
                 if not exc.retryable:
                     raise
@@ -118,7 +139,7 @@ class Attempt:
         return start, want_end, None if whole else (start, None if want_end is None else want_end - 1)
 
     async def fetch_once(self, want_end: int | None, *, streaming: bool,
-                         on_chunk: Callable[[], bool] | None = None) -> None:
+                         on_chunk: Callable[[], bool] | None = None, stop: Callable[[], bool] | None = None) -> None:
         span = self._span(want_end)
         if span is None:
             return
@@ -141,8 +162,11 @@ class Attempt:
             if whole is None:
                 return  # 416 past the end: everything is held
             self._note_encoding(resp, 0)
-            await self._read(resp, received, whole=whole, streaming=streaming,
-                             on_chunk=on_chunk if resp.status == 206 and not whole else None)
+            stopped = await self._read(resp, received, whole=whole, streaming=streaming,
+                                       on_chunk=on_chunk if resp.status == 206 and not whole else None,
+                                       stop=stop if resp.status == 206 else None)
+            if stopped:
+                return  # closed early on purpose: the body is not at its end
             if whole or want_end is None:  # a 200, the last range, or an open-ended one: all is in
                 body.total = body.file_offset
                 body.end_of_file()
@@ -176,6 +200,7 @@ class Attempt:
             whole = self._accept_206(cr, byte_range, start)
         else:
             raise StatusError(status, body.url, retry_after=retry_after_seconds(resp.headers.get("retry-after")))
+        check_frame_content_type(body.url, resp.headers.get("content-type"))
         body.set_content_type(resp.headers.get("content-type"))
         return whole
 
@@ -204,70 +229,81 @@ class Attempt:
             self.engine.frames_encoded = True
 
     async def _read(self, resp: Response, received: list[int], *, whole: bool, streaming: bool,
-                    on_chunk: Callable[[], bool] | None) -> None:
-        body, st, settings = self.body, self.st, self.settings
-        clock = self.engine.clock
-        window_start, window_bytes = clock(), 0
+                    on_chunk: Callable[[], bool] | None, stop: Callable[[], bool] | None = None) -> bool:
+        """Feed the answer's chunks to the body; True if ``stop`` ended the transfer early."""
+        body, st = self.body, self.st
         async for chunk in self.chunks(resp):
             self.check()
             n = len(chunk)
-            window_bytes += n
-            now = clock()
-            if now - window_start >= settings.low_speed_seconds:
-                if window_bytes < settings.low_speed_bytes:
-                    raise TransportTimeout(f"{body.url}: fewer than {settings.low_speed_bytes} bytes in "
-                                           f"{settings.low_speed_seconds:g} s")
-                window_start, window_bytes = now, 0
             received[0] += n
             st.bytes_received += n
             if resp.status == 206:
                 self._note_encoding(resp, received[0])
-            if body.file_offset + n > settings.max_frame_bytes:
-                raise ProtocolError(f"{body.url}: more than {settings.max_frame_bytes} bytes for one frame")
+            self.check_cap(body.file_offset + n)
             body.feed(chunk)
             if on_chunk is not None and on_chunk():
                 await asyncio.sleep(0)  # let the request it started go out now
+            if stop is not None and not body.decodable_complete and stop():
+                return True
             if streaming and body.levels and not body.decodable_complete and self._decode_due():
                 level = self.engine.rules.best_partial_level(body, st.best, self.options)
                 if level is not None:
-                    self.engine.decode(self, reduce=level.reduce, end=level.end_offset)
-                    self.last_partial = self.engine.clock()
+                    self.decode_partial(level)
+                    self.last_partial, self.last_partial_bytes = self.engine.clock(), body.file_offset
                     await asyncio.sleep(0)
+        return False
 
     def _decode_due(self) -> bool:
-        """``msBetweenDecode``: the least time between two partial decodes of the image."""
-        gap = self.options.ms_between_decode
-        return not gap or self.last_partial is None or (self.engine.clock() - self.last_partial) * 1000 >= gap
+        """Cornerstone's stream reader: the first partial decode once ``initialChunkSize`` bytes
+        are held, later ones ``chunkSize`` bytes and ``msBetweenDecode`` ms apart.
 
-    async def chunks(self, resp: Response) -> AsyncIterator[bytes]:
-        """The body's chunks; no byte for the low-speed time is a timeout (the browser's fetch
-        has no read timeout of its own)."""
-        seconds = self.settings.low_speed_seconds
-        chunks = resp.chunks().__aiter__()
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(seconds):
-                        chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    return
-                except TimeoutError as exc:
-                    raise TransportTimeout(f"{resp.url or self.body.url}: no bytes for {seconds:g} s") from exc
-                yield chunk
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        A size equal to its default counts as not given (RetrieveOptions cannot tell them apart):
+        then each level is decoded as soon as it completes, as our streaming presets do.
+        """
+        opts, held = self.options, self.body.file_offset
+        if self.last_partial is None:
+            return held >= _given(opts.initial_chunk_size, DEFAULT_INITIAL_CHUNK_SIZE)
+        if held - self.last_partial_bytes < _given(opts.chunk_size, DEFAULT_CHUNK_SIZE):
+            return False
+        gap = opts.ms_between_decode
+        return not gap or (self.engine.clock() - self.last_partial) * 1000 >= gap
+
+    def check_cap(self, end: int) -> None:
+        """Refuse a frame resource larger than any encoding of the declared image."""
+        if end > self.byte_cap:
+            fmt = self.st.image.fmt
+            raise ProtocolError(f"{self.body.url}: more than {self.byte_cap} bytes for one frame "
+                                f"(a {fmt.rows}x{fmt.columns} image of {fmt.bits_allocated}-bit samples)")
+
+    def chunks(self, resp: Response, watch: SpeedWatch | None = None) -> AsyncIterator[bytes]:
+        """The body's chunks under the low-speed rule and the stage's deadline (the browser's
+        fetch has no read timeout of its own)."""
+        return paced(resp, watch or self.watch)
 
     async def get(self, byte_range: ByteRange | None) -> Response:
-        """transport.get, with the low-speed time as the deadline for the answer's headers."""
-        seconds = self.settings.low_speed_seconds
+        """transport.get, with the low-speed time as the deadline for the answer's headers.
+
+        Every URL asked for, redirected to (a 3xx with Location: NativeTransport does not follow)
+        or answered from (``response.url``: the browser's fetch follows by itself) must be one the
+        configuration allows for this study, so neither a BulkDataURI nor a redirect sends the
+        viewer to another host unless ``allowedOrigins`` says so.
+        """
         url = self.body.url
-        try:
-            async with asyncio.timeout(seconds):
-                return await self.engine.transport.get(url, headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
-        except TimeoutError as exc:
-            raise TransportTimeout(f"GET {url}: no answer in {seconds:g} s") from exc
+        for _ in range(MAX_REDIRECTS + 1):
+            self.engine.check_url(url)
+            resp = await head_within(self.engine.transport, url, self.watch.wait_seconds(),
+                                     headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
+            location = resp.headers.get("location") if resp.status in REDIRECT_STATUSES else None
+            try:
+                self.engine.check_url(resp.url or url)
+            except TransportError:
+                await resp.aclose()
+                raise
+            if not location:
+                return resp
+            await resp.aclose()
+            url = urljoin(url, location.strip())
+        raise ProtocolError(f"{self.body.url}: more than {MAX_REDIRECTS} redirects")
 
 
 class InlineAttempt(Attempt):
@@ -295,3 +331,10 @@ class StreamAttempt(Attempt):
 
     async def fetch_frame(self) -> None:
         await self.fetch(None, streaming=self.streaming)
+
+
+class WholeAttempt(StreamAttempt):
+    """One request for the whole frame (or, rangeIndex -1, the rest of it), decoded once all is in."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args, streaming=False)

@@ -7,6 +7,7 @@ from typing import Iterator, Sequence
 
 from ..config import ImageQualityStatus, RetrieveStage
 from .events import Refinement
+from .refine import scaled_spacing
 from .state import ImageState
 
 __all__ = ["replicas"]
@@ -28,12 +29,9 @@ def replicas(ref: Refinement, stage: RetrieveStage, states: Sequence[ImageState]
         if st.best is not None and int(st.best.status) >= int(status):
             continue
         im = st.image
-        spacing = None
-        if im.pixel_spacing is not None:
-            spacing = (im.pixel_spacing[0] * im.rows / ref.rows, im.pixel_spacing[1] * im.columns / ref.columns)
         copy = dataclasses.replace(
             ref, index=i, sop_instance_uid=im.sop_instance_uid, frame=im.frame, status=status,
-            pixel_spacing=spacing, bytes_received=st.bytes_received, decode_ms=0.0, final=False, url="",
+            pixel_spacing=scaled_spacing(im, ref.rows, ref.columns), bytes_received=st.bytes_received, decode_ms=0.0, final=False, url="",
         )
         st.best = copy
         yield copy

@@ -15,7 +15,7 @@ from ..codecs import DecodeError, PixelFormat, codec_for
 from ..config import ImageQualityStatus, RetrieveConfig, RetrieveOptions, RetrieveStage
 from ..readers.codestream import ResolutionComplete
 from ..study import Alternate, Stack, StackImage
-from .body import PREFIX_DECODABLE, FrameBody, jpeg_size
+from .body import PREFIX_DECODABLE, FrameBody
 from .events import Refinement
 
 __all__ = ["FetchKind", "Policy", "frame_request_url"]
@@ -77,7 +77,8 @@ class Policy:
         if body.header is not None:
             size: tuple[int, int] | None = (body.header.siz.height, body.header.siz.width)
         else:
-            size = jpeg_size(body.data)
+            jpeg = body.jpeg_header(scans=False)
+            size = jpeg.size if jpeg is not None else None
             alt = self.alternate(options)
             if size is None and alt is not None and alt.rows and alt.columns:
                 size = (alt.rows, alt.columns)
@@ -106,16 +107,21 @@ class Policy:
             status = Q.LOSSY
         return status
 
-    def status_of(self, image: StackImage, options: RetrieveOptions, syntax: str,
-                  rows: int, columns: int, *, partial: bool) -> ImageQualityStatus:
-        """The status of a decoded image: a partial level is SUBRESOLUTION; a whole frame is what
-        its stage can reach, lower when smaller than the image or in a lossy syntax."""
+    def status_of(self, image: StackImage, options: RetrieveOptions, syntax: str, rows: int, columns: int,
+                  *, partial: bool, stream_lossless: bool | None = None) -> ImageQualityStatus:
+        """The status of a decoded image: partial data is ``partial_status``; a whole frame is what
+        its stage can reach, lower when smaller than the image; lossy or not as the stream says
+        (JPEG-LS NEAR, the JPEG process) where it says, else as its transfer syntax is labelled."""
         if partial:
             return options.partial_status
         status = self.target_status(image, options)
+        if stream_lossless and status == Q.LOSSY and options.final_status == Q.FULL_RESOLUTION:
+            alt = self.alternate(options)
+            status = Q.SUBRESOLUTION if alt is not None and alt.thumbnail else Q.FULL_RESOLUTION
         if (rows, columns) != (image.rows, image.columns) and status > Q.SUBRESOLUTION:
             status = Q.SUBRESOLUTION
-        if status == Q.FULL_RESOLUTION and syntax_is_lossy(syntax):
+        lossy = syntax_is_lossy(syntax) if stream_lossless is None else not stream_lossless
+        if status == Q.FULL_RESOLUTION and lossy:
             status = Q.LOSSY
         return status
 
@@ -136,8 +142,16 @@ class Policy:
     # -- which levels -----------------------------------------------------------------------
     @staticmethod
     def level_allowed(level: ResolutionComplete, options: RetrieveOptions, body: FrameBody) -> bool:
-        return (1 <= level.reduce <= options.decode_level_cap and not body.partial_failed
+        """A level short of the whole image, within ``decodeLevel`` (0: any, decoded at full size)."""
+        cap = options.decode_level_cap
+        return (level.reduce >= 1 and (cap == 0 or level.reduce <= cap) and not body.partial_failed
                 and body.resolved_syntax in PREFIX_DECODABLE)
+
+    @staticmethod
+    def partial_reduce(level: ResolutionComplete, options: RetrieveOptions) -> int:
+        """Levels skipped when decoding a level prefix: its own, or none for ``decodeLevel`` 0
+        (Cornerstone decodes partial data at full size; the result is LOSSY, not smaller)."""
+        return 0 if options.decode_level_cap == 0 else level.reduce
 
     def fills_viewport(self, rows: int, columns: int) -> bool:
         if self.viewport is None:

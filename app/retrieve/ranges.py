@@ -7,6 +7,9 @@ import asyncio
 
 from ..transport.base import parse_content_range
 from ..transport.errors import ProtocolError, TransportError
+from ..config import ImageQualityStatus as Q
+from ..readers.codestream import ResolutionComplete
+from ..transport.limits import SpeedWatch
 from .events import FirstBytes, RequestFinished, RequestStarted
 from .fetch import Attempt
 
@@ -44,6 +47,26 @@ class RangeAttempt(Attempt):
             end = body.level_file_end(level.level)
             if end is not None and end > body.file_offset:
                 await self.fetch(end, streaming=False)
+        elif self._level_end_unknown():
+            # no TLM: where a level ends shows only once its packet headers are in, so read on
+            # until the body holds an allowed level and close the transfer there
+            await self.fetch(None, streaming=False, stop=self._holds_a_level)
+
+    def _level_end_unknown(self) -> bool:
+        """No TLM, a resolution-progressive stream, and no level worth showing in what is held."""
+        body, rules, shown = self.body, self.engine.rules, self.st.best
+        if body.decodable_complete or body.header is None or body.level_file_end(0) is not None:
+            return False
+        if body.scanner is None or not body.scanner.progressive:
+            return False
+        if shown is not None and shown.status > Q.SUBRESOLUTION:
+            return False  # nothing partial can beat what is shown
+        smallest_reduce = ResolutionComplete(0, 1, 0, 0, 0)  # could any level be decoded at all?
+        return (rules.level_allowed(smallest_reduce, self.options, body)
+                and rules.best_partial_level(body, shown, self.options) is None)
+
+    def _holds_a_level(self) -> bool:
+        return self.engine.rules.best_partial_level(self.body, self.st.best, self.options) is not None
 
     def _on_chunk(self) -> bool:
         """After each chunk of a range the server honours: True if it started the early range."""
@@ -103,10 +126,10 @@ class RangeAttempt(Attempt):
             cr = parse_content_range(resp.headers.get("content-range"))
             if status != 206 or cr is None or cr.start != start:
                 raise ProtocolError(f"{body.url}: the early range request got HTTP {status}")
-            async for chunk in self.chunks(resp):
+            watch = SpeedWatch(self.watch.limits, body.url, self.watch.clock, self.watch.started)
+            async for chunk in self.chunks(resp, watch):  # its own low-speed window, the same deadline
                 received += len(chunk)
-                if start + received > self.settings.max_frame_bytes:
-                    raise ProtocolError(f"{body.url}: more than {self.settings.max_frame_bytes} bytes for one frame")
+                self.check_cap(start + received)
                 chunks.append(bytes(chunk))
             if received > end - start:
                 raise ProtocolError(f"{body.url}: the early range came encoded")

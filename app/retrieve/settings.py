@@ -6,11 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..codecs import MAX_FRAME_BYTES
+from ..transport.limits import TransferLimits
 
-__all__ = ["RetrievePolicy", "DEFAULT_CONCURRENCY", "ACCEPT_ANY"]
+__all__ = ["RetrievePolicy", "DEFAULT_CONCURRENCY", "ACCEPT_ANY", "MAX_REDIRECTS", "REDIRECT_STATUSES"]
 
 ACCEPT_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 DEFAULT_CONCURRENCY = 6
+MAX_REDIRECTS = 5  # a frame request followed further than this is a loop, not a move
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,10 @@ class RetrievePolicy:
     # like a lost one): curl's --speed-limit / --speed-time; a trickle never ends otherwise
     low_speed_bytes: int = 1024
     low_speed_seconds: float = 30.0
+    # all requests of one stage of one image, retries included: a trickle just above the
+    # low-speed limit ends here (None: no deadline). Six 7 MB radiographs sharing "Slow 4G"
+    # (1.44 Mbit/s) take ~235 s each, so the limit sits above that
+    image_seconds: float | None = 300.0
     # how long the image on screen may wait for a slot before a running job gives way: while the
     # user scrolls fast nothing is cancelled, only where they stop
     preempt_delay: float = 0.2
@@ -38,6 +45,13 @@ class RetrievePolicy:
             raise ValueError("retries, retry_backoff and max_retry_after must be >= 0")
         if self.low_speed_seconds <= 0 or self.max_frame_bytes <= 0 or self.cache_bytes < 0:
             raise ValueError("low_speed_seconds and max_frame_bytes must be > 0, cache_bytes >= 0")
+        if self.image_seconds is not None and self.image_seconds <= 0:
+            raise ValueError("image_seconds must be > 0 (or None: no deadline)")
+
+    @property
+    def transfer_limits(self) -> TransferLimits:
+        """The give-up rules a frame transfer shares with discovery's (transport.limits)."""
+        return TransferLimits(self.low_speed_bytes, self.low_speed_seconds, self.image_seconds)
 
     def retry_delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before attempt ``attempt + 1``: Retry-After (capped) or back-off."""

@@ -5,7 +5,8 @@ the fetch (AbortController). The browser hands over ~1.5 KB pieces; they are bat
 whatever arrived within one short time slice) so Python work runs per batch, not per piece; the
 first piece is handed over at once (the main header and TLM the engine plans with are in it).
 Content-Range is readable cross-origin only when the server exposes it (Access-Control-Expose-Headers).
-The browser decodes gzip itself.
+The browser decodes gzip itself and follows redirects itself: ``url`` of the answer is where it
+ended (``response.url``), so the caller can refuse one that left the allowed origins.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class BrowserTransport:
             req_headers["Range"] = range_header(byte_range)
         controller = js.AbortController.new()
         options = to_js(
-            {"method": "GET", "headers": req_headers, "signal": controller.signal},
+            {"method": "GET", "headers": req_headers, "signal": controller.signal, "redirect": "follow"},
             dict_converter=js.Object.fromEntries,
         )
         try:
@@ -70,7 +71,10 @@ class BrowserTransport:
         for pair in resp.headers.entries():
             name, value = pair[0], pair[1]
             headers_out[str(name).lower()] = str(value)
-        return BrowserResponse(self, url, int(resp.status), headers_out, resp, controller)
+        # fetch follows redirects by itself; response.url says where it ended, for the caller's
+        # origin check (the engine refuses an answer from a host the configuration does not allow)
+        final_url = str(resp.url or "") or url
+        return BrowserResponse(self, final_url, int(resp.status), headers_out, resp, controller)
 
     async def aclose(self) -> None:
         return None

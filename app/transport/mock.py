@@ -40,7 +40,7 @@ class MockResponse:
     headers: dict[str, str] = field(default_factory=dict)
     body: Body = b""
     error: TransportError | None = None  # raised after the body's chunks: a transfer cut short
-    url: str = ""
+    url: str = ""  # set: the URL a followed redirect ended at (as the browser's response.url)
     closed: bool = False
     sent: int = 0  # body bytes handed to the reader
 
@@ -83,7 +83,7 @@ class MockTransport:
         answer = self.handler(request)
         if inspect.isawaitable(answer):
             answer = await answer
-        answer.url = url
+        answer.url = answer.url or url  # a handler may name where a followed redirect ended
         return answer
 
     async def aclose(self) -> None:

@@ -21,17 +21,24 @@ def frames_path(name: str) -> str:
 
 @dataclass(frozen=True)
 class Alternate:
-    """One frames folder of an instance: which encoding of the pixels it holds, at which scale."""
+    """One frames folder of an instance: which encoding of the pixels it holds, at which scale.
+
+    The first fields keep the order discovery's ``Alternate`` had (path, rows, columns, syntax,
+    lossy, thumbnail); ``name`` may be given as a framesPath (``"/jls/"``).
+    """
 
     name: str  # folder name: "frames", "jls", "jlsThumbnail", ...
-    transfer_syntax: str | None = None
-    media_type: str | None = None
-    lossy: bool | None = None
-    scale: int = 1  # each side is ceil(full / scale)
     rows: int | None = None  # of the series' first instance at this scale
     columns: int | None = None
-    resolution_levels: int | None = None  # JPEG 2000 family: decomposition levels + 1
+    transfer_syntax: str | None = None
+    lossy: bool | None = None
     thumbnail: bool = False  # a reduced image: never the final one
+    media_type: str | None = None
+    scale: int = 1  # each side is ceil(full / scale)
+    resolution_levels: int | None = None  # JPEG 2000 family: decomposition levels + 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", str(self.name).strip("/"))
 
     @property
     def frames_path(self) -> str:

@@ -1,0 +1,298 @@
+"""``python -m app bench --scale [small|full]``: large stacks and the converter's throughput.
+
+* Converter rows: images/s converting with every alternate, serially, on a process pool of N
+  workers (``app.convert_pool``) and on a Dask ``LocalCluster`` of N worker processes
+  (``app.convert_dask``, one task per series), over the 174-slice CT (one series) and over an
+  archive of several CT-like series. ``small`` converts subsets.
+* Engine rows: the CPython engine (``RetrieveEngine`` over ``NativeTransport``) loads the
+  174-slice 512x512 CT and (``full``) the 1000-slice series through the throttling proxy: first
+  image (the middle slice, on screen), every slice visible, every slice lossless, the network
+  floor of the lossless bytes, frame bytes moved, and the peak RSS of the process that loaded it
+  (each load runs in a fresh process). The stacks come from ``tools/large_stacks.py`` (cached).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .network import PROJECT, ServeProcess, ThrottleProxy
+from .profiles import PROFILES, floor_ms
+from .results import LoadRun, StackRow
+from .site import frame_bytes
+
+__all__ = ["ConvertRow", "LargeLoadRow", "ScaleResult", "run_scale", "render_scale"]
+
+SCALE_PRESET = "interleavedStack"
+
+
+@dataclass
+class ConvertRow:
+    input: str
+    method: str  # serial | pool | dask
+    workers: int
+    images: int
+    seconds: float
+    images_per_s: float
+    speedup: float | None = None  # over the serial row of the same input
+
+
+@dataclass
+class LargeLoadRow:
+    stack: str
+    slices: int
+    size: str
+    preset: str
+    profile: str
+    cache_mb: int | None
+    first_ms: float | None
+    all_visible_ms: float | None
+    all_lossless_ms: float | None
+    floor_ms: float | None
+    bytes_frames: int
+    lossless_bytes: int
+    finals: int
+    peak_rss_mb: float
+
+
+@dataclass
+class ScaleResult:
+    size: str
+    started: str
+    machine: dict
+    convert: list[ConvertRow] = field(default_factory=list)
+    loads: list[LargeLoadRow] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- converter throughput -------------------------------------------------------------------------
+
+
+def _busy(_: int) -> float:
+    started, total = time.perf_counter(), 0
+    for value in range(2_000_000):
+        total += value
+    return time.perf_counter() - started
+
+
+def parallel_capacity(workers: int) -> float:
+    """How much more pure-Python work `workers` processes do than one, here and now: the ceiling of
+    any speed-up (a loaded or shared machine, or per-session CPU shares, keep it below `workers`)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        started = time.perf_counter()
+        pool.map(_busy, range(2))
+        one = time.perf_counter() - started
+    with context.Pool(workers) as pool:
+        started = time.perf_counter()
+        pool.map(_busy, range(2 * workers))
+        many = time.perf_counter() - started
+    return round(workers * one / many, 2)
+
+
+def _timed_convert(method: str, files: Sequence[Path], out: Path, workers: int, client=None) -> float:
+    from app.convert_dask import convert_on_cluster
+    from app.convert_pool import convert_parallel
+
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    if method == "dask":
+        summary = convert_on_cluster(files, out, scheduler=client, quiet=True)
+    else:
+        summary = convert_parallel(files, out, workers=1 if method == "serial" else workers, quiet=True)
+    seconds = time.perf_counter() - started
+    if summary.failures or not summary.files_converted:
+        raise RuntimeError(f"{method} conversion failed: {summary.failures[:3]}")
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
+
+
+def converter_rows(inputs: dict[str, tuple[list[Path], int, int]], workers: int, scratch: Path,
+                   progress: Callable[[str], None]) -> list[ConvertRow]:
+    """Serial and pool rows, then (with dask.distributed installed, for inputs of several series)
+    Dask rows: the cluster's threads would otherwise make the pool start a forkserver."""
+    rows: list[ConvertRow] = []
+    serial_seconds: dict[str, float] = {}
+
+    def add(label: str, method: str, n: int, images: int, client=None) -> None:
+        progress(f"convert {label}: {method}")
+        seconds = _timed_convert(method, inputs[label][0], scratch / f"{label}-{method}", n, client)
+        serial_seconds.setdefault(label, seconds)
+        rows.append(ConvertRow(label, method, n, images, round(seconds, 2), round(images / seconds, 2),
+                               round(serial_seconds[label] / seconds, 2)))
+
+    for label, (_, images, _) in inputs.items():
+        add(label, "serial", 1, images)
+        add(label, "pool", workers, images)
+    several = [label for label, (_, _, series) in inputs.items() if series > 1]  # one task a series
+    cluster = _local_cluster(workers) if several else None
+    if cluster:
+        try:
+            for label in several:
+                add(label, "dask", workers, inputs[label][1], cluster[1])
+        finally:
+            cluster[1].close()
+            cluster[0].close()
+    return rows
+
+
+def _local_cluster(workers: int):
+    """(LocalCluster, Client) of `workers` single-threaded processes on loopback, or None."""
+    try:
+        import logging
+
+        from distributed import Client, LocalCluster
+    except ImportError:
+        return None
+    local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address=None, silence_logs=logging.ERROR)
+    client = Client(local)
+    client.run(lambda: __import__("app.convert"))  # imports done before the clock starts, as the pool's
+    return local, client
+
+
+# -- the engine on large stacks -------------------------------------------------------------------
+
+
+def _child(argv: Sequence[str]) -> int:
+    """In a fresh process: one load through the proxy; prints the run and this process's peak RSS."""
+    from app.retrieve.settings import RetrievePolicy
+
+    from .cpython import _load, run_async
+
+    base, url, preset, cache_mb = argv
+    policy = RetrievePolicy(cache_bytes=int(cache_mb) << 20) if cache_mb != "-" else None
+    run = run_async(lambda: _load(base, {"url": url}, preset, policy))
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"run": run.raw(), "peak_rss_kb": peak_kb}))
+    return 0
+
+
+def _load_in_child(proxy: ThrottleProxy, url: str, preset: str, cache_mb: int | None) -> tuple[LoadRun, float]:
+    mark = len(proxy.request_log)
+    done = subprocess.run([sys.executable, "-m", "app.bench.scale", "--child", proxy.url, url, preset,
+                           str(cache_mb) if cache_mb else "-"], cwd=PROJECT, capture_output=True, text=True,
+                          timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"load of {url} failed: {done.stderr.strip()[-800:]}")
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    run = LoadRun.from_raw(answer["run"])
+    time.sleep(0.05)  # let the proxy see the last bytes
+    run.bytes_frames, run.bytes_total, run.frame_requests = frame_bytes(proxy.request_log, mark)
+    return run, answer["peak_rss_kb"] / 1024.0
+
+
+def load_rows(stacks: Sequence, profile: str, runs: int, cache_mb: int | None,
+              progress: Callable[[str], None]) -> list[LargeLoadRow]:
+    rows = []
+    for stack in stacks:
+        server = ServeProcess(stack.tree)
+        net = PROFILES[profile]
+        proxy = ThrottleProxy(*server.address, *((net["down"], net["up"], net["latency"]) if net else ()))
+        lossless = sum(p.stat().st_size for p in (stack.tree / stack.url.removeprefix("/dicomweb/")
+                                                  / "instances").glob("*/frames/*") if p.is_file())
+        try:
+            for number in range(runs):
+                progress(f"load {stack.name} ({profile}) run {number + 1}/{runs}")
+                run, peak = _load_in_child(proxy, stack.url, SCALE_PRESET, cache_mb)
+                rows.append(_load_row(stack, profile, cache_mb, run, peak, lossless))
+        finally:
+            proxy.close()
+            server.close()
+    return rows
+
+
+def _load_row(stack, profile: str, cache_mb: int | None, run: LoadRun, peak_mb: float, lossless: int) -> LargeLoadRow:
+    row = StackRow.from_runs(SCALE_PRESET, profile, [run], stack.slices, lossless)
+    drawn = [e["t_ms"] for e in run.log if e.get("drawn")]
+    finals = len({e["index"] for e in run.log if e.get("final")})
+
+    def median(stats) -> float | None:
+        return round(stats.median, 1) if stats is not None else None
+
+    return LargeLoadRow(stack.name, stack.slices, f"{stack.rows}x{stack.columns}", SCALE_PRESET, profile, cache_mb,
+                        round(min(drawn), 1) if drawn else None, median(row.all_something_ms),
+                        median(row.all_lossless_ms), round(floor_ms(profile, lossless, 0.0), 1),
+                        run.bytes_frames, lossless, finals, round(peak_mb, 1))
+
+
+# -- the run and its report -----------------------------------------------------------------------
+
+
+def run_scale(size: str = "small", *, runs: int = 1, profile: str = "seed4g", workers: int | None = None,
+              cache_mb: int | None = None, progress: Callable[[str], None] = lambda s: None) -> ScaleResult:
+    from app.convert_pool import default_workers
+    from tools.large_stacks import ensure_large_stacks, write_archive
+
+    workers = workers or max(2, default_workers())
+    result = ScaleResult(size, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         {"python": platform.python_version(), "cpus": os.cpu_count(), "workers": workers,
+                          "loadavg": [round(x, 2) for x in os.getloadavg()]})
+    t0 = time.perf_counter()
+    names = ("ct174",) if size == "small" else ("ct174", "series1000")
+    progress(f"large stacks {', '.join(names)} (generated once, cached)")
+    stacks = ensure_large_stacks(names)
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as scratch:
+        scratch = Path(scratch)
+        ct_files = stacks["ct174"].source_files()
+        shape = (4, 22, 512) if size == "small" else (8, 22, 512)
+        archive = write_archive(scratch / "archive", *shape)
+        inputs = {"CT 174 x 512x512 (1 series)": (ct_files, len(ct_files), 1),
+                  f"archive {shape[0]} series x {shape[1]} x 512x512": (archive, shape[0] * shape[1], shape[0])}
+        result.machine["parallel_capacity"] = parallel_capacity(workers)
+        result.convert = converter_rows(inputs, workers, scratch, progress)
+        result.machine["parallel_capacity_end"] = parallel_capacity(workers)
+    result.loads = load_rows([stacks[name] for name in names], profile, runs, cache_mb, progress)
+    result.machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result.elapsed_s = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def render_scale(result: ScaleResult) -> str:
+    lines = [f"## Scale ({result.size}; {result.machine['workers']} workers, {result.machine['cpus']} CPUs, "
+             f"load {result.machine['loadavg']} -> {result.machine.get('loadavg_end')})", "",
+             f"Parallel capacity (busy loops, {result.machine['workers']} processes vs 1): "
+             f"{result.machine.get('parallel_capacity')}x before, {result.machine.get('parallel_capacity_end')}x "
+             "after the converter rows: no converter speed-up can exceed it.", "",
+             "| converter input | method | workers | images | s | images/s | vs serial |", "|---|---|---:|---:|---:|---:|---:|"]
+    for c in result.convert:
+        lines.append(f"| {c.input} | {c.method} | {c.workers} | {c.images} | {c.seconds} | {c.images_per_s} | "
+                     f"{c.speedup}x |")
+    lines += ["", "| stack | preset | profile | first ms | all visible ms | all lossless ms | floor ms | "
+              "frame bytes | lossless bytes | finals | peak RSS MB |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result.loads:
+        lines.append(f"| {r.stack} {r.slices} x {r.size} | {r.preset} | {r.profile} | {r.first_ms} | "
+                     f"{r.all_visible_ms} | {r.all_lossless_ms} | {r.floor_ms} | {r.bytes_frames:,} | "
+                     f"{r.lossless_bytes:,} | {r.finals}/{r.slices} | {r.peak_rss_mb} |")
+    return "\n".join(lines)
+
+
+def main(size: str, *, runs: int, profile: str, out: Path | None, progress: Callable[[str], None]) -> int:
+    """The ``--scale`` branch of ``python -m app bench``."""
+    result = run_scale(size, runs=runs, profile=profile, progress=progress)
+    print(render_scale(result))
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "benchmark-scale.json").write_text(json.dumps(result.to_json(), indent=1) + "\n")
+        (out / "benchmark-scale.md").write_text(render_scale(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
+    sys.exit(_child(sys.argv[2:]))

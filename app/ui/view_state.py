@@ -1,0 +1,275 @@
+"""What the viewport may show, decided without any DOM: pure Python for MicroPython and CPython.
+
+The safety rule lives here: the image drawn always belongs to the series and slice the overlay
+names. Every image the page holds carries its identity (series, SOP instance, frame); ``drawable``
+hands the glue a key only when that identity matches the slice on screen of the current load.
+Results come from the engine in its own order (``rank``: status, then pixel count); a result never
+replaces one the engine ranks higher. Tested in CPython (tests/test_view_state.py); MicroPython
+runs it on the page (no dataclasses, no typing at run time, no numpy).
+"""
+
+STATUS_LABELS = {"FULL_RESOLUTION": "FULL"}
+MIN_ZOOM, MAX_ZOOM = 0.05, 40.0
+
+
+def rank_above(a, b):
+    """True when the engine's rank ``a`` (a list of numbers) is above ``b`` (None is lowest)."""
+    if b is None:
+        return True
+    for x, y in zip(a, b):
+        if x != y:
+            return x > y
+    return len(a) > len(b)
+
+
+def image_key(series, sop, frame, rows, columns):
+    """The renderer's key of one result: identity plus the resolution it has."""
+    return "%s|%s|%s|%dx%d" % (series, sop, frame, columns, rows)
+
+
+class Held:
+    """One result the page holds for a stack image (the pixels stay in the renderer/JS)."""
+
+    def __init__(self, key, series, sop, frame, rank, status, final, rows, columns, nbytes, info):
+        self.key, self.series, self.sop, self.frame = key, series, sop, frame
+        self.rank, self.status, self.final = rank, status, final
+        self.rows, self.columns, self.nbytes = rows, columns, nbytes
+        self.info = info  # the message's other fields (dtype, samples, window, rescale, times)
+
+
+class Slot:
+    """One image of the stack as discovery described it, and what the page holds of it."""
+
+    def __init__(self, desc):
+        self.sop, self.frame = desc["sop"], desc["frame"]
+        self.rows, self.columns = desc["rows"], desc["columns"]
+        self.windows = desc.get("windows") or []
+        self.slope, self.intercept = desc.get("slope", 1.0), desc.get("intercept", 0.0)
+        self.photometric = desc.get("photometric", "MONOCHROME2")
+        self.aspect = desc.get("aspect", 1.0) or 1.0
+        self.held = None
+        self.failed = None
+        self.evicted = False
+        self.first_ms = self.final_ms = None
+        self.bytes = 0
+        self.timeline = []  # (kind, ms since the load started, label)
+
+
+class ViewState:
+    """The current load (generation), its stack, the slice on screen and how it is displayed."""
+
+    def __init__(self, budget_bytes=1024 << 20):
+        self.budget = budget_bytes
+        self.generation = 0
+        self.url = ""
+        self.reset_series()
+
+    # ---- loads and series ----
+    def reset_series(self):
+        """Nothing shown: no series, no slice, default display (a new load or a failed one)."""
+        self.series = None
+        self.info = []
+        self.slots = []
+        self.index = 0
+        self.held_bytes = 0
+        self.failed = None
+        self.reset_display()
+
+    def reset_display(self):
+        self.window = None
+        self.invert = False
+        self.zoom = 1.0
+        self.pan = (0.0, 0.0)
+
+    def begin(self, url):
+        """A new load replaces whatever was shown, at once; returns its generation."""
+        self.generation += 1
+        self.url = url
+        self.reset_series()
+        return self.generation
+
+    def fail(self, generation, message):
+        """The load could not open: nothing of any series stays on screen."""
+        if generation != self.generation:
+            return False
+        self.reset_series()
+        self.failed = message
+        return True
+
+    def opened(self, message):
+        """Discovery's answer for this load; False for a stale one."""
+        if message["generation"] != self.generation:
+            return False
+        self.series = message["series"]
+        self.slots = [Slot(d) for d in message["images"]]
+        self.info = message.get("info") or []
+        self.index = max(0, min(len(self.slots) - 1, message.get("current", 0)))
+        self.reset_display()
+        windows = self.slots[self.index].windows if self.slots else []
+        if windows:
+            self.window = (float(windows[0][0]), float(windows[0][1]))
+        return True
+
+    # ---- results ----
+    def accept(self, m):
+        """A refinement message: returns (accepted, keys to drop) - keys the renderer frees."""
+        i = m["index"]
+        if m["generation"] != self.generation or m["series"] != self.series or not 0 <= i < len(self.slots):
+            return False, []
+        slot = self.slots[i]
+        if m["sop"] != slot.sop or m["frame"] != slot.frame:
+            return False, []  # not the image this slot names: never shown
+        old = slot.held
+        if old is not None and not rank_above(m["rank"], old.rank):
+            return False, []
+        key = image_key(self.series, m["sop"], m["frame"], m["rows"], m["columns"])
+        slot.held = Held(key, self.series, m["sop"], m["frame"], m["rank"], m["status"], m["final"],
+                         m["rows"], m["columns"], m["nbytes"], m)
+        self.held_bytes += m["nbytes"] - (old.nbytes if old is not None else 0)
+        slot.evicted, slot.bytes = False, m.get("bytes", 0)
+        t = m.get("t_ms", 0.0)
+        if slot.first_ms is None:
+            slot.first_ms = t
+        if m["final"]:
+            slot.final_ms = t
+        slot.timeline.append(("final" if m["final"] else m["status"], t,
+                              "%dx%d" % (m["columns"], m["rows"])))
+        drop = [old.key] if old is not None and old.key != key else []
+        if i == self.index and self.window is None and m.get("window"):
+            self.window = (float(m["window"][0]), float(m["window"][1]))
+        return True, drop
+
+    def image_failed(self, m):
+        if m["generation"] != self.generation or not 0 <= m["index"] < len(self.slots):
+            return False
+        slot = self.slots[m["index"]]
+        if m.get("sop") != slot.sop:
+            return False
+        slot.failed = m["message"]
+        slot.timeline.append(("failed", m.get("t_ms", 0.0), m["message"]))
+        return True
+
+    def progress(self, m):
+        if m["generation"] == self.generation and 0 <= m["index"] < len(self.slots):
+            self.slots[m["index"]].timeline.append((m["kind"], m.get("t_ms", 0.0), ""))
+            return True
+        return False
+
+    def evict(self):
+        """Over the memory budget: the held images farthest from the one on screen (never it or its
+        direct neighbours) are dropped; returns [(index, key)] for the renderer and the engine."""
+        dropped = []
+        if self.held_bytes <= self.budget:
+            return dropped
+        order = sorted(range(len(self.slots)), key=lambda i: -abs(i - self.index))
+        for i in order:
+            if self.held_bytes <= self.budget or abs(i - self.index) <= 1:
+                break
+            slot = self.slots[i]
+            if slot.held is None:
+                continue
+            self.held_bytes -= slot.held.nbytes
+            dropped.append((i, slot.held.key))
+            slot.held, slot.evicted, slot.final_ms = None, True, None
+        return dropped
+
+    # ---- navigation ----
+    def go_to(self, index):
+        """Move to a slice; returns the evicted slices near it to load again ([] if none), or
+        None when nothing changed."""
+        if not self.slots:
+            return None
+        index = max(0, min(len(self.slots) - 1, index))
+        if index == self.index:
+            return None
+        self.index = index
+        near = [i for i in range(max(0, index - 2), min(len(self.slots), index + 3))
+                if self.slots[i].evicted]
+        for i in near:
+            self.slots[i].evicted = False
+        return near
+
+    def zoom_by(self, factor, cx=0.0, cy=0.0):
+        """Zoom about a point (CSS px from the viewport's centre) that stays where it is."""
+        new = max(MIN_ZOOM, min(MAX_ZOOM, self.zoom * factor))
+        f = new / self.zoom
+        self.pan = (cx - (cx - self.pan[0]) * f, cy - (cy - self.pan[1]) * f)
+        self.zoom = new
+
+    def pan_by(self, dx, dy):
+        self.pan = (self.pan[0] + dx, self.pan[1] + dy)
+
+    def window_by(self, dcenter, dwidth):
+        c, w = self.window or (2048.0, 4096.0)
+        self.window = (c + dcenter, max(1.0, w + dwidth))
+
+    # ---- what to draw and say ----
+    def current(self):
+        return self.slots[self.index] if self.slots else None
+
+    def drawable(self):
+        """(key, held) for the slice on screen, only if what is held is that very image."""
+        slot = self.current()
+        if slot is None or slot.held is None:
+            return None
+        held = slot.held
+        if held.series != self.series or held.sop != slot.sop or held.frame != slot.frame:
+            return None
+        return held.key, held
+
+    def view(self):
+        """The renderer's view (CONTRACT.md) for the slice on screen."""
+        slot = self.current()
+        c, w = self.window or (2048.0, 4096.0)
+        held = slot.held if slot else None
+        return {"center": c, "width": w, "slope": slot.slope if slot else 1.0,
+                "intercept": slot.intercept if slot else 0.0, "invert": self.invert,
+                "monochrome1": bool(slot and slot.photometric == "MONOCHROME1"),
+                "zoom": self.zoom, "panX": self.pan[0], "panY": self.pan[1],
+                "fullRows": slot.rows if slot else 1, "fullColumns": slot.columns if slot else 1,
+                "aspect": slot.aspect if slot else 1.0,
+                "smooth": not (held and held.final and self.zoom * 1.0 > 2.5)}
+
+    def badge(self):
+        slot = self.current()
+        if slot is None:
+            return "FAILED" if self.failed else ""
+        if slot.held is None:
+            return "FAILED" if slot.failed else "LOADING"
+        return slot.held.status
+
+    def overlay(self, scale_percent=None):
+        """The four corners' text: (top-left, badge, bottom-left, bottom-right)."""
+        slot = self.current()
+        if slot is None:
+            return "", self.badge(), "", ""
+        tl = ["Image %d / %d" % (self.index + 1, len(self.slots))]
+        if slot.held is not None:
+            tl.append("Native %dx%d, showing %dx%d" % (slot.columns, slot.rows,
+                                                       slot.held.columns, slot.held.rows))
+            if scale_percent is not None:
+                tl.append("Displayed at %.0f%%" % scale_percent)
+        w = self.window
+        bl = ("W %.0f  L %.0f" % (w[1], w[0]) if w else "W -  L -") + (
+            "  inverted" if self.invert else "") + "  zoom %.2f" % self.zoom
+        br = ["first %.0f ms" % slot.first_ms if slot.first_ms is not None else "first -",
+              "final %.0f ms" % slot.final_ms if slot.final_ms is not None else "final -",
+              "%.0f KiB received" % (slot.bytes / 1024)]
+        return "\n".join(tl), self.badge(), bl, "\n".join(br)
+
+    def summary(self):
+        """The status line once a run is over."""
+        n = len(self.slots)
+        done = sum(1 for s in self.slots if s.final_ms is not None)
+        failed = sum(1 for s in self.slots if s.failed)
+        evicted = sum(1 for s in self.slots if s.evicted)
+        text = "%d/%d lossless" % (done, n)
+        if failed:
+            text += ", %d failed" % failed
+        if evicted:
+            text += ", %d dropped to stay within %d MB" % (evicted, self.budget >> 20)
+        return text
+
+
+def badge_label(status):
+    return STATUS_LABELS.get(status, status)

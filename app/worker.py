@@ -1,0 +1,351 @@
+"""The engine's side of the page: runs in a web worker (Pyodide), never touches the DOM.
+
+The page's main thread sends small messages (load, current image, forget, cancel, calls from the
+test hooks); this module answers with events. Each refinement's pixels travel as one ArrayBuffer
+that is *transferred* to the page (one copy out of the wasm heap, none after).
+
+Message shapes are documented in docs (CONTRACT "Worker protocol"); every message carries the
+``generation`` of the load it belongs to, so the page can drop what a replaced load still sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from typing import Callable
+
+import js  # type: ignore[import-not-found]
+import numpy as np
+from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
+
+from app.codecs import PYDICOM_SYNTAXES
+from app.config import PRESET_DESCRIPTIONS, PRESETS, ConfigError, parse_config, preset
+from app.render import default_window
+from app.engine import FirstBytes, ImageFailed, Refinement, RequestStarted
+from app import dicomjson as dj
+from app.study import Stack, dicom_date, fetch_json, person_name
+from app.viewer_engine import StackLoader, open_stack, run_stack
+
+DEFAULT_PRESET = "htj2k"
+
+
+class Engine:
+    """One study at a time: discovery, the retrieve engine, and the messages both produce."""
+
+    def __init__(self, post: Callable, epoch: Callable, pydicom_url: str) -> None:
+        self._post, self._epoch, self.pydicom_url = post, epoch, pydicom_url
+        self.generation = 0
+        self.loader: StackLoader | None = None
+        self.stack: Stack | None = None
+        self.current = 0
+        self.task: asyncio.Task | None = None
+        self.resume: asyncio.Task | None = None
+        self.started = 0.0  # epoch ms of the load's start (the page's clock)
+
+    # ---- out ----
+    def post(self, message: dict, transfer: list | None = None) -> None:
+        js_message = to_js(message, dict_converter=js.Object.fromEntries)
+        self._post(js_message, to_js(transfer or []))
+
+    def now(self) -> float:
+        return float(self._epoch())
+
+    # ---- in ----
+    def handle(self, message) -> None:
+        msg = message.to_py()
+        kind = msg.get("type")
+        try:
+            if kind == "call":
+                asyncio.ensure_future(self.call(msg))
+            elif msg.get("generation") != self.generation and kind != "load":
+                return  # about a load that has been replaced
+            elif kind == "load":
+                self.start_load(msg)
+            elif kind == "cancel":
+                self.stop()
+                self.post({"type": "cancelled", "generation": self.generation})
+            elif kind == "current" and self.loader is not None:
+                self.current = int(msg["index"])
+                self.loader.set_current(self.current)
+            elif kind == "forget" and self.loader is not None:
+                self.loader.forget([int(i) for i in msg["indices"]])
+            elif kind == "request" and self.loader is not None:
+                self.request_again([int(i) for i in msg["indices"]])
+        except Exception as exc:  # noqa: BLE001 - a bad message is reported, never fatal
+            self.post({"type": "warning", "generation": self.generation, "message": f"{kind}: {exc}"})
+
+    # ---- loading ----
+    def stop(self) -> None:
+        for task in (self.task, self.resume):
+            if task is not None and not task.done():
+                task.cancel()
+        self.task = self.resume = None
+
+    def start_load(self, msg: dict) -> None:
+        self.stop()
+        self.generation = int(msg["generation"])
+        self.current = -1
+        self.task = asyncio.ensure_future(self.load(msg, self.generation))
+
+    async def load(self, msg: dict, generation: int) -> None:
+        self.started = self.now()
+        if self.loader is not None:
+            loader, self.loader, self.stack = self.loader, None, None
+            await loader.aclose()
+        try:
+            config = parse_config(msg["config"]) if msg.get("config") else preset(DEFAULT_PRESET)
+            viewport = tuple(int(v) for v in msg.get("viewport") or (0, 0)) or None
+            stack, loader = await open_stack(msg["url"], config, viewport=viewport)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is a message, never a traceback
+            if generation == self.generation:
+                self.post({"type": "open-failed", "generation": generation, "url": msg["url"],
+                           "message": str(exc) or type(exc).__name__, "error": type(exc).__name__})
+            return
+        if generation != self.generation:
+            await loader.aclose()
+            return
+        if any(im.transfer_syntax in PYDICOM_SYNTAXES for im in stack.images):
+            await self.ensure_pydicom()
+        self.stack, self.loader = stack, loader
+        n = len(stack.images)
+        self.current = int(msg.get("index", -1))
+        if not 0 <= self.current < n:
+            self.current = n // 2 if n > 2 else 0
+        self.post(describe_stack(stack, generation, self.current))
+        asyncio.ensure_future(self.list_series(stack, loader, generation))
+        await self.run(None, generation)
+
+    async def list_series(self, stack: Stack, loader: StackLoader, generation: int) -> None:
+        """The study's series (QIDO, or the static tree's index), for the page's study browser."""
+        study_url = stack.series_url.rstrip("/").rsplit("/series/", 1)[0]
+        found = None
+        for url in (f"{study_url}/series", f"{study_url}/series/index.json"):
+            try:
+                found = await fetch_json(loader.transport, url)
+            except Exception:  # noqa: BLE001 - no list: the page shows the open series only
+                found = None
+            if isinstance(found, list):
+                break
+        if generation == self.generation and isinstance(found, list):
+            self.post({"type": "series-list", "generation": generation, "study": study_url,
+                       "series": [summarise_series(s, study_url) for s in found if isinstance(s, dict)
+                                  and dj.text(s, dj.Tag.SERIES_INSTANCE_UID)]})
+
+    async def run(self, indices: list[int] | None, generation: int) -> None:
+        """Run the loader (the whole stack or ``indices``), then say the run is over."""
+        try:
+            await run_stack(self.loader, self.current, lambda e: self.on_event(e, generation), indices)
+            while generation == self.generation and self.loader.pending():
+                await run_stack(self.loader, self.current, lambda e: self.on_event(e, generation),
+                                self.loader.pending())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.post({"type": "warning", "generation": generation, "message": f"Loading stopped: {exc}"})
+        if generation == self.generation:
+            self.post({"type": "done", "generation": generation})
+
+    def request_again(self, indices: list[int]) -> None:
+        """Images the page dropped (memory budget) and wants again."""
+        if any(t is not None and not t.done() for t in (self.task, self.resume)):
+            self.loader.request(indices)
+            return
+        self.post({"type": "running", "generation": self.generation})
+        self.resume = asyncio.ensure_future(self.run(indices, self.generation))
+
+    def on_event(self, event, generation: int) -> None:
+        if generation != self.generation:
+            return
+        t = self.now() - self.started
+        if isinstance(event, Refinement):
+            message, buffer = refinement_message(self.stack, event, generation)
+            message["t_ms"] = round(t, 1)
+            self.post(message, [buffer])
+        elif isinstance(event, ImageFailed):
+            self.post({"type": "image-failed", "generation": generation, "index": event.index,
+                       "sop": event.sop_instance_uid, "message": event.message, "t_ms": round(t, 1)})
+        elif isinstance(event, RequestStarted):
+            self.post({"type": "progress", "generation": generation, "index": event.index,
+                       "kind": "request", "t_ms": round(t, 1)})
+        elif isinstance(event, FirstBytes):
+            self.post({"type": "progress", "generation": generation, "index": event.index,
+                       "kind": "first-bytes", "t_ms": round(t, 1)})
+
+    # ---- calls (test hooks, configuration) ----
+    async def call(self, msg: dict) -> None:
+        name, args = msg.get("name"), msg.get("args") or []
+        try:
+            fn = {"decodeFrame": decode_frame_call, "importCheck": self.import_check,
+                  "memoryUsage": memory_usage, "checkConfig": check_config}[name]
+            value = fn(*args)
+            if asyncio.iscoroutine(value):
+                value = await value
+            self.post({"type": "reply", "id": msg["id"], "value": value})
+        except Exception as exc:  # noqa: BLE001
+            self.post({"type": "reply", "id": msg["id"], "error": f"{type(exc).__name__}: {exc}"})
+
+    async def import_check(self) -> str:
+        import imagecodecs
+
+        await self.ensure_pydicom()
+        import pydicom
+
+        return json.dumps({"numpy": np.__version__, "imagecodecs": imagecodecs.__version__,
+                           "pydicom": pydicom.__version__})
+
+    async def ensure_pydicom(self) -> None:
+        """Install pydicom from the local wheel the first time a stack (or a call) needs it."""
+        try:
+            import pydicom  # noqa: F401
+            return
+        except ImportError:
+            pass
+        import importlib
+
+        import pyodide_js  # type: ignore[import-not-found]
+
+        await pyodide_js.loadPackage(self.pydicom_url)
+        importlib.invalidate_caches()
+
+
+def describe_stack(stack: Stack, generation: int, current: int) -> dict:
+    """What the page shows about a stack before any pixel: identity, geometry, patient block."""
+    first = stack.images[current]
+    series = " ".join(x for x in (f"#{stack.series_number}" if stack.series_number is not None else "",
+                                  stack.series_description or "") if x)
+    images = [{"sop": im.sop_instance_uid, "frame": im.frame, "rows": im.fmt.rows,
+               "columns": im.fmt.columns, "windows": [list(w) for w in im.windows],
+               "slope": im.fmt.rescale_slope, "intercept": im.fmt.rescale_intercept,
+               "photometric": im.fmt.photometric_interpretation,
+               "aspect": (im.pixel_spacing[0] / im.pixel_spacing[1])
+               if im.pixel_spacing and im.pixel_spacing[1] else 1.0}
+              for im in stack.images]
+    info = [["Patient", person_name(stack.patient_name)], ["Patient ID", stack.patient_id or ""],
+            ["Study", " ".join(x for x in (dicom_date(stack.study_date), stack.study_description) if x)],
+            ["Series", series], ["Modality", stack.modality or ""], ["Images", str(len(stack.images))],
+            ["Size", f"{first.fmt.columns} x {first.fmt.rows}"],
+            ["Transfer syntax", first.transfer_syntax or ""]]
+    return {"type": "opened", "generation": generation, "series": stack.series_uid,
+            "study": stack.study_uid, "url": stack.series_url, "current": current,
+            "images": images, "info": info}
+
+
+def summarise_series(series: dict, study_url: str) -> dict:
+    """One QIDO series entry as the study browser lists it."""
+    uid = dj.text(series, dj.Tag.SERIES_INSTANCE_UID)
+    return {"uid": uid, "url": f"{study_url}/series/{uid}",
+            "description": dj.text(series, dj.Tag.SERIES_DESCRIPTION) or "",
+            "modality": dj.text(series, dj.Tag.MODALITY) or "",
+            "number": dj.integer(series, dj.Tag.SERIES_NUMBER, None),
+            "count": dj.integer(series, dj.Tag.NUMBER_OF_SERIES_RELATED_INSTANCES, None)}
+
+
+def rank(event: Refinement) -> list[int]:
+    """The engine's order of results (status, then pixel count): a higher rank replaces a lower."""
+    return [int(event.status), int(event.rows) * int(event.columns)]
+
+
+def refinement_message(stack: Stack, event: Refinement, generation: int) -> tuple[dict, object]:
+    """The event as a message and its pixels as one ArrayBuffer to transfer (one copy out of wasm)."""
+    pixels = np.ascontiguousarray(event.pixels)
+    samples = int(pixels.shape[2]) if pixels.ndim == 3 else 1
+    image = stack.images[event.index]
+    buffer = js.ArrayBuffer.new(pixels.nbytes)
+    js.Uint8Array.new(buffer).assign(memoryview(pixels).cast("B"))
+    message = {"type": "refinement", "generation": generation, "index": event.index,
+               "series": stack.series_uid, "sop": event.sop_instance_uid, "frame": event.frame,
+               "status": event.status.name, "rank": rank(event), "final": bool(event.final),
+               "rows": int(event.rows), "columns": int(event.columns), "dtype": str(pixels.dtype),
+               "samples": samples, "photometric": image.fmt.photometric_interpretation,
+               "window": list(image.windows[0]) if image.windows else starting_window(pixels, image),
+               "rescale": [image.fmt.rescale_slope, image.fmt.rescale_intercept],
+               "bytes": int(event.bytes_received), "image_t_ms": round(float(event.t_ms), 1),
+               "decode_ms": round(float(event.decode_ms), 1), "buffer": buffer}
+    return message, buffer
+
+
+def starting_window(pixels: np.ndarray, image) -> list[float]:
+    """The full range of the image when its header offers no window (app/render.py's rule)."""
+    window = default_window(pixels, image.fmt.rescale_slope, image.fmt.rescale_intercept)
+    return [window.center, window.width]
+
+
+async def decode_frame_call(url: str, fmt_json: str) -> str:
+    """Fetch a frame URL, decode it with the viewer's codecs, return sha256 of the stored values."""
+    from app.codecs import PixelFormat, decode_frame
+    from app.readers.multipart import MultipartReader, PartData
+
+    spec = json.loads(fmt_json)
+    ts = spec.pop("transfer_syntax")
+    if ts in PYDICOM_SYNTAXES:
+        await ENGINE.ensure_pydicom()
+    response = await js.fetch(url)
+    if not response.ok:
+        raise RuntimeError(f"{url}: HTTP {response.status}")
+    data = (await response.arrayBuffer()).to_bytes()
+    ctype = response.headers.get("content-type") or ""
+    if ctype.startswith("multipart/"):
+        boundary = ctype.split("boundary=")[1].split(";")[0].strip().strip('"').encode()
+        reader = MultipartReader(boundary)
+        events = reader.feed(data) + reader.close()
+        data = b"".join(bytes(e.data) for e in events if isinstance(e, PartData))
+    t0 = time.perf_counter()
+    pixels = decode_frame(data, ts, PixelFormat(**spec))
+    decode_ms = (time.perf_counter() - t0) * 1000.0
+    stored = np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<"), copy=False)
+    return json.dumps({"sha256": hashlib.sha256(stored.tobytes()).hexdigest(),
+                       "rows": int(pixels.shape[0]), "columns": int(pixels.shape[1]),
+                       "dtype": str(pixels.dtype), "decode_ms": decode_ms})
+
+
+def memory_usage() -> str:
+    import pyodide_js  # type: ignore[import-not-found]
+
+    return json.dumps({"wasmHeapBytes": int(pyodide_js._module.HEAPU8.length)})
+
+
+def check_config(text: str) -> str:
+    """Validate a configuration's JSON for the sidebar: ok, or where it is wrong."""
+    try:
+        parse_config(text)
+    except ConfigError as exc:
+        return json.dumps({"ok": False, "error": str(exc)})
+    return json.dumps({"ok": True})
+
+
+def warm_up_decoders() -> None:
+    """The first decode in a fresh wasm instance is slower (~70 ms): pay that before "ready", on the
+    paths a first frame takes: a reduced HTJ2K level, a full one, then JPEG-LS."""
+    import imagecodecs
+
+    from app.codecs import HTJ2K_LOSSLESS, JPEG_LS_LOSSLESS, PixelFormat, decode_frame
+
+    tile = (np.arange(64 * 64, dtype=np.uint16) % 4096).reshape(64, 64)
+    fmt = PixelFormat(rows=64, columns=64, bits_allocated=16, bits_stored=12)
+    try:
+        htj2k = imagecodecs.htj2k_encode(tile, resolutions=3)
+        decode_frame(htj2k, HTJ2K_LOSSLESS, fmt, reduce=1)
+        decode_frame(htj2k, HTJ2K_LOSSLESS, fmt)
+        decode_frame(imagecodecs.jpegls_encode(tile), JPEG_LS_LOSSLESS, fmt)
+    except Exception:  # noqa: BLE001 - a codec missing here is reported when a frame needs it
+        pass
+
+
+ENGINE: Engine | None = None
+_KEEP: list = []
+
+
+def start(post, epoch, pydicom_url: str):
+    """Called once by app/ui/worker.mjs: returns the message handler (a JS function)."""
+    global ENGINE
+    ENGINE = Engine(post, epoch, str(pydicom_url))
+    warm_up_decoders()
+    ENGINE.post({"type": "presets", "presets": PRESETS, "descriptions": PRESET_DESCRIPTIONS,
+                 "default": DEFAULT_PRESET})
+    handler = create_proxy(ENGINE.handle)
+    _KEEP.append(handler)
+    return handler

@@ -162,7 +162,7 @@ class SideBySide:
         seen: dict[str, Any] = {}
 
         def inspect(page) -> None:
-            seen["requests"] = page.evaluate(_cornerstone().FRAME_REQUESTS_JS)
+            seen["requests"] = _cornerstone().frame_requests(page)
             seen["shas"] = [page.evaluate("(i) => window.pyApp.pixelsSha256(i)", i) for i in range(count)]
 
         config = _cornerstone().to_ours(spec.config)

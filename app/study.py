@@ -22,7 +22,7 @@ from .dicomjson import Tag
 from .transport.base import Transport, TransportError
 from .transport.limits import JSON_LIMITS, LimitedTransport, TransferLimits
 from .tree import Alternate, parse_alternates
-from .uids import EXPLICIT_VR_LITTLE_ENDIAN
+from .uids import EXPLICIT_VR_LITTLE_ENDIAN, valid_uid
 
 __all__ = [
     "Alternate",
@@ -223,8 +223,8 @@ async def discover(transport: Transport, url: str, *, series_uid: str | None = N
     last_error: Exception | None = None
     for study in found[1]:
         st = dj.text(study, Tag.STUDY_INSTANCE_UID)
-        if not st:
-            continue
+        if not valid_uid(st):
+            continue  # never a URL segment: a UID that is not one (../, /, ...) could leave the tree
         try:
             return await _load_study(transport, f"{url}/studies/{st}", series_uid)
         except DiscoveryError as exc:
@@ -245,7 +245,7 @@ async def _load_study(transport: Transport, study_url: str, series_uid: str | No
     candidates = []
     for i, series in enumerate(found[1]):
         se = dj.text(series, Tag.SERIES_INSTANCE_UID)
-        if se:
+        if valid_uid(se):  # never a URL segment otherwise
             count = dj.integer(series, Tag.NUMBER_OF_SERIES_RELATED_INSTANCES, 0) or 0
             candidates.append((-count, i, se))
     last_error: Exception | None = None
@@ -316,112 +316,113 @@ def _frames_base(instance: dict, series_url: str, sop: str) -> str:
 
 
 def stack_from_metadata(metadata: object, series_url: str, alternates: dict[str, Alternate] | None = None) -> Stack:
-    """Order the instances of a series metadata document into a stack of frames."""
+    """Order the instances of a series metadata document into a stack of frames.
+
+    An instance whose UIDs are not DICOM UIDs is left out (they become URL segments and the
+    identity of what is drawn); the error says so when nothing else is left.
+    """
     if isinstance(metadata, dict):
         metadata = [metadata]
     if not isinstance(metadata, list):
         raise DiscoveryError("series metadata is not a DICOM JSON array")
     series_url = _strip(series_url)
     items: list[dict] = []
+    refused: list[str] = []
     study_uid = series_uid = modality = None
     for instance in metadata:
         if not isinstance(instance, dict):
             continue
         sop = dj.text(instance, Tag.SOP_INSTANCE_UID)
-        rows = dj.integer(instance, Tag.ROWS)
-        if not sop or not rows:
+        if not sop or not dj.integer(instance, Tag.ROWS):
             continue  # not an image (SR, presentation state, ...)
-        study_uid = study_uid or dj.text(instance, Tag.STUDY_INSTANCE_UID)
-        series_uid = series_uid or dj.text(instance, Tag.SERIES_INSTANCE_UID)
+        uids = (sop, dj.text(instance, Tag.STUDY_INSTANCE_UID), dj.text(instance, Tag.SERIES_INSTANCE_UID))
+        if not all(u is None or valid_uid(u) for u in uids):
+            refused.append(sop[:80])
+            continue
+        study_uid = study_uid or uids[1]
+        series_uid = series_uid or uids[2]
         modality = modality or dj.text(instance, Tag.MODALITY)
-        fmt = PixelFormat.from_dicom_json(instance)
-        if fmt.decoded_bytes > MAX_FRAME_BYTES:
-            raise DiscoveryError(f"instance {sop}: a {fmt.rows}x{fmt.columns} frame needs {fmt.decoded_bytes} "
-                                 f"bytes, over the {MAX_FRAME_BYTES}-byte budget")
-        if len(items) + fmt.number_of_frames > MAX_STACK_IMAGES:
-            raise DiscoveryError(f"instance {sop}: {fmt.number_of_frames} frames take the series over "
-                                 f"{MAX_STACK_IMAGES} images")
-        ts = (
-            dj.text(instance, Tag.AVAILABLE_TRANSFER_SYNTAX_UID)
-            or dj.text(instance, Tag.TRANSFER_SYNTAX_UID)
-            or EXPLICIT_VR_LITTLE_ENDIAN
-        )
-        shared = dj.sequence(instance, Tag.SHARED_FUNCTIONAL_GROUPS)
-        per_frame = dj.sequence(instance, Tag.PER_FRAME_FUNCTIONAL_GROUPS)
-        spacing = dj.floats(instance, Tag.PIXEL_SPACING) or _frame_item([], shared, Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING) or dj.floats(instance, Tag.IMAGER_PIXEL_SPACING)
-        iop = dj.floats(instance, Tag.IMAGE_ORIENTATION_PATIENT) or _frame_item([], shared, Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT)
-        centers = dj.floats(instance, Tag.WINDOW_CENTER) or []
-        widths = dj.floats(instance, Tag.WINDOW_WIDTH) or []
-        windows = tuple((c, w) for c, w in zip(centers, widths) if w > 0)
-        base = _frames_base(instance, series_url, sop)
-        try:
-            inline = dj.inline_binary(instance, Tag.PIXEL_DATA)
-        except ValueError as exc:
-            raise DiscoveryError(f"instance {sop}: {exc}") from exc
-        frames = fmt.number_of_frames
-        for frame in range(1, frames + 1):
-            groups = [per_frame[frame - 1]] if frame - 1 < len(per_frame) else []
-            pos = dj.floats(instance, Tag.IMAGE_POSITION_PATIENT) if frames == 1 else None
-            pos = _frame_item(groups, [], Tag.PLANE_POSITION_SEQUENCE, Tag.IMAGE_POSITION_PATIENT) or pos
-            f_iop = _frame_item(groups, [], Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT) or iop
-            f_spacing = _frame_item(groups, [], Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING) or spacing
-            data = None
-            if inline is not None:
-                n = fmt.frame_length
-                data = inline[(frame - 1) * n : frame * n]
-            items.append(
-                dict(
-                    sop=sop,
-                    frame=frame,
-                    url=f"{base}/{frame}",
-                    ts=ts,
-                    fmt=fmt,
-                    spacing=(f_spacing[0], f_spacing[1]) if f_spacing and len(f_spacing) >= 2 else None,
-                    windows=windows,
-                    photometric=fmt.photometric_interpretation,
-                    number=dj.integer(instance, Tag.INSTANCE_NUMBER),
-                    pos=tuple(pos[:3]) if pos and len(pos) >= 3 else None,
-                    normal=_normal(f_iop),
-                    inline=data,
-                )
-            )
+        items.extend(_instance_frames(instance, series_url, sop, len(items)))
     if not items:
-        raise DiscoveryError(f"series {series_url} has no images")
-    normals = {it["normal"] for it in items}
-    if len(items) > 1 and all(it["pos"] for it in items) and len(normals) == 1 and None not in normals:
-        (n,) = normals
-        key = lambda it: (sum(p * q for p, q in zip(it["pos"], n)), it["number"] or 0, it["frame"])  # noqa: E731
-    else:
-        key = lambda it: (it["number"] if it["number"] is not None else 1 << 31, it["frame"], it["sop"])  # noqa: E731
-    items.sort(key=key)
-    images = tuple(
-        StackImage(
-            index=i,
-            study_uid=study_uid or "",
-            series_uid=series_uid or "",
-            sop_instance_uid=it["sop"],
-            frame=it["frame"],
-            frame_url=it["url"],
-            transfer_syntax=it["ts"],
-            fmt=it["fmt"],
-            pixel_spacing=it["spacing"],
-            windows=it["windows"],
-            rescale_slope=it["fmt"].rescale_slope,
-            rescale_intercept=it["fmt"].rescale_intercept,
-            photometric=it["photometric"],
-            instance_number=it["number"],
-            position=it["pos"],
-            inline_data=it["inline"],
-        )
-        for i, it in enumerate(items)
-    )
-    first = next((i for i in metadata if isinstance(i, dict)), {}) if isinstance(metadata, list) else {}
+        why = f" ({len(refused)} instance(s) with invalid UIDs left out, e.g. {refused[0]!r})" if refused else ""
+        raise DiscoveryError(f"series {series_url} has no images{why}")
+    images = tuple(_stack_image(i, it, study_uid, series_uid) for i, it in enumerate(_in_stack_order(items)))
+    first = next((i for i in metadata if isinstance(i, dict)), {})
     return Stack(study_uid or "", series_uid or "", series_url, images, dict(alternates or {}), modality,
                  patient_name=dj.text(first, Tag.PATIENT_NAME), patient_id=dj.text(first, Tag.PATIENT_ID),
                  study_date=dj.text(first, Tag.STUDY_DATE),
                  study_description=dj.text(first, Tag.STUDY_DESCRIPTION),
                  series_description=dj.text(first, Tag.SERIES_DESCRIPTION),
                  series_number=dj.integer(first, Tag.SERIES_NUMBER))
+
+
+def _instance_frames(instance: dict, series_url: str, sop: str, held: int) -> list[dict]:
+    """The frames of one image instance, with what ordering and drawing need; budgets checked."""
+    fmt = PixelFormat.from_dicom_json(instance)
+    if fmt.decoded_bytes > MAX_FRAME_BYTES:
+        raise DiscoveryError(f"instance {sop}: a {fmt.rows}x{fmt.columns} frame needs {fmt.decoded_bytes} "
+                             f"bytes, over the {MAX_FRAME_BYTES}-byte budget")
+    if held + fmt.number_of_frames > MAX_STACK_IMAGES:
+        raise DiscoveryError(f"instance {sop}: {fmt.number_of_frames} frames take the series over "
+                             f"{MAX_STACK_IMAGES} images")
+    ts = (
+        dj.text(instance, Tag.AVAILABLE_TRANSFER_SYNTAX_UID)
+        or dj.text(instance, Tag.TRANSFER_SYNTAX_UID)
+        or EXPLICIT_VR_LITTLE_ENDIAN
+    )
+    shared = dj.sequence(instance, Tag.SHARED_FUNCTIONAL_GROUPS)
+    per_frame = dj.sequence(instance, Tag.PER_FRAME_FUNCTIONAL_GROUPS)
+    spacing = dj.floats(instance, Tag.PIXEL_SPACING) or _frame_item([], shared, Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING) or dj.floats(instance, Tag.IMAGER_PIXEL_SPACING)
+    iop = dj.floats(instance, Tag.IMAGE_ORIENTATION_PATIENT) or _frame_item([], shared, Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT)
+    centers = dj.floats(instance, Tag.WINDOW_CENTER) or []
+    widths = dj.floats(instance, Tag.WINDOW_WIDTH) or []
+    windows = tuple((c, w) for c, w in zip(centers, widths) if w > 0)
+    base = _frames_base(instance, series_url, sop)
+    try:
+        inline = dj.inline_binary(instance, Tag.PIXEL_DATA)
+    except ValueError as exc:
+        raise DiscoveryError(f"instance {sop}: {exc}") from exc
+    frames = fmt.number_of_frames
+    out = []
+    for frame in range(1, frames + 1):
+        groups = [per_frame[frame - 1]] if frame - 1 < len(per_frame) else []
+        pos = dj.floats(instance, Tag.IMAGE_POSITION_PATIENT) if frames == 1 else None
+        pos = _frame_item(groups, [], Tag.PLANE_POSITION_SEQUENCE, Tag.IMAGE_POSITION_PATIENT) or pos
+        f_iop = _frame_item(groups, [], Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT) or iop
+        f_spacing = _frame_item(groups, [], Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING) or spacing
+        data = None
+        if inline is not None:
+            n = fmt.frame_length
+            data = inline[(frame - 1) * n : frame * n]
+        out.append(dict(
+            sop=sop, frame=frame, url=f"{base}/{frame}", ts=ts, fmt=fmt,
+            spacing=(f_spacing[0], f_spacing[1]) if f_spacing and len(f_spacing) >= 2 else None,
+            windows=windows, photometric=fmt.photometric_interpretation,
+            number=dj.integer(instance, Tag.INSTANCE_NUMBER),
+            pos=tuple(pos[:3]) if pos and len(pos) >= 3 else None, normal=_normal(f_iop), inline=data,
+        ))
+    return out
+
+
+def _in_stack_order(items: list[dict]) -> list[dict]:
+    """Along the slice normal when every frame has a position on one normal, else by number."""
+    normals = {it["normal"] for it in items}
+    if len(items) > 1 and all(it["pos"] for it in items) and len(normals) == 1 and None not in normals:
+        (n,) = normals
+        key = lambda it: (sum(p * q for p, q in zip(it["pos"], n)), it["number"] or 0, it["frame"])  # noqa: E731
+    else:
+        key = lambda it: (it["number"] if it["number"] is not None else 1 << 31, it["frame"], it["sop"])  # noqa: E731
+    return sorted(items, key=key)
+
+
+def _stack_image(index: int, it: dict, study_uid: str | None, series_uid: str | None) -> StackImage:
+    return StackImage(
+        index=index, study_uid=study_uid or "", series_uid=series_uid or "", sop_instance_uid=it["sop"],
+        frame=it["frame"], frame_url=it["url"], transfer_syntax=it["ts"], fmt=it["fmt"],
+        pixel_spacing=it["spacing"], windows=it["windows"], rescale_slope=it["fmt"].rescale_slope,
+        rescale_intercept=it["fmt"].rescale_intercept, photometric=it["photometric"],
+        instance_number=it["number"], position=it["pos"], inline_data=it["inline"],
+    )
 
 
 def person_name(pn: str | None) -> str:

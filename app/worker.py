@@ -20,6 +20,7 @@ import numpy as np
 from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
 
 from app.codecs import PYDICOM_SYNTAXES, pixel_sha256
+from app.uids import valid_uid
 from app.config import PRESET_DESCRIPTIONS, PRESETS, ConfigError, parse_config, preset
 from app.render import default_window
 from app.engine import FirstBytes, ImageFailed, Refinement, RequestStarted
@@ -132,7 +133,7 @@ class Engine:
         if generation == self.generation and isinstance(found, list):
             self.post({"type": "series-list", "generation": generation, "study": study_url,
                        "series": [summarise_series(s, study_url) for s in found if isinstance(s, dict)
-                                  and dj.text(s, dj.Tag.SERIES_INSTANCE_UID)]})
+                                  and valid_uid(dj.text(s, dj.Tag.SERIES_INSTANCE_UID))]})
 
     async def run(self, indices: list[int] | None, generation: int) -> None:
         """Run the loader (the whole stack or ``indices``), then say the run is over."""

@@ -51,12 +51,12 @@ def instance(sop, number=None, pos=None, iop=(1, 0, 0, 0, 1, 0), **extra):
 
 
 def test_slices_are_ordered_along_the_normal_not_by_instance_number():
-    meta = [instance("a", 1, (0, 0, 10)), instance("b", 2, (0, 0, -5)), instance("c", 3, (0, 0, 2.5))]
+    meta = [instance("1.9.1", 1, (0, 0, 10)), instance("1.9.2", 2, (0, 0, -5)), instance("1.9.3", 3, (0, 0, 2.5))]
     stack = stack_from_metadata(meta, "http://h/dicomweb/studies/1.2.3/series/1.2.3.4/")
-    assert [im.sop_instance_uid for im in stack.images] == ["b", "c", "a"]
+    assert [im.sop_instance_uid for im in stack.images] == ["1.9.2", "1.9.3", "1.9.1"]
     assert [im.index for im in stack.images] == [0, 1, 2]
     im = stack.images[0]
-    assert im.frame_url == "http://h/dicomweb/studies/1.2.3/series/1.2.3.4/instances/b/frames/1"
+    assert im.frame_url == "http://h/dicomweb/studies/1.2.3/series/1.2.3.4/instances/1.9.2/frames/1"
     assert im.transfer_syntax == "1.2.840.10008.1.2.4.202"
     assert (im.rows, im.columns, im.fmt.bits_stored) == (4, 2, 12)
     assert im.pixel_spacing == (0.5, 0.25) and im.windows == ((100, 400), (40, 80))
@@ -64,37 +64,37 @@ def test_slices_are_ordered_along_the_normal_not_by_instance_number():
 
 def test_oblique_orientation_projects_on_the_normal():
     iop = (0, 1, 0, 0, 0, -1)  # sagittal: normal along -x
-    meta = [instance("a", 1, (1, 0, 0), iop), instance("b", 2, (3, 0, 0), iop), instance("c", 3, (2, 0, 0), iop)]
-    assert [im.sop_instance_uid for im in stack_from_metadata(meta, "http://h/s").images] == ["b", "c", "a"]
+    meta = [instance("1.9.1", 1, (1, 0, 0), iop), instance("1.9.2", 2, (3, 0, 0), iop), instance("1.9.3", 3, (2, 0, 0), iop)]
+    assert [im.sop_instance_uid for im in stack_from_metadata(meta, "http://h/s").images] == ["1.9.2", "1.9.3", "1.9.1"]
 
 
 def test_without_positions_instance_number_orders():
-    meta = [instance("x", 3), instance("y", 1), instance("z", 2), {"00080018": el("UI", "sr")}]
-    assert [im.sop_instance_uid for im in stack_from_metadata(meta, "http://h/s").images] == ["y", "z", "x"]
+    meta = [instance("1.9.24", 3), instance("1.9.25", 1), instance("1.9.26", 2), {"00080018": el("UI", "1.9.77")}]
+    assert [im.sop_instance_uid for im in stack_from_metadata(meta, "http://h/s").images] == ["1.9.25", "1.9.26", "1.9.24"]
 
 
 def test_multiframe_instances_become_one_item_per_frame():
     per_frame = [{"00209113": el("SQ", {"00200032": el("DS", 0, 0, z)})} for z in (3, 1, 2)]
-    obj = instance("mf", 1, None, **{"00280008": el("IS", 3), "52009230": el("SQ", *per_frame)})
+    obj = instance("1.9.99", 1, None, **{"00280008": el("IS", 3), "52009230": el("SQ", *per_frame)})
     obj["52009229"] = el("SQ", {"00209116": el("SQ", {"00200037": el("DS", 1, 0, 0, 0, 1, 0)})})
     stack = stack_from_metadata([obj], "http://h/s")
     assert [im.frame for im in stack.images] == [2, 3, 1]
-    assert stack.images[0].frame_url == "http://h/s/instances/mf/frames/2"
+    assert stack.images[0].frame_url == "http://h/s/instances/1.9.99/frames/2"
 
 
 def test_absolute_bulkdata_uri_and_missing_one():
-    a = instance("a", 1)
-    a["7FE00010"] = {"vr": "OB", "BulkDataURI": "https://other.example/wado/studies/1/series/2/instances/a/frames"}
-    b = instance("b", 2)
+    a = instance("1.9.1", 1)
+    a["7FE00010"] = {"vr": "OB", "BulkDataURI": "https://other.example/wado/studies/1/series/2/instances/1.9.1/frames"}
+    b = instance("1.9.2", 2)
     del b["7FE00010"]
     stack = stack_from_metadata([a, b], "http://h/s")
-    assert stack.images[0].frame_url == "https://other.example/wado/studies/1/series/2/instances/a/frames/1"
-    assert stack.images[1].frame_url == "http://h/s/instances/b/frames/1"
+    assert stack.images[0].frame_url == "https://other.example/wado/studies/1/series/2/instances/1.9.1/frames/1"
+    assert stack.images[1].frame_url == "http://h/s/instances/1.9.2/frames/1"
 
 
 def test_inline_binary_images_load_without_requests():
     pixels = np.arange(8, dtype="<u2").reshape(4, 2)
-    obj = instance("i", 1)
+    obj = instance("1.9.9", 1)
     obj["00083002"] = el("UI", "1.2.840.10008.1.2.1")
     obj["7FE00010"] = {"vr": "OW", "InlineBinary": base64.b64encode(pixels.tobytes()).decode()}
     stack = stack_from_metadata([obj], "http://h/s")
@@ -274,3 +274,17 @@ def test_patient_study_and_series_text_come_from_the_metadata(tree, serve_dir):
     assert person_name("Doe") == "Doe" and person_name("^John") == "John" and person_name(None) == ""
     assert person_name("Yamada^Tarou=山田^太郎") == "Yamada, Tarou"  # the alphabetic group
     assert dicom_date("20040826") == "2004-08-26" and dicom_date("2004") == "2004" and dicom_date(None) == ""
+
+
+def test_instances_whose_uids_are_not_uids_never_become_urls():
+    """A hostile server's SOP UID (``../../x``, ``/tmp/y``) never builds a frame URL; the rest loads."""
+    good, climbing, absolute = instance("1.9.1", 1), instance("../../x", 2), instance("/tmp/y", 3)
+    del climbing["7FE00010"], absolute["7FE00010"]  # the URL would be built from the SOP UID
+    stack = stack_from_metadata([climbing, good, absolute], "http://h/s")
+    assert [im.sop_instance_uid for im in stack.images] == ["1.9.1"]
+    assert all("/../" not in im.frame_url and "/tmp/" not in im.frame_url for im in stack.images)
+    with pytest.raises(DiscoveryError, match="invalid UIDs"):
+        stack_from_metadata([climbing, absolute], "http://h/s")
+    bad_series = instance("1.9.2", 1, **{"0020000E": el("UI", "1.2/../../3")})
+    with pytest.raises(DiscoveryError, match="invalid UIDs"):
+        stack_from_metadata([bad_series], "http://h/s")

@@ -100,6 +100,11 @@ class SideRun:
     longest_task_ms: float
     exact: bool
     log: list[dict] = field(repr=False)
+    error: str | None = None  # the run failed (timeout, page error): no times, not exact
+
+    @classmethod
+    def failed(cls, error: Exception) -> SideRun:
+        return cls(None, None, None, 0, 0, 0.0, False, [], f"{type(error).__name__}: {str(error)[:300]}")
 
 
 def _single_times(log: list[dict], request_start: float | None) -> tuple[float | None, float | None, str | None]:
@@ -157,7 +162,7 @@ class SideBySide:
         seen: dict[str, Any] = {}
 
         def inspect(page) -> None:
-            seen["requests"] = page.evaluate(_cornerstone().FRAME_REQUESTS_JS)
+            seen["requests"] = _cornerstone().frame_requests(page)
             seen["shas"] = [page.evaluate("(i) => window.pyApp.pixelsSha256(i)", i) for i in range(count)]
 
         config = _cornerstone().to_ours(spec.config)
@@ -207,14 +212,17 @@ class Side:
     bytes_frames: Stats | None
     frame_requests: Stats | None
     longest_task_ms: Stats | None
-    exact: str  # "runs exact / runs"
+    exact: str  # "runs exact / runs", and how many failed
 
     @classmethod
     def of(cls, runs: list[SideRun]) -> Side:
-        return cls(Stats.of([r.first_ms for r in runs]), Stats.of([r.final_ms for r in runs]),
-                   next((r.first_size for r in runs if r.first_size), None),
-                   Stats.of([r.bytes_frames for r in runs]), Stats.of([r.frame_requests for r in runs]),
-                   Stats.of([r.longest_task_ms for r in runs]), f"{sum(r.exact for r in runs)}/{len(runs)}")
+        done = [r for r in runs if r.error is None]
+        failed = len(runs) - len(done)
+        return cls(Stats.of([r.first_ms for r in done]), Stats.of([r.final_ms for r in done]),
+                   next((r.first_size for r in done if r.first_size), None),
+                   Stats.of([r.bytes_frames for r in done]), Stats.of([r.frame_requests for r in done]),
+                   Stats.of([r.longest_task_ms for r in done]),
+                   f"{sum(r.exact for r in runs)}/{len(runs)}" + (f" ({failed} failed)" if failed else ""))
 
 
 @dataclass
@@ -259,8 +267,12 @@ def _measure_row(sbs: SideBySide, spec: RowSpec, profile: str, runs: int,
     for i in range(runs):
         progress(f"{profile} {spec.key} run {i + 1}/{runs}")
         order = (("ours", sbs.ours, ours), ("theirs", sbs.theirs, theirs))
-        for _name, load, into in (order if i % 2 == 0 else order[::-1]):
-            into.append(load(spec, profile))
+        for name, load, into in (order if i % 2 == 0 else order[::-1]):
+            try:
+                into.append(load(spec, profile))
+            except Exception as exc:  # noqa: BLE001 - a failed run is a result: counted, shown, not timed
+                progress(f"  {name}: run failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                into.append(SideRun.failed(exc))
     raw = [{"ours": {k: v for k, v in asdict(o).items()}, "theirs": {k: v for k, v in asdict(t).items()}}
            for o, t in zip(ours, theirs)]
     return PeerRow(spec.key, spec.label, profile, spec.stack, Side.of(ours), Side.of(theirs), raw)

@@ -263,20 +263,11 @@ class Page:
 
     # ---- loading ----
     def start_load(self, url, index=None):
-        """Replace whatever is shown by this URL's series, at once (nothing of the old one stays)."""
-        previewed = el("preview").getAttribute("data-url")  # (None when there is no preview)
-        if not previewed or not url.rstrip("/").endswith(previewed):
-            retire_preview()  # a preview of another series never stays beside this one
+        """Replace whatever is shown by this URL's series, at once (nothing of the old one stays).
+
+        The load message goes first: the worker starts discovery while this thread clears the
+        view (no answer can be handled before this handler returns, so nothing old is drawn)."""
         generation = self.state.begin(url)
-        self.drop_all()
-        self.show_nothing()
-        clear_errors()
-        set_state("loading")
-        window.renderLog = window.jsObject("[]")
-        el("status").textContent = "Loading study…"
-        self.running = True
-        self.sync_cancel()
-        self.load_started = now_ms()
         vp = el("viewport")
         dpr = float(window.devicePixelRatio or 1)
         message = {"type": "load", "generation": generation, "url": url,
@@ -285,6 +276,18 @@ class Page:
         if index is not None:
             message["index"] = index
         window.engine.send(js(message))
+        self.load_started = now_ms()
+        previewed = el("preview").getAttribute("data-url")  # (None when there is no preview)
+        if not previewed or not url.rstrip("/").endswith(previewed):
+            retire_preview()  # a preview of another series never stays beside this one
+        self.drop_all()
+        self.show_nothing()
+        clear_errors()
+        set_state("loading")
+        window.renderLog = window.jsObject("[]")
+        el("status").textContent = "Loading study…"
+        self.running = True
+        self.sync_cancel()
         self.stop_open_timer()
         self.open_timer = window.setTimeout(lambda: self.open_timed_out(generation), OPEN_TIMEOUT_MS)
 

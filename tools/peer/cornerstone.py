@@ -44,12 +44,13 @@ MEASURE_JS = """
 })();
 """
 
-# page clock: the start of every frame request, keyed by SOP instance UID (earliest first)
+# the start of every frame request in this realm's clock, keyed by SOP instance UID (earliest
+# first), and the realm's time origin (a page's and its workers' differ)
 FRAME_REQUESTS_JS = r"""() => {
-  const out = {};
+  const out = {origin: performance.timeOrigin, requests: {}};
   for (const e of performance.getEntriesByType('resource')) {
     const m = /\/instances\/([^/]+)\/[^/]+\/\d+(?:\?|$)/.exec(new URL(e.name).pathname + new URL(e.name).search);
-    if (m && (out[m[1]] === undefined || e.startTime < out[m[1]])) out[m[1]] = e.startTime;
+    if (m && (out.requests[m[1]] === undefined || e.startTime < out.requests[m[1]])) out.requests[m[1]] = e.startTime;
   }
   return out; }"""
 
@@ -63,6 +64,22 @@ _COLLECT_JS = """() => ({
   log: window.peerLog.map(e => Object.assign({}, e)), state: document.documentElement.dataset.app,
   errors: document.getElementById('errors').textContent, longtasks: window.__measure.longtasks,
   sops: window.peer.imageIds().map(id => id.split('/instances/')[1].split('/')[0])})"""
+
+
+def frame_requests(page) -> dict[str, float]:
+    """SOP instance UID -> start of its first frame request on the page's clock, from the resource
+    timing of the page and of its workers (a page may fetch frames in a worker)."""
+    own = page.evaluate(FRAME_REQUESTS_JS)
+    out: dict[str, float] = dict(own["requests"])
+    for worker in page.workers:
+        try:
+            got = worker.evaluate(FRAME_REQUESTS_JS)
+        except Exception:  # noqa: BLE001 - a worker that ended has nothing to add
+            continue
+        for sop, start in got["requests"].items():
+            start += got["origin"] - own["origin"]
+            out[sop] = min(out.get(sop, start), start)
+    return out
 
 
 class PeerError(RuntimeError):
@@ -194,7 +211,7 @@ class CornerstonePage:
         data = self.page.evaluate(_COLLECT_JS)
         if data["state"] == "error" or self.errors:
             raise PeerError(f"peer load failed ({series_url}): {data['errors']} {self.errors}")
-        requests = self.page.evaluate(FRAME_REQUESTS_JS)
+        requests = frame_requests(self.page)
         for entry in data["log"]:
             sop = data["sops"][entry["index"]]
             start = requests.get(sop)

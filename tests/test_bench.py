@@ -138,6 +138,7 @@ def test_throttle_proxy_delays_and_passes_bytes(live, result):
 def test_responsiveness_table_on_the_mr(browser, demo_server, demo_data, tmp_path):
     """--responsiveness, one run, the MR on loopback: every figure measured, positive, p95 >= p50."""
     from app.bench.browser import BrowserDriver
+    from app.bench.report import MARK
     from app.bench.responsiveness import (ResponsivenessResult, render_responsiveness, run_responsiveness,
                                           write_responsiveness)
     from app.bench.site import find_demo
@@ -161,3 +162,7 @@ def test_responsiveness_table_on_the_mr(browser, demo_server, demo_data, tmp_pat
     assert f"| {demo.stack['name']} | none |" in text and render_responsiveness(got) in text
     again = ResponsivenessResult.from_json(json.loads((tmp_path / "benchmark-responsiveness.json").read_text()))
     assert render_responsiveness(again) == render_responsiveness(got)
+    md = tmp_path / "benchmark-responsiveness.md"
+    md.write_text("hand-written note\n" + MARK + "\nold table")
+    write_responsiveness(again, tmp_path)  # a new run keeps the text above the mark, rewrites the rest
+    assert md.read_text().startswith("hand-written note\n" + MARK) and "old table" not in md.read_text()

@@ -33,6 +33,7 @@ from urllib.parse import quote
 
 from .browser import _CLICK_JS, _DONE_JS, _READY_JS, BrowserDriver, _emulate
 from .profiles import PROFILE_LABELS
+from .report import MARK
 from .results import Stats, _from_fields
 from .site import Demo
 
@@ -343,9 +344,12 @@ def render_responsiveness(r: ResponsivenessResult) -> str:
 
 
 def write_responsiveness(result: ResponsivenessResult, out: Path) -> None:
-    """benchmark-responsiveness.md/.json in ``out``."""
+    """benchmark-responsiveness.md/.json in ``out``; hand-written text above MARK in the .md is kept."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark-responsiveness.json").write_text(json.dumps(result.to_json(), indent=1, default=float) + "\n")
-    head = "# Responsiveness benchmark\n\n" + (__doc__ or "").split("\n\n", 1)[1] + "\n"
-    (out / "benchmark-responsiveness.md").write_text(
-        head + (f"`{result.command}`\n\n" if result.command else "") + render_responsiveness(result))
+    md = out / "benchmark-responsiveness.md"
+    old = md.read_text() if md.exists() else ""
+    head = old.split(MARK, 1)[0] if MARK in old else (
+        "# Responsiveness benchmark\n\n" + (__doc__ or "").split("\n\n", 1)[1] + "\n")
+    md.write_text(head + MARK + "\n\n" + (f"`{result.command}`\n\n" if result.command else "")
+                  + render_responsiveness(result))

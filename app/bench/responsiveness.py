@@ -316,6 +316,10 @@ def _ms(s: Stats | None, digits: int = 0) -> str:
     return text + (f" ({s.min:.{digits}f}-{s.max:.{digits}f})" if s.n > 1 else "")
 
 
+def _median(s: Stats | None) -> str:
+    return "-" if s is None else f"{s.median:.0f}"
+
+
 def render_responsiveness(r: ResponsivenessResult) -> str:
     lines = [f"Median of {r.runs} run(s) (range in brackets). Profiles: "
              + ", ".join(f"`{p}` = {PROFILE_LABELS.get(p, p)}" for p in r.profiles) + ".\n",
@@ -326,9 +330,10 @@ def render_responsiveness(r: ResponsivenessResult) -> str:
     for row in r.rows:
         lines.append(f"| {row.series} | {row.profile} | {_ms(row.load_ms)} | {_ms(row.longest_task_ms)} | "
                      f"{_ms(row.blocking_ms)} | {_ms(row.input_p50_ms, 1)} | {_ms(row.input_p95_ms, 1)} | "
-                     f"{row.inputs.median if row.inputs else '-':.0f} ({row.inputs_drawn.median if row.inputs_drawn else 0:.0f}) |")
+                     f"{_median(row.inputs)} ({_median(row.inputs_drawn)}) |")
     lines += ["", "### Window/level drag on the final radiograph (pointer moves every ~8 ms for 2 s)\n",
-              "| Profile | W/L updates per second | Move -> next frame p50 ms | p95 ms | Moves |", "|---|---|---|---|---|"]
+              "| Profile | W/L updates per second | Move -> next frame p50 ms | p95 ms | Moves |",
+              "|---|---|---|---|---|"]
     for w in r.window_level:
         lines.append(f"| {w.profile} | {_ms(w.updates_per_s, 1)} | {_ms(w.move_p50_ms, 1)} | "
                      f"{_ms(w.move_p95_ms, 1)} | {_ms(w.moves)} |")

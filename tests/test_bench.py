@@ -132,3 +132,37 @@ def test_throttle_proxy_delays_and_passes_bytes(live, result):
     assert status == 200 and n == size
     assert ms >= latency_ms + size / rate * 1000 * 0.9
     assert [(r.path, r.bytes_sent) for r in proxy.request_log] == [(path, size)]
+
+
+@pytest.mark.browser
+def test_responsiveness_table_on_the_mr(browser, demo_server, demo_data, tmp_path):
+    """--responsiveness, one run, the MR on loopback: every figure measured, positive, p95 >= p50."""
+    from app.bench.browser import BrowserDriver
+    from app.bench.report import MARK
+    from app.bench.responsiveness import (ResponsivenessResult, render_responsiveness, run_responsiveness,
+                                          write_responsiveness)
+    from app.bench.site import find_demo
+
+    demo = find_demo(demo_server.url, demo_data)
+    got = run_responsiveness(BrowserDriver(browser=browser), demo, runs=1, profiles=["none"], series=["mr"])
+    [row] = got.rows
+    assert row.series == demo.stack["name"] and row.profile == "none" and row.runs == 1
+    for name in ("load_ms", "longest_task_ms", "input_p50_ms", "input_p95_ms", "inputs"):
+        stats = getattr(row, name)
+        assert stats is not None and stats.n == 1 and stats.median > 0, name
+    assert row.blocking_ms is not None and row.blocking_ms.median >= 0
+    assert row.input_p95_ms.median >= row.input_p50_ms.median
+    assert row.raw[0]["tasks"] > 0  # the trace saw the renderer's main thread
+    assert got.window_level == []  # the drag is on the radiograph only
+    [cold] = got.cold
+    assert 0 < cold.preview_ms.median < cold.diagnostic_ms.median  # the badged PREVIEW comes first
+    assert 0 < cold.first_image_ms.median <= cold.diagnostic_ms.median
+    write_responsiveness(got, tmp_path)
+    text = (tmp_path / "benchmark-responsiveness.md").read_text()
+    assert f"| {demo.stack['name']} | none |" in text and render_responsiveness(got) in text
+    again = ResponsivenessResult.from_json(json.loads((tmp_path / "benchmark-responsiveness.json").read_text()))
+    assert render_responsiveness(again) == render_responsiveness(got)
+    md = tmp_path / "benchmark-responsiveness.md"
+    md.write_text("hand-written note\n" + MARK + "\nold table")
+    write_responsiveness(again, tmp_path)  # a new run keeps the text above the mark, rewrites the rest
+    assert md.read_text().startswith("hand-written note\n" + MARK) and "old table" not in md.read_text()

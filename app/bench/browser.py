@@ -54,10 +54,6 @@ _HOOK_JS = """
   } catch (e) {}
 })();
 """
-# when the last runtime file (Pyodide, its stdlib, the wheels) had arrived, ms since navigation
-_RUNTIME_DOWNLOADED_JS = """() => Math.max(0, ...performance.getEntriesByType('resource')
-  .filter(e => /\\/static\\/(pyodide|wheels)\\//.test(e.name)).map(e => e.responseEnd))"""
-
 _READY_JS = ("(window.appTimings && window.appTimings.readyMs > 0)"
              " || document.documentElement.dataset.app === 'error'")
 _DONE_JS = """() => { const s = document.documentElement.dataset.app;
@@ -87,7 +83,13 @@ _FETCH_JS = """async ([u, range]) => {
 class BrowserDriver:
     """One Chromium for the whole bench; each measurement in its own fresh context."""
 
-    def __init__(self, args: Sequence[str] | None = None) -> None:
+    def __init__(self, args: Sequence[str] | None = None, browser: Any = None) -> None:
+        """Launches its own Chromium, or drives ``browser`` (a started Playwright Browser, e.g. the
+        tests' session one: one sync Playwright per thread); ``close()`` then leaves it open."""
+        self._pw = None
+        if browser is not None:
+            self.browser = browser
+            return
         try:
             from playwright.sync_api import sync_playwright
         except ImportError as exc:  # pragma: no cover - depends on the machine
@@ -104,8 +106,9 @@ class BrowserDriver:
         return self.browser.version
 
     def close(self) -> None:
-        self.browser.close()
-        self._pw.stop()
+        if self._pw is not None:
+            self.browser.close()
+            self._pw.stop()
 
     def _page(self, *, cache_disabled: bool = True) -> tuple[Any, Any, Any, list[str]]:
         context = self.browser.new_context(viewport={"width": 1280, "height": 900})
@@ -164,7 +167,9 @@ class BrowserDriver:
                 got["ready_noload"].append(t.get("readyMs"))
                 got["imports"].append(t.get("pythonImportsMs"))
                 got["python_start"].append(t.get("pythonStartMs"))
-                got["downloaded"].append(page.evaluate(_RUNTIME_DOWNLOADED_JS))
+                # the runtime loads in the engine's worker: the page's resource timing never sees it,
+                # the worker posts when its last runtime file had arrived (app/ui/worker.mjs)
+                got["downloaded"].append(t.get("worker_downloadedMs"))
                 # a second visit in the same context: HTTP cache warm (304s), compiled wasm cached
                 page.goto(page_url)
                 page.wait_for_function(_READY_JS, timeout=120_000)

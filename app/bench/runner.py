@@ -19,6 +19,7 @@ from app.tree import frame_file_names
 from .browser import BrowserDriver
 from .cpython import cpython_load, native_decode, radiograph_format
 from .network import PROJECT, ServeProcess, ThrottleProxy
+from .responsiveness import RESP_PROFILES, render_responsiveness, run_responsiveness, write_responsiveness
 from .profiles import DEFAULT_PROFILES, MODES, PROFILES, STACK_PRESETS
 from .report import check_targets, render_markdown, write_outputs
 from .results import BenchResult, Decode, ImageInfo, LoadRun, Machine, ModeRow, Stats, StackRow
@@ -147,12 +148,33 @@ def rerender(result: BenchResult) -> BenchResult:
     return result
 
 
+def _responsiveness(args: argparse.Namespace, profiles: Sequence[str], progress: Callable[[str], None],
+                    argv: Sequence[str]) -> int:
+    """The responsiveness table against a serve.py of its own (see responsiveness.py)."""
+    root = Path(args.root or (PROJECT / "static" / "dicomweb")).resolve()
+    server, browser = ServeProcess(root), None
+    try:
+        demo = find_demo(server.url, root)
+        browser = BrowserDriver()
+        result = run_responsiveness(browser, demo, runs=args.runs, profiles=profiles, loadavg=_loadavg,
+                                    progress=progress)
+    finally:
+        if browser:
+            browser.close()
+        server.close()
+    result.command = "python -m app bench " + " ".join(argv)
+    print(render_responsiveness(result))
+    if args.out:
+        write_responsiveness(result, args.out)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app bench",
                                      description="Measure first/final render and bytes moved per retrieve mode.")
     parser.add_argument("--runs", type=int, default=3, help="runs per mode and profile (default 3)")
-    parser.add_argument("--profiles", default=",".join(DEFAULT_PROFILES),
-                        help=f"comma list of {', '.join(PROFILES)} (default {','.join(DEFAULT_PROFILES)})")
+    parser.add_argument("--profiles", help=f"comma list of {', '.join(PROFILES)} (default {','.join(DEFAULT_PROFILES)};"
+                        f" {','.join(RESP_PROFILES)} with --responsiveness)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     parser.add_argument("--engine", choices=("browser", "cpython"), default="browser")
     parser.add_argument("--out", type=Path, help="write benchmark.md/.json/.png here (benchmark-cpython.* for cpython)")
@@ -168,6 +190,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="run the rows side by side with another viewer's page (tools/peer/), alternating runs")
     parser.add_argument("--cpu-load", type=int, default=0, metavar="N",
                         help="with --peer: N busy background processes during the runs")
+    parser.add_argument("--responsiveness", action="store_true",
+                        help="only the responsiveness table (main-thread tasks, input -> frame, W/L drag, cold start;"
+                             " responsiveness.py) to benchmark-responsiveness.md/.json")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
@@ -175,7 +200,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    default = RESP_PROFILES if args.responsiveness else DEFAULT_PROFILES
+    profiles = [p.strip() for p in (args.profiles or ",".join(default)).split(",") if p.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [p for p in profiles if p not in PROFILES] + [m for m in modes if m not in MODES]
     if bad or args.runs < 1:
@@ -198,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.quiet:
             print(f"[{time.perf_counter() - t0:6.1f} s] {text}", file=sys.stderr, flush=True)
 
+    if args.responsiveness:
+        return _responsiveness(args, profiles, progress, argv if argv is not None else sys.argv[2:])
     if args.scale:
         from .scale import main as scale_main
 

@@ -13,6 +13,7 @@ from app.ui.view_state import ViewState, badge_label
 
 CONFIG_STORAGE_KEY = "progressive-dicom.retrieveConfig"
 DEFAULT_CACHE_MB = 1024
+WATERFALL_MS = 250  # the request waterfall is redrawn at most this often
 OPEN_TIMEOUT_MS = 30000  # discovery (study/series metadata) that answers nothing in this long fails
 VIEWER_PRESETS = {  # the published modes, as the sidebar names them
     "htj2k": "HTJ2K streaming",
@@ -131,6 +132,7 @@ class Page:
         self.pending_log = []  # (key, entry) waiting for the draw that shows them
         self.draw_pending = False
         self.waterfall_pending = False
+        self.waterfall_at = 0.0  # when the waterfall was last drawn (now_ms)
         self.load_started = 0.0
         self.open_timer = None
         self.presets = {}
@@ -447,12 +449,23 @@ class Page:
 
     # ---- waterfall ----
     def request_waterfall(self):
-        if not self.waterfall_pending:
-            self.waterfall_pending = True
+        """At most one redraw per WATERFALL_MS: while a big stack streams in, events come faster
+        than frames, and each redraw is hundreds of canvas calls from MicroPython."""
+        if self.waterfall_pending:
+            return
+        self.waterfall_pending = True
+        wait = WATERFALL_MS - (now_ms() - self.waterfall_at)
+        if wait > 0:
+            window.setTimeout(self.waterfall_due, int(wait) + 1)
+        else:
             window.requestAnimationFrame(self.draw_waterfall)
+
+    def waterfall_due(self, *_):
+        window.requestAnimationFrame(self.draw_waterfall)
 
     def draw_waterfall(self, _ts=None):
         self.waterfall_pending = False
+        self.waterfall_at = now_ms()
         from app.ui import controls
 
         try:

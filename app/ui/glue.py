@@ -22,6 +22,7 @@ VIEWER_PRESETS = {  # the published modes, as the sidebar names them
     "jlsReduced": "JLS Reduced",
     "nonProgressive": "Non-progressive",
     "interleavedStack": "Interleaved stack",
+    "interleavedPreview": "Interleaved stack, 32 KB previews",
 }
 STATUS_COLOURS = {"SUBRESOLUTION": "#f0c040", "LOSSY": "#f08040", "FULL_RESOLUTION": "#50d080",
                   "FAILED": "#ff6b6b", "final": "#50d080", "failed": "#ff6b6b",

@@ -306,11 +306,12 @@ class RetrieveConfig:
 # ---------------------------------------------------------------- parsing helpers
 
 _ORIGIN = re.compile(r"^(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?$")
+_URL_ORIGIN = re.compile(r"^(https?)://([^/?#@]+)", re.I)
 
 
 def origin_of(url: str) -> str | None:
     """``scheme://host[:port]`` of an absolute http(s) URL, default ports dropped; else None."""
-    match = re.match(r"^(https?)://([^/?#@]+)", url.strip(), re.I)
+    match = _URL_ORIGIN.match(url.strip())
     if not match:
         return None
     scheme, host = match.group(1).lower(), match.group(2).lower()

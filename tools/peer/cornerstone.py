@@ -82,6 +82,14 @@ def frame_requests(page) -> dict[str, float]:
     return out
 
 
+def emulate_network(cdp, conditions: Mapping[str, float] | None) -> None:
+    """DevTools network emulation on a CDP session: {'down', 'up' bytes/s, 'latency' ms}, or None."""
+    if conditions:
+        cdp.send("Network.emulateNetworkConditions", {
+            "offline": False, "latency": conditions["latency"],
+            "downloadThroughput": conditions["down"], "uploadThroughput": conditions["up"]})
+
+
 class PeerError(RuntimeError):
     """The peer page is missing, has no WebGL, or failed a load: never measure it then."""
 
@@ -198,10 +206,7 @@ class CornerstonePage:
 
     def emulate(self, conditions: Mapping[str, float] | None) -> None:
         """DevTools network emulation: {'down', 'up' bytes/s, 'latency' ms}, or None for none."""
-        if conditions:
-            self.cdp.send("Network.emulateNetworkConditions", {
-                "offline": False, "latency": conditions["latency"],
-                "downloadThroughput": conditions["down"], "uploadThroughput": conditions["up"]})
+        emulate_network(self.cdp, conditions)
 
     def load(self, series_url: str, config: Mapping[str, Any], *, stack: bool = False,
              timeout_ms: float = 120_000) -> PeerLoad:
@@ -221,6 +226,11 @@ class CornerstonePage:
     def pixels(self, index: int | None = None, *, with_bytes: bool = False) -> dict | None:
         """What the loader holds for a stack index (the drawn image by default): type, size, sha256."""
         return self.page.evaluate("([i, b]) => window.peer.pixels(i, b)", [index, with_bytes])
+
+    def all_pixels(self, count: int) -> list[dict | None]:
+        """``pixels(i)`` of stack indices 0..count-1 in one call (a 200-slice stack: one round trip)."""
+        return self.page.evaluate(
+            "(n) => Promise.all(Array.from({length: n}, (_, i) => window.peer.pixels(i)))", count)
 
     def check_pixels(self, index: int | None = None) -> dict:
         """The held pixels against the source DICOM's; raises PeerError when they differ."""
@@ -245,34 +255,37 @@ _TYPED = {"Uint8Array": "<u1", "Int8Array": "<i1", "Uint16Array": "<u2", "Int16A
 
 
 @lru_cache(maxsize=None)
-def _source_index() -> dict[str, Path]:
+def _source_index(folder: Path = SOURCES) -> dict[str, Path]:
     import pydicom
 
     out = {}
-    for path in sorted(SOURCES.rglob("*.dcm")):
+    for path in sorted(folder.rglob("*.dcm")):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         out[str(ds.SOPInstanceUID)] = path
     return out
 
 
-def source_pixels(sop: str) -> np.ndarray:
-    """The stored values of a demo source instance (pydicom's decode of the original file)."""
+def _source(sop: str, sources: Path):
     import pydicom
 
-    path = _source_index().get(sop)
+    path = _source_index(sources).get(sop)
     if path is None:
-        raise PeerError(f"no source DICOM for {sop} under {SOURCES}")
-    return pydicom.dcmread(path).pixel_array
+        raise PeerError(f"no source DICOM for {sop} under {sources}")
+    return pydicom.dcmread(path)
 
 
-def source_sha256(sop: str, typed_array: str | None = None, pre_scaled: bool = False) -> str:
+def source_pixels(sop: str, sources: Path = SOURCES) -> np.ndarray:
+    """The stored values of a source instance under ``sources`` (pydicom's decode of the file)."""
+    return _source(sop, sources).pixel_array
+
+
+def source_sha256(sop: str, typed_array: str | None = None, pre_scaled: bool = False,
+                  sources: Path = SOURCES) -> str:
     """sha256 of the source's values as a typed array of the peer would hold them (if they fit),
     or, with no type, as our page holds them (pydicom's dtype, little-endian)."""
-    import pydicom
-
-    values = source_pixels(sop)
+    ds = _source(sop, sources)
+    values = ds.pixel_array
     if pre_scaled:
-        ds = pydicom.dcmread(_source_index()[sop], stop_before_pixels=True)
         values = values * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
     dtype = np.dtype(_TYPED[typed_array]) if typed_array else values.dtype.newbyteorder("<")
     cast = values.astype(dtype)

@@ -180,6 +180,14 @@ def _stack_times(log: list[dict], t0: float, count: int) -> tuple[float | None, 
 _OUR_SHAS_JS = "(n) => Promise.all(Array.from({length: n}, (_, i) => window.pyApp.pixelsSha256(i)))"
 
 
+def _check_stack(final: float | None, log: list[dict], target: Target, context: str) -> None:
+    """A stack load that ended before every slice was lossless is a failed run, with its reason."""
+    if final is None:
+        lossless = len({e["index"] for e in log if e.get("final")})
+        raise RuntimeError(f"load ended with {lossless} of {target.count} slices lossless "
+                           f"({len(log)} log entries; {context})")
+
+
 class SideBySide:
     """Runs a row on both pages through one browser and the metering proxy of the row's tree."""
 
@@ -205,6 +213,7 @@ class SideBySide:
             if not spec.stack:
                 seen["requests"] = _cornerstone().frame_requests(page)
             seen["shas"] = page.evaluate(_OUR_SHAS_JS, target.count)  # one round trip for every slice
+            seen["states"] = page.evaluate("window.__bench.states")
 
         config = _cornerstone().to_ours(spec.config)
         run = self.driver.load(target.proxy, target.proxy.url, target.entry, json.dumps(config), profile,
@@ -212,6 +221,7 @@ class SideBySide:
         exact = sorted(map(str, seen["shas"])) == sorted(self.source_shas(target, None).values())
         if spec.stack:
             first, final = _stack_times(run.log, run.t_click, target.count)
+            _check_stack(final, run.log, target, f"our page's states {seen['states']}")
             size = None
         else:
             first, final, size = _single_times(run.log, min(seen["requests"].values(), default=None))
@@ -244,6 +254,7 @@ class SideBySide:
             page.close()
         if spec.stack:
             first, final = _stack_times(run.log, run.t_load, len(run.sops))
+            _check_stack(final, run.log, target, "the peer page went idle")
             size = None
         else:
             first, final, size = _single_times(run.log, min(run.requests.values(), default=None))
@@ -406,7 +417,8 @@ _FETCH_ALL_JS = """async ([urls, inFlight]) => {
       const url = urls[next++];
       const r = await fetch(url, {cache: 'no-store'});
       if (!r.ok) throw new Error(`HTTP ${r.status} for ${url}`);
-      bytes += (await r.arrayBuffer()).byteLength;
+      const got = (await r.arrayBuffer()).byteLength;  // read before adding: `bytes +=` would race
+      bytes += got;
     }
   };
   await Promise.all(Array.from({length: inFlight}, fetcher));

@@ -80,7 +80,8 @@ def test_mr200_slices_are_a_valid_mr_series_with_even_geometry(demo_data):
     slices = dict(generate(spec, [0, 1, 199]))
     assert sorted(slices) == [0, 1, 199]
     first, second, last = slices[0], slices[1], slices[199]
-    assert (first.Modality, first.SOPClassUID, first.Rows, first.Columns) == ("MR", "1.2.840.10008.5.1.4.1.1.4", 256, 256)
+    assert (first.Modality, first.Rows, first.Columns) == ("MR", 256, 256)
+    assert first.SOPClassUID == first.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.4"
     assert (first.BitsAllocated, first.BitsStored, first.HighBit, first.PixelRepresentation) == (16, 16, 15, 0)
     assert "RescaleIntercept" not in first  # MR: the stored values are the image's
     uids = (first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID, first.FrameOfReferenceUID)
@@ -93,7 +94,8 @@ def test_mr200_slices_are_a_valid_mr_series_with_even_geometry(demo_data):
 
     orientation = numpy.array(first.ImageOrientationPatient, dtype=float)
     normal = numpy.cross(orientation[:3], orientation[3:])
-    along = [float(numpy.dot(normal, numpy.array(ds.ImagePositionPatient, dtype=float))) for ds in (first, second, last)]
+    along = [float(numpy.dot(normal, numpy.array(ds.ImagePositionPatient, dtype=float)))
+             for ds in (first, second, last)]
     spacing = float(first.SpacingBetweenSlices)
     assert spacing > 0 and float(first.SliceThickness) == spacing
     assert along[1] - along[0] == pytest.approx(spacing, abs=1e-3)

@@ -297,8 +297,9 @@ class PeerRow:
     @classmethod
     def from_json(cls, data: dict) -> PeerRow:
         sides = {name: Side(**{k: _stats(v) for k, v in data[name].items()}) for name in ("ours", "theirs")}
+        series = data.get("series", "mr20" if data["stack"] else RADIOGRAPH)  # runs before mr200 had one stack
         return cls(data["key"], data["label"], data["profile"], data["stack"], sides["ours"], sides["theirs"],
-                   data.get("raw", []), data.get("series", STACK_PRESET if data["stack"] else RADIOGRAPH))
+                   data.get("raw", []), series)
 
     def ratio(self, which: str) -> float | None:
         """ours / theirs of the medians (below 1: ours is faster)."""
@@ -405,7 +406,8 @@ def _targets(trees: _Trees, data_root: Path, stacks: Sequence[str],
         targets.update(_large_targets(trees, large))
     except Exception as exc:  # noqa: BLE001 - no demo MR to derive from, converter failed...: other rows still run
         skipped.append(f"{', '.join(large)} rows skipped: the large stacks could not be made "
-                       f"(python tools/large_stacks.py --only {','.join(large)}): {type(exc).__name__}: {exc}")
+                       f"(python tools/large_stacks.py --only {','.join(large)}): {type(exc).__name__}: "
+                       f"{(str(exc).splitlines() or [''])[0][:300]}")
     return targets, demo
 
 

@@ -203,3 +203,23 @@ def test_a_saved_stack_row_renders_with_its_floor_and_ratios():
                           "6450 (6400-6500) / 6750 (6700-6800) (0.96)", "5950 (5900-6000) (21.90 MB)"]
     assert cells[5] == "22.10 MB / 22.10 MB" and cells[7] == "2/2 / 1/2"
     assert "Not measured: ct174 rows skipped" in text and "1 busy background processes" in text
+
+
+def test_large_stacks_that_cannot_be_made_are_skipped_with_one_line(demo_data, monkeypatch):
+    """No demo MR to derive them from (offline, say): the other rows still run, the table says why."""
+    import tools.large_stacks
+    from app.bench import peer
+
+    def cannot(names):
+        raise RuntimeError("the demo MR stack could not be downloaded\n(more detail)")
+
+    monkeypatch.setattr(tools.large_stacks, "ensure_large_stacks", cannot)
+    trees, skipped = peer._Trees(), []
+    try:
+        targets, _demo = peer._targets(trees, demo_data, ["mr20", "mr200", "ct174"], skipped)
+    finally:
+        trees.close()
+    assert set(targets) == {"radiograph", "mr20"}
+    assert targets["mr20"].count == 20 and targets["mr20"].expect_bytes > 0
+    [line] = skipped
+    assert line.startswith("mr200, ct174 rows skipped") and "could not be downloaded" in line and "\n" not in line

@@ -292,7 +292,8 @@ class Attempt:
         for _ in range(MAX_REDIRECTS + 1):
             self.engine.check_url(url)
             resp = await head_within(self.engine.transport, url, self.watch.wait_seconds(),
-                                     headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
+                                     headers={"Accept": ACCEPT_ANY}, byte_range=byte_range,
+                                     priority="high" if self.st.image.index == self.engine.current else "low")
             location = resp.headers.get("location") if resp.status in REDIRECT_STATUSES else None
             try:
                 self.engine.check_url(resp.url or url)

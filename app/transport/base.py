@@ -62,6 +62,7 @@ class Transport(Protocol):
         *,
         headers: dict[str, str] | None = None,
         byte_range: tuple[int, int | None] | None = None,
+        priority: str | None = None,  # "high" | "low": a hint (fetch's); transports may ignore it
     ) -> Response: ...
 
     async def aclose(self) -> None: ...

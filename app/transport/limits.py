@@ -151,9 +151,10 @@ class LimitedTransport:
         self.clock = clock
 
     async def get(self, url: str, *, headers: dict[str, str] | None = None,
-                  byte_range: tuple[int, int | None] | None = None) -> Response:
+                  byte_range: tuple[int, int | None] | None = None, priority: str | None = None) -> Response:
         watch = SpeedWatch(self.limits, url, self.clock)
-        resp = await head_within(self.inner, url, watch.wait_seconds(), headers=headers, byte_range=byte_range)
+        resp = await head_within(self.inner, url, watch.wait_seconds(), headers=headers, byte_range=byte_range,
+                                 priority=priority)
         return _LimitedResponse(resp, watch)
 
     async def aclose(self) -> None:

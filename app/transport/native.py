@@ -66,6 +66,7 @@ class NativeTransport:
         *,
         headers: dict[str, str] | None = None,
         byte_range: tuple[int, int | None] | None = None,
+        priority: str | None = None,  # one connection per request here: nothing to order
     ) -> "NativeResponse":
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):

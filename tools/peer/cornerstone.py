@@ -60,6 +60,11 @@ _LOAD_JS = """([url, config, stack]) => {
   window.__measure.load = performance.now();
   window.peer.load(url, config, {stack});
   return window.__measure.load; }"""
+_PROGRESS_JS = r"""() => ({state: document.documentElement.dataset.app, images: window.peer.imageIds().length,
+  shown: new Set(window.peerLog.map(e => e.index)).size,
+  lossless: new Set(window.peerLog.filter(e => e.final).map(e => e.index)).size,
+  requests: performance.getEntriesByType('resource').filter(e => /\/frames\/\d/.test(e.name)).length,
+  errors: document.getElementById('errors').textContent})"""
 _COLLECT_JS = """() => ({
   log: window.peerLog.map(e => Object.assign({}, e)), state: document.documentElement.dataset.app,
   errors: document.getElementById('errors').textContent, longtasks: window.__measure.longtasks,
@@ -212,7 +217,13 @@ class CornerstonePage:
              timeout_ms: float = 120_000) -> PeerLoad:
         """Load a series (absolute URL) with a configuration in Cornerstone's terms; wait for the end."""
         t_load = self.page.evaluate(_LOAD_JS, [series_url, dict(config), stack])
-        self.page.wait_for_function(_DONE_JS, timeout=timeout_ms, polling=20)
+        try:
+            self.page.wait_for_function(_DONE_JS, timeout=timeout_ms, polling=20)
+        except Exception as exc:  # Playwright's TimeoutError: say where the load stood
+            got = self.page.evaluate(_PROGRESS_JS)
+            raise PeerError(f"peer load did not finish in {timeout_ms / 1000:.0f} s ({series_url}): state "
+                            f"{got['state']}, {got['shown']} of {got['images']} images shown, {got['lossless']} "
+                            f"lossless, {got['requests']} frame requests; errors: {got['errors'][:300]!r}") from exc
         data = self.page.evaluate(_COLLECT_JS)
         if data["state"] == "error" or self.errors:
             raise PeerError(f"peer load failed ({series_url}): {data['errors']} {self.errors}")

@@ -29,6 +29,10 @@ __all__ = ["BrowserTransport", "BrowserResponse", "IN_FLIGHT"]
 BATCH_BYTES = 64 * 1024
 MIN_BATCH_BYTES = 8 * 1024
 BATCH_SECONDS = 0.016
+#: a body read whole (nothing is decoded before its end): big batches, but one at least this often
+#: so the stall rule still sees it move
+WHOLE_BATCH_BYTES = 8 * 1024 * 1024
+WHOLE_BATCH_SECONDS = 0.5
 #: requests the engine keeps open in the browser: HTTP/1.1 gives six connections per host and queues
 #: the rest by priority, so twice that keeps every connection busy while Python decodes
 IN_FLIGHT = 12
@@ -92,7 +96,7 @@ class BrowserResponse:
         self._controller = controller
         self._done = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, *, whole: bool = False) -> AsyncIterator[bytes]:
         body = self._body
         if body is None:
             self._done = True
@@ -103,9 +107,13 @@ class BrowserResponse:
             while True:
                 # small batches while the body is young (its first resolution levels are small and
                 # the first picture waits on them), up to batch_bytes once it has grown
-                want = 1 if first else min(self._transport.batch_bytes, max(MIN_BATCH_BYTES, total // 4))
+                if whole:
+                    want, seconds = WHOLE_BATCH_BYTES, WHOLE_BATCH_SECONDS
+                else:
+                    want = 1 if first else min(self._transport.batch_bytes, max(MIN_BATCH_BYTES, total // 4))
+                    seconds = self._transport.batch_seconds
                 with _mapped(f"reading {self.url}"):
-                    piece = await body.batch(want, self._transport.batch_seconds * 1000.0)
+                    piece = await body.batch(want, seconds * 1000.0)
                 if piece is None:
                     break
                 data = piece.to_bytes()

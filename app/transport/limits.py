@@ -125,11 +125,12 @@ class _Stall:
         self.handle.cancel()
 
 
-async def paced(resp: Response, watch: SpeedWatch, *, max_bytes: int | None = None) -> AsyncIterator[bytes]:
+async def paced(resp: Response, watch: SpeedWatch, *, max_bytes: int | None = None,
+                whole: bool = False) -> AsyncIterator[bytes]:
     """The response's chunks under the watch's rule; no byte for the wait time is a timeout, more
     than ``max_bytes`` (default: the limits' budget) a ProtocolError. Closes the chunk iterator."""
     budget = watch.limits.max_bytes if max_bytes is None else max_bytes
-    chunks = resp.chunks().__aiter__()
+    chunks = (resp.chunks(whole=True) if whole else resp.chunks()).__aiter__()
     total = 0
     stall = _Stall(watch)
     try:
@@ -175,8 +176,8 @@ class _LimitedResponse:
         self.headers = resp.headers
         self.url = resp.url
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        return paced(self._resp, self._watch)
+    def chunks(self, *, whole: bool = False) -> AsyncIterator[bytes]:
+        return paced(self._resp, self._watch, whole=whole)
 
     async def aclose(self) -> None:
         await self._resp.aclose()

@@ -45,7 +45,7 @@ class MockResponse:
     closed: bool = False
     sent: int = 0  # body bytes handed to the reader
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, *, whole: bool = False) -> AsyncIterator[bytes]:
         if isinstance(self.body, (bytes, bytearray)):
             pieces: Iterable[bytes] | AsyncIterable[bytes] = [bytes(self.body)] if self.body else []
         else:

@@ -198,7 +198,7 @@ class NativeResponse:
     def _keep_alive(self) -> bool:
         return "close" not in self.headers.get("connection", "").lower()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, *, whole: bool = False) -> AsyncIterator[bytes]:  # reads as they come
         if self._started:
             raise ProtocolError("the body can be read once")
         self._started = True

@@ -34,8 +34,10 @@ BATCH_SECONDS = 0.016
 WHOLE_BATCH_BYTES = 8 * 1024 * 1024
 WHOLE_BATCH_SECONDS = 0.5
 #: requests the engine keeps open in the browser: HTTP/1.1 gives six connections per host and queues
-#: the rest by priority, so twice that keeps every connection busy while Python decodes
-IN_FLIGHT = 12
+#: the rest by priority (the image on screen first). Answers wait in the browser while Python decodes
+#: earlier ones; with 12 the pipe still ran dry when the worker was starved of CPU (a 200-slice MR:
+#: all 12 answered and none asked for 250 ms), so three rounds of six are kept asked for
+IN_FLIGHT = 24
 
 
 @contextlib.contextmanager

@@ -177,10 +177,9 @@ class ViewState:
         limit = self.page_budget()
         if self.held_bytes <= limit:
             return done
-        order = sorted(range(len(self.slots)), key=lambda i: -abs(i - self.index))
         for reduce in (True, False):
-            for i in order:
-                if self.held_bytes <= limit or abs(i - self.index) <= 1:
+            for i in self._farthest_first():
+                if self.held_bytes <= limit:
                     break
                 slot = self.slots[i]
                 held = slot.held
@@ -191,6 +190,18 @@ class ViewState:
                 done.append((i, held, small))
                 slot.held, slot.evicted, slot.final_ms = small, True, None
         return done
+
+    def _farthest_first(self):
+        """Slice indices from the farthest from the one on screen to its direct neighbours
+        (excluded), without sorting the whole series at every result."""
+        lo, hi = 0, len(self.slots) - 1
+        while lo < self.index - 1 or hi > self.index + 1:
+            if hi - self.index > self.index - lo:
+                yield hi
+                hi -= 1
+            else:
+                yield lo
+                lo += 1
 
     def _reduced(self, held):
         """The Held of ``held``'s pixels reduced REDUCE_FACTOR each way, badged SUBRESOLUTION."""

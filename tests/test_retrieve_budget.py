@@ -74,3 +74,20 @@ def test_trim_drops_the_farthest_bodies_until_within_budget():
     budget.trim(states, states[2], current=2)
     assert budget.held_bytes == 2000 == walked(engine)
     assert sorted(st.image.index for st in states if st.bodies) == [2, 3]  # the nearest kept
+
+
+def test_pixels_held_elsewhere_leave_the_budget_to_frame_bytes():
+    site = Site()
+    for index in range(6):
+        pixels = image_pixels(64, 64, seed=index)
+        site.add_frame(index, pixels, htj2k_frame(pixels), HTJ2K_LOSSLESS_RPCL)
+    _, engine, _ = run_mock(site, TWO_STAGES)
+    states = engine._states
+    budget = Budget(1 << 20)
+    for st in states:
+        budget.remember(states, st.image.index, st.best.pixels.nbytes, current=0)
+    assert budget.pixel_bytes == 6 * 64 * 64 * 2  # within the budget: all kept
+    budget.pixels_elsewhere = True  # the page's worker: the page holds them
+    budget.remember(states, 5, states[5].best.pixels.nbytes, current=0)
+    assert budget.pixel_bytes == 64 * 64 * 2 and states[5].best.pixels.size == 64 * 64  # the latest only
+    assert all(st.best.pixels.size == 0 and st.best.final for st in states[:5])  # their rank stays

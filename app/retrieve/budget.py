@@ -31,13 +31,17 @@ class Budget:
         self._pixels: OrderedDict[int, int] = OrderedDict()  # index -> bytes of held pixels
         self.pixel_bytes = 0
         self.held = HeldBytes()  # handed to every FrameBody the engine makes
+        # the events' pixels go to a holder of their own (the page): keep only the latest decode's,
+        # the rest of the budget is for frame bytes between stages
+        self.pixels_elsewhere = False
 
     def remember(self, states: Sequence[ImageState], index: int, nbytes: int, current: int) -> None:
         """Count a new image's pixels; drop the pixels of the images farthest from ``current``
         (their best stays, empty, so nothing worse replaces it) until within budget."""
         self.pixel_bytes += nbytes - self._pixels.pop(index, 0)
         self._pixels[index] = nbytes
-        while self.pixel_bytes > self.cache_bytes and len(self._pixels) > 1:
+        cap = 0 if self.pixels_elsewhere else self.cache_bytes
+        while self.pixel_bytes > cap and len(self._pixels) > 1:
             victim = max((i for i in self._pixels if i != index), key=lambda i: abs(i - current))
             self.pixel_bytes -= self._pixels.pop(victim)
             vst = states[victim]

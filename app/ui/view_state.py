@@ -11,7 +11,7 @@ runs it on the page (no dataclasses, no typing at run time, no numpy).
 STATUS_LABELS = {"FULL_RESOLUTION": "FULL"}
 MIN_ZOOM, MAX_ZOOM = 0.05, 40.0
 #: The memory budget (``?cacheMB``) covers the engine's worker and the page: the worker keeps
-#: 1/WORKER_SHARE (pixels it copies to neighbours, frame bytes between stages), the page the rest.
+#: 1/WORKER_SHARE (frame bytes between stages; of pixels only the latest decode's), the page the rest.
 WORKER_SHARE = 8
 #: An image evicted from full resolution keeps a copy this much smaller each way (SUBRESOLUTION),
 #: so every slice of a long series still shows something while full resolution stays near the cursor.

@@ -47,7 +47,7 @@ def source_sha256(series1000) -> dict[str, str]:
 def test_scrolling_1000_slices_stays_within_the_cap(page, runtime, serve_dir, series1000, source_sha256):
     server = serve_dir(series1000.tree)
     p = page.page
-    probe = MemoryProbe(p.context.new_cdp_session(p))
+    probe = MemoryProbe(p.context.new_cdp_session(p), collect=True)  # live memory, not garbage
     p.goto(f"{server.url}/index.html?noload=1&url={quote(series1000.url)}&config=nonProgressive&cacheMB={CACHE_MB}")
     wait_for_app_state(page, ("ready",), 120_000)
     ready = probe.sample(p)

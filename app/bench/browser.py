@@ -125,14 +125,16 @@ class BrowserDriver:
         return context, page, cdp, errors
 
     def load(self, metered: ThrottleProxy, base: str, entry: dict, preset: str, profile: str, expect_bytes: int,
-             inspect: Callable[[Any], None] | None = None, *, params: str = "", memory: bool = False) -> LoadRun:
+             inspect: Callable[[Any], None] | None = None, *, params: str = "", memory: bool = False,
+             collect: bool = False) -> LoadRun:
         """One load of ``entry`` under ``preset`` (a name or configuration JSON); ``metered`` is the
         proxy the page goes through; ``inspect(page)`` reads more from the page before it closes;
         ``params`` are more page parameters (``&cacheMB=512``); ``memory`` samples ``PageMemory``
-        at ready (the baseline) and every ``MEMORY_EVERY_MS`` of the load (``LoadRun.memory``)."""
+        at ready (the baseline) and every ``MEMORY_EVERY_MS`` of the load (``LoadRun.memory``), with
+        ``collect`` after a garbage collection (``MemoryProbe``)."""
         context, page, cdp, errors = self._page()
         try:
-            self.probe = MemoryProbe(cdp) if memory else None
+            self.probe = MemoryProbe(cdp, collect=collect) if memory else None
             page.goto(f"{base}/index.html?noload=1&url={quote(entry['url'], safe='/')}&config={quote(preset)}{params}")
             page.wait_for_function(_READY_JS, timeout=120_000)
             refused = page.evaluate(_REFUSED_JS)  # e.g. the configuration: the page would load with another

@@ -29,10 +29,14 @@ _SCROLL_JS = """async ([key, steps]) => {
 class MemoryProbe:
     """Samples ``PageMemory`` of one page; ``peak`` is the sample with the largest total.
 
-    Create it before the page navigates (the worker must be attached as it starts)."""
+    Create it before the page navigates (the worker must be attached as it starts). With
+    ``collect`` each sample first has both JS heaps collected (``HeapProfiler.collectGarbage``):
+    live memory, not garbage V8 has yet to free (it frees it under pressure); without, what the
+    processes hold at that moment, garbage included."""
 
-    def __init__(self, cdp: Any) -> None:
+    def __init__(self, cdp: Any, *, collect: bool = False) -> None:
         self.cdp = cdp
+        self.collect = collect
         self.worker: str | None = None  # the engine worker's CDP session id
         self._replies: dict[int, dict] = {}
         self._next_id = 0
@@ -52,21 +56,25 @@ class MemoryProbe:
         if "id" in message:
             self._replies[message["id"]] = message
 
-    def _worker_heap(self, page: Any) -> dict:
+    def _in_worker(self, page: Any, method: str) -> dict:
+        """The result of a CDP method in the worker (its reply arrives as an event)."""
         if self.worker is None:
             return {}
         self._next_id += 1
         ask = self._next_id
         self.cdp.send("Target.sendMessageToTarget", {"sessionId": self.worker, "message": json.dumps(
-            {"id": ask, "method": "Runtime.getHeapUsage"})})
+            {"id": ask, "method": method})})
         deadline = time.monotonic() + 5.0
         while ask not in self._replies and time.monotonic() < deadline:
             page.wait_for_timeout(5)  # lets Playwright deliver the reply event
         return self._replies.pop(ask, {}).get("result", {})
 
     def sample(self, page: Any) -> PageMemory:
+        if self.collect:
+            self.cdp.send("HeapProfiler.collectGarbage")
+            self._in_worker(page, "HeapProfiler.collectGarbage")
         heap = self.cdp.send("Runtime.getHeapUsage")
-        worker = self._worker_heap(page)
+        worker = self._in_worker(page, "Runtime.getHeapUsage")
         usage = json.loads(page.evaluate("window.pyApp.memoryUsage()"))
         kind = page.evaluate("window.viewerRenderer ? window.viewerRenderer.kind : ''")
         held, renderer = int(usage.get("heldPixelBytes", 0)), int(usage.get("rendererBytes", 0))

@@ -15,7 +15,7 @@
   (``PageMemory``: JS heaps of page and worker, their ArrayBuffers, the worker's wasm heap, the
   renderer's textures/surfaces; sampled every ``MEMORY_EVERY_MS``) and that at ready (baseline).
 * Scroll rows: under ``?cacheMB=N``, after the load, the stack is scrolled end to end one slice per
-  animation frame; the peak held during the scroll, how many slices still show something
+  animation frame; the peak held (live: garbage collected before each sample) during the scroll, how many slices still show something
   (reduced copies far from the cursor) and the pixels the page's budget counts.
 """
 
@@ -322,7 +322,7 @@ def scroll_row(driver, stack, cache_mb: int, progress: Callable[[str], None]) ->
     try:
         progress(f"page scroll {stack.name} under cacheMB={cache_mb}")
         driver.load(proxy, proxy.url, {"url": stack.url}, SCALE_PRESET, "none", _lossless_bytes(stack), scroll,
-                    params=f"&cacheMB={cache_mb}", memory=True)
+                    params=f"&cacheMB={cache_mb}", memory=True, collect=True)
     finally:
         proxy.close()
         server.close()
@@ -417,7 +417,9 @@ PAGE_MEMORY_NOTE = (
     "Page memory = used JS heap of the page and of the engine's worker (CDP Runtime.getHeapUsage) + their "
     "ArrayBuffer backing stores (the decoded pixels the page holds) + the worker's wasm heap (its high-water "
     "mark: wasm memory never shrinks) + the renderer's bytes beyond those buffers (WebGL2: every texture; "
-    f"2D: the painted surfaces), sampled every {MEMORY_EVERY_MS} ms; in parentheses the same at ready, before the Load click.")
+    f"2D: the painted surfaces), sampled every {MEMORY_EVERY_MS} ms; in parentheses the same at ready, before the Load "
+    "click. Load rows: as held, garbage not yet collected included (no GC forced during a timed load); scroll rows: "
+    "live memory, each sample after a forced garbage collection of both JS heaps (HeapProfiler.collectGarbage).")
 
 
 def main(size: str, *, runs: int, profile: str, out: Path | None, progress: Callable[[str], None]) -> int:

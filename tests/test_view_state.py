@@ -201,3 +201,10 @@ def test_the_module_runs_unchanged_under_micropython():
         exec(compile(SCENARIO, "scenario", "exec"), {})
     assert run.stdout == cpython.getvalue()
     assert "True" in run.stdout and "a|a.2|1|64x64" in run.stdout
+
+
+def test_with_gpu_textures_the_page_counts_two_copies_per_image():
+    state = ViewState(budget_bytes=8 << 20)
+    assert state.page_budget() == 7 << 20  # the worker keeps an eighth
+    state.copies = 2  # a buffer and a WebGL texture per image
+    assert state.page_budget() == (7 << 20) // 2

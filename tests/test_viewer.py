@@ -162,6 +162,14 @@ def test_wheel_and_arrow_keys_change_the_image(page, demo_server, demo_data):
     p = page.page
     open_viewer(page, demo_server.url, f"?url={quote(entry['url'])}")
     assert len([e for e in render_log(p) if e["final"]]) == 20
+    # the request waterfall (redrawn at most every WATERFALL_MS) shows the load: lanes in the
+    # status colours, final green among them
+    p.wait_for_timeout(400)
+    lanes = p.evaluate("""() => { const c = document.getElementById('waterfall');
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let green = 0;
+      for (let i = 0; i < d.length; i += 4) if (d[i] === 0x50 && d[i + 1] === 0xd0 && d[i + 2] === 0x80) green++;
+      return green; }""")
+    assert lanes > 20
 
     def shown():
         return p.inner_text("#overlay-tl").splitlines()[0]

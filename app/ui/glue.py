@@ -13,6 +13,7 @@ from app.ui.view_state import REDUCE_FACTOR, WORKER_SHARE, ViewState, badge_labe
 
 CONFIG_STORAGE_KEY = "progressive-dicom.retrieveConfig"
 DEFAULT_CACHE_MB = 1024
+WATERFALL_MS = 250  # the request waterfall is redrawn at most this often
 OPEN_TIMEOUT_MS = 30000  # discovery (study/series metadata) that answers nothing in this long fails
 VIEWER_PRESETS = {  # the published modes, as the sidebar names them
     "htj2k": "HTJ2K streaming",
@@ -21,6 +22,7 @@ VIEWER_PRESETS = {  # the published modes, as the sidebar names them
     "jlsReduced": "JLS Reduced",
     "nonProgressive": "Non-progressive",
     "interleavedStack": "Interleaved stack",
+    "interleavedPreview": "Interleaved stack, 32 KB previews",
 }
 STATUS_COLOURS = {"SUBRESOLUTION": "#f0c040", "LOSSY": "#f08040", "FULL_RESOLUTION": "#50d080",
                   "FAILED": "#ff6b6b", "final": "#50d080", "failed": "#ff6b6b",
@@ -131,6 +133,7 @@ class Page:
         self.pending_log = []  # (key, entry) waiting for the draw that shows them
         self.draw_pending = False
         self.waterfall_pending = False
+        self.waterfall_at = 0.0  # when the waterfall was last drawn (now_ms)
         self.load_started = 0.0
         self.open_timer = None
         self.presets = {}
@@ -462,12 +465,23 @@ class Page:
 
     # ---- waterfall ----
     def request_waterfall(self):
-        if not self.waterfall_pending:
-            self.waterfall_pending = True
+        """At most one redraw per WATERFALL_MS: while a big stack streams in, events come faster
+        than frames, and each redraw is hundreds of canvas calls from MicroPython."""
+        if self.waterfall_pending:
+            return
+        self.waterfall_pending = True
+        wait = WATERFALL_MS - (now_ms() - self.waterfall_at)
+        if wait > 0:
+            window.setTimeout(self.waterfall_due, int(wait) + 1)
+        else:
             window.requestAnimationFrame(self.draw_waterfall)
+
+    def waterfall_due(self, *_):
+        window.requestAnimationFrame(self.draw_waterfall)
 
     def draw_waterfall(self, _ts=None):
         self.waterfall_pending = False
+        self.waterfall_at = now_ms()
         from app.ui import controls
 
         try:

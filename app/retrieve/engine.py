@@ -105,7 +105,7 @@ class RetrieveEngine:
                 st.job.live = False
                 if st.job.task is not None and not st.job.task.done():
                     st.job.task.cancel()
-            st.bodies.clear()
+            st.drop_bodies()
         if self._wake:
             self._wake.set()
 
@@ -161,7 +161,7 @@ class RetrieveEngine:
 
     @property
     def held_bytes(self) -> int:
-        return self.budget.held_bytes(self._states)
+        return self.budget.held_bytes
 
     # -- running -----------------------------------------------------------------------------
     async def run(self, indices: Iterable[int] | None = None) -> AsyncIterator[EngineEvent]:

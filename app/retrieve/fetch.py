@@ -63,7 +63,8 @@ class Attempt:
             url = frame_request_url(st.image.frame_url, options)
             body = st.bodies.get(url)
             if body is None:
-                body = st.bodies[url] = FrameBody(url, engine.rules.syntax_of(st.image, options))
+                body = st.bodies[url] = FrameBody(url, engine.rules.syntax_of(st.image, options),
+                                                  engine.budget.held)
         self.body = body
         self.last_partial: float | None = None  # clock of the last partial decode while streaming
         self.last_partial_bytes = 0  # bytes held at that decode
@@ -79,7 +80,7 @@ class Attempt:
         self.check()
         if body.decodable_complete:
             self.engine.decode(self, reduce=0, end=None)
-            self.st.bodies.pop(body.url, None)  # the frame is decoded: its bytes are no longer needed
+            self.st.drop_body(body.url)  # the frame is decoded: its bytes are no longer needed
             await asyncio.sleep(0)
         elif self.options.range_index is not None or self.options.streaming:
             level = self.engine.rules.best_partial_level(body, self.st.best, self.options)

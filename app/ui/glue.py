@@ -9,7 +9,7 @@ import json
 
 from pyscript import document, window
 
-from app.ui.view_state import ViewState, badge_label
+from app.ui.view_state import REDUCE_FACTOR, WORKER_SHARE, ViewState, badge_label
 
 CONFIG_STORAGE_KEY = "progressive-dicom.retrieveConfig"
 DEFAULT_CACHE_MB = 1024
@@ -202,8 +202,9 @@ class Page:
         held = self.state.slots[m["index"]].held
         self.renderer.upload(held.key, raw)
         self.buffers[held.key] = raw.buffer
-        for index, key in self.state.evict():
-            self.forget_key(key)
+        for index, old, small in self.state.evict():
+            self.keep_reduced(old, small)
+            self.forget_key(old.key)
             self.forget_index(index)
         entry = {"index": m["index"], "sop": m["sop"], "status": m["status"], "rows": m["rows"],
                  "columns": m["columns"], "image_t_ms": m["image_t_ms"], "bytes": m["bytes"],
@@ -273,8 +274,9 @@ class Page:
         generation = self.state.begin(url)
         vp = el("viewport")
         dpr = float(window.devicePixelRatio or 1)
+        self.state.copies = 2 if self.renderer and self.renderer.kind == "webgl2" else 1  # + its texture
         message = {"type": "load", "generation": generation, "url": url,
-                   "config": self.active_config(),
+                   "config": self.active_config(), "cacheBytes": self.state.budget // WORKER_SHARE,
                    "viewport": [int(vp.clientHeight * dpr), int(vp.clientWidth * dpr)]}
         if index is not None:
             message["index"] = index
@@ -323,6 +325,19 @@ class Page:
     def forget_key(self, key):
         self.renderer.drop(key)
         self.buffers.pop(key, None)
+
+    def keep_reduced(self, old, small):
+        """Upload the reduced copy of an image evicted from full resolution (made in JS from the
+        buffer the page holds, a few ms at most for 512x512)."""
+        buffer = self.buffers.get(old.key)
+        if small is None or buffer is None:
+            return
+        image = js({"rows": old.rows, "columns": old.columns, "dtype": old.info["dtype"],
+                    "samples": old.info.get("samples", 1)})
+        image.buffer = buffer
+        copy = self.renderer.reduceImage(image, REDUCE_FACTOR)
+        self.renderer.upload(small.key, copy)
+        self.buffers[small.key] = copy.buffer
 
     def forget_index(self, index):
         window.engine.send(js({"type": "forget", "generation": self.state.generation, "indices": [index]}))

@@ -131,6 +131,8 @@ def test_discovery_starts_while_python_boots(page, demo_server):
     wait_for_app_state(page, ("idle",))
     timings = page.page.evaluate("Object.assign({}, window.appTimings)")
     python_started = (timings["navigationStart"] + timings["pythonStartMs"]) / 1000.0
+    # the app's imports in the worker: after the packages, before ready (the bench's cold-start row)
+    assert 0 < timings["pythonImportsMs"] < timings["worker_readyMs"] - timings["pythonStartMs"]
     for name in ("metadata", "alternates.json"):
         hits = [e for e in demo_server.log if e["path"] == f"{url}/{name}"]
         assert len(hits) == 1, (name, hits)

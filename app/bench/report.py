@@ -177,7 +177,7 @@ def _cold_and_decode(result: BenchResult, add) -> None:
         if cold.python_start_ms and cold.python_start_ms.n:
             add(f"| navigation -> first line of the app's Python (interpreter up, wheels installed) | "
                 f"{_fmt_ms(cold.python_start_ms)} |")
-        add(f"| Python imports (app.main: numpy, imagecodecs, the viewer) | {_fmt_ms(cold.python_imports_ms)} |")
+        add(f"| Python imports in the worker (app.worker: numpy, imagecodecs, the engine) | {_fmt_ms(cold.python_imports_ms)} |")
         add(f"| navigation -> ready (`?noload=1`; after decoder warm-up and the demo list) | "
             f"{_fmt_ms(cold.ready_noload_ms)} |")
         add(f"| navigation -> ready (with a load) | {_fmt_ms(cold.ready_ms)} |")

@@ -80,6 +80,10 @@ worker.onmessage = (event) => {
   if (m.type === "boot") {
     window.appTimings["worker_" + m.stage + "Ms"] = toPage(m.t);
     if (m.stage === "python") window.appTimings.pythonStartMs = toPage(m.t);
+    // the app's modules imported and started in the worker (app.worker: numpy, imagecodecs, engine)
+    if (m.stage === "ready" && window.appTimings.worker_packagesMs !== undefined) {
+      window.appTimings.pythonImportsMs = toPage(m.t) - window.appTimings.worker_packagesMs;
+    }
     const status = document.getElementById("status");
     if (status && booting() && STARTING[m.stage]) status.textContent = STARTING[m.stage];
   } else if (m.type === "fatal") {

@@ -31,6 +31,7 @@ from .readers.codestream import CodestreamError, CodestreamScanner, MainHeader, 
 from .readers.multipart import MultipartError, MultipartReader, PartData, PartHeaders, boundary_from_content_type
 from .transport import Transport, TransportError
 from .transport.base import parse_content_digest
+from .transport.limits import JSON_LIMITS, LimitedTransport, TransferLimits
 
 __all__ = ["Finding", "Report", "JsonProbe", "check", "probe_json", "main"]
 
@@ -80,12 +81,15 @@ class JsonProbe:
     document: object = None
 
 
-async def probe_json(transport: Transport, url: str, *, limit: int = dj.MAX_JSON_BYTES) -> JsonProbe:
+async def probe_json(transport: Transport, url: str, *, limit: int = dj.MAX_JSON_BYTES,
+                     limits: TransferLimits = JSON_LIMITS) -> JsonProbe:
     """GET ``url`` and say exactly why it is not a usable JSON document, if it is not.
 
     Names the HTTP status, a redirect (never followed), a transport failure (timeout, reset),
     a body over ``limit``, a gzip bomb, JSON nested too deeply, or text that is not JSON.
     """
+    if not isinstance(transport, LimitedTransport):  # a server that trickles is named, never waited on
+        transport = LimitedTransport(transport, limits)
     try:
         resp = await transport.get(url, headers={"Accept": "application/dicom+json, application/json"})
     except TransportError as exc:

@@ -256,3 +256,20 @@ def test_not_a_tree_is_exit_2_and_an_empty_one_exit_1(tmp_path):
     assert app_check(str(tmp_path / "nope")).returncode == 2
     empty = app_check(str(tmp_path))
     assert empty.returncode == 1 and "[qido]" in empty.stdout
+
+
+def test_a_json_document_that_stops_arriving_is_named_not_waited_on():
+    """check's JSON probe is under the same give-up rules as discovery: a server that sends the
+    head and a few bytes, then nothing, gets one line (no bytes for N s), not a hang."""
+    from app.check import probe_json
+    from app.transport.limits import TransferLimits
+    from app.transport.mock import MockResponse, MockTransport
+
+    async def trickle():
+        yield b'[{"0020000D": '
+        await asyncio.sleep(30)
+
+    transport = MockTransport(lambda req: MockResponse(200, {"content-type": "application/dicom+json"}, trickle()))
+    probe = asyncio.run(asyncio.wait_for(
+        probe_json(transport, "http://127.0.0.1:1/studies", limits=TransferLimits(1024, 0.2, 5.0)), 10))
+    assert probe.cause and "no bytes for 0.2 s" in probe.cause, probe.cause

@@ -306,6 +306,8 @@ def _frames_base(instance: dict, series_url: str, sop: str) -> str:
     """Frames URL without the frame number; BulkDataURI relative to the series directory."""
     uri = dj.bulk_data_uri(instance, Tag.PIXEL_DATA)
     if uri:
+        if uri == f"instances/{sop}/frames":  # what trees and servers write: no URL parsing needed
+            return f"{series_url}/{uri}"
         absolute = urljoin(series_url + "/", uri)
         path = urlsplit(absolute).path.rstrip("/")
         if path.endswith("/frames"):
@@ -319,14 +321,16 @@ def stack_from_metadata(metadata: object, series_url: str, alternates: dict[str,
     """Order the instances of a series metadata document into a stack of frames.
 
     An instance whose UIDs are not DICOM UIDs is left out (they become URL segments and the
-    identity of what is drawn); the error says so when nothing else is left.
+    identity of what is drawn); the error says so when nothing else is left. One pass over the
+    instances; what they share (pixel format, orientation, UID checks) is worked out once.
     """
     if isinstance(metadata, dict):
         metadata = [metadata]
     if not isinstance(metadata, list):
         raise DiscoveryError("series metadata is not a DICOM JSON array")
     series_url = _strip(series_url)
-    items: list[dict] = []
+    reader = _SeriesReader(series_url)
+    items: list[_Item] = []
     refused: list[str] = []
     study_uid = series_uid = modality = None
     for instance in metadata:
@@ -336,13 +340,13 @@ def stack_from_metadata(metadata: object, series_url: str, alternates: dict[str,
         if not sop or not dj.integer(instance, Tag.ROWS):
             continue  # not an image (SR, presentation state, ...)
         uids = (sop, dj.text(instance, Tag.STUDY_INSTANCE_UID), dj.text(instance, Tag.SERIES_INSTANCE_UID))
-        if not all(u is None or valid_uid(u) for u in uids):
+        if not reader.valid_uids(uids):
             refused.append(sop[:80])
             continue
         study_uid = study_uid or uids[1]
         series_uid = series_uid or uids[2]
         modality = modality or dj.text(instance, Tag.MODALITY)
-        items.extend(_instance_frames(instance, series_url, sop, len(items)))
+        items.extend(reader.frames(instance, sop, len(items)))
     if not items:
         why = f" ({len(refused)} instance(s) with invalid UIDs left out, e.g. {refused[0]!r})" if refused else ""
         raise DiscoveryError(f"series {series_url} has no images{why}")
@@ -356,72 +360,146 @@ def stack_from_metadata(metadata: object, series_url: str, alternates: dict[str,
                  series_number=dj.integer(first, Tag.SERIES_NUMBER))
 
 
-def _instance_frames(instance: dict, series_url: str, sop: str, held: int) -> list[dict]:
-    """The frames of one image instance, with what ordering and drawing need; budgets checked."""
-    fmt = PixelFormat.from_dicom_json(instance)
-    if fmt.decoded_bytes > MAX_FRAME_BYTES:
-        raise DiscoveryError(f"instance {sop}: a {fmt.rows}x{fmt.columns} frame needs {fmt.decoded_bytes} "
-                             f"bytes, over the {MAX_FRAME_BYTES}-byte budget")
-    if held + fmt.number_of_frames > MAX_STACK_IMAGES:
-        raise DiscoveryError(f"instance {sop}: {fmt.number_of_frames} frames take the series over "
-                             f"{MAX_STACK_IMAGES} images")
-    ts = (
-        dj.text(instance, Tag.AVAILABLE_TRANSFER_SYNTAX_UID)
-        or dj.text(instance, Tag.TRANSFER_SYNTAX_UID)
-        or EXPLICIT_VR_LITTLE_ENDIAN
-    )
-    shared = dj.sequence(instance, Tag.SHARED_FUNCTIONAL_GROUPS)
-    per_frame = dj.sequence(instance, Tag.PER_FRAME_FUNCTIONAL_GROUPS)
-    spacing = dj.floats(instance, Tag.PIXEL_SPACING) or _frame_item([], shared, Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING) or dj.floats(instance, Tag.IMAGER_PIXEL_SPACING)
-    iop = dj.floats(instance, Tag.IMAGE_ORIENTATION_PATIENT) or _frame_item([], shared, Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT)
-    centers = dj.floats(instance, Tag.WINDOW_CENTER) or []
-    widths = dj.floats(instance, Tag.WINDOW_WIDTH) or []
-    windows = tuple((c, w) for c, w in zip(centers, widths) if w > 0)
-    base = _frames_base(instance, series_url, sop)
-    try:
-        inline = dj.inline_binary(instance, Tag.PIXEL_DATA)
-    except ValueError as exc:
-        raise DiscoveryError(f"instance {sop}: {exc}") from exc
-    frames = fmt.number_of_frames
-    out = []
-    for frame in range(1, frames + 1):
-        groups = [per_frame[frame - 1]] if frame - 1 < len(per_frame) else []
-        pos = dj.floats(instance, Tag.IMAGE_POSITION_PATIENT) if frames == 1 else None
-        pos = _frame_item(groups, [], Tag.PLANE_POSITION_SEQUENCE, Tag.IMAGE_POSITION_PATIENT) or pos
-        f_iop = _frame_item(groups, [], Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT) or iop
-        f_spacing = _frame_item(groups, [], Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING) or spacing
-        data = None
-        if inline is not None:
-            n = fmt.frame_length
-            data = inline[(frame - 1) * n : frame * n]
-        out.append(dict(
-            sop=sop, frame=frame, url=f"{base}/{frame}", ts=ts, fmt=fmt,
-            spacing=(f_spacing[0], f_spacing[1]) if f_spacing and len(f_spacing) >= 2 else None,
-            windows=windows, photometric=fmt.photometric_interpretation,
-            number=dj.integer(instance, Tag.INSTANCE_NUMBER),
-            pos=tuple(pos[:3]) if pos and len(pos) >= 3 else None, normal=_normal(f_iop), inline=data,
-        ))
-    return out
+@dataclass(slots=True)
+class _Item:
+    """One frame on its way into the stack: what ordering and drawing need."""
+
+    sop: str
+    frame: int
+    url: str
+    ts: str
+    fmt: PixelFormat
+    spacing: tuple[float, float] | None
+    windows: tuple[tuple[float, float], ...]
+    number: int | None
+    pos: tuple[float, ...] | None
+    normal: tuple[float, float, float] | None
+    inline: bytes | None
 
 
-def _in_stack_order(items: list[dict]) -> list[dict]:
+# the elements that decide an instance's pixel format, syntax, spacing, orientation, windows and
+# functional groups: equal elements give equal values, so a series computes them once, not per
+# instance. Keys of digits only, so ``dict.get`` finds what ``dj.element`` would (no case variants).
+_SHARED_TAGS = ("00280010", "00280011", "00280002", "00280100", "00280101", "00280103", "00280004",
+                "00280006", "00280008", "00281053", "00281052", Tag.AVAILABLE_TRANSFER_SYNTAX_UID,
+                Tag.TRANSFER_SYNTAX_UID, Tag.PIXEL_SPACING, Tag.IMAGER_PIXEL_SPACING,
+                Tag.IMAGE_ORIENTATION_PATIENT, Tag.WINDOW_CENTER, Tag.WINDOW_WIDTH,
+                Tag.SHARED_FUNCTIONAL_GROUPS, Tag.PER_FRAME_FUNCTIONAL_GROUPS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What the elements of _SHARED_TAGS say about an instance."""
+
+    fmt: PixelFormat
+    ts: str
+    spacing: list[float] | None
+    iop: list[float] | None
+    normal: tuple[float, float, float] | None
+    windows: tuple[tuple[float, float], ...]
+    per_frame: list[dict]
+
+    @classmethod
+    def read(cls, instance: dict) -> _Shared:
+        ts = (dj.text(instance, Tag.AVAILABLE_TRANSFER_SYNTAX_UID) or dj.text(instance, Tag.TRANSFER_SYNTAX_UID)
+              or EXPLICIT_VR_LITTLE_ENDIAN)
+        shared = dj.sequence(instance, Tag.SHARED_FUNCTIONAL_GROUPS)
+        spacing = (dj.floats(instance, Tag.PIXEL_SPACING)
+                   or _frame_item([], shared, Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING)
+                   or dj.floats(instance, Tag.IMAGER_PIXEL_SPACING))
+        iop = (dj.floats(instance, Tag.IMAGE_ORIENTATION_PATIENT)
+               or _frame_item([], shared, Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT))
+        centers = dj.floats(instance, Tag.WINDOW_CENTER) or []
+        widths = dj.floats(instance, Tag.WINDOW_WIDTH) or []
+        windows = tuple((c, w) for c, w in zip(centers, widths) if w > 0)
+        return cls(PixelFormat.from_dicom_json(instance), ts, spacing, iop, _normal(iop), windows,
+                   dj.sequence(instance, Tag.PER_FRAME_FUNCTIONAL_GROUPS))
+
+
+class _SeriesReader:
+    """Reads the instances of one series in one pass; what consecutive instances share (pixel
+    format, orientation, windows) is computed once, and each UID is checked once."""
+
+    def __init__(self, series_url: str) -> None:
+        self.series_url = series_url
+        self._elements: list | None = None
+        self._shared: _Shared | None = None
+        self._valid: set[str] = set()
+
+    def valid_uids(self, uids: tuple[str | None, ...]) -> bool:
+        for uid in uids:
+            if uid is not None and uid not in self._valid:
+                if not valid_uid(uid):
+                    return False
+                self._valid.add(uid)
+        return True
+
+    def shared(self, instance: dict) -> _Shared:
+        elements = list(map(instance.get, _SHARED_TAGS))
+        if self._shared is None or elements != self._elements:
+            self._elements, self._shared = elements, _Shared.read(instance)
+        return self._shared
+
+    def frames(self, instance: dict, sop: str, held: int) -> list[_Item]:
+        """The frames of one image instance, with what ordering and drawing need; budgets checked."""
+        shared = self.shared(instance)
+        fmt = shared.fmt
+        if fmt.decoded_bytes > MAX_FRAME_BYTES:
+            raise DiscoveryError(f"instance {sop}: a {fmt.rows}x{fmt.columns} frame needs {fmt.decoded_bytes} "
+                                 f"bytes, over the {MAX_FRAME_BYTES}-byte budget")
+        if held + fmt.number_of_frames > MAX_STACK_IMAGES:
+            raise DiscoveryError(f"instance {sop}: {fmt.number_of_frames} frames take the series over "
+                                 f"{MAX_STACK_IMAGES} images")
+        base = _frames_base(instance, self.series_url, sop)
+        try:
+            inline = dj.inline_binary(instance, Tag.PIXEL_DATA)
+        except ValueError as exc:
+            raise DiscoveryError(f"instance {sop}: {exc}") from exc
+        number = dj.integer(instance, Tag.INSTANCE_NUMBER)
+        frames, per_frame, ts, windows = fmt.number_of_frames, shared.per_frame, shared.ts, shared.windows
+        out = []
+        for frame in range(1, frames + 1):
+            groups = [per_frame[frame - 1]] if frame - 1 < len(per_frame) else []
+            pos = dj.floats(instance, Tag.IMAGE_POSITION_PATIENT) if frames == 1 else None
+            spacing, normal = shared.spacing, shared.normal
+            if groups:  # enhanced multi-frame: each frame may have its own plane
+                pos = _frame_item(groups, [], Tag.PLANE_POSITION_SEQUENCE, Tag.IMAGE_POSITION_PATIENT) or pos
+                f_iop = _frame_item(groups, [], Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT)
+                normal = _normal(f_iop) if f_iop else normal
+                spacing = _frame_item(groups, [], Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING) or spacing
+            data = None
+            if inline is not None:
+                n = fmt.frame_length
+                data = inline[(frame - 1) * n : frame * n]
+            out.append(_Item(sop, frame, f"{base}/{frame}", ts, fmt, _pair(spacing), windows, number,
+                             tuple(pos[:3]) if pos and len(pos) >= 3 else None, normal, data))
+        return out
+
+
+def _pair(spacing: list[float] | None) -> tuple[float, float] | None:
+    return (spacing[0], spacing[1]) if spacing and len(spacing) >= 2 else None
+
+
+def _in_stack_order(items: list[_Item]) -> list[_Item]:
     """Along the slice normal when every frame has a position on one normal, else by number."""
-    normals = {it["normal"] for it in items}
-    if len(items) > 1 and all(it["pos"] for it in items) and len(normals) == 1 and None not in normals:
+    normals = {it.normal for it in items}
+    if len(items) > 1 and len(normals) == 1 and None not in normals and all(it.pos for it in items):
         (n,) = normals
-        key = lambda it: (sum(p * q for p, q in zip(it["pos"], n)), it["number"] or 0, it["frame"])  # noqa: E731
+        nx, ny, nz = n
+        key = lambda it: (it.pos[0] * nx + it.pos[1] * ny + it.pos[2] * nz, it.number or 0, it.frame)  # noqa: E731
     else:
-        key = lambda it: (it["number"] if it["number"] is not None else 1 << 31, it["frame"], it["sop"])  # noqa: E731
+        key = lambda it: (it.number if it.number is not None else 1 << 31, it.frame, it.sop)  # noqa: E731
     return sorted(items, key=key)
 
 
-def _stack_image(index: int, it: dict, study_uid: str | None, series_uid: str | None) -> StackImage:
+def _stack_image(index: int, it: _Item, study_uid: str | None, series_uid: str | None) -> StackImage:
+    fmt = it.fmt
     return StackImage(
-        index=index, study_uid=study_uid or "", series_uid=series_uid or "", sop_instance_uid=it["sop"],
-        frame=it["frame"], frame_url=it["url"], transfer_syntax=it["ts"], fmt=it["fmt"],
-        pixel_spacing=it["spacing"], windows=it["windows"], rescale_slope=it["fmt"].rescale_slope,
-        rescale_intercept=it["fmt"].rescale_intercept, photometric=it["photometric"],
-        instance_number=it["number"], position=it["pos"], inline_data=it["inline"],
+        index=index, study_uid=study_uid or "", series_uid=series_uid or "", sop_instance_uid=it.sop,
+        frame=it.frame, frame_url=it.url, transfer_syntax=it.ts, fmt=fmt,
+        pixel_spacing=it.spacing, windows=it.windows, rescale_slope=fmt.rescale_slope,
+        rescale_intercept=fmt.rescale_intercept, photometric=fmt.photometric_interpretation,
+        instance_number=it.number, position=it.pos, inline_data=it.inline,
     )
 
 

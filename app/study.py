@@ -19,7 +19,7 @@ from . import dicomjson as dj
 from .codecs import MAX_FRAME_BYTES, PixelFormat
 from .config import origin_of
 from .dicomjson import Tag
-from .transport.base import Transport, TransportError
+from .transport.base import Response, Transport, TransportError
 from .transport.limits import JSON_LIMITS, LimitedTransport, TransferLimits
 from .tree import Alternate, parse_alternates
 from .uids import EXPLICIT_VR_LITTLE_ENDIAN, valid_uid
@@ -122,15 +122,16 @@ async def fetch_json(transport: Transport, url: str, *, limits: TransferLimits =
     return (await _json_or_cause(transport, url))[0]
 
 
-async def _json_or_cause(transport: Transport, url: str) -> tuple[object | None, str]:
+async def _json_or_cause(transport: Transport, url: str, answer: "asyncio.Future[Response] | None" = None
+                         ) -> tuple[object | None, str]:
     """The document, or None and why there is none (an HTTP status, an empty body).
 
     An answer that is there but unusable (a redirect, not JSON) raises DiscoveryError, one refused
     for what it is (too large, nested too deeply) RefusedDocument; none at all TransportError.
     Redirects are not followed (NativeTransport); one the browser followed to another origin is
-    refused, as frames are.
+    refused, as frames are. ``answer``: the request, when it was already made.
     """
-    resp = await transport.get(url, headers={"Accept": JSON_ACCEPT})
+    resp = await (answer if answer is not None else transport.get(url, headers={"Accept": JSON_ACCEPT}))
     try:
         if resp.url and origin_of(resp.url) != origin_of(url):
             raise DiscoveryError(f"GET {url}: redirected to another origin ({resp.url})")
@@ -158,20 +159,34 @@ async def _json_or_cause(transport: Transport, url: str) -> tuple[object | None,
         raise DiscoveryError(f"GET {url}: not JSON ({exc})") from exc
 
 
-async def _first_json(transport: Transport, urls: list[str], *, missing: str | None = None
-                      ) -> tuple[str, object] | None:
+async def _first_json(transport: Transport, urls: list[str], *, missing: str | None = None,
+                      parallel: bool = False) -> tuple[str, object] | None:
     """The first of the candidate URLs that answers JSON.
+
+    ``parallel``: all are asked for at once (a missing first name costs no round trip), and still
+    taken in order; the answers not read are closed unread.
 
     When none does, a network failure, timeout or refused document (too large, nested too deeply)
     is raised: its reason matters more than "not found". Else, with ``missing``, a DiscoveryError
     '<missing>: <each URL's cause>' (a 404, a redirect, not JSON), so the user sees why, not just
     that; without it, None.
     """
+    asked = [asyncio.ensure_future(transport.get(url, headers={"Accept": JSON_ACCEPT})) if parallel else None
+             for url in urls]
+    try:
+        return await _first_answer(transport, urls, asked, missing)
+    finally:
+        await _drop(asked)
+
+
+async def _first_answer(transport: Transport, urls: list[str], asked: list, missing: str | None
+                        ) -> tuple[str, object] | None:
     causes: list[str] = []
     failures: list[Exception] = []
-    for url in urls:
+    for i, url in enumerate(urls):
+        answer, asked[i] = asked[i], None  # read (and closed) here, not dropped
         try:
-            doc, cause = await _json_or_cause(transport, url)
+            doc, cause = await _json_or_cause(transport, url, answer)
         except (TransportError, RefusedDocument) as exc:
             failures.append(exc)
             doc, cause = None, str(exc)
@@ -185,6 +200,17 @@ async def _first_json(transport: Transport, urls: list[str], *, missing: str | N
     if missing is not None:
         raise DiscoveryError(f"{missing}: " + "; ".join(causes))
     return None
+
+
+async def _drop(asked: list) -> None:
+    """Requests made in parallel and not read: cancelled, or their answers closed unread."""
+    for task in asked:
+        if task is None:
+            continue
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled() and task.exception() is None:
+            await task.result().aclose()
 
 
 def _strip(url: str) -> str:
@@ -264,7 +290,7 @@ async def _load_series(transport: Transport, series_url: str, metadata_urls: lis
     alternates = asyncio.ensure_future(_alternates(transport, series_url))
     urls = metadata_urls or [f"{series_url}/metadata", f"{series_url}/metadata.gz", f"{series_url}/metadata.json"]
     try:
-        found = await _first_json(transport, urls, missing=f"no series metadata at {urls[0]}")
+        found = await _first_json(transport, urls, missing=f"no series metadata at {urls[0]}", parallel=True)
         assert found is not None
         stack = stack_from_metadata(found[1], series_url)
     except BaseException:

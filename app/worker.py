@@ -122,6 +122,7 @@ class Engine:
     async def list_series(self, stack: Stack, loader: StackLoader, generation: int) -> None:
         """The study's series (QIDO, or the static tree's index), for the page's study browser."""
         study_url = stack.series_url.rstrip("/").rsplit("/series/", 1)[0]
+        await loader.first_request_out()  # never before the frame on screen: it matters more
         found = None
         for url in (f"{study_url}/series", f"{study_url}/series/index.json"):
             try:

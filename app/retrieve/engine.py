@@ -50,7 +50,7 @@ class RetrieveEngine:
         self._wake: asyncio.Event | None = None
         self._preempt_handle: asyncio.Handle | None = None
         self._requested: set[int] = set()
-        self._first_out: asyncio.Event | None = None  # the first request of a run has gone out
+        self._first_out = asyncio.Event()  # the first request of the current run has gone out
         self._planning = False  # the rest of a run's plan is still to be built
         self._touched: set[int] = set()  # images asked about while it was
         self.frames_encoded = False  # the server sends frames Content-Encoded: no byte ranges
@@ -175,7 +175,8 @@ class RetrieveEngine:
         planned (see ``_plan_rest``): on a 1000-image stack the plan costs more than the wait."""
         self._queue = asyncio.Queue()
         self._wake = asyncio.Event()
-        self._first_out = asyncio.Event()
+        old, self._first_out = self._first_out, asyncio.Event()
+        old.set()  # whoever waited on an earlier run's moves on to this one's
         wanted = range(len(self._states)) if indices is None else list(indices)
         self._requested, self._touched = set(), set()
         first = [self.current] if self.current in wanted else []
@@ -197,6 +198,7 @@ class RetrieveEngine:
                 runner.result()
                 return
         finally:
+            self._went_out()  # nothing is coming: whoever waits for the first request stops waiting
             if not runner.done():
                 runner.cancel()
                 for st in self._states:
@@ -229,8 +231,16 @@ class RetrieveEngine:
             self._wake.set()
 
     def _went_out(self) -> None:
-        if self._first_out is not None:
-            self._first_out.set()
+        self._first_out.set()
+
+    async def first_request_out(self) -> None:
+        """Returns once a run's first request has gone out (or it ended without one): what
+        else the page asks of the server (the study's series list) waits for it."""
+        while True:
+            event = self._first_out
+            await event.wait()
+            if event is self._first_out:
+                return
 
     async def _worker(self) -> None:
         while True:

@@ -33,7 +33,7 @@ class StackLoader:
 
     async def first_request_out(self) -> None:
         """Once the first frame request of the load has gone out."""
-        await self.engine.first_request_out()
+        await self.engine.first_request.wait()
 
     def pending(self) -> list[int]:
         """Images with stages still to run."""

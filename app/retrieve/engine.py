@@ -24,7 +24,7 @@ from .ranges import RangeAttempt
 from .refine import decode_pixels, scaled_spacing
 from .scheduler import Scheduler
 from .settings import RetrievePolicy
-from .state import Change, ImageState, ImageStates, Job, Phase
+from .state import Change, FirstRequest, ImageState, ImageStates, Job, Phase
 
 __all__ = ["RetrieveEngine"]
 
@@ -50,7 +50,7 @@ class RetrieveEngine:
         self._wake: asyncio.Event | None = None
         self._preempt_handle: asyncio.Handle | None = None
         self._requested: set[int] = set()
-        self._first_out = asyncio.Event()  # the first request of the current run has gone out
+        self.first_request = FirstRequest()
         self._planning = False  # the rest of a run's plan is still to be built
         self._touched: set[int] = set()  # images asked about while it was
         self.frames_encoded = False  # the server sends frames Content-Encoded: no byte ranges
@@ -175,14 +175,13 @@ class RetrieveEngine:
         planned (see ``_plan_rest``): on a 1000-image stack the plan costs more than the wait."""
         self._queue = asyncio.Queue()
         self._wake = asyncio.Event()
-        old, self._first_out = self._first_out, asyncio.Event()
-        old.set()  # whoever waited on an earlier run's moves on to this one's
+        self.first_request.new_run()
         wanted = range(len(self._states)) if indices is None else list(indices)
         self._requested, self._touched = set(), set()
         first = [self.current] if self.current in wanted else []
         self.request(first)
         if not first:
-            self._first_out.set()
+            self.first_request.went_out()
         self._planning = True
         runner = asyncio.ensure_future(self._run_workers([i for i in wanted if i != self.current]))
         try:
@@ -198,7 +197,7 @@ class RetrieveEngine:
                 runner.result()
                 return
         finally:
-            self._went_out()  # nothing is coming: whoever waits for the first request stops waiting
+            self.first_request.went_out()  # nothing more is coming: no one waits for it
             if not runner.done():
                 runner.cancel()
                 for st in self._states:
@@ -224,23 +223,11 @@ class RetrieveEngine:
         so jobs are taken in the order a plan made all at once gives. An image asked for in the
         meantime (requested, cancelled, forgotten) keeps what it was asked."""
         try:
-            await self._first_out.wait()
+            await self.first_request.wait()
             self.request([i for i in rest if i not in self._touched])
         finally:
             self._planning = False
             self._wake.set()
-
-    def _went_out(self) -> None:
-        self._first_out.set()
-
-    async def first_request_out(self) -> None:
-        """Returns once a run's first request has gone out (or it ended without one): what
-        else the page asks of the server (the study's series list) waits for it."""
-        while True:
-            event = self._first_out
-            await event.wait()
-            if event is self._first_out:
-                return
 
     async def _worker(self) -> None:
         while True:
@@ -284,7 +271,7 @@ class RetrieveEngine:
             options = self.rules.options(stage, image)
             if options.frames_path:
                 if self.stack.pending_alternates is not None and not self.stack.pending_alternates.done():
-                    self._went_out()  # waiting on the network already: the others may be planned
+                    self.first_request.went_out()  # waiting on the network already
                 await self.stack.alternates_loaded()
             await self._attempt(st, job, stage, options).run()
         except asyncio.CancelledError:
@@ -310,7 +297,7 @@ class RetrieveEngine:
 
     def _end_job(self, st: ImageState, job: Job, gave_way: bool) -> None:
         st.job = None
-        self._went_out()
+        self.first_request.went_out()
         if job.live:
             if gave_way:
                 self.scheduler.put_back(job.index, job.stage_pos)  # its turn comes again
@@ -351,7 +338,7 @@ class RetrieveEngine:
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: EngineEvent) -> None:
         if isinstance(event, RequestStarted):
-            self._went_out()
+            self.first_request.went_out()
         if self._queue is not None:
             self._queue.put_nowait(event)
         if self.on_event is not None:

@@ -18,7 +18,7 @@ from ..study import StackImage
 from .body import FrameBody
 from .events import Refinement
 
-__all__ = ["Phase", "Change", "TRANSITIONS", "ImageState", "ImageStates", "Job", "StateError"]
+__all__ = ["Phase", "Change", "TRANSITIONS", "FirstRequest", "ImageState", "ImageStates", "Job", "StateError"]
 
 
 class Phase(enum.Enum):
@@ -139,3 +139,25 @@ class ImageStates:
 
     def __iter__(self) -> Iterator[ImageState]:
         return iter([st for st in self._made if st is not None])
+
+
+class FirstRequest:
+    """Whether a run's first request has gone out: the rest of its plan, and what else the page
+    asks of the server (the study's series list), wait for it. Each run has its own."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def new_run(self) -> None:
+        old, self._event = self._event, asyncio.Event()
+        old.set()  # whoever waited on an earlier run's moves on to this one's
+
+    def went_out(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        while True:
+            event = self._event
+            await event.wait()
+            if event is self._event:
+                return

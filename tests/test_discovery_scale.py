@@ -217,3 +217,11 @@ def test_the_bench_reports_every_step_for_each_count():
     assert row.instances == 30 and row.metadata_bytes > 30 * 1000
     assert row.before_first_ms == pytest.approx(row.parse_ms + row.stack_ms + row.first_request_ms, abs=0.02)
     assert min(row.parse_ms, row.stack_ms, row.first_request_ms, row.rest_planned_ms) > 0
+
+
+def test_the_shared_elements_are_found_by_plain_lookup():
+    """Their keys have no hex letters, so no case variant exists that ``dj.element`` would find
+    and ``dict.get`` not: the comparison of consecutive instances sees every element it reads."""
+    from app.study import _SHARED_TAGS
+
+    assert all(tag.isdigit() and len(tag) == 8 for tag in _SHARED_TAGS)

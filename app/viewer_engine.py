@@ -9,6 +9,7 @@ from typing import Callable
 
 from app.config import RetrieveConfig
 from app.engine import EngineEvent, RetrieveEngine
+from app.engine import DEFAULT_CONCURRENCY, RetrievePolicy
 from app.study import Stack, discover
 from app.transport import Transport, default_transport
 
@@ -20,7 +21,9 @@ class StackLoader:
                  viewport: tuple[int, int] | None = None) -> None:
         self.stack = stack
         self.transport = transport
-        self.engine = RetrieveEngine(stack, config, transport, viewport=viewport)
+        # as many jobs as the transport is worth keeping busy (the browser queues them by priority)
+        policy = RetrievePolicy(concurrency=getattr(transport, "in_flight", DEFAULT_CONCURRENCY))
+        self.engine = RetrieveEngine(stack, config, transport, policy=policy, viewport=viewport)
 
     def set_current(self, index: int) -> None:
         self.engine.set_current(index)

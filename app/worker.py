@@ -112,6 +112,9 @@ class Engine:
         if any(im.transfer_syntax in PYDICOM_SYNTAXES for im in stack.images):
             await self.ensure_pydicom()
         self.stack, self.loader = stack, loader
+        if msg.get("cacheBytes"):  # the worker's share of the page's ?cacheMB (app/ui/view_state.py)
+            loader.engine.budget.cache_bytes = int(msg["cacheBytes"])
+        loader.engine.budget.pixels_elsewhere = True  # the page holds them (transferred to it)
         n = len(stack.images)
         self.current = int(msg.get("index", -1))
         if not 0 <= self.current < n:

@@ -166,3 +166,34 @@ def test_responsiveness_table_on_the_mr(browser, demo_server, demo_data, tmp_pat
     md.write_text("hand-written note\n" + MARK + "\nold table")
     write_responsiveness(again, tmp_path)  # a new run keeps the text above the mark, rewrites the rest
     assert md.read_text().startswith("hand-written note\n" + MARK) and "old table" not in md.read_text()
+
+
+def test_page_memory_counts_each_part_once_and_survives_json():
+    from app.bench.results import PageMemory
+
+    memory = PageMemory(page_js_heap=5, page_buffers=40, worker_js_heap=11, worker_buffers=31, wasm_heap=65,
+                        renderer_extra=2, held_pixels=40, held_images=1000, renderer="2d")
+    assert memory.total == 5 + 40 + 11 + 31 + 65 + 2  # the pixels held are in page_buffers, not again
+    again = PageMemory.from_raw(json.loads(json.dumps(memory.raw())))
+    assert again == memory and again.total == memory.total
+
+
+def test_scale_report_has_page_and_scroll_rows():
+    from app.bench.results import PageMemory
+    from app.bench.scale import LargeLoadRow, ScaleResult, ScrollRow, render_scale
+
+    peak = PageMemory(page_js_heap=6 << 20, page_buffers=90 << 20, wasm_heap=70 << 20, held_images=174)
+    result = ScaleResult("small", "now", {"workers": 2, "cpus": 2, "loadavg": [1.0, 1.0, 1.0]})
+    result.loads = [
+        LargeLoadRow("ct174", 174, "512x512", "interleavedStack", "seed4g", None, 120.0, 650.0, 9000.0, 8800.0,
+                     33_000_000, 33_000_000, 174, 210.5),
+        LargeLoadRow("ct174", 174, "512x512", "interleavedStack", "seed4g", None, 140.0, 700.0, 9100.0, 8800.0,
+                     33_000_000, 33_000_000, 174, None, engine="page", peak_page_mb=peak.mb(),
+                     baseline_page_mb=90.0, memory=peak.raw())]
+    result.scrolls = [ScrollRow("ct174", 174, "512x512", 64, "2d", 90.0, 150.0, 160.0, 174, 55.9, 12.3, peak.raw())]
+    text = render_scale(result)
+    page_row = next(line for line in text.splitlines() if "| page |" in line)
+    assert "| 166.0 (90.0) |" in page_row and "| 174/174 |" in page_row
+    assert "| ct174 174 x 512x512 | 64 | 2d | 90.0 | 150.0 | 160.0 | 70.0 | 174/174 | 55.9 | 12.3 |" in text
+    assert "Page memory = used JS heap" in text
+    assert json.loads(json.dumps(result.to_json()))["scrolls"][0]["cache_mb"] == 64

@@ -318,7 +318,7 @@ import { loadPyodide } from "/static/pyodide/pyodide.mjs";
 window.py = loadPyodide({ indexURL: "/static/pyodide/" });
 </script>"""
 _SOURCES = ("app/__init__.py", "app/transport/__init__.py", "app/transport/base.py",
-            "app/transport/errors.py", "app/transport/browser.py")
+            "app/transport/errors.py", "app/transport/browser.py", "app/ui/net.mjs")
 
 
 class _PageAndRedirect(QuietHandler):
@@ -352,6 +352,7 @@ class _PageAndRedirect(QuietHandler):
 
 _RUN = """async ([sources, url]) => {
   const py = await window.py;
+  globalThis.engineNet = await import("/app/ui/net.mjs");  // as app/ui/worker.mjs sets it
   for (const path of sources) {
     const text = await (await fetch("/" + path)).text();
     py.FS.mkdirTree("/home/pyodide/" + path.split("/").slice(0, -1).join("/"));

@@ -23,7 +23,7 @@ from app.config import preset
 from app.convert import read_json_pair
 from app.engine import RetrieveEngine, RetrievePolicy
 from helpers import Site, htj2k_frame, image_pixels
-from tools.large_stacks import ensure_large_stacks
+from tools.large_stacks import SPECS, _stamp, ensure_large_stacks, generate
 
 PROJECT = Path(__file__).resolve().parent.parent
 UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -72,6 +72,44 @@ def test_ct174_is_a_real_ct_series_with_every_alternate(ct174):
     before = stamp.stat().st_mtime_ns
     assert ensure_large_stacks(["ct174"])["ct174"] == ct174
     assert stamp.stat().st_mtime_ns == before  # cached: nothing generated or converted again
+
+
+def test_mr200_slices_are_a_valid_mr_series_with_even_geometry(demo_data):
+    """Three of the 200 slices, generated without the rest being written or converted."""
+    spec = SPECS["mr200"]
+    slices = dict(generate(spec, [0, 1, 199]))
+    assert sorted(slices) == [0, 1, 199]
+    first, second, last = slices[0], slices[1], slices[199]
+    assert (first.Modality, first.Rows, first.Columns) == ("MR", 256, 256)
+    assert first.SOPClassUID == first.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.4"
+    assert (first.BitsAllocated, first.BitsStored, first.HighBit, first.PixelRepresentation) == (16, 16, 15, 0)
+    assert "RescaleIntercept" not in first  # MR: the stored values are the image's
+    uids = (first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID, first.FrameOfReferenceUID)
+    assert all(UID.match(uid) and len(uid) <= 64 for uid in uids)
+    assert len({ds.SOPInstanceUID for ds in slices.values()}) == 3
+    assert {ds.SeriesInstanceUID for ds in slices.values()} == {first.SeriesInstanceUID}
+    assert [ds.InstanceNumber for ds in (first, second, last)] == [1, 2, 200]
+    again = dict(generate(spec, [1]))[1]  # slice 1 alone: the same UIDs and pixels (stable across runs)
+    assert again.SOPInstanceUID == second.SOPInstanceUID and again.PixelData == second.PixelData
+
+    orientation = numpy.array(first.ImageOrientationPatient, dtype=float)
+    normal = numpy.cross(orientation[:3], orientation[3:])
+    along = [float(numpy.dot(normal, numpy.array(ds.ImagePositionPatient, dtype=float)))
+             for ds in (first, second, last)]
+    spacing = float(first.SpacingBetweenSlices)
+    assert spacing > 0 and float(first.SliceThickness) == spacing
+    assert along[1] - along[0] == pytest.approx(spacing, abs=1e-3)
+    assert along[2] - along[0] == pytest.approx(199 * spacing, abs=1e-2)
+    pixels = [ds.pixel_array for ds in (first, second)]
+    assert pixels[0].dtype == numpy.uint16 and pixels[0].max() > 4095  # 16-bit values, not 12
+    assert not numpy.array_equal(*pixels)
+
+
+def test_stacks_cached_before_the_mr_fields_keep_their_stamps():
+    """The MR fields enter a stamp only when set: ct174 and series1000 are not made again for them."""
+    assert set(_stamp(SPECS["ct174"])["spec"]) == {"name", "description", "slices", "size", "spacing_mm", "sweep",
+                                                   "seed"}
+    assert _stamp(SPECS["mr200"])["spec"]["modality"] == "MR"
 
 
 def _cli_load(url: str, *extra: str) -> tuple[list[dict], float, str]:

@@ -147,3 +147,79 @@ def test_bench_peer_runs_both_pages_on_one_row(runtime, demo_data, peer_build, t
     assert row["ours"]["final_ms"]["n"] == row["theirs"]["final_ms"]["n"] == 1, row
     assert row["ours"]["bytes_frames"]["median"] == row["theirs"]["bytes_frames"]["median"] > 6_000_000, row
     assert "| JLS | none |" in done.stdout and (tmp_path / "peer.md").exists()
+
+
+def test_stack_rows_are_chosen_by_name_or_slice_count(capsys):
+    from app.bench.peer import STACK_PRESET, select_stacks, stack_specs
+    from app.bench.runner import main
+
+    assert select_stacks(None) == ["mr20", "mr200", "ct174"]
+    assert select_stacks("ct174, 20") == ["mr20", "ct174"]  # table order, whatever the order asked
+    assert select_stacks("200") == ["mr200"] and select_stacks("") == []
+    with pytest.raises(ValueError, match="mr300"):
+        select_stacks("mr200,mr300")
+    rows = stack_specs(["mr200", "ct174"])
+    assert [(r.key, r.series, r.stack) for r in rows] == [("mr200", "mr200", True), ("ct174", "ct174", True)]
+    assert all(r.config == PRESETS[STACK_PRESET] for r in rows)  # both pages, every stack: one JSON
+    assert main(["--peer", "cornerstone", "--stacks", "300"]) == 2  # refused before any browser starts
+    assert "unknown stack 300" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--stacks", "200"])  # only with --peer
+    assert "--stacks goes with --peer" in capsys.readouterr().err
+
+
+def _saved_stack_result() -> dict:
+    """A peer.json as written by a run with one 200-slice stack row (two runs a side) and its floor."""
+    from dataclasses import asdict
+
+    from app.bench.peer import PeerRow, Side, SideRun, to_json
+    from app.bench.results import Stats
+
+    def side(visible: list[float], lossless: list[float], exact: list[bool]) -> Side:
+        return Side.of([SideRun(v, f, None, 22_100_000, 400, 60.0, e, []) for v, f, e in zip(visible, lossless, exact)])
+
+    row = PeerRow("mr200", "200-slice MR-like 256x256 interleaved", "seed4g", True,
+                  side([1100, 1200], [6400, 6500], [True, True]), side([1300, 1400], [6700, 6800], [True, False]),
+                  [], "mr200")
+    result = {"peer": "cornerstone", "runs": 2, "cpu_load": 1, "stacks": ["mr200"], "started": "2026-11-30T02:00:00Z",
+              "skipped": ["ct174 rows skipped: the large stacks could not be made"],
+              "machine": {"cpus": 2, "loadavg_start": [1.0], "loadavg_end": [1.5], "platform": "Linux",
+                          "chromium": "156", "chromium_flags": ["--use-angle=swiftshader"]},
+              "peer_build": {"@cornerstonejs/core": "5.14.0"}, "rows": [row], "floors": {},
+              "stack_floors": {"seed4g": {"mr200": {"ms": asdict(Stats.of([5900, 6000])), "bytes": 21_900_000,
+                                                    "requests": 200, "in_flight": 6}}}, "elapsed_s": 60.0}
+    return json.loads(json.dumps(to_json(result)))  # as main() writes it, without a fallback
+
+
+def test_a_saved_stack_row_renders_with_its_floor_and_ratios():
+    from app.bench.peer import from_json, render_peer
+
+    text = render_peer(from_json(_saved_stack_result()))
+    assert "| Row | Network | First draw" not in text  # no single-image row, no single-image table
+    assert "| Stack | Network | Every slice visible | Every slice lossless | Plain-fetch floor" in text
+    line = next(line for line in text.splitlines() if line.startswith("| 200-slice MR-like"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:5] == ["seed4g", "1150 (1100-1200) / 1350 (1300-1400) (0.85)",
+                          "6450 (6400-6500) / 6750 (6700-6800) (0.96)", "5950 (5900-6000) (21.90 MB)"]
+    assert cells[5] == "22.10 MB / 22.10 MB" and cells[7] == "2/2 / 1/2"
+    assert "Not measured: ct174 rows skipped" in text and "1 busy background processes" in text
+
+
+def test_large_stacks_that_cannot_be_made_are_skipped_with_one_line(demo_data, monkeypatch):
+    """No demo MR to derive them from (offline, say): the other rows still run, the table says why."""
+    import tools.large_stacks
+    from app.bench import peer
+
+    def cannot(names):
+        raise RuntimeError("the demo MR stack could not be downloaded\n(more detail)")
+
+    monkeypatch.setattr(tools.large_stacks, "ensure_large_stacks", cannot)
+    trees, skipped = peer._Trees(), []
+    try:
+        targets, _demo = peer._targets(trees, demo_data, ["mr20", "mr200", "ct174"], skipped)
+    finally:
+        trees.close()
+    assert set(targets) == {"radiograph", "mr20"}
+    assert targets["mr20"].count == 20 and targets["mr20"].expect_bytes > 0
+    [line] = skipped
+    assert line.startswith("mr200, ct174 rows skipped") and "could not be downloaded" in line and "\n" not in line

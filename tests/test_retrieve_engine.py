@@ -361,3 +361,57 @@ def test_ms_between_decode_spaces_partial_decodes(htj2k_images, gap, partials):
     partial = [r for r in refinements(events, 0) if not r.final]
     assert (len(partial) == 1) if partials == "one" else (len(partial) >= 2)
     assert_all_final(site, events, engine)
+
+
+# -- requests queued in the browser ----------------------------------------------------------------
+
+
+def test_the_image_on_screen_asks_with_high_priority_the_others_with_low(htj2k_images):
+    """The browser transport keeps more requests open than it has connections and lets the browser
+    order them by fetch priority: the engine must say which one the user is looking at."""
+    from app.engine import RetrieveEngine
+    from helpers import engine_options
+
+    site = htj2k_site(htj2k_images)
+    transport = site.transport()
+
+    async def main():
+        engine = RetrieveEngine(site.stack(), preset("single"), transport,
+                                **engine_options(concurrency=1, preempt_delay=0))
+        engine.set_current(1)
+        events = []
+        async for event in engine.run():
+            events.append(event)
+            if isinstance(event, RequestFinished) and event.index == 1:
+                engine.set_current(0)  # the user moves on
+        return events, engine
+
+    events, engine = asyncio.run(asyncio.wait_for(main(), 30))
+    asked = [(r.url.split("/instances/")[1].split("/")[0], r.priority) for r in transport.requests
+             if "/frames/" in r.url]
+    assert asked == [("1.2.3.4.2", "high"), ("1.2.3.4.1", "high"), ("1.2.3.4.3", "low")]
+    assert_all_final(site, events, engine)
+
+
+def test_a_slow_reader_holds_the_jobs_back_without_losing_events(htj2k_images):
+    """Events run() has not handed out hold pixels outside the budget: the jobs wait (on an event,
+    not a polling loop) while more than ``concurrency`` are queued, and none is lost."""
+    site = htj2k_site(htj2k_images)
+
+    async def main():
+        from app.engine import RetrieveEngine
+        from helpers import engine_options
+
+        engine = RetrieveEngine(site.stack(), preset("single"), site.transport(), **engine_options(concurrency=1))
+        events, most = [], 0
+        async for event in engine.run():
+            most = max(most, engine._queue.qsize())
+            events.append(event)
+            await asyncio.sleep(0.001)  # a slow page
+        return events, engine, most
+
+    events, engine, most = asyncio.run(asyncio.wait_for(main(), 30))
+    # concurrency (1) + one job's own events (request started, first bytes, refinement, request ended)
+    assert most <= 1 + 4
+    assert sorted(e.index for e in refinements(events)) == [0, 1, 2]
+    assert_all_final(site, events, engine)

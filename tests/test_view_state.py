@@ -111,20 +111,43 @@ def test_window_starts_from_dicom_then_the_first_image_and_resets_per_series():
 
 
 def test_memory_budget_drops_the_farthest_images_never_the_current_one():
-    state = ViewState(budget_bytes=3 * 64 * 64 * 2)
+    state = ViewState(budget_bytes=4 * 64 * 64 * 2)
     state.begin("a")
     opened(state, SERIES_A, n=9)
     state.go_to(4)
     for i in range(9):
         state.accept(refinement(state, SERIES_A, i))
     dropped = state.evict()
-    assert [i for i, _ in dropped] and all(abs(i - 4) > 1 for i, _ in dropped)
-    assert state.held_bytes <= state.budget
+    assert [i for i, _, _ in dropped] and all(abs(i - 4) > 1 for i, _, _ in dropped)
+    assert all(small is None for _, _, small in dropped)  # already small: dropped, not reduced
+    assert state.held_bytes <= state.page_budget() < state.budget
     assert state.held_bytes == sum(s.held.nbytes for s in state.slots if s.held)
     assert state.slots[4].held is not None
     far = dropped[0][0]
     near = state.go_to(far)
     assert far in near and not state.slots[far].evicted
+
+
+def test_over_budget_far_slices_keep_a_reduced_copy_and_full_resolution_stays_near():
+    state = ViewState(budget_bytes=8 * 512 * 512 * 2)  # the page's share: 7 full images
+    state.begin("a")
+    opened(state, SERIES_A, n=40)
+    state.go_to(20)
+    for i in range(40):
+        state.accept(refinement(state, SERIES_A, i, "FULL_RESOLUTION", (8, 512 * 512), 512, True))
+        for index, old, small in state.evict():
+            assert old.rows == 512 and small.rows == small.columns == 128 and small.status == "SUBRESOLUTION"
+            assert small.rank < old.rank and not small.final and small.key != old.key
+    assert state.held_bytes <= state.page_budget() and state.held_bytes == sum(s.held.nbytes for s in state.slots)
+    full = [i for i, s in enumerate(state.slots) if s.held.final]
+    assert 20 in full and all(abs(i - 20) <= 4 for i in full)  # full resolution near the cursor
+    assert all(s.held is not None for s in state.slots)  # every slice still shows something
+    assert state.slots[0].evicted and state.badge() == "FULL_RESOLUTION"
+    state.go_to(0)
+    assert state.badge() == "SUBRESOLUTION" and "showing 128x128" in state.overlay()[0]
+    assert "reduced to stay within 4 MB" in state.summary()
+    ok, drop = state.accept(refinement(state, SERIES_A, 0, "FULL_RESOLUTION", (8, 512 * 512), 512, True))
+    assert ok and drop == [image_key(SERIES_A, f"{SERIES_A}.0", 1, 128, 128)]  # loaded again: replaces it
 
 
 def test_overlay_names_the_slice_and_its_quality():
@@ -155,7 +178,7 @@ print(s.accept(r(2, [2, 256], 16)))
 print(s.accept(r(2, [4, 4096], 64, True, series="b")))
 for i in (0, 1, 3, 4):
     s.accept(r(i, [4, 4096], 64, True))
-print(sorted(i for i, k in s.evict()), s.held_bytes)
+print(sorted((i, small is not None) for i, old, small in s.evict()), s.held_bytes)
 print(s.drawable()[0])
 v = s.view()
 print(v["monochrome1"], v["center"], v["width"], v["fullRows"])
@@ -178,3 +201,10 @@ def test_the_module_runs_unchanged_under_micropython():
         exec(compile(SCENARIO, "scenario", "exec"), {})
     assert run.stdout == cpython.getvalue()
     assert "True" in run.stdout and "a|a.2|1|64x64" in run.stdout
+
+
+def test_with_gpu_textures_the_page_counts_two_copies_per_image():
+    state = ViewState(budget_bytes=8 << 20)
+    assert state.page_budget() == 7 << 20  # the worker keeps an eighth
+    state.copies = 2  # a buffer and a WebGL texture per image
+    assert state.page_budget() == (7 << 20) // 2

@@ -8,9 +8,12 @@ The demo downloads a real 20-slice 256x256 brain MR (``tools/demo_data.py``). Fr
 - ``ct174``: 174 slices 512x512, CT-like: the volume upsampled 2x in plane (bilinear) and
   resampled to 174 positions along the normal (linear), stored as 12-bit values with
   RescaleIntercept -1024 (air at -1024 HU), plus per-slice noise so no two slices are equal;
-- ``series1000``: 1000 slices 256x256 at 0.5 mm, the volume swept back and forth along the normal.
+- ``series1000``: 1000 slices 256x256 at 0.5 mm, the volume swept back and forth along the normal;
+- ``mr200``: 200 slices 256x256, MR-like: the volume resampled to 200 positions along the normal,
+  16-bit magnitude values (x60) with noise of 1000 (about 1.6 % of the brightest tissue), so its
+  lossless HTJ2K is ~22 MB, the size of the issue's 200-slice stack (``--peer`` stack rows).
 
-Each slice is a new CT Image Storage instance with real geometry: the source's
+Each slice is a new CT (MR Image Storage for ``mr200``) instance with real geometry: the source's
 ImageOrientationPatient, ImagePositionPatient stepped along the normal, PixelSpacing,
 SliceThickness / SpacingBetweenSlices, and new UUID-derived UIDs (``2.25.<uuid>``, stable across
 runs). The DICOM files go to ``.cache/large/<name>/``, the converted tree (all alternates, on all
@@ -30,9 +33,12 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy
+
+if TYPE_CHECKING:
+    import pydicom
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
@@ -41,6 +47,7 @@ if str(PROJECT_ROOT) not in sys.path:
 GENERATOR_VERSION = "1"
 UID_NAMESPACE = uuid.UUID("5d3b6c1e-7a0f-4c49-9d8e-1b2f3a4c5d6e")
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 
@@ -55,12 +62,21 @@ class StackSpec:
     spacing_mm: float | None  # None: the source's extent divided evenly
     sweep: bool  # back and forth through the source volume (more slices than it has)
     seed: int
+    modality: str = "CT"  # MR: MR Image Storage, magnitude values, no rescale to HU
+    gain: float = 2.0  # source values times this...
+    noise: float = 6.0  # ...plus Gaussian noise of this sigma (stored values)
+    bits_stored: int = 12
 
+
+# fields added after the first stamps: written to a stamp only when not their default, so the
+# stacks generated before them stay cached
+_LATER_FIELDS = {"modality": "CT", "gain": 2.0, "noise": 6.0, "bits_stored": 12}
 
 SPECS = {
     spec.name: spec for spec in (
         StackSpec("ct174", "CT-like 174 x 512x512", 174, 512, None, False, 174),
         StackSpec("series1000", "CT-like 1000 x 256x256", 1000, 256, 0.5, True, 1000),
+        StackSpec("mr200", "MR-like 200 x 256x256", 200, 256, None, False, 200, "MR", 60.0, 1000.0, 16),
     )
 }
 
@@ -190,8 +206,10 @@ def _slice_pixels(spec: StackSpec, volume: SourceVolume, index: int, rng: numpy.
     weight = numpy.float32(position - low)
     image = volume.voxels[low] * (1 - weight) + volume.voxels[high] * weight
     image = _resized(image, spec.size)
-    image = image * 2.0 + rng.normal(0.0, 6.0, image.shape).astype(numpy.float32)
-    return numpy.clip(numpy.rint(image), 0, 4095).astype(numpy.uint16)
+    image = image * spec.gain + rng.normal(0.0, spec.noise, image.shape).astype(numpy.float32)
+    if spec.modality == "MR":
+        image = numpy.abs(image)  # a magnitude image: noise folds up at the background (Rician-like)
+    return numpy.clip(numpy.rint(image), 0, (1 << spec.bits_stored) - 1).astype(numpy.uint16)
 
 
 def _dataset(spec: StackSpec, volume: SourceVolume, index: int, pixels: numpy.ndarray, spacing: float):
@@ -201,15 +219,16 @@ def _dataset(spec: StackSpec, volume: SourceVolume, index: int, pixels: numpy.nd
     ds = pydicom.Dataset()
     sop = stable_uid(spec.name, GENERATOR_VERSION, "instance", index)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    sop_class = MR_IMAGE_STORAGE if spec.modality == "MR" else CT_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop
     meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, sop
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop
     ds.StudyInstanceUID = stable_uid(spec.name, GENERATOR_VERSION, "study")
     ds.SeriesInstanceUID = stable_uid(spec.name, GENERATOR_VERSION, "series")
     ds.FrameOfReferenceUID = stable_uid(spec.name, GENERATOR_VERSION, "frame-of-reference")
-    ds.Modality, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "CT", "1", 1, index + 1
+    ds.Modality, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = spec.modality, "1", 1, index + 1
     ds.StudyDate = ds.SeriesDate = "20260101"
     ds.StudyTime = ds.SeriesTime = "120000"
     ds.AccessionNumber = ""
@@ -225,24 +244,40 @@ def _dataset(spec: StackSpec, volume: SourceVolume, index: int, pixels: numpy.nd
     ds.SliceThickness = ds.SpacingBetweenSlices = round(spacing, 4)
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-    ds.WindowCenter, ds.WindowWidth = 0, 1600
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, spec.bits_stored, spec.bits_stored - 1
+    ds.PixelRepresentation = 0
+    if spec.modality == "MR":  # no Modality LUT: the stored values are the image's
+        ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+        ds.ScanningSequence, ds.SequenceVariant, ds.MRAcquisitionType = "SE", "NONE", "2D"
+        ds.WindowCenter, ds.WindowWidth = round(spec.gain * 400), round(spec.gain * 800)
+    else:
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.WindowCenter, ds.WindowWidth = 0, 1600
     ds.PixelData = pixels.tobytes()
     return ds
 
 
+def generate(spec: StackSpec, indices: Sequence[int] | None = None,
+             project_root: Path = PROJECT_ROOT) -> Iterator[tuple[int, pydicom.Dataset]]:
+    """The slices of `spec` (all, or the given indices in order) as datasets; the noise is drawn
+    slice by slice from one seed, so slice i is the same whichever slices are asked for."""
+    volume = load_source(project_root)
+    spacing = spec.spacing_mm or volume.step_mm * (volume.voxels.shape[0] - 1) / max(1, spec.slices - 1)
+    wanted = set(range(spec.slices) if indices is None else indices)
+    rng = numpy.random.default_rng(spec.seed)
+    for index in range(max(wanted, default=-1) + 1):
+        pixels = _slice_pixels(spec, volume, index, rng)
+        if index in wanted:
+            yield index, _dataset(spec, volume, index, pixels, spacing)
+
+
 def write_series(spec: StackSpec, dest: Path, project_root: Path = PROJECT_ROOT) -> list[Path]:
     """The DICOM files of `spec` in `dest` (written again from scratch)."""
-    volume = load_source(project_root)
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    spacing = spec.spacing_mm or volume.step_mm * (volume.voxels.shape[0] - 1) / max(1, spec.slices - 1)
-    rng = numpy.random.default_rng(spec.seed)
     paths = []
-    for index in range(spec.slices):
-        ds = _dataset(spec, volume, index, _slice_pixels(spec, volume, index, rng), spacing)
+    for index, ds in generate(spec, project_root=project_root):
         path = dest / f"{index + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -273,8 +308,9 @@ def _stamp(spec: StackSpec) -> dict:
     from app.convert import CONVERTER_VERSION
     from app.tree import FRAME_SUFFIX
 
+    fields = {k: v for k, v in asdict(spec).items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
     return {"generator": GENERATOR_VERSION, "converterVersion": CONVERTER_VERSION, "frameSuffix": FRAME_SUFFIX,
-            "spec": asdict(spec)}
+            "spec": fields}
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
 from .chromium import launch
+from .memory import MemoryProbe, wait_sampling
 from .network import ThrottleProxy
 from .profiles import PROFILES, floor_ms, timeout_ms
 from .results import ColdStart, LoadRun, Stats, Transfer
@@ -87,6 +88,7 @@ class BrowserDriver:
         """Launches its own Chromium, or drives ``browser`` (a started Playwright Browser, e.g. the
         tests' session one: one sync Playwright per thread); ``close()`` then leaves it open."""
         self._pw = None
+        self.probe: MemoryProbe | None = None  # the last load's, while ``inspect`` runs
         if browser is not None:
             self.browser = browser
             return
@@ -123,33 +125,45 @@ class BrowserDriver:
         return context, page, cdp, errors
 
     def load(self, metered: ThrottleProxy, base: str, entry: dict, preset: str, profile: str, expect_bytes: int,
-             inspect: Callable[[Any], None] | None = None) -> LoadRun:
+             inspect: Callable[[Any], None] | None = None, *, params: str = "", memory: bool = False,
+             collect: bool = False) -> LoadRun:
         """One load of ``entry`` under ``preset`` (a name or configuration JSON); ``metered`` is the
-        proxy the page goes through; ``inspect(page)`` reads more from the page before it closes."""
+        proxy the page goes through; ``inspect(page)`` reads more from the page before it closes;
+        ``params`` are more page parameters (``&cacheMB=512``); ``memory`` samples ``PageMemory``
+        at ready (the baseline) and every ``MEMORY_EVERY_MS`` of the load (``LoadRun.memory``), with
+        ``collect`` after a garbage collection (``MemoryProbe``)."""
         context, page, cdp, errors = self._page()
         try:
-            page.goto(f"{base}/index.html?noload=1&url={quote(entry['url'], safe='/')}&config={quote(preset)}")
+            self.probe = MemoryProbe(cdp, collect=collect) if memory else None
+            page.goto(f"{base}/index.html?noload=1&url={quote(entry['url'], safe='/')}&config={quote(preset)}{params}")
             page.wait_for_function(_READY_JS, timeout=120_000)
             refused = page.evaluate(_REFUSED_JS)  # e.g. the configuration: the page would load with another
             if refused:
                 raise RuntimeError(f"page error before the load ({preset}, {profile}): {refused}")
+            if self.probe:
+                self.probe.sample(page)
             _emulate(cdp, profile)  # only now: the runtime load is never under emulation
             mark = len(metered.request_log)
             t_click = page.evaluate(_CLICK_JS)
-            page.wait_for_function(_DONE_JS, timeout=timeout_ms(profile, expect_bytes), polling=20)
+            if self.probe:
+                wait_sampling(page, self.probe, _DONE_JS, timeout_ms(profile, expect_bytes))
+            else:
+                page.wait_for_function(_DONE_JS, timeout=timeout_ms(profile, expect_bytes), polling=20)
             data = page.evaluate(_COLLECT_JS)
             time.sleep(0.05)  # let the proxy see the last bytes
             frames, total, count = frame_bytes(metered.request_log, mark)
             if data["appState"] == "error" or errors:
                 raise RuntimeError(f"page error ({preset}, {profile}): {data['errors']} {errors}")
+            recorded = self.probe.record() if self.probe else None
             if inspect is not None:
                 inspect(page)
             loading = next((t for s, t in data["states"] if s == "loading"), None)
             after = [d for start, d in data.get("longtasks") or [] if start >= t_click]
             return LoadRun(log=data["log"], t_click=t_click, t_loading=loading, bytes_frames=frames,
                            bytes_total=total, frame_requests=count, longest_task_ms=max(after, default=0.0),
-                           long_tasks_ms=sum(after))
+                           long_tasks_ms=sum(after), memory=recorded)
         finally:
+            self.probe = None
             context.close()
 
     def cold_start(self, demo: Demo, runs: int) -> ColdStart:

@@ -38,8 +38,10 @@ def floor_ms(profile: str, nbytes: float, decode_ms: float) -> float:
 
 
 def timeout_ms(profile: str, nbytes: int) -> float:
-    """A generous wait for one load under a profile (slow profiles move megabytes for minutes)."""
+    """A generous wait for one load under a profile: slow profiles move megabytes for minutes, and
+    a large stack's decodes on a busy machine (``--cpu-load``) take about a second per megabyte."""
+    decode = nbytes / 1000
     net = PROFILES[profile]
     if net is None:
-        return 120_000
-    return 120_000 + 4 * (nbytes / net["down"] * 1000 + 20 * net["latency"])
+        return 120_000 + decode
+    return 120_000 + decode + 4 * (nbytes / net["down"] * 1000 + 20 * net["latency"])

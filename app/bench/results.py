@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from .profiles import MODES, PROFILE_LABELS, PROFILES, floor_ms
 
-__all__ = ["Stats", "LoadRun", "ModeRow", "StackRow", "ColdStart", "Transfer", "Decode", "Machine",
+__all__ = ["Stats", "PageMemory", "LoadRun", "ModeRow", "StackRow", "ColdStart", "Transfer", "Decode", "Machine",
            "ImageInfo", "Target", "BenchResult"]
 
 _REPLICAS = ("ADJACENT_REPLICATE", "FAR_REPLICATE")
@@ -48,6 +48,49 @@ def _from_fields(cls: type, data: dict) -> Any:
     return cls(**kwargs)
 
 
+@dataclass(frozen=True)
+class PageMemory:
+    """What the viewer holds at one moment, in bytes, each part read where it lives:
+
+    * ``page_js_heap`` / ``worker_js_heap``: used JS heap of the page and of the engine's worker
+      (CDP ``Runtime.getHeapUsage``, ``usedSize``);
+    * ``page_buffers`` / ``worker_buffers``: their ArrayBuffer backing stores, outside the JS heap
+      (``backingStorageSize``): on the page, the decoded pixels it holds (the 2D renderer draws
+      from views of them) and the RGBA of the last images painted;
+    * ``wasm_heap``: the worker's wasm memory (Pyodide: Python objects, numpy arrays, the engine's
+      pixels and frame bytes); it never shrinks, so it is the high-water mark;
+    * ``renderer_extra``: what the renderer holds beyond those buffers: with WebGL2
+      ``renderer.bytesHeld()`` (a texture per image, the grey table), on the 2D path
+      ``bytesHeld()`` minus the pixels (its painted surfaces and table).
+
+    ``held_pixels`` / ``held_images``: the decoded pixels the page's budget counts (one copy)."""
+
+    page_js_heap: int = 0
+    page_buffers: int = 0
+    worker_js_heap: int = 0
+    worker_buffers: int = 0
+    wasm_heap: int = 0
+    renderer_extra: int = 0
+    held_pixels: int = 0
+    held_images: int = 0
+    renderer: str = ""
+
+    @property
+    def total(self) -> int:
+        return (self.page_js_heap + self.page_buffers + self.worker_js_heap + self.worker_buffers
+                + self.wasm_heap + self.renderer_extra)
+
+    def mb(self) -> float:
+        return round(self.total / (1 << 20), 1)
+
+    def raw(self) -> dict:
+        return dataclasses.asdict(self) | {"total": self.total}
+
+    @classmethod
+    def from_raw(cls, raw: dict) -> PageMemory:
+        return _from_fields(cls, raw)
+
+
 @dataclass
 class LoadRun:
     """One load: the renderLog-shaped entries and what the server sent during it."""
@@ -61,6 +104,7 @@ class LoadRun:
     frame_requests: int = 0
     longest_task_ms: float | None = None
     long_tasks_ms: float | None = None
+    memory: dict | None = None  # {"baseline": PageMemory.raw(), "peak": ...} when sampled
 
     def raw(self) -> dict:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "log" and v is not None}

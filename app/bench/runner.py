@@ -179,7 +179,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=("browser", "cpython"), default="browser")
     parser.add_argument("--out", type=Path, help="write benchmark.md/.json/.png here (benchmark-cpython.* for cpython)")
     parser.add_argument("--root", type=Path, help="static DICOMweb tree to serve (default static/dicomweb)")
-    parser.add_argument("--no-stack", action="store_true", help="skip the 20-slice stack rows")
+    parser.add_argument("--no-stack", action="store_true", help="skip the stack rows")
+    parser.add_argument("--stacks", metavar="LIST",
+                        help="with --peer: stack rows, a comma list of mr20, mr200, ct174 (or 20, 200, 174;"
+                             " default all; the large ones are generated once by tools/large_stacks.py)")
     parser.add_argument("--scale", nargs="?", const="small", choices=("small", "full"),
                         help="only the large-stack and converter throughput rows (scale.py; default small)")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold start rows (browser)")
@@ -208,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown profile/mode {bad}" if bad else "--runs must be >= 1")
     if args.cpu_load < 0 or (args.cpu_load and not args.peer):
         parser.error("--cpu-load takes N >= 0 and goes with --peer")
+    if args.stacks is not None and not args.peer:
+        parser.error("--stacks goes with --peer")
     if args.peer:
         from .peer import main as peer_main
 

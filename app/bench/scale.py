@@ -9,6 +9,14 @@
   image (the middle slice, on screen), every slice visible, every slice lossless, the network
   floor of the lossless bytes, frame bytes moved, and the peak RSS of the process that loaded it
   (each load runs in a fresh process). The stacks come from ``tools/large_stacks.py`` (cached).
+* Page rows: the real page in Chromium (``BrowserDriver``, the same proxy and emulation, applied
+  after the runtime is up) loads the 174-slice CT and (``full``) the 1000-slice series: the same
+  columns (times from the Load click), plus the peak of what the page holds during the load
+  (``PageMemory``: JS heaps of page and worker, their ArrayBuffers, the worker's wasm heap, the
+  renderer's textures/surfaces; sampled every ``MEMORY_EVERY_MS``) and that at ready (baseline).
+* Scroll rows: under ``?cacheMB=N``, after the load, the stack is scrolled end to end one slice per
+  animation frame; the peak held (live: garbage collected before each sample) during the scroll, how many slices still show something
+  (reduced copies far from the cursor) and the pixels the page's budget counts.
 """
 
 from __future__ import annotations
@@ -27,14 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .memory import MEMORY_EVERY_MS
 from .network import PROJECT, ServeProcess, ThrottleProxy
 from .profiles import PROFILES, floor_ms
-from .results import LoadRun, StackRow
+from .results import LoadRun, PageMemory, StackRow
 from .site import frame_bytes
 
-__all__ = ["ConvertRow", "LargeLoadRow", "ScaleResult", "run_scale", "render_scale"]
+__all__ = ["ConvertRow", "LargeLoadRow", "ScrollRow", "ScaleResult", "run_scale", "render_scale"]
 
 SCALE_PRESET = "interleavedStack"
+SCROLLS = {"small": [("ct174", 64)], "full": [("series1000", 512), ("ct174", 64)]}  # (stack, cacheMB)
 
 
 @dataclass
@@ -63,7 +73,29 @@ class LargeLoadRow:
     bytes_frames: int
     lossless_bytes: int
     finals: int
-    peak_rss_mb: float
+    peak_rss_mb: float | None  # the CPython engine's process
+    engine: str = "cpython"  # cpython | page
+    peak_page_mb: float | None = None  # PageMemory.total, its peak during the load
+    baseline_page_mb: float | None = None  # ... at ready, before the load
+    memory: dict | None = None  # the peak sample, part by part (PageMemory.raw)
+
+
+@dataclass
+class ScrollRow:
+    """The page scrolled end to end under ``?cacheMB``: what it held at its peak."""
+
+    stack: str
+    slices: int
+    size: str
+    cache_mb: int
+    renderer: str
+    baseline_mb: float
+    load_peak_mb: float
+    scroll_peak_mb: float
+    held_images: int  # slices showing something after the scroll
+    held_pixel_mb: float  # what the page's budget counts (one copy), after the scroll
+    scroll_s: float
+    memory: dict = field(default_factory=dict)  # the scroll's peak sample, part by part
 
 
 @dataclass
@@ -73,6 +105,7 @@ class ScaleResult:
     machine: dict
     convert: list[ConvertRow] = field(default_factory=list)
     loads: list[LargeLoadRow] = field(default_factory=list)
+    scrolls: list[ScrollRow] = field(default_factory=list)
     elapsed_s: float = 0.0
 
     def to_json(self) -> dict:
@@ -218,9 +251,12 @@ def load_rows(stacks: Sequence, profile: str, runs: int, cache_mb: int | None,
     return rows
 
 
-def _load_row(stack, profile: str, cache_mb: int | None, run: LoadRun, peak_mb: float, lossless: int) -> LargeLoadRow:
+def _load_row(stack, profile: str, cache_mb: int | None, run: LoadRun, peak_mb: float | None,
+              lossless: int) -> LargeLoadRow:
     row = StackRow.from_runs(SCALE_PRESET, profile, [run], stack.slices, lossless)
-    drawn = [e["t_ms"] for e in run.log if e.get("drawn")]
+    clicked = run.t_click is not None
+    drawn = [e["bench_now"] - run.t_click if clicked and e.get("bench_now") is not None else e["t_ms"]
+             for e in run.log if e.get("drawn")]
     finals = len({e["index"] for e in run.log if e.get("final")})
 
     def median(stats) -> float | None:
@@ -229,14 +265,93 @@ def _load_row(stack, profile: str, cache_mb: int | None, run: LoadRun, peak_mb: 
     return LargeLoadRow(stack.name, stack.slices, f"{stack.rows}x{stack.columns}", SCALE_PRESET, profile, cache_mb,
                         round(min(drawn), 1) if drawn else None, median(row.all_something_ms),
                         median(row.all_lossless_ms), round(floor_ms(profile, lossless, 0.0), 1),
-                        run.bytes_frames, lossless, finals, round(peak_mb, 1))
+                        run.bytes_frames, lossless, finals, None if peak_mb is None else round(peak_mb, 1))
+
+
+# -- the page on large stacks ---------------------------------------------------------------------
+
+
+def _served(stack):
+    """(server, proxy) for a stack's tree; the proxy meters (the browser emulates the network)."""
+    server = ServeProcess(stack.tree)
+    return server, ThrottleProxy(*server.address)
+
+
+def _lossless_bytes(stack) -> int:
+    return sum(p.stat().st_size for p in (stack.tree / stack.url.removeprefix("/dicomweb/") / "instances")
+               .glob("*/frames/*") if p.is_file())
+
+
+def page_rows(driver, stacks: Sequence, profile: str, runs: int, progress: Callable[[str], None]) -> list[LargeLoadRow]:
+    """The page loads each stack (``interleavedStack``), memory sampled; one row per run."""
+    rows = []
+    for stack in stacks:
+        server, proxy = _served(stack)
+        lossless = _lossless_bytes(stack)
+        try:
+            for number in range(runs):
+                progress(f"page load {stack.name} ({profile}) run {number + 1}/{runs}")
+                run = driver.load(proxy, proxy.url, {"url": stack.url}, SCALE_PRESET, profile, lossless, memory=True)
+                row = _load_row(stack, profile, None, run, None, lossless)
+                peak, base = (PageMemory.from_raw(run.memory[k]) for k in ("peak", "baseline"))
+                row.engine, row.peak_page_mb, row.baseline_page_mb, row.memory = "page", peak.mb(), base.mb(), peak.raw()
+                rows.append(row)
+        finally:
+            proxy.close()
+            server.close()
+    return rows
+
+
+def scroll_row(driver, stack, cache_mb: int, progress: Callable[[str], None]) -> ScrollRow:
+    """Load under ``?cacheMB`` (no emulation: memory, not time), then scroll end to end."""
+    from .memory import scroll_through
+
+    server, proxy = _served(stack)
+    got: dict = {}
+
+    def scroll(page) -> None:
+        probe = driver.probe
+        got["load_peak"], probe.peak = probe.peak, None
+        started = time.perf_counter()
+        scroll_through(page, probe)
+        page.wait_for_function("document.documentElement.dataset.app === 'idle'", timeout=600_000, polling=100)
+        got["scroll_s"] = time.perf_counter() - started
+        got["end"] = probe.sample(page)
+        got["peak"], got["baseline"] = probe.peak, probe.baseline
+
+    try:
+        progress(f"page scroll {stack.name} under cacheMB={cache_mb}")
+        driver.load(proxy, proxy.url, {"url": stack.url}, SCALE_PRESET, "none", _lossless_bytes(stack), scroll,
+                    params=f"&cacheMB={cache_mb}", memory=True, collect=True)
+    finally:
+        proxy.close()
+        server.close()
+    peak, end = got["peak"], got["end"]
+    return ScrollRow(stack.name, stack.slices, f"{stack.rows}x{stack.columns}", cache_mb, peak.renderer,
+                     got["baseline"].mb(), got["load_peak"].mb(), peak.mb(), end.held_images,
+                     round(end.held_pixels / (1 << 20), 1), round(got["scroll_s"], 1), peak.raw())
+
+
+def browser_rows(size: str, stacks: dict, profile: str, runs: int, progress: Callable[[str], None]):
+    """(page load rows, scroll rows), one Chromium for all of them."""
+    from .browser import BrowserDriver
+
+    names = ("ct174",) if size == "small" else ("ct174", "series1000")
+    driver = BrowserDriver()
+    try:
+        loads = page_rows(driver, [stacks[n] for n in names], profile, runs, progress)
+        scrolls = [scroll_row(driver, stacks[name], mb, progress) for name, mb in SCROLLS[size]]
+    finally:
+        driver.close()
+    return loads, scrolls
 
 
 # -- the run and its report -----------------------------------------------------------------------
 
 
 def run_scale(size: str = "small", *, runs: int = 1, profile: str = "seed4g", workers: int | None = None,
-              cache_mb: int | None = None, progress: Callable[[str], None] = lambda s: None) -> ScaleResult:
+              cache_mb: int | None = None, page: bool = True,
+              progress: Callable[[str], None] = lambda s: None) -> ScaleResult:
     from app.convert_pool import default_workers
     from tools.large_stacks import ensure_large_stacks, write_archive
 
@@ -259,6 +374,9 @@ def run_scale(size: str = "small", *, runs: int = 1, profile: str = "seed4g", wo
         result.convert = converter_rows(inputs, workers, scratch, progress)
         result.machine["parallel_capacity_end"] = parallel_capacity(workers)
     result.loads = load_rows([stacks[name] for name in names], profile, runs, cache_mb, progress)
+    if page:
+        loads, result.scrolls = browser_rows(size, stacks, profile, runs, progress)
+        result.loads += loads
     result.machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     result.elapsed_s = round(time.perf_counter() - t0, 1)
     return result
@@ -274,13 +392,34 @@ def render_scale(result: ScaleResult) -> str:
     for c in result.convert:
         lines.append(f"| {c.input} | {c.method} | {c.workers} | {c.images} | {c.seconds} | {c.images_per_s} | "
                      f"{c.speedup}x |")
-    lines += ["", "| stack | preset | profile | first ms | all visible ms | all lossless ms | floor ms | "
-              "frame bytes | lossless bytes | finals | peak RSS MB |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| stack | engine | preset | profile | first ms | all visible ms | all lossless ms | floor ms | "
+              "frame bytes | lossless bytes | finals | peak RSS MB | peak page MB (at ready) |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result.loads:
-        lines.append(f"| {r.stack} {r.slices} x {r.size} | {r.preset} | {r.profile} | {r.first_ms} | "
+        page = f"{r.peak_page_mb} ({r.baseline_page_mb})" if r.peak_page_mb is not None else ""
+        lines.append(f"| {r.stack} {r.slices} x {r.size} | {r.engine} | {r.preset} | {r.profile} | {r.first_ms} | "
                      f"{r.all_visible_ms} | {r.all_lossless_ms} | {r.floor_ms} | {r.bytes_frames:,} | "
-                     f"{r.lossless_bytes:,} | {r.finals}/{r.slices} | {r.peak_rss_mb} |")
+                     f"{r.lossless_bytes:,} | {r.finals}/{r.slices} | {r.peak_rss_mb or ''} | {page} |")
+    if result.loads and any(r.engine == "page" for r in result.loads):
+        lines += ["", PAGE_MEMORY_NOTE]
+    if result.scrolls:
+        lines += ["", "| stack scrolled end to end | cacheMB | renderer | at ready MB | load peak MB | "
+                  "scroll peak MB | peak - ready MB | slices showing | pixels counted MB | scroll s |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for c in result.scrolls:
+            lines.append(f"| {c.stack} {c.slices} x {c.size} | {c.cache_mb} | {c.renderer} | {c.baseline_mb} | "
+                         f"{c.load_peak_mb} | {c.scroll_peak_mb} | {round(c.scroll_peak_mb - c.baseline_mb, 1)} | "
+                         f"{c.held_images}/{c.slices} | {c.held_pixel_mb} | {c.scroll_s} |")
     return "\n".join(lines)
+
+
+PAGE_MEMORY_NOTE = (
+    "Page memory = used JS heap of the page and of the engine's worker (CDP Runtime.getHeapUsage) + their "
+    "ArrayBuffer backing stores (the decoded pixels the page holds) + the worker's wasm heap (its high-water "
+    "mark: wasm memory never shrinks) + the renderer's bytes beyond those buffers (WebGL2: every texture; "
+    f"2D: the painted surfaces), sampled every {MEMORY_EVERY_MS} ms; in parentheses the same at ready, before the Load "
+    "click. Load rows: as held, garbage not yet collected included (no GC forced during a timed load); scroll rows: "
+    "live memory, each sample after a forced garbage collection of both JS heaps (HeapProfiler.collectGarbage).")
 
 
 def main(size: str, *, runs: int, profile: str, out: Path | None, progress: Callable[[str], None]) -> int:

@@ -12,7 +12,7 @@ from app.tree import frame_file_names, parse_demo_list
 
 from .network import RequestRecord
 
-__all__ = ["Demo", "find_demo", "frame_bytes"]
+__all__ = ["Demo", "find_demo", "frame_bytes", "lossless_bytes"]
 
 _FRAME_PATH = re.compile(r"/instances/[^/]+/[^/]+/\d+(?:\.mht)?(?:\?|$)")
 
@@ -49,9 +49,14 @@ def find_demo(base: str, data_root: Path) -> Demo:
         for path in _frame_one(instance):
             demo.files[path.parent.name] = path.stat().st_size
     if stack:
-        frames = (demo.series_dir(stack) / "instances").glob("*/frames/*")
-        demo.stack_lossless = sum(p.stat().st_size for p in frames if p.is_file())
+        demo.stack_lossless = lossless_bytes(demo.series_dir(stack))
     return demo
+
+
+def lossless_bytes(series_dir: Path) -> int:
+    """Size on disk of a series' lossless frames (``frames/``): what any lossless load must move."""
+    frames = (series_dir / "instances").glob("*/frames/*")
+    return sum(p.stat().st_size for p in frames if p.is_file())
 
 
 def frame_bytes(log: Iterable[RequestRecord], start: int) -> tuple[int, int, int]:

@@ -71,6 +71,8 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
 
 
 def _split_params(value: str) -> list[str]:
+    if '"' not in value:
+        return value.split(";")  # nothing quoted: every ";" separates (no per-character loop)
     out, cur, quoted = [], [], False
     for ch in value:
         if ch == '"':

@@ -7,6 +7,7 @@ possibly a single-part multipart wrapper) and read what it learnt (syntax, level
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 from ..codecs import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -37,6 +38,9 @@ from ..readers.multipart import (
 )
 from ..transport.base import DIGEST_ALGORITHMS, parse_content_digest
 
+if TYPE_CHECKING:
+    from .budget import HeldBytes
+
 __all__ = ["FrameBody", "PREFIX_DECODABLE", "media_of"]
 
 # syntaxes whose decoder reads a prefix holding whole resolution levels (OpenJPH, skipres)
@@ -61,9 +65,10 @@ class FrameBody:
     bytes (codestream) accumulate in one bytearray; the scanner reports complete levels.
     """
 
-    def __init__(self, url: str, fallback_syntax: str) -> None:
+    def __init__(self, url: str, fallback_syntax: str, held: "HeldBytes | None" = None) -> None:
         self.url = url
         self.fallback_syntax = fallback_syntax
+        self.held = held  # the budget's running total of frame bytes held, counted as they arrive
         self.file_offset = 0  # file bytes fed
         self.total: int | None = None  # file size when known (Content-Range / 200 end)
         self.data = bytearray()
@@ -195,6 +200,8 @@ class FrameBody:
             return
         start = len(self.data)
         self.data += data
+        if self.held is not None:
+            self.held.total += len(data)
         if self._hasher is not None:
             self._hasher.update(data)
         if self.scanner is None and start == 0 and len(self.data) >= 2:
@@ -255,8 +262,17 @@ class FrameBody:
             return None
         return self.data_offset + ends[level]
 
+    def release(self) -> None:
+        """The body is dropped: its bytes leave the running total (a transfer still feeding it
+        is no longer counted)."""
+        if self.held is not None:
+            self.held.total -= len(self.data)
+            self.held = None
+
     def reset(self) -> None:
-        self.__init__(self.url, self.fallback_syntax)  # type: ignore[misc]
+        held = self.held
+        self.release()
+        self.__init__(self.url, self.fallback_syntax, held)  # type: ignore[misc]
 
 
 def media_of(syntax: str) -> str | None:

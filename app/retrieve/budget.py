@@ -11,7 +11,18 @@ import numpy
 
 from .state import ImageState
 
-__all__ = ["Budget"]
+__all__ = ["Budget", "HeldBytes"]
+
+
+class HeldBytes:
+    """The running total of frame bytes held between stages: each FrameBody adds what it receives
+    and gives its count back when dropped, so the budget reads it per job in O(1), not by walking
+    every image's bodies."""
+
+    __slots__ = ("total",)
+
+    def __init__(self) -> None:
+        self.total = 0
 
 
 class Budget:
@@ -19,13 +30,18 @@ class Budget:
         self.cache_bytes = cache_bytes
         self._pixels: OrderedDict[int, int] = OrderedDict()  # index -> bytes of held pixels
         self.pixel_bytes = 0
+        self.held = HeldBytes()  # handed to every FrameBody the engine makes
+        # the events' pixels go to a holder of their own (the page): keep only the latest decode's,
+        # the rest of the budget is for frame bytes between stages
+        self.pixels_elsewhere = False
 
     def remember(self, states: Sequence[ImageState], index: int, nbytes: int, current: int) -> None:
         """Count a new image's pixels; drop the pixels of the images farthest from ``current``
         (their best stays, empty, so nothing worse replaces it) until within budget."""
         self.pixel_bytes += nbytes - self._pixels.pop(index, 0)
         self._pixels[index] = nbytes
-        while self.pixel_bytes > self.cache_bytes and len(self._pixels) > 1:
+        cap = 0 if self.pixels_elsewhere else self.cache_bytes
+        while self.pixel_bytes > cap and len(self._pixels) > 1:
             victim = max((i for i in self._pixels if i != index), key=lambda i: abs(i - current))
             self.pixel_bytes -= self._pixels.pop(victim)
             vst = states[victim]
@@ -35,21 +51,19 @@ class Budget:
     def forget(self, index: int) -> None:
         self.pixel_bytes -= self._pixels.pop(index, 0)
 
-    @staticmethod
-    def held_bytes(states: Sequence[ImageState]) -> int:
-        return sum(len(b.data) for s in states for b in s.bodies.values())
+    @property
+    def held_bytes(self) -> int:
+        """Frame bytes held in the bodies of every image (a running total)."""
+        return self.held.total
 
     def trim(self, states: Sequence[ImageState], st: ImageState, current: int) -> None:
         """After a job: drop the bytes of unwanted images; keep held bytes within the budget."""
         if not st.wanted:
-            st.bodies.clear()
-        over = self.pixel_bytes + self.held_bytes(states) - self.cache_bytes
-        if over <= 0:
+            st.drop_bodies()
+        if self.pixel_bytes + self.held.total <= self.cache_bytes:
             return
         for other in sorted(states, key=lambda s: -abs(s.image.index - current)):
-            if over <= 0:
+            if self.pixel_bytes + self.held.total <= self.cache_bytes:
                 break
-            if other.busy or not other.bodies:
-                continue
-            over -= sum(len(b.data) for b in other.bodies.values())
-            other.bodies.clear()  # a later stage fetches this image again from the start
+            if not other.busy and other.bodies:
+                other.drop_bodies()  # a later stage fetches this image again from the start

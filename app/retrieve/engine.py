@@ -28,6 +28,8 @@ from .state import Change, FirstRequest, ImageState, ImageStates, Job, Phase
 
 __all__ = ["RetrieveEngine"]
 
+_END = object()  # in the event queue: the run is over
+
 
 class RetrieveEngine:
     """Load a stack progressively; events through ``run()`` (async iterator) and/or ``on_event``."""
@@ -48,6 +50,7 @@ class RetrieveEngine:
         self._states = ImageStates(stack.images)  # made as images are asked for
         self._queue: asyncio.Queue | None = None
         self._wake: asyncio.Event | None = None
+        self._drained: asyncio.Event | None = None  # run() has handed out all but a few events
         self._preempt_handle: asyncio.Handle | None = None
         self._requested: set[int] = set()
         self.first_request = FirstRequest()
@@ -107,7 +110,7 @@ class RetrieveEngine:
                 st.job.live = False
                 if st.job.task is not None and not st.job.task.done():
                     st.job.task.cancel()
-            st.bodies.clear()
+            st.drop_bodies()
         if self._wake:
             self._wake.set()
 
@@ -165,16 +168,15 @@ class RetrieveEngine:
 
     @property
     def held_bytes(self) -> int:
-        return self.budget.held_bytes(self._states)
+        return self.budget.held_bytes
 
     # -- running -----------------------------------------------------------------------------
     async def run(self, indices: Iterable[int] | None = None) -> AsyncIterator[EngineEvent]:
         """Load the given images (default: the whole stack) through all stages; yield events.
-
-        The image on screen is planned first and its request goes out before the others are
-        planned (see ``_plan_rest``): on a 1000-image stack the plan costs more than the wait."""
+        The image on screen is planned and asked for before the others (see ``_plan_rest``)."""
         self._queue = asyncio.Queue()
         self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
         self.first_request.new_run()
         wanted = range(len(self._states)) if indices is None else list(indices)
         self._requested, self._touched = set(), set()
@@ -184,18 +186,18 @@ class RetrieveEngine:
             self.first_request.went_out()
         self._planning = True
         runner = asyncio.ensure_future(self._run_workers([i for i in wanted if i != self.current]))
+        # the end of the run comes through the queue, after every event before it: one await per
+        # event and no task per event (each asyncio step costs ~0.1 ms under Pyodide)
+        runner.add_done_callback(lambda _: self._queue.put_nowait(_END))
         try:
             while True:
-                getter = asyncio.ensure_future(self._queue.get())
-                done, _ = await asyncio.wait({getter, runner}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield getter.result()
-                    continue
-                getter.cancel()
-                while not self._queue.empty():
-                    yield self._queue.get_nowait()
-                runner.result()
-                return
+                event = await self._queue.get()
+                if self._queue.qsize() <= self.policy.concurrency:
+                    self._drained.set()
+                if event is _END:
+                    runner.result()
+                    return
+                yield event
         finally:
             self.first_request.went_out()  # nothing more is coming: no one waits for it
             if not runner.done():
@@ -234,7 +236,8 @@ class RetrieveEngine:
             while self._queue is not None and self._queue.qsize() > self.policy.concurrency:
                 # events run() has not handed out hold their pixels, out of the budget's reach: let
                 # the reader catch up before more work (a fast server otherwise fills memory)
-                await asyncio.sleep(0.001)
+                self._drained.clear()
+                await self._drained.wait()
             taken = self.scheduler.take()
             if taken is None:
                 if self.scheduler.idle and not self._planning:

@@ -63,7 +63,8 @@ class Attempt:
             url = frame_request_url(st.image.frame_url, options)
             body = st.bodies.get(url)
             if body is None:
-                body = st.bodies[url] = FrameBody(url, engine.rules.syntax_of(st.image, options))
+                body = st.bodies[url] = FrameBody(url, engine.rules.syntax_of(st.image, options),
+                                                  engine.budget.held)
         self.body = body
         self.last_partial: float | None = None  # clock of the last partial decode while streaming
         self.last_partial_bytes = 0  # bytes held at that decode
@@ -79,7 +80,7 @@ class Attempt:
         self.check()
         if body.decodable_complete:
             self.engine.decode(self, reduce=0, end=None)
-            self.st.bodies.pop(body.url, None)  # the frame is decoded: its bytes are no longer needed
+            self.st.drop_body(body.url)  # the frame is decoded: its bytes are no longer needed
             await asyncio.sleep(0)
         elif self.options.range_index is not None or self.options.streaming:
             level = self.engine.rules.best_partial_level(body, self.st.best, self.options)
@@ -232,7 +233,8 @@ class Attempt:
                     on_chunk: Callable[[], bool] | None, stop: Callable[[], bool] | None = None) -> bool:
         """Feed the answer's chunks to the body; True if ``stop`` ended the transfer early."""
         body, st = self.body, self.st
-        async for chunk in self.chunks(resp):
+        whole_only = not streaming and on_chunk is None and stop is None
+        async for chunk in self.chunks(resp, whole=whole_only):
             self.check()
             n = len(chunk)
             received[0] += n
@@ -275,10 +277,10 @@ class Attempt:
             raise ProtocolError(f"{self.body.url}: more than {self.byte_cap} bytes for one frame "
                                 f"(a {fmt.rows}x{fmt.columns} image of {fmt.bits_allocated}-bit samples)")
 
-    def chunks(self, resp: Response, watch: SpeedWatch | None = None) -> AsyncIterator[bytes]:
+    def chunks(self, resp: Response, watch: SpeedWatch | None = None, *, whole: bool = False) -> AsyncIterator[bytes]:
         """The body's chunks under the low-speed rule and the stage's deadline (the browser's
-        fetch has no read timeout of its own)."""
-        return paced(resp, watch or self.watch)
+        fetch has no read timeout of its own); ``whole``: nothing is done before the end."""
+        return paced(resp, watch or self.watch, whole=whole)
 
     async def get(self, byte_range: ByteRange | None) -> Response:
         """transport.get, with the low-speed time as the deadline for the answer's headers.
@@ -292,7 +294,8 @@ class Attempt:
         for _ in range(MAX_REDIRECTS + 1):
             self.engine.check_url(url)
             resp = await head_within(self.engine.transport, url, self.watch.wait_seconds(),
-                                     headers={"Accept": ACCEPT_ANY}, byte_range=byte_range)
+                                     headers={"Accept": ACCEPT_ANY}, byte_range=byte_range,
+                                     priority="high" if self.st.image.index == self.engine.current else "low")
             location = resp.headers.get("location") if resp.status in REDIRECT_STATUSES else None
             try:
                 self.engine.check_url(resp.url or url)

@@ -92,6 +92,17 @@ class ImageState:
     stages_done: set[int] = field(default_factory=set)
     failures: int = 0  # ImageFailed events reported since it was last requested
 
+    def drop_bodies(self) -> None:
+        """Let go of every frame body held (their bytes leave the budget's running total)."""
+        for body in self.bodies.values():
+            body.release()
+        self.bodies.clear()
+
+    def drop_body(self, url: str) -> None:
+        body = self.bodies.pop(url, None)
+        if body is not None:
+            body.release()
+
     def apply(self, change: Change) -> Phase:
         try:
             self.phase = TRANSITIONS[self.phase][change]

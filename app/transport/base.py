@@ -49,7 +49,9 @@ class Response(Protocol):
     headers: dict[str, str]  # lower-case names
     url: str
 
-    def chunks(self) -> AsyncIterator[bytes]: ...
+    # whole: the caller acts only on the whole body, so the transport may hand it over in as few
+    # pieces as it likes (still now and then: the stall rule counts pieces)
+    def chunks(self, *, whole: bool = False) -> AsyncIterator[bytes]: ...
 
     async def aclose(self) -> None: ...
 
@@ -62,6 +64,7 @@ class Transport(Protocol):
         *,
         headers: dict[str, str] | None = None,
         byte_range: tuple[int, int | None] | None = None,
+        priority: str | None = None,  # "high" | "low": a hint (fetch's); transports may ignore it
     ) -> Response: ...
 
     async def aclose(self) -> None: ...

@@ -89,29 +89,71 @@ class SpeedWatch:
         return seconds
 
 
-async def paced(resp: Response, watch: SpeedWatch, *, max_bytes: int | None = None) -> AsyncIterator[bytes]:
+class _Stall:
+    """One timer per transfer, not one per chunk (each costs a setTimeout under Pyodide): it fires
+    when the wait for a chunk has lasted ``wait_seconds()``; while the reader is busy elsewhere (not
+    waiting) or got a chunk since, it is set again for what is left."""
+
+    def __init__(self, watch: SpeedWatch) -> None:
+        self.watch = watch
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.waiting_since: float | None = None
+        self.fired = False
+        self.seconds = watch.wait_seconds()
+        self.handle = self.loop.call_later(self.seconds, self._due)
+
+    def _due(self) -> None:
+        self.seconds = self.watch.wait_seconds()
+        waited = 0.0 if self.waiting_since is None else self.loop.time() - self.waiting_since
+        if self.waiting_since is not None and waited >= self.seconds and self.task is not None:
+            self.fired = True
+            self.task.cancel()
+        else:
+            self.handle = self.loop.call_later(max(self.seconds - waited, 0.001), self._due)
+
+    def timed_out(self) -> bool:
+        """After a CancelledError while waiting: True (and the cancel withdrawn) if it was ours."""
+        if not self.fired:
+            return False
+        self.fired = False
+        if self.task is not None:
+            self.task.uncancel()
+        return True
+
+    def close(self) -> None:
+        self.handle.cancel()
+
+
+async def paced(resp: Response, watch: SpeedWatch, *, max_bytes: int | None = None,
+                whole: bool = False) -> AsyncIterator[bytes]:
     """The response's chunks under the watch's rule; no byte for the wait time is a timeout, more
     than ``max_bytes`` (default: the limits' budget) a ProtocolError. Closes the chunk iterator."""
     budget = watch.limits.max_bytes if max_bytes is None else max_bytes
-    chunks = resp.chunks().__aiter__()
+    chunks = (resp.chunks(whole=True) if whole else resp.chunks()).__aiter__()
     total = 0
+    stall = _Stall(watch)
     try:
         while True:
-            seconds = watch.wait_seconds()
+            stall.waiting_since = stall.loop.time()
             try:
-                async with asyncio.timeout(seconds):
-                    chunk = await chunks.__anext__()
+                chunk = await chunks.__anext__()
             except StopAsyncIteration:
                 return
-            except TimeoutError as exc:
+            except asyncio.CancelledError as exc:
+                if not stall.timed_out():
+                    raise
                 watch.check_deadline()
-                raise TransportTimeout(f"{resp.url or watch.url}: no bytes for {seconds:g} s") from exc
+                raise TransportTimeout(f"{resp.url or watch.url}: no bytes for {stall.seconds:g} s") from exc
+            finally:
+                stall.waiting_since = None
             total += len(chunk)
             if budget is not None and total > budget:
                 raise ProtocolError(f"{resp.url or watch.url}: more than {budget} bytes")
             watch.received(len(chunk))
             yield chunk
     finally:
+        stall.close()
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -134,8 +176,8 @@ class _LimitedResponse:
         self.headers = resp.headers
         self.url = resp.url
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        return paced(self._resp, self._watch)
+    def chunks(self, *, whole: bool = False) -> AsyncIterator[bytes]:
+        return paced(self._resp, self._watch, whole=whole)
 
     async def aclose(self) -> None:
         await self._resp.aclose()
@@ -151,9 +193,10 @@ class LimitedTransport:
         self.clock = clock
 
     async def get(self, url: str, *, headers: dict[str, str] | None = None,
-                  byte_range: tuple[int, int | None] | None = None) -> Response:
+                  byte_range: tuple[int, int | None] | None = None, priority: str | None = None) -> Response:
         watch = SpeedWatch(self.limits, url, self.clock)
-        resp = await head_within(self.inner, url, watch.wait_seconds(), headers=headers, byte_range=byte_range)
+        resp = await head_within(self.inner, url, watch.wait_seconds(), headers=headers, byte_range=byte_range,
+                                 priority=priority)
         return _LimitedResponse(resp, watch)
 
     async def aclose(self) -> None:

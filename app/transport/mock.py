@@ -24,6 +24,7 @@ class MockRequest:
     url: str
     headers: dict[str, str]
     byte_range: tuple[int, int | None] | None
+    priority: str | None = None  # the engine's hint: "high" for the image on screen
 
     @property
     def range(self) -> str | None:
@@ -44,7 +45,7 @@ class MockResponse:
     closed: bool = False
     sent: int = 0  # body bytes handed to the reader
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, *, whole: bool = False) -> AsyncIterator[bytes]:
         if isinstance(self.body, (bytes, bytearray)):
             pieces: Iterable[bytes] | AsyncIterable[bytes] = [bytes(self.body)] if self.body else []
         else:
@@ -76,8 +77,8 @@ class MockTransport:
         self.requests: list[MockRequest] = []
 
     async def get(self, url: str, *, headers: dict[str, str] | None = None,
-                  byte_range: tuple[int, int | None] | None = None) -> MockResponse:
-        request = MockRequest(url, dict(headers or {}), byte_range)
+                  byte_range: tuple[int, int | None] | None = None, priority: str | None = None) -> MockResponse:
+        request = MockRequest(url, dict(headers or {}), byte_range, priority)
         self.requests.append(request)
         await asyncio.sleep(0)
         answer = self.handler(request)

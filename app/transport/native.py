@@ -66,6 +66,7 @@ class NativeTransport:
         *,
         headers: dict[str, str] | None = None,
         byte_range: tuple[int, int | None] | None = None,
+        priority: str | None = None,  # one connection per request here: nothing to order
     ) -> "NativeResponse":
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
@@ -197,7 +198,7 @@ class NativeResponse:
     def _keep_alive(self) -> bool:
         return "close" not in self.headers.get("connection", "").lower()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, *, whole: bool = False) -> AsyncIterator[bytes]:  # reads as they come
         if self._started:
             raise ProtocolError("the body can be read once")
         self._started = True

@@ -121,4 +121,4 @@ window.engine = {
 window.demoList = fetch("./dicomweb/demo.json").then((r) => (r.ok ? r.json() : [])).catch(() => []);
 // the renderer (WebGL2, or a 2D canvas where WebGL2 is missing): loaded beside the interpreter
 window.rendererModule = import("./render.mjs");
-import("./hooks.mjs");
+// hooks.mjs (the UI's JS helpers and the test hooks) is the page's second module script

@@ -568,8 +568,14 @@ def draw_waterfall(page, canvas, colours):
     rows = [(i, s) for i, s in enumerate(page.state.slots) if s.timeline]
     if not rows:
         return
-    t_end = max(max(t for _, t, _ in s.timeline) for _, s in rows) * 1.05 + 1
     left, axis_h = 44 * dpr, 16 * dpr
+    # the lanes that fit (2 px each at least), around the slice on screen
+    fit = max(1, int((height - axis_h) // (2.0 * dpr)))
+    if len(rows) > fit:
+        at = next((n for n, (i, _) in enumerate(rows) if i >= page.state.index), len(rows) - 1)
+        first = max(0, min(at - fit // 2, len(rows) - fit))
+        rows = rows[first:first + fit]
+    t_end = max(max(t for _, t, _ in s.timeline) for _, s in rows) * 1.05 + 1
     lane = max(2.0, min(14 * dpr, (height - axis_h) / len(rows)))
     scale = (width - left - 6 * dpr) / t_end
     ctx.font = "%dpx monospace" % int(10 * dpr)

@@ -9,10 +9,11 @@ import json
 
 from pyscript import document, window
 
-from app.ui.view_state import ViewState, badge_label
+from app.ui.view_state import REDUCE_FACTOR, WORKER_SHARE, ViewState, badge_label
 
 CONFIG_STORAGE_KEY = "progressive-dicom.retrieveConfig"
 DEFAULT_CACHE_MB = 1024
+WATERFALL_MS = 250  # the request waterfall is redrawn at most this often
 OPEN_TIMEOUT_MS = 30000  # discovery (study/series metadata) that answers nothing in this long fails
 VIEWER_PRESETS = {  # the published modes, as the sidebar names them
     "htj2k": "HTJ2K streaming",
@@ -21,6 +22,7 @@ VIEWER_PRESETS = {  # the published modes, as the sidebar names them
     "jlsReduced": "JLS Reduced",
     "nonProgressive": "Non-progressive",
     "interleavedStack": "Interleaved stack",
+    "interleavedPreview": "Interleaved stack, 32 KB previews",
 }
 STATUS_COLOURS = {"SUBRESOLUTION": "#f0c040", "LOSSY": "#f08040", "FULL_RESOLUTION": "#50d080",
                   "FAILED": "#ff6b6b", "final": "#50d080", "failed": "#ff6b6b",
@@ -131,6 +133,7 @@ class Page:
         self.pending_log = []  # (key, entry) waiting for the draw that shows them
         self.draw_pending = False
         self.waterfall_pending = False
+        self.waterfall_at = 0.0  # when the waterfall was last drawn (now_ms)
         self.load_started = 0.0
         self.open_timer = None
         self.presets = {}
@@ -199,8 +202,9 @@ class Page:
         held = self.state.slots[m["index"]].held
         self.renderer.upload(held.key, raw)
         self.buffers[held.key] = raw.buffer
-        for index, key in self.state.evict():
-            self.forget_key(key)
+        for index, old, small in self.state.evict():
+            self.keep_reduced(old, small)
+            self.forget_key(old.key)
             self.forget_index(index)
         entry = {"index": m["index"], "sop": m["sop"], "status": m["status"], "rows": m["rows"],
                  "columns": m["columns"], "image_t_ms": m["image_t_ms"], "bytes": m["bytes"],
@@ -270,8 +274,9 @@ class Page:
         generation = self.state.begin(url)
         vp = el("viewport")
         dpr = float(window.devicePixelRatio or 1)
+        self.state.copies = 2 if self.renderer and self.renderer.kind == "webgl2" else 1  # + its texture
         message = {"type": "load", "generation": generation, "url": url,
-                   "config": self.active_config(),
+                   "config": self.active_config(), "cacheBytes": self.state.budget // WORKER_SHARE,
                    "viewport": [int(vp.clientHeight * dpr), int(vp.clientWidth * dpr)]}
         if index is not None:
             message["index"] = index
@@ -320,6 +325,19 @@ class Page:
     def forget_key(self, key):
         self.renderer.drop(key)
         self.buffers.pop(key, None)
+
+    def keep_reduced(self, old, small):
+        """Upload the reduced copy of an image evicted from full resolution (made in JS from the
+        buffer the page holds, a few ms at most for 512x512)."""
+        buffer = self.buffers.get(old.key)
+        if small is None or buffer is None:
+            return
+        image = js({"rows": old.rows, "columns": old.columns, "dtype": old.info["dtype"],
+                    "samples": old.info.get("samples", 1)})
+        image.buffer = buffer
+        copy = self.renderer.reduceImage(image, REDUCE_FACTOR)
+        self.renderer.upload(small.key, copy)
+        self.buffers[small.key] = copy.buffer
 
     def forget_index(self, index):
         window.engine.send(js({"type": "forget", "generation": self.state.generation, "indices": [index]}))
@@ -447,12 +465,23 @@ class Page:
 
     # ---- waterfall ----
     def request_waterfall(self):
-        if not self.waterfall_pending:
-            self.waterfall_pending = True
+        """At most one redraw per WATERFALL_MS: while a big stack streams in, events come faster
+        than frames, and each redraw is hundreds of canvas calls from MicroPython."""
+        if self.waterfall_pending:
+            return
+        self.waterfall_pending = True
+        wait = WATERFALL_MS - (now_ms() - self.waterfall_at)
+        if wait > 0:
+            window.setTimeout(self.waterfall_due, int(wait) + 1)
+        else:
             window.requestAnimationFrame(self.draw_waterfall)
+
+    def waterfall_due(self, *_):
+        window.requestAnimationFrame(self.draw_waterfall)
 
     def draw_waterfall(self, _ts=None):
         self.waterfall_pending = False
+        self.waterfall_at = now_ms()
         from app.ui import controls
 
         try:

@@ -537,11 +537,47 @@ function fillColour(out, rgb, invert) {
   }
 }
 
+// ---- reduced copies: what the page keeps of a slice evicted from full resolution ----
+const ARITHMETIC = { uint8: Uint8Array, int8: Int8Array, uint16: Uint16Array, int16: Int16Array,
+                     float32: Float32Array };
+
+/** The image averaged over whole factor x factor blocks, per sample, in its own dtype: a small
+ * copy (rows/factor x columns/factor, at least 1x1) that upload() takes like any image. */
+export function reduceImage(image, factor) {
+  const info = checkImage(image);
+  const rows = Math.max(1, Math.floor(info.rows / factor));
+  const columns = Math.max(1, Math.floor(info.columns / factor));
+  const fy = Math.min(factor, info.rows), fx = Math.min(factor, info.columns), n = info.samples;
+  const Type = ARITHMETIC[info.dtype];
+  const buffer = ArrayBuffer.isView(image.buffer) ? image.buffer.buffer : image.buffer;
+  const offset = ArrayBuffer.isView(image.buffer) ? image.buffer.byteOffset : 0;
+  const src = new Type(buffer, offset, info.rows * info.columns * n);
+  const out = new Type(rows * columns * n);
+  const area = fy * fx, round = info.dtype === "float32" ? (v) => v : Math.round;
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < columns; c++) {
+      for (let s = 0; s < n; s++) {
+        let sum = 0;
+        for (let y = r * fy; y < r * fy + fy; y++) {
+          for (let x = 0, i = (y * info.columns + c * fx) * n + s; x < fx; x++, i += n) sum += src[i];
+        }
+        out[(r * columns + c) * n + s] = round(sum / area);
+      }
+    }
+  }
+  return { buffer: out.buffer, rows, columns, dtype: info.dtype, samples: n };
+}
+
 // ---- entry point ----
 
 /** A renderer for ``canvas``: options.mode "auto" (WebGL2, else 2D), "webgl2" or "2d". */
 export function createRenderer(canvas, options = {}) {
-  const mode = options.mode || "auto";
+  const renderer = makeRenderer(canvas, options.mode || "auto");
+  renderer.reduceImage = reduceImage; // the page's main thread reaches it through its renderer
+  return renderer;
+}
+
+function makeRenderer(canvas, mode) {
   if (mode !== "auto" && mode !== "webgl2" && mode !== "2d") throw new Error(`render: mode ${mode}?`);
   if (mode !== "2d") {
     const gl = canvas.getContext("webgl2", {

@@ -10,6 +10,13 @@ runs it on the page (no dataclasses, no typing at run time, no numpy).
 
 STATUS_LABELS = {"FULL_RESOLUTION": "FULL"}
 MIN_ZOOM, MAX_ZOOM = 0.05, 40.0
+#: The memory budget (``?cacheMB``) covers the engine's worker and the page: the worker keeps
+#: 1/WORKER_SHARE (frame bytes between stages; of pixels only the latest decode's), the page the rest.
+WORKER_SHARE = 8
+#: An image evicted from full resolution keeps a copy this much smaller each way (SUBRESOLUTION),
+#: so every slice of a long series still shows something while full resolution stays near the cursor.
+REDUCE_FACTOR = 4
+SUBRESOLUTION_RANK = 6  # ImageQualityStatus.SUBRESOLUTION (app/config.py), the rank's first number
 
 
 def rank_above(a, b):
@@ -49,7 +56,7 @@ class Slot:
         self.aspect = desc.get("aspect", 1.0) or 1.0
         self.held = None
         self.failed = None
-        self.evicted = False
+        self.evicted = False  # full resolution given up for the budget: loaded again near the cursor
         self.first_ms = self.final_ms = None
         self.bytes = 0
         self.timeline = []  # (kind, ms since the load started, label)
@@ -60,6 +67,7 @@ class ViewState:
 
     def __init__(self, budget_bytes=1024 << 20):
         self.budget = budget_bytes
+        self.copies = 1  # copies of each image's pixels the page keeps (2: a buffer and a GPU texture)
         self.generation = 0
         self.url = ""
         self.reset_series()
@@ -155,23 +163,53 @@ class ViewState:
             return True
         return False
 
+    def page_budget(self):
+        """Bytes of pixels (one copy) the page may hold: its share of the budget over its copies."""
+        return (self.budget - self.budget // WORKER_SHARE) // self.copies
+
     def evict(self):
-        """Over the memory budget: the held images farthest from the one on screen (never it or its
-        direct neighbours) are dropped; returns [(index, key)] for the renderer and the engine."""
-        dropped = []
-        if self.held_bytes <= self.budget:
-            return dropped
-        order = sorted(range(len(self.slots)), key=lambda i: -abs(i - self.index))
-        for i in order:
-            if self.held_bytes <= self.budget or abs(i - self.index) <= 1:
-                break
-            slot = self.slots[i]
-            if slot.held is None:
-                continue
-            self.held_bytes -= slot.held.nbytes
-            dropped.append((i, slot.held.key))
-            slot.held, slot.evicted, slot.final_ms = None, True, None
-        return dropped
+        """Over the page's budget: the images farthest from the one on screen (never it or its
+        direct neighbours) give up full resolution for a copy REDUCE_FACTOR smaller each way; only
+        if those copies alone exceed the budget are the farthest dropped. Returns [(index, old
+        Held, reduced Held or None)]: the glue makes and uploads the copy, frees the old key, and
+        tells the engine to forget the image (it is loaded again when the cursor comes near)."""
+        done = []
+        limit = self.page_budget()
+        if self.held_bytes <= limit:
+            return done
+        for reduce in (True, False):
+            for i in self._farthest_first():
+                if self.held_bytes <= limit:
+                    break
+                slot = self.slots[i]
+                held = slot.held
+                if held is None or (reduce and held.columns <= max(1, slot.columns // REDUCE_FACTOR)):
+                    continue
+                small = self._reduced(held) if reduce else None
+                self.held_bytes -= held.nbytes - (small.nbytes if small else 0)
+                done.append((i, held, small))
+                slot.held, slot.evicted, slot.final_ms = small, True, None
+        return done
+
+    def _farthest_first(self):
+        """Slice indices from the farthest from the one on screen to its direct neighbours
+        (excluded), without sorting the whole series at every result."""
+        lo, hi = 0, len(self.slots) - 1
+        while lo < self.index - 1 or hi > self.index + 1:
+            if hi - self.index > self.index - lo:
+                yield hi
+                hi -= 1
+            else:
+                yield lo
+                lo += 1
+
+    def _reduced(self, held):
+        """The Held of ``held``'s pixels reduced REDUCE_FACTOR each way, badged SUBRESOLUTION."""
+        rows, columns = max(1, held.rows // REDUCE_FACTOR), max(1, held.columns // REDUCE_FACTOR)
+        nbytes = held.nbytes // (held.rows * held.columns) * rows * columns
+        key = image_key(held.series, held.sop, held.frame, rows, columns)
+        return Held(key, held.series, held.sop, held.frame, [SUBRESOLUTION_RANK, rows * columns],
+                    "SUBRESOLUTION", False, rows, columns, nbytes, held.info)
 
     # ---- navigation ----
     def go_to(self, index):
@@ -262,12 +300,15 @@ class ViewState:
         n = len(self.slots)
         done = sum(1 for s in self.slots if s.final_ms is not None)
         failed = sum(1 for s in self.slots if s.failed)
-        evicted = sum(1 for s in self.slots if s.evicted)
+        reduced = sum(1 for s in self.slots if s.evicted and s.held is not None)
+        dropped = sum(1 for s in self.slots if s.evicted and s.held is None)
         text = "%d/%d lossless" % (done, n)
         if failed:
             text += ", %d failed" % failed
-        if evicted:
-            text += ", %d dropped to stay within %d MB" % (evicted, self.budget >> 20)
+        if reduced or dropped:
+            kept = ["%d reduced" % reduced] if reduced else []
+            kept += ["%d dropped" % dropped] if dropped else []
+            text += ", %s to stay within %d MB" % (" and ".join(kept), self.budget >> 20)
         return text
 
 

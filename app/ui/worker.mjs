@@ -7,6 +7,7 @@
 // engine's own fetch of the same URL takes that response (one request each), like a preload.
 import { loadPyodide } from "../../static/pyodide/pyodide.mjs";
 import { parseShipping } from "./shipping.mjs";
+import * as net from "./net.mjs";
 
 const base = new URL("../../", import.meta.url);
 const HOME = "/home/pyodide/";          // where the app's files go (set-up compiles for this path)
@@ -17,6 +18,7 @@ let handler = null;   // app/worker.py's handle(message)
 let report = null;    // () => how the app's modules were loaded (bytecodeReport)
 const preloaded = new Map();
 const nativeFetch = globalThis.fetch.bind(globalThis);
+globalThis.engineNet = net;  // app/transport/browser.py's requests and body batches
 
 function hasRange(init) {
   const headers = init && init.headers;

@@ -60,6 +60,11 @@ _LOAD_JS = """([url, config, stack]) => {
   window.__measure.load = performance.now();
   window.peer.load(url, config, {stack});
   return window.__measure.load; }"""
+_PROGRESS_JS = r"""() => ({state: document.documentElement.dataset.app, images: window.peer.imageIds().length,
+  shown: new Set(window.peerLog.map(e => e.index)).size,
+  lossless: new Set(window.peerLog.filter(e => e.final).map(e => e.index)).size,
+  requests: performance.getEntriesByType('resource').filter(e => /\/frames\/\d/.test(e.name)).length,
+  errors: document.getElementById('errors').textContent})"""
 _COLLECT_JS = """() => ({
   log: window.peerLog.map(e => Object.assign({}, e)), state: document.documentElement.dataset.app,
   errors: document.getElementById('errors').textContent, longtasks: window.__measure.longtasks,
@@ -80,6 +85,14 @@ def frame_requests(page) -> dict[str, float]:
             start += got["origin"] - own["origin"]
             out[sop] = min(out.get(sop, start), start)
     return out
+
+
+def emulate_network(cdp, conditions: Mapping[str, float] | None) -> None:
+    """DevTools network emulation on a CDP session: {'down', 'up' bytes/s, 'latency' ms}, or None."""
+    if conditions:
+        cdp.send("Network.emulateNetworkConditions", {
+            "offline": False, "latency": conditions["latency"],
+            "downloadThroughput": conditions["down"], "uploadThroughput": conditions["up"]})
 
 
 class PeerError(RuntimeError):
@@ -198,16 +211,19 @@ class CornerstonePage:
 
     def emulate(self, conditions: Mapping[str, float] | None) -> None:
         """DevTools network emulation: {'down', 'up' bytes/s, 'latency' ms}, or None for none."""
-        if conditions:
-            self.cdp.send("Network.emulateNetworkConditions", {
-                "offline": False, "latency": conditions["latency"],
-                "downloadThroughput": conditions["down"], "uploadThroughput": conditions["up"]})
+        emulate_network(self.cdp, conditions)
 
     def load(self, series_url: str, config: Mapping[str, Any], *, stack: bool = False,
              timeout_ms: float = 120_000) -> PeerLoad:
         """Load a series (absolute URL) with a configuration in Cornerstone's terms; wait for the end."""
         t_load = self.page.evaluate(_LOAD_JS, [series_url, dict(config), stack])
-        self.page.wait_for_function(_DONE_JS, timeout=timeout_ms, polling=20)
+        try:
+            self.page.wait_for_function(_DONE_JS, timeout=timeout_ms, polling=20)
+        except Exception as exc:  # Playwright's TimeoutError: say where the load stood
+            got = self.page.evaluate(_PROGRESS_JS)
+            raise PeerError(f"peer load did not finish in {timeout_ms / 1000:.0f} s ({series_url}): state "
+                            f"{got['state']}, {got['shown']} of {got['images']} images shown, {got['lossless']} "
+                            f"lossless, {got['requests']} frame requests; errors: {got['errors'][:300]!r}") from exc
         data = self.page.evaluate(_COLLECT_JS)
         if data["state"] == "error" or self.errors:
             raise PeerError(f"peer load failed ({series_url}): {data['errors']} {self.errors}")
@@ -221,6 +237,11 @@ class CornerstonePage:
     def pixels(self, index: int | None = None, *, with_bytes: bool = False) -> dict | None:
         """What the loader holds for a stack index (the drawn image by default): type, size, sha256."""
         return self.page.evaluate("([i, b]) => window.peer.pixels(i, b)", [index, with_bytes])
+
+    def all_pixels(self, count: int) -> list[dict | None]:
+        """``pixels(i)`` of stack indices 0..count-1 in one call (a 200-slice stack: one round trip)."""
+        return self.page.evaluate(
+            "(n) => Promise.all(Array.from({length: n}, (_, i) => window.peer.pixels(i)))", count)
 
     def check_pixels(self, index: int | None = None) -> dict:
         """The held pixels against the source DICOM's; raises PeerError when they differ."""
@@ -245,34 +266,37 @@ _TYPED = {"Uint8Array": "<u1", "Int8Array": "<i1", "Uint16Array": "<u2", "Int16A
 
 
 @lru_cache(maxsize=None)
-def _source_index() -> dict[str, Path]:
+def _source_index(folder: Path = SOURCES) -> dict[str, Path]:
     import pydicom
 
     out = {}
-    for path in sorted(SOURCES.rglob("*.dcm")):
+    for path in sorted(folder.rglob("*.dcm")):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         out[str(ds.SOPInstanceUID)] = path
     return out
 
 
-def source_pixels(sop: str) -> np.ndarray:
-    """The stored values of a demo source instance (pydicom's decode of the original file)."""
+def _source(sop: str, sources: Path):
     import pydicom
 
-    path = _source_index().get(sop)
+    path = _source_index(sources).get(sop)
     if path is None:
-        raise PeerError(f"no source DICOM for {sop} under {SOURCES}")
-    return pydicom.dcmread(path).pixel_array
+        raise PeerError(f"no source DICOM for {sop} under {sources}")
+    return pydicom.dcmread(path)
 
 
-def source_sha256(sop: str, typed_array: str | None = None, pre_scaled: bool = False) -> str:
+def source_pixels(sop: str, sources: Path = SOURCES) -> np.ndarray:
+    """The stored values of a source instance under ``sources`` (pydicom's decode of the file)."""
+    return _source(sop, sources).pixel_array
+
+
+def source_sha256(sop: str, typed_array: str | None = None, pre_scaled: bool = False,
+                  sources: Path = SOURCES) -> str:
     """sha256 of the source's values as a typed array of the peer would hold them (if they fit),
     or, with no type, as our page holds them (pydicom's dtype, little-endian)."""
-    import pydicom
-
-    values = source_pixels(sop)
+    ds = _source(sop, sources)
+    values = ds.pixel_array
     if pre_scaled:
-        ds = pydicom.dcmread(_source_index()[sop], stop_before_pixels=True)
         values = values * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
     dtype = np.dtype(_TYPED[typed_array]) if typed_array else values.dtype.newbyteorder("<")
     cast = values.astype(dtype)

@@ -13,6 +13,7 @@ import numpy
 
 __all__ = [
     "Tag",
+    "element",
     "value",
     "values",
     "text",
@@ -88,16 +89,22 @@ class Tag:
     DOUBLE_PIXEL_DATA = "7FE00009"
 
 
-def _element(obj: dict, tag: str) -> dict | None:
+def element(obj: dict, tag: str) -> dict | None:
+    """The element object of ``tag`` (keys in upper or lower case hex), None when absent."""
     el = obj.get(tag)
     if el is None:
         el = obj.get(tag.lower()) or obj.get(tag.upper())
     return el if isinstance(el, dict) else None
 
 
+_element = element
+
+
 def values(obj: dict, tag: str) -> list[Any]:
-    el = _element(obj, tag)
+    el = obj.get(tag)  # the common case inline: discovery reads ~20 tags of every instance
     if el is None:
+        el = obj.get(tag.lower()) or obj.get(tag.upper())
+    if not isinstance(el, dict):
         return []
     v = el.get("Value")
     return v if isinstance(v, list) else []
@@ -109,9 +116,12 @@ def value(obj: dict, tag: str, default: Any = None) -> Any:
 
 
 def text(obj: dict, tag: str, default: str | None = None) -> str | None:
-    v = value(obj, tag)
+    v = values(obj, tag)
+    v = v[0] if v else None
     if v is None:
         return default
+    if isinstance(v, str):
+        return v.strip()
     if isinstance(v, dict):  # person name
         return v.get("Alphabetic", default)
     return str(v).strip()

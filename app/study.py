@@ -19,7 +19,7 @@ from . import dicomjson as dj
 from .codecs import MAX_FRAME_BYTES, PixelFormat
 from .config import origin_of
 from .dicomjson import Tag
-from .transport.base import Transport, TransportError
+from .transport.base import Response, Transport, TransportError
 from .transport.limits import JSON_LIMITS, LimitedTransport, TransferLimits
 from .tree import Alternate, parse_alternates
 from .uids import EXPLICIT_VR_LITTLE_ENDIAN, valid_uid
@@ -37,6 +37,9 @@ __all__ = [
 
 JSON_ACCEPT = "application/dicom+json, application/json;q=0.9, */*;q=0.1"
 MAX_STACK_IMAGES = 100_000  # frames of one series; more is a broken or hostile metadata document
+# freeing a parsed 1000-instance document takes ~7 ms in the page: done this much later, while the
+# first frame is on its way, not before its request
+FREE_DOCUMENT_AFTER_S = 1.0
 
 
 class DiscoveryError(Exception):
@@ -122,15 +125,16 @@ async def fetch_json(transport: Transport, url: str, *, limits: TransferLimits =
     return (await _json_or_cause(transport, url))[0]
 
 
-async def _json_or_cause(transport: Transport, url: str) -> tuple[object | None, str]:
+async def _json_or_cause(transport: Transport, url: str, answer: "asyncio.Future[Response] | None" = None
+                         ) -> tuple[object | None, str]:
     """The document, or None and why there is none (an HTTP status, an empty body).
 
     An answer that is there but unusable (a redirect, not JSON) raises DiscoveryError, one refused
     for what it is (too large, nested too deeply) RefusedDocument; none at all TransportError.
     Redirects are not followed (NativeTransport); one the browser followed to another origin is
-    refused, as frames are.
+    refused, as frames are. ``answer``: the request, when it was already made.
     """
-    resp = await transport.get(url, headers={"Accept": JSON_ACCEPT})
+    resp = await (answer if answer is not None else transport.get(url, headers={"Accept": JSON_ACCEPT}))
     try:
         if resp.url and origin_of(resp.url) != origin_of(url):
             raise DiscoveryError(f"GET {url}: redirected to another origin ({resp.url})")
@@ -158,20 +162,34 @@ async def _json_or_cause(transport: Transport, url: str) -> tuple[object | None,
         raise DiscoveryError(f"GET {url}: not JSON ({exc})") from exc
 
 
-async def _first_json(transport: Transport, urls: list[str], *, missing: str | None = None
-                      ) -> tuple[str, object] | None:
+async def _first_json(transport: Transport, urls: list[str], *, missing: str | None = None,
+                      parallel: bool = False) -> tuple[str, object] | None:
     """The first of the candidate URLs that answers JSON.
+
+    ``parallel``: all are asked for at once (a missing first name costs no round trip), and still
+    taken in order; the answers not read are closed unread.
 
     When none does, a network failure, timeout or refused document (too large, nested too deeply)
     is raised: its reason matters more than "not found". Else, with ``missing``, a DiscoveryError
     '<missing>: <each URL's cause>' (a 404, a redirect, not JSON), so the user sees why, not just
     that; without it, None.
     """
+    asked = [asyncio.ensure_future(transport.get(url, headers={"Accept": JSON_ACCEPT})) if parallel else None
+             for url in urls]
+    try:
+        return await _first_answer(transport, urls, asked, missing)
+    finally:
+        await _drop(asked)
+
+
+async def _first_answer(transport: Transport, urls: list[str], asked: list, missing: str | None
+                        ) -> tuple[str, object] | None:
     causes: list[str] = []
     failures: list[Exception] = []
-    for url in urls:
+    for i, url in enumerate(urls):
+        answer, asked[i] = asked[i], None  # read (and closed) here, not dropped
         try:
-            doc, cause = await _json_or_cause(transport, url)
+            doc, cause = await _json_or_cause(transport, url, answer)
         except (TransportError, RefusedDocument) as exc:
             failures.append(exc)
             doc, cause = None, str(exc)
@@ -185,6 +203,17 @@ async def _first_json(transport: Transport, urls: list[str], *, missing: str | N
     if missing is not None:
         raise DiscoveryError(f"{missing}: " + "; ".join(causes))
     return None
+
+
+async def _drop(asked: list) -> None:
+    """Requests made in parallel and not read: cancelled, or their answers closed unread."""
+    for task in asked:
+        if task is None:
+            continue
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled() and task.exception() is None:
+            await task.result().aclose()
 
 
 def _strip(url: str) -> str:
@@ -264,12 +293,13 @@ async def _load_series(transport: Transport, series_url: str, metadata_urls: lis
     alternates = asyncio.ensure_future(_alternates(transport, series_url))
     urls = metadata_urls or [f"{series_url}/metadata", f"{series_url}/metadata.gz", f"{series_url}/metadata.json"]
     try:
-        found = await _first_json(transport, urls, missing=f"no series metadata at {urls[0]}")
+        found = await _first_json(transport, urls, missing=f"no series metadata at {urls[0]}", parallel=True)
         assert found is not None
         stack = stack_from_metadata(found[1], series_url)
     except BaseException:
         alternates.cancel()
         raise
+    asyncio.get_running_loop().call_later(FREE_DOCUMENT_AFTER_S, _hold, found)
     return dataclasses.replace(stack, pending_alternates=alternates)
 
 
@@ -281,6 +311,10 @@ async def _alternates(transport: Transport, series_url: str) -> dict[str, Altern
         if found is not None and not isinstance(found, BaseException):
             return parse_alternates(found[1])
     return {}
+
+
+def _hold(_document: object) -> None:
+    """Nothing: the timer holding its argument until it fires is the point."""
 
 
 def _normal(iop: list[float] | None) -> tuple[float, float, float] | None:
@@ -306,6 +340,8 @@ def _frames_base(instance: dict, series_url: str, sop: str) -> str:
     """Frames URL without the frame number; BulkDataURI relative to the series directory."""
     uri = dj.bulk_data_uri(instance, Tag.PIXEL_DATA)
     if uri:
+        if uri == f"instances/{sop}/frames":  # what trees and servers write: no URL parsing needed
+            return f"{series_url}/{uri}"
         absolute = urljoin(series_url + "/", uri)
         path = urlsplit(absolute).path.rstrip("/")
         if path.endswith("/frames"):
@@ -319,14 +355,16 @@ def stack_from_metadata(metadata: object, series_url: str, alternates: dict[str,
     """Order the instances of a series metadata document into a stack of frames.
 
     An instance whose UIDs are not DICOM UIDs is left out (they become URL segments and the
-    identity of what is drawn); the error says so when nothing else is left.
+    identity of what is drawn); the error says so when nothing else is left. One pass over the
+    instances; what they share (pixel format, orientation, UID checks) is worked out once.
     """
     if isinstance(metadata, dict):
         metadata = [metadata]
     if not isinstance(metadata, list):
         raise DiscoveryError("series metadata is not a DICOM JSON array")
     series_url = _strip(series_url)
-    items: list[dict] = []
+    reader = _SeriesReader(series_url)
+    items: list[_Item] = []
     refused: list[str] = []
     study_uid = series_uid = modality = None
     for instance in metadata:
@@ -336,13 +374,13 @@ def stack_from_metadata(metadata: object, series_url: str, alternates: dict[str,
         if not sop or not dj.integer(instance, Tag.ROWS):
             continue  # not an image (SR, presentation state, ...)
         uids = (sop, dj.text(instance, Tag.STUDY_INSTANCE_UID), dj.text(instance, Tag.SERIES_INSTANCE_UID))
-        if not all(u is None or valid_uid(u) for u in uids):
+        if not reader.valid_uids(uids):
             refused.append(sop[:80])
             continue
         study_uid = study_uid or uids[1]
         series_uid = series_uid or uids[2]
         modality = modality or dj.text(instance, Tag.MODALITY)
-        items.extend(_instance_frames(instance, series_url, sop, len(items)))
+        items.extend(reader.frames(instance, sop, len(items)))
     if not items:
         why = f" ({len(refused)} instance(s) with invalid UIDs left out, e.g. {refused[0]!r})" if refused else ""
         raise DiscoveryError(f"series {series_url} has no images{why}")
@@ -356,72 +394,146 @@ def stack_from_metadata(metadata: object, series_url: str, alternates: dict[str,
                  series_number=dj.integer(first, Tag.SERIES_NUMBER))
 
 
-def _instance_frames(instance: dict, series_url: str, sop: str, held: int) -> list[dict]:
-    """The frames of one image instance, with what ordering and drawing need; budgets checked."""
-    fmt = PixelFormat.from_dicom_json(instance)
-    if fmt.decoded_bytes > MAX_FRAME_BYTES:
-        raise DiscoveryError(f"instance {sop}: a {fmt.rows}x{fmt.columns} frame needs {fmt.decoded_bytes} "
-                             f"bytes, over the {MAX_FRAME_BYTES}-byte budget")
-    if held + fmt.number_of_frames > MAX_STACK_IMAGES:
-        raise DiscoveryError(f"instance {sop}: {fmt.number_of_frames} frames take the series over "
-                             f"{MAX_STACK_IMAGES} images")
-    ts = (
-        dj.text(instance, Tag.AVAILABLE_TRANSFER_SYNTAX_UID)
-        or dj.text(instance, Tag.TRANSFER_SYNTAX_UID)
-        or EXPLICIT_VR_LITTLE_ENDIAN
-    )
-    shared = dj.sequence(instance, Tag.SHARED_FUNCTIONAL_GROUPS)
-    per_frame = dj.sequence(instance, Tag.PER_FRAME_FUNCTIONAL_GROUPS)
-    spacing = dj.floats(instance, Tag.PIXEL_SPACING) or _frame_item([], shared, Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING) or dj.floats(instance, Tag.IMAGER_PIXEL_SPACING)
-    iop = dj.floats(instance, Tag.IMAGE_ORIENTATION_PATIENT) or _frame_item([], shared, Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT)
-    centers = dj.floats(instance, Tag.WINDOW_CENTER) or []
-    widths = dj.floats(instance, Tag.WINDOW_WIDTH) or []
-    windows = tuple((c, w) for c, w in zip(centers, widths) if w > 0)
-    base = _frames_base(instance, series_url, sop)
-    try:
-        inline = dj.inline_binary(instance, Tag.PIXEL_DATA)
-    except ValueError as exc:
-        raise DiscoveryError(f"instance {sop}: {exc}") from exc
-    frames = fmt.number_of_frames
-    out = []
-    for frame in range(1, frames + 1):
-        groups = [per_frame[frame - 1]] if frame - 1 < len(per_frame) else []
-        pos = dj.floats(instance, Tag.IMAGE_POSITION_PATIENT) if frames == 1 else None
-        pos = _frame_item(groups, [], Tag.PLANE_POSITION_SEQUENCE, Tag.IMAGE_POSITION_PATIENT) or pos
-        f_iop = _frame_item(groups, [], Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT) or iop
-        f_spacing = _frame_item(groups, [], Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING) or spacing
-        data = None
-        if inline is not None:
-            n = fmt.frame_length
-            data = inline[(frame - 1) * n : frame * n]
-        out.append(dict(
-            sop=sop, frame=frame, url=f"{base}/{frame}", ts=ts, fmt=fmt,
-            spacing=(f_spacing[0], f_spacing[1]) if f_spacing and len(f_spacing) >= 2 else None,
-            windows=windows, photometric=fmt.photometric_interpretation,
-            number=dj.integer(instance, Tag.INSTANCE_NUMBER),
-            pos=tuple(pos[:3]) if pos and len(pos) >= 3 else None, normal=_normal(f_iop), inline=data,
-        ))
-    return out
+@dataclass(slots=True)
+class _Item:
+    """One frame on its way into the stack: what ordering and drawing need."""
+
+    sop: str
+    frame: int
+    url: str
+    ts: str
+    fmt: PixelFormat
+    spacing: tuple[float, float] | None
+    windows: tuple[tuple[float, float], ...]
+    number: int | None
+    pos: tuple[float, ...] | None
+    normal: tuple[float, float, float] | None
+    inline: bytes | None
 
 
-def _in_stack_order(items: list[dict]) -> list[dict]:
+# the elements that decide an instance's pixel format, syntax, spacing, orientation, windows and
+# functional groups: equal elements give equal values, so a series computes them once, not per
+# instance. Keys of digits only, so ``dict.get`` finds what ``dj.element`` would (no case variants).
+_SHARED_TAGS = ("00280010", "00280011", "00280002", "00280100", "00280101", "00280103", "00280004",
+                "00280006", "00280008", "00281053", "00281052", Tag.AVAILABLE_TRANSFER_SYNTAX_UID,
+                Tag.TRANSFER_SYNTAX_UID, Tag.PIXEL_SPACING, Tag.IMAGER_PIXEL_SPACING,
+                Tag.IMAGE_ORIENTATION_PATIENT, Tag.WINDOW_CENTER, Tag.WINDOW_WIDTH,
+                Tag.SHARED_FUNCTIONAL_GROUPS, Tag.PER_FRAME_FUNCTIONAL_GROUPS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What the elements of _SHARED_TAGS say about an instance."""
+
+    fmt: PixelFormat
+    ts: str
+    spacing: list[float] | None
+    iop: list[float] | None
+    normal: tuple[float, float, float] | None
+    windows: tuple[tuple[float, float], ...]
+    per_frame: list[dict]
+
+    @classmethod
+    def read(cls, instance: dict) -> _Shared:
+        ts = (dj.text(instance, Tag.AVAILABLE_TRANSFER_SYNTAX_UID) or dj.text(instance, Tag.TRANSFER_SYNTAX_UID)
+              or EXPLICIT_VR_LITTLE_ENDIAN)
+        shared = dj.sequence(instance, Tag.SHARED_FUNCTIONAL_GROUPS)
+        spacing = (dj.floats(instance, Tag.PIXEL_SPACING)
+                   or _frame_item([], shared, Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING)
+                   or dj.floats(instance, Tag.IMAGER_PIXEL_SPACING))
+        iop = (dj.floats(instance, Tag.IMAGE_ORIENTATION_PATIENT)
+               or _frame_item([], shared, Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT))
+        centers = dj.floats(instance, Tag.WINDOW_CENTER) or []
+        widths = dj.floats(instance, Tag.WINDOW_WIDTH) or []
+        windows = tuple((c, w) for c, w in zip(centers, widths) if w > 0)
+        return cls(PixelFormat.from_dicom_json(instance), ts, spacing, iop, _normal(iop), windows,
+                   dj.sequence(instance, Tag.PER_FRAME_FUNCTIONAL_GROUPS))
+
+
+class _SeriesReader:
+    """Reads the instances of one series in one pass; what consecutive instances share (pixel
+    format, orientation, windows) is computed once, and each UID is checked once."""
+
+    def __init__(self, series_url: str) -> None:
+        self.series_url = series_url
+        self._elements: list | None = None
+        self._shared: _Shared | None = None
+        self._valid: set[str] = set()
+
+    def valid_uids(self, uids: tuple[str | None, ...]) -> bool:
+        for uid in uids:
+            if uid is not None and uid not in self._valid:
+                if not valid_uid(uid):
+                    return False
+                self._valid.add(uid)
+        return True
+
+    def shared(self, instance: dict) -> _Shared:
+        elements = list(map(instance.get, _SHARED_TAGS))
+        if self._shared is None or elements != self._elements:
+            self._elements, self._shared = elements, _Shared.read(instance)
+        return self._shared
+
+    def frames(self, instance: dict, sop: str, held: int) -> list[_Item]:
+        """The frames of one image instance, with what ordering and drawing need; budgets checked."""
+        shared = self.shared(instance)
+        fmt = shared.fmt
+        if fmt.decoded_bytes > MAX_FRAME_BYTES:
+            raise DiscoveryError(f"instance {sop}: a {fmt.rows}x{fmt.columns} frame needs {fmt.decoded_bytes} "
+                                 f"bytes, over the {MAX_FRAME_BYTES}-byte budget")
+        if held + fmt.number_of_frames > MAX_STACK_IMAGES:
+            raise DiscoveryError(f"instance {sop}: {fmt.number_of_frames} frames take the series over "
+                                 f"{MAX_STACK_IMAGES} images")
+        base = _frames_base(instance, self.series_url, sop)
+        try:
+            inline = dj.inline_binary(instance, Tag.PIXEL_DATA)
+        except ValueError as exc:
+            raise DiscoveryError(f"instance {sop}: {exc}") from exc
+        number = dj.integer(instance, Tag.INSTANCE_NUMBER)
+        frames, per_frame, ts, windows = fmt.number_of_frames, shared.per_frame, shared.ts, shared.windows
+        out = []
+        for frame in range(1, frames + 1):
+            groups = [per_frame[frame - 1]] if frame - 1 < len(per_frame) else []
+            pos = dj.floats(instance, Tag.IMAGE_POSITION_PATIENT) if frames == 1 else None
+            spacing, normal = shared.spacing, shared.normal
+            if groups:  # enhanced multi-frame: each frame may have its own plane
+                pos = _frame_item(groups, [], Tag.PLANE_POSITION_SEQUENCE, Tag.IMAGE_POSITION_PATIENT) or pos
+                f_iop = _frame_item(groups, [], Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT)
+                normal = _normal(f_iop) if f_iop else normal
+                spacing = _frame_item(groups, [], Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING) or spacing
+            data = None
+            if inline is not None:
+                n = fmt.frame_length
+                data = inline[(frame - 1) * n : frame * n]
+            out.append(_Item(sop, frame, f"{base}/{frame}", ts, fmt, _pair(spacing), windows, number,
+                             tuple(pos[:3]) if pos and len(pos) >= 3 else None, normal, data))
+        return out
+
+
+def _pair(spacing: list[float] | None) -> tuple[float, float] | None:
+    return (spacing[0], spacing[1]) if spacing and len(spacing) >= 2 else None
+
+
+def _in_stack_order(items: list[_Item]) -> list[_Item]:
     """Along the slice normal when every frame has a position on one normal, else by number."""
-    normals = {it["normal"] for it in items}
-    if len(items) > 1 and all(it["pos"] for it in items) and len(normals) == 1 and None not in normals:
+    normals = {it.normal for it in items}
+    if len(items) > 1 and len(normals) == 1 and None not in normals and all(it.pos for it in items):
         (n,) = normals
-        key = lambda it: (sum(p * q for p, q in zip(it["pos"], n)), it["number"] or 0, it["frame"])  # noqa: E731
+        nx, ny, nz = n
+        key = lambda it: (it.pos[0] * nx + it.pos[1] * ny + it.pos[2] * nz, it.number or 0, it.frame)  # noqa: E731
     else:
-        key = lambda it: (it["number"] if it["number"] is not None else 1 << 31, it["frame"], it["sop"])  # noqa: E731
+        key = lambda it: (it.number if it.number is not None else 1 << 31, it.frame, it.sop)  # noqa: E731
     return sorted(items, key=key)
 
 
-def _stack_image(index: int, it: dict, study_uid: str | None, series_uid: str | None) -> StackImage:
+def _stack_image(index: int, it: _Item, study_uid: str | None, series_uid: str | None) -> StackImage:
+    fmt = it.fmt
     return StackImage(
-        index=index, study_uid=study_uid or "", series_uid=series_uid or "", sop_instance_uid=it["sop"],
-        frame=it["frame"], frame_url=it["url"], transfer_syntax=it["ts"], fmt=it["fmt"],
-        pixel_spacing=it["spacing"], windows=it["windows"], rescale_slope=it["fmt"].rescale_slope,
-        rescale_intercept=it["fmt"].rescale_intercept, photometric=it["photometric"],
-        instance_number=it["number"], position=it["pos"], inline_data=it["inline"],
+        index=index, study_uid=study_uid or "", series_uid=series_uid or "", sop_instance_uid=it.sop,
+        frame=it.frame, frame_url=it.url, transfer_syntax=it.ts, fmt=fmt,
+        pixel_spacing=it.spacing, windows=it.windows, rescale_slope=fmt.rescale_slope,
+        rescale_intercept=fmt.rescale_intercept, photometric=fmt.photometric_interpretation,
+        instance_number=it.number, position=it.pos, inline_data=it.inline,
     )
 
 

@@ -34,6 +34,10 @@ class StackLoader:
     def request(self, indices) -> None:
         self.engine.request(indices)
 
+    async def first_request_out(self) -> None:
+        """Once the first frame request of the load has gone out."""
+        await self.engine.first_request.wait()
+
     def pending(self) -> list[int]:
         """Images with stages still to run."""
         return self.engine.pending()

@@ -43,6 +43,7 @@ class Engine:
         self.task: asyncio.Task | None = None
         self.resume: asyncio.Task | None = None
         self.started = 0.0  # epoch ms of the load's start (the page's clock)
+        self.described = -1  # the generation whose "opened" message has been posted
 
     # ---- out ----
     def post(self, message: dict, transfer: list | None = None) -> None:
@@ -118,13 +119,13 @@ class Engine:
         self.current = int(msg.get("index", -1))
         if not 0 <= self.current < n:
             self.current = n // 2 if n > 2 else 0
-        self.post(describe_stack(stack, generation, self.current))
         asyncio.ensure_future(self.list_series(stack, loader, generation))
         await self.run(None, generation)
 
     async def list_series(self, stack: Stack, loader: StackLoader, generation: int) -> None:
         """The study's series (QIDO, or the static tree's index), for the page's study browser."""
         study_url = stack.series_url.rstrip("/").rsplit("/series/", 1)[0]
+        await loader.first_request_out()  # never before the frame on screen: it matters more
         found = None
         for url in (f"{study_url}/series", f"{study_url}/series/index.json"):
             try:
@@ -150,6 +151,7 @@ class Engine:
         except Exception as exc:  # noqa: BLE001
             self.post({"type": "warning", "generation": generation, "message": f"Loading stopped: {exc}"})
         if generation == self.generation:
+            self.describe(generation)
             self.post({"type": "done", "generation": generation})
 
     def request_again(self, indices: list[int]) -> None:
@@ -160,9 +162,17 @@ class Engine:
         self.post({"type": "running", "generation": self.generation})
         self.resume = asyncio.ensure_future(self.run(indices, self.generation))
 
+    def describe(self, generation: int) -> None:
+        """The "opened" message, once per load and before any message about its images: posted with
+        the first event, when the first frame request is already out (1000 images take a while)."""
+        if self.described != generation:
+            self.described = generation
+            self.post(describe_stack(self.stack, generation, self.current))
+
     def on_event(self, event, generation: int) -> None:
         if generation != self.generation:
             return
+        self.describe(generation)
         t = self.now() - self.started
         if isinstance(event, Refinement):
             message, buffer = refinement_message(self.stack, event, generation)

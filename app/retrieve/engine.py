@@ -16,7 +16,7 @@ from ..study import Stack
 from ..transport.base import Transport
 from ..transport.errors import ProtocolError, TransportError
 from .budget import Budget
-from .events import EngineEvent, ImageFailed, Refinement
+from .events import EngineEvent, ImageFailed, Refinement, RequestStarted
 from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded, WholeAttempt
 from .nearby import replicas
 from .policy import FetchKind, Policy
@@ -24,7 +24,7 @@ from .ranges import RangeAttempt
 from .refine import decode_pixels, scaled_spacing
 from .scheduler import Scheduler
 from .settings import RetrievePolicy
-from .state import Change, ImageState, Job, Phase
+from .state import Change, FirstRequest, ImageState, ImageStates, Job, Phase
 
 __all__ = ["RetrieveEngine"]
 
@@ -47,12 +47,15 @@ class RetrieveEngine:
         self.clock = clock
         self.scheduler = Scheduler([stage.priority for stage in config.stages])
         self.budget = Budget(policy.cache_bytes)
-        self._states = [ImageState(im) for im in stack.images]
+        self._states = ImageStates(stack.images)  # made as images are asked for
         self._queue: asyncio.Queue | None = None
         self._wake: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None  # run() has handed out all but a few events
         self._preempt_handle: asyncio.Handle | None = None
         self._requested: set[int] = set()
+        self.first_request = FirstRequest()
+        self._planning = False  # the rest of a run's plan is still to be built
+        self._touched: set[int] = set()  # images asked about while it was
         self.frames_encoded = False  # the server sends frames Content-Encoded: no byte ranges
 
     # -- public control ----------------------------------------------------------------------
@@ -99,6 +102,8 @@ class RetrieveEngine:
         """Stop loading these images: pending jobs dropped, transfers cancelled, results ignored."""
         for i in indices:
             st = self._states[i]
+            if self._planning:
+                self._touched.add(i)
             st.apply(Change.CANCEL)
             self.scheduler.drop(i)
             if st.job is not None:
@@ -130,6 +135,8 @@ class RetrieveEngine:
         n = len(self._states)
         for i in indices:
             st = self._states[i]
+            if self._planning:
+                self._touched.add(i)
             self._requested.add(i)
             todo = [pos for pos, stage in enumerate(self.config.stages)
                     if pos not in st.stages_done and stage.selects(i, n)]
@@ -144,7 +151,7 @@ class RetrieveEngine:
 
     async def aclose(self) -> None:
         """Stop everything: pending jobs dropped, transfers cancelled (the transport stays open)."""
-        self.cancel(range(len(self._states)))
+        self.cancel([st.image.index for st in self._states])
         tasks = [st.job.task for st in self._states
                  if st.job is not None and st.job.task is not None and not st.job.task.done()]
         if tasks:
@@ -165,14 +172,20 @@ class RetrieveEngine:
 
     # -- running -----------------------------------------------------------------------------
     async def run(self, indices: Iterable[int] | None = None) -> AsyncIterator[EngineEvent]:
-        """Load the given images (default: the whole stack) through all stages; yield events."""
+        """Load the given images (default: the whole stack) through all stages; yield events.
+        The image on screen is planned and asked for before the others (see ``_plan_rest``)."""
         self._queue = asyncio.Queue()
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
-        wanted = list(range(len(self._states))) if indices is None else list(indices)
-        self._requested = set()
-        self.request(wanted)
-        runner = asyncio.ensure_future(self._run_workers())
+        self.first_request.new_run()
+        wanted = range(len(self._states)) if indices is None else list(indices)
+        self._requested, self._touched = set(), set()
+        first = [self.current] if self.current in wanted else []
+        self.request(first)
+        if not first:
+            self.first_request.went_out()
+        self._planning = True
+        runner = asyncio.ensure_future(self._run_workers([i for i in wanted if i != self.current]))
         # the end of the run comes through the queue, after every event before it: one await per
         # event and no task per event (each asyncio step costs ~0.1 ms under Pyodide)
         runner.add_done_callback(lambda _: self._queue.put_nowait(_END))
@@ -186,6 +199,7 @@ class RetrieveEngine:
                     return
                 yield event
         finally:
+            self.first_request.went_out()  # nothing more is coming: no one waits for it
             if not runner.done():
                 runner.cancel()
                 for st in self._states:
@@ -196,13 +210,26 @@ class RetrieveEngine:
                 except (asyncio.CancelledError, Exception):
                     pass
 
-    async def _run_workers(self) -> None:
+    async def _run_workers(self, rest: list[int]) -> None:
         workers = [asyncio.ensure_future(self._worker()) for _ in range(self.policy.concurrency)]
+        workers.append(asyncio.ensure_future(self._plan_rest(rest)))
         try:
             await asyncio.gather(*workers)
         finally:
             for w in workers:
                 w.cancel()
+
+    async def _plan_rest(self, rest: list[int]) -> None:
+        """Plan the images after the one on screen, once its first request is out (or its job
+        ended, or waits for alternates.json): the other workers wait until the whole plan is in,
+        so jobs are taken in the order a plan made all at once gives. An image asked for in the
+        meantime (requested, cancelled, forgotten) keeps what it was asked."""
+        try:
+            await self.first_request.wait()
+            self.request([i for i in rest if i not in self._touched])
+        finally:
+            self._planning = False
+            self._wake.set()
 
     async def _worker(self) -> None:
         while True:
@@ -213,7 +240,7 @@ class RetrieveEngine:
                 await self._drained.wait()
             taken = self.scheduler.take()
             if taken is None:
-                if self.scheduler.idle:
+                if self.scheduler.idle and not self._planning:
                     self._wake.set()
                     return
                 self._wake.clear()
@@ -246,6 +273,8 @@ class RetrieveEngine:
                 return False
             options = self.rules.options(stage, image)
             if options.frames_path:
+                if self.stack.pending_alternates is not None and not self.stack.pending_alternates.done():
+                    self.first_request.went_out()  # waiting on the network already
                 await self.stack.alternates_loaded()
             await self._attempt(st, job, stage, options).run()
         except asyncio.CancelledError:
@@ -271,6 +300,7 @@ class RetrieveEngine:
 
     def _end_job(self, st: ImageState, job: Job, gave_way: bool) -> None:
         st.job = None
+        self.first_request.went_out()
         if job.live:
             if gave_way:
                 self.scheduler.put_back(job.index, job.stage_pos)  # its turn comes again
@@ -310,6 +340,8 @@ class RetrieveEngine:
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: EngineEvent) -> None:
+        if isinstance(event, RequestStarted):
+            self.first_request.went_out()
         if self._queue is not None:
             self._queue.put_nowait(event)
         if self.on_event is not None:

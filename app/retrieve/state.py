@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import enum
 from dataclasses import dataclass, field
+from typing import Iterator, Sequence
 
 from ..study import StackImage
 from .body import FrameBody
 from .events import Refinement
 
-__all__ = ["Phase", "Change", "TRANSITIONS", "ImageState", "Job", "StateError"]
+__all__ = ["Phase", "Change", "TRANSITIONS", "FirstRequest", "ImageState", "ImageStates", "Job", "StateError"]
 
 
 class Phase(enum.Enum):
@@ -125,3 +126,49 @@ class ImageState:
     @property
     def best_rank(self) -> tuple[int, int]:
         return self.best.rank if self.best is not None else (0, 0)
+
+
+class ImageStates:
+    """Each image's ImageState, made the first time it is asked for: the request for the image on
+    screen goes out before a 1000-image stack has built the others'. Iteration yields the states
+    made so far, in index order (an image never asked for is IDLE and holds nothing)."""
+
+    def __init__(self, images: Sequence[StackImage]) -> None:
+        self._images = images
+        self._made: list[ImageState | None] = [None] * len(images)
+        self.count = 0  # states made so far
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def __getitem__(self, index: int) -> ImageState:
+        st = self._made[index]  # IndexError as a list's (negative indices count from the end)
+        if st is None:
+            st = self._made[index] = ImageState(self._images[index])
+            self.count += 1
+        return st
+
+    def __iter__(self) -> Iterator[ImageState]:
+        return iter([st for st in self._made if st is not None])
+
+
+class FirstRequest:
+    """Whether a run's first request has gone out: the rest of its plan, and what else the page
+    asks of the server (the study's series list), wait for it. Each run has its own."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def new_run(self) -> None:
+        old, self._event = self._event, asyncio.Event()
+        old.set()  # whoever waited on an earlier run's moves on to this one's
+
+    def went_out(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        while True:
+            event = self._event
+            await event.wait()
+            if event is self._event:
+                return

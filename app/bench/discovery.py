@@ -1,0 +1,148 @@
+"""Discovery and planning at scale: the work from a series' metadata bytes to its first frame request.
+
+For 20, 200 and 1000 instances (DICOM JSON shaped like the converter's, in shuffled order so the
+sort has work to do): the CPU time (``time.process_time``: work, not waiting on a busy machine) to
+parse the bytes (``dicomjson.loads``), build the stack
+(``stack_from_metadata``), then make a ``RetrieveEngine`` and run it until it asks for the image
+on screen (the middle one). After that request the engine plans the other images; the time until
+its next request shows that cost, which no longer delays the first. CPython figures; the page's
+Pyodide worker is 2-4x slower. No network: a transport that records when it is asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from .. import dicomjson as dj
+from ..config import preset
+from ..retrieve.engine import RetrieveEngine
+from ..study import stack_from_metadata
+from ..transport.mock import MockResponse
+
+__all__ = ["DiscoveryRow", "discovery_rows", "render_discovery", "synthetic_metadata"]
+
+COUNTS = (20, 200, 1000)
+SERIES_URL = "http://bench.test/dicomweb/studies/1.2.3/series/1.2.3.4"
+PRESET = "interleavedStack"  # the scale bench's preset: several stages, decimated
+
+
+@dataclass
+class DiscoveryRow:
+    instances: int
+    metadata_bytes: int
+    parse_ms: float  # dicomjson.loads: shape check and JSON parse
+    stack_ms: float  # stack_from_metadata: instances read, ordered, StackImages made
+    first_request_ms: float  # engine made and run until it asks for the image on screen
+    before_first_ms: float  # the sum: metadata bytes -> the first frame request
+    rest_planned_ms: float  # then: the other images planned, until the next request goes out
+
+
+def _element(vr: str, *values: object) -> dict:
+    return {"vr": vr, "Value": list(values)}
+
+
+def synthetic_metadata(count: int, seed: int = 0) -> bytes:
+    """A series' metadata as the converter writes it: ``count`` 256x256 CT slices, shuffled."""
+    study, series = "2.25.1001", "2.25.1002"
+    instances = []
+    for i in range(count):
+        sop = f"2.25.{10_000_000 + i}"
+        instances.append({
+            "00080016": _element("UI", "1.2.840.10008.5.1.4.1.1.2"), "00080018": _element("UI", sop),
+            "00080020": _element("DA", "20260101"), "00080030": _element("TM", "120000"),
+            "00080060": _element("CS", "CT"), "00081030": _element("LO", "Bench study"),
+            "0008103E": _element("LO", f"CT-like {count} x 256x256"),
+            "00083002": _element("UI", "1.2.840.10008.1.2.4.202"), "00100010": {"vr": "PN"},
+            "00100020": _element("LO", "123"), "00180050": _element("DS", 0.5),
+            "0020000D": _element("UI", study), "0020000E": _element("UI", series),
+            "00200011": _element("IS", 1), "00200013": _element("IS", i + 1),
+            "00200032": _element("DS", -110.5, -78.3, -72.75 + 0.5 * i),
+            "00200037": _element("DS", 1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+            "00201041": _element("DS", -72.75 + 0.5 * i), "00280002": _element("US", 1),
+            "00280004": _element("CS", "MONOCHROME2"), "00280010": _element("US", 256),
+            "00280011": _element("US", 256), "00280030": _element("DS", 0.86, 0.86),
+            "00280100": _element("US", 16), "00280101": _element("US", 12), "00280102": _element("US", 11),
+            "00280103": _element("US", 0), "00281050": _element("DS", 40.0), "00281051": _element("DS", 400.0),
+            "00281052": _element("DS", -1024.0), "00281053": _element("DS", 1.0),
+            "7FE00010": {"vr": "OB", "BulkDataURI": f"instances/{sop}/frames"},
+        })
+    random.Random(seed).shuffle(instances)
+    return json.dumps(instances).encode()
+
+
+class _Recorder:
+    """A transport that notes when each request is made (before any await: as the browser's fetch
+    goes out when called) and never answers."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.asked = asyncio.Event()
+
+    async def get(self, url: str, **_kwargs) -> MockResponse:
+        self.times.append(time.process_time())
+        if len(self.times) >= 2:
+            self.asked.set()
+        await asyncio.get_running_loop().create_future()  # cancelled at the end
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _to_first_requests(stack) -> tuple[float, float]:
+    """(ms from making the engine to its first request, ms from there to its second)."""
+    transport = _Recorder()
+    t0 = time.process_time()
+    engine = RetrieveEngine(stack, preset(PRESET), transport)
+    engine.set_current(len(stack) // 2)
+    run = engine.run()
+    consumer = asyncio.ensure_future(run.__anext__())
+    try:
+        await asyncio.wait_for(transport.asked.wait(), 30)
+    finally:
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+        await run.aclose()
+    first, second = transport.times[:2]
+    return (first - t0) * 1000.0, (second - first) * 1000.0
+
+
+def _one(raw: bytes) -> tuple[float, float, float, float]:
+    t0 = time.process_time()
+    doc = dj.loads(raw)
+    t1 = time.process_time()
+    stack = stack_from_metadata(doc, SERIES_URL)
+    t2 = time.process_time()
+    first, rest = asyncio.run(_to_first_requests(stack))
+    return (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, first, rest
+
+
+def discovery_rows(counts: Sequence[int] = COUNTS, repeat: int = 5) -> list[DiscoveryRow]:
+    """One row per instance count: the best of ``repeat`` runs of each step."""
+    rows = []
+    for count in counts:
+        raw = synthetic_metadata(count)
+        runs = [_one(raw) for _ in range(repeat)]
+        parse, stack, first, rest = (round(min(r[k] for r in runs), 2) for k in range(4))
+        rows.append(DiscoveryRow(count, len(raw), parse, stack, first,
+                                 round(parse + stack + first, 2), rest))
+    return rows
+
+
+def render_discovery(rows: Sequence[DiscoveryRow]) -> str:
+    """The rows as a Markdown table."""
+    lines = ["| instances | metadata bytes | parse ms | stack ms | to first request ms | "
+             "before first request ms | rest planned ms |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.instances} | {r.metadata_bytes} | {r.parse_ms} | {r.stack_ms} | "
+                     f"{r.first_request_ms} | {r.before_first_ms} | {r.rest_planned_ms} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render_discovery(discovery_rows()))

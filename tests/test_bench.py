@@ -197,3 +197,8 @@ def test_scale_report_has_page_and_scroll_rows():
     assert "| ct174 174 x 512x512 | 64 | 2d | 90.0 | 150.0 | 160.0 | 70.0 | 174/174 | 55.9 | 12.3 |" in text
     assert "Page memory = used JS heap" in text
     assert json.loads(json.dumps(result.to_json()))["scrolls"][0]["cache_mb"] == 64
+    from app.bench.discovery import DiscoveryRow
+
+    result.discovery = [DiscoveryRow(1000, 1_540_000, 26.0, 17.0, 0.6, 43.6, 5.5)]
+    assert "| 1000 | 1540000 | 26.0 | 17.0 | 0.6 | 43.6 | 5.5 |" in render_scale(result)
+    assert json.loads(json.dumps(result.to_json()))["discovery"][0]["instances"] == 1000

@@ -106,6 +106,7 @@ class ScaleResult:
     convert: list[ConvertRow] = field(default_factory=list)
     loads: list[LargeLoadRow] = field(default_factory=list)
     scrolls: list[ScrollRow] = field(default_factory=list)
+    discovery: list = field(default_factory=list)  # discovery.DiscoveryRow: CPU ms to the first request
     elapsed_s: float = 0.0
 
     def to_json(self) -> dict:
@@ -360,6 +361,10 @@ def run_scale(size: str = "small", *, runs: int = 1, profile: str = "seed4g", wo
                          {"python": platform.python_version(), "cpus": os.cpu_count(), "workers": workers,
                           "loadavg": [round(x, 2) for x in os.getloadavg()]})
     t0 = time.perf_counter()
+    from .discovery import discovery_rows
+
+    progress("discovery and planning: 20, 200, 1000 instances (CPython CPU time)")
+    result.discovery = discovery_rows()
     names = ("ct174",) if size == "small" else ("ct174", "series1000")
     progress(f"large stacks {', '.join(names)} (generated once, cached)")
     stacks = ensure_large_stacks(names)
@@ -402,6 +407,11 @@ def render_scale(result: ScaleResult) -> str:
                      f"{r.lossless_bytes:,} | {r.finals}/{r.slices} | {r.peak_rss_mb or ''} | {page} |")
     if result.loads and any(r.engine == "page" for r in result.loads):
         lines += ["", PAGE_MEMORY_NOTE]
+    if result.discovery:
+        from .discovery import render_discovery
+
+        lines += ["", "Discovery and planning, CPU ms from the series metadata's bytes to the first frame request "
+                  "(CPython, best of 5; the page's Pyodide worker takes ~3x):", "", render_discovery(result.discovery)]
     if result.scrolls:
         lines += ["", "| stack scrolled end to end | cacheMB | renderer | at ready MB | load peak MB | "
                   "scroll peak MB | peak - ready MB | slices showing | pixels counted MB | scroll s |",

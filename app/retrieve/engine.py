@@ -9,14 +9,12 @@ import time
 from typing import AsyncIterator, Callable, Iterable
 from urllib.parse import urlsplit
 
-from ..codecs import DecodeError
 from ..config import RetrieveConfig, RetrieveOptions, RetrieveStage
-from ..readers.multipart import MultipartError
 from ..study import Stack
 from ..transport.base import Transport
-from ..transport.errors import ProtocolError, TransportError
+from ..transport.errors import ProtocolError
 from .budget import Budget
-from .events import EngineEvent, ImageFailed, Refinement, RequestStarted
+from .events import EngineEvent, ImageFailed, Refinement, failure_message, RequestStarted
 from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded, WholeAttempt
 from .nearby import replicas
 from .policy import FetchKind, Policy
@@ -211,13 +209,33 @@ class RetrieveEngine:
                     pass
 
     async def _run_workers(self, rest: list[int]) -> None:
-        workers = [asyncio.ensure_future(self._worker()) for _ in range(self.policy.concurrency)]
-        workers.append(asyncio.ensure_future(self._plan_rest(rest)))
+        """Start a job whenever a slot is free and the scheduler has one: a task per job and one
+        waiter (this loop), not ``concurrency`` idle workers all woken by every job's end (under
+        Pyodide each wake-up is a loop step: ~1000 of them for a 20-slice stack)."""
+        running: set[asyncio.Task] = set()
+        planner = asyncio.ensure_future(self._plan_rest(rest))
         try:
-            await asyncio.gather(*workers)
+            while True:
+                while self._queue is not None and self._queue.qsize() > self.policy.concurrency:
+                    # events run() has not handed out hold their pixels, out of the budget's reach:
+                    # let the reader catch up before more work (a fast server otherwise fills memory)
+                    self._drained.clear()
+                    await self._drained.wait()
+                taken = self.scheduler.take() if len(running) < self.policy.concurrency else None
+                if taken is not None:
+                    self._start(taken, running)
+                    continue
+                if not running and self.scheduler.idle and not self._planning:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                for task in [t for t in running if t.done()]:
+                    running.discard(task)
+                    if not task.cancelled() and task.exception() is not None:
+                        raise task.exception()
         finally:
-            for w in workers:
-                w.cancel()
+            for task in (planner, *running):
+                task.cancel()
 
     async def _plan_rest(self, rest: list[int]) -> None:
         """Plan the images after the one on screen, once its first request is out (or its job
@@ -231,35 +249,20 @@ class RetrieveEngine:
             self._planning = False
             self._wake.set()
 
-    async def _worker(self) -> None:
-        while True:
-            while self._queue is not None and self._queue.qsize() > self.policy.concurrency:
-                # events run() has not handed out hold their pixels, out of the budget's reach: let
-                # the reader catch up before more work (a fast server otherwise fills memory)
-                self._drained.clear()
-                await self._drained.wait()
-            taken = self.scheduler.take()
-            if taken is None:
-                if self.scheduler.idle and not self._planning:
-                    self._wake.set()
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            st = self._states[taken[0]]
-            job = st.job = Job(*taken)
-            st.apply(Change.START)
-            job.task = asyncio.ensure_future(self._run_job(st, job))
-            gave_way = False
-            try:
-                gave_way = await job.task
-            except asyncio.CancelledError:
-                me = asyncio.current_task()
-                if not job.task.cancelled() or (me is not None and me.cancelling()):
-                    raise  # the worker itself is being cancelled
-            finally:
-                self._end_job(st, job, gave_way)
-                self._wake.set()
+    def _start(self, taken: tuple[int, int], running: set) -> None:
+        st = self._states[taken[0]]
+        job = st.job = Job(*taken)
+        st.apply(Change.START)
+        job.task = asyncio.ensure_future(self._job(st, job))
+        running.add(job.task)
+
+    async def _job(self, st: ImageState, job: Job) -> None:
+        gave_way = False
+        try:
+            gave_way = await self._run_job(st, job)
+        finally:  # a cancelled job (cancel, preempted while not giving way) ends here too
+            self._end_job(st, job, gave_way)
+            self._wake.set()
 
     async def _run_job(self, st: ImageState, job: Job) -> bool:
         """One stage of one image; True if it gave way to the image on screen (not done)."""
@@ -285,7 +288,7 @@ class RetrieveEngine:
             pass
         except Exception as exc:  # one bad image never stops the stack
             if job.live:
-                self._fail(st, stage, _message(exc))
+                self._fail(st, stage, failure_message(exc))
         return False
 
     def _attempt(self, st: ImageState, job: Job, stage: RetrieveStage, options: RetrieveOptions) -> Attempt:
@@ -393,7 +396,3 @@ class RetrieveEngine:
         for copy in replicas(ref, attempt.stage, self._states, self._requested):
             self.emit(copy)
 
-
-def _message(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, (DecodeError, TransportError, MultipartError)) else f"{type(exc).__name__}: {text}"

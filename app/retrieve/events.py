@@ -6,9 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy
 
+from ..codecs import DecodeError
 from ..config import ImageQualityStatus
+from ..readers.multipart import MultipartError
+from ..transport.errors import TransportError
 
-__all__ = ["Refinement", "ImageFailed", "RequestStarted", "FirstBytes", "RequestFinished", "EngineEvent"]
+__all__ = ["Refinement", "ImageFailed", "failure_message", "RequestStarted", "FirstBytes", "RequestFinished", "EngineEvent"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,12 @@ class ImageFailed:
     stage_id: str
     message: str
     t_ms: float = 0.0
+
+
+def failure_message(exc: BaseException) -> str:
+    """An ImageFailed message: the error's own words for the expected kinds, else its type too."""
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, (DecodeError, TransportError, MultipartError)) else f"{type(exc).__name__}: {text}"
 
 
 @dataclass(frozen=True)

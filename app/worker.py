@@ -29,6 +29,7 @@ from app.study import Stack, dicom_date, fetch_json, person_name
 from app.viewer_engine import StackLoader, open_stack, run_stack
 
 DEFAULT_PRESET = "htj2k"
+PROGRESS_SECONDS = 0.05  # progress events (requests, first bytes) are posted together this often
 
 
 class Engine:
@@ -43,6 +44,8 @@ class Engine:
         self.task: asyncio.Task | None = None
         self.resume: asyncio.Task | None = None
         self.started = 0.0  # epoch ms of the load's start (the page's clock)
+        self.progress: list[list] = []  # [index, kind, t_ms] waiting for flush_progress
+        self.progress_flush: asyncio.TimerHandle | None = None
         self.described = -1  # the generation whose "opened" message has been posted
 
     # ---- out ----
@@ -86,6 +89,7 @@ class Engine:
 
     def start_load(self, msg: dict) -> None:
         self.stop()
+        self.flush_progress()  # the old load's, under its own generation
         self.generation = int(msg["generation"])
         self.current = -1
         self.task = asyncio.ensure_future(self.load(msg, self.generation))
@@ -152,6 +156,7 @@ class Engine:
             self.post({"type": "warning", "generation": generation, "message": f"Loading stopped: {exc}"})
         if generation == self.generation:
             self.describe(generation)
+            self.flush_progress()
             self.post({"type": "done", "generation": generation})
 
     def request_again(self, indices: list[int]) -> None:
@@ -181,12 +186,23 @@ class Engine:
         elif isinstance(event, ImageFailed):
             self.post({"type": "image-failed", "generation": generation, "index": event.index,
                        "sop": event.sop_instance_uid, "message": event.message, "t_ms": round(t, 1)})
-        elif isinstance(event, RequestStarted):
-            self.post({"type": "progress", "generation": generation, "index": event.index,
-                       "kind": "request", "t_ms": round(t, 1)})
-        elif isinstance(event, FirstBytes):
-            self.post({"type": "progress", "generation": generation, "index": event.index,
-                       "kind": "first-bytes", "t_ms": round(t, 1)})
+        elif isinstance(event, (RequestStarted, FirstBytes)):
+            self.progress.append([event.index, "request" if isinstance(event, RequestStarted) else "first-bytes",
+                                  round(t, 1)])
+            if self.progress_flush is None:
+                self.progress_flush = asyncio.get_running_loop().call_later(PROGRESS_SECONDS, self.flush_progress)
+            return
+        self.flush_progress()  # after the result: its request's progress is never shown later
+
+    def flush_progress(self) -> None:
+        """Requests started and first bytes, one message per PROGRESS_SECONDS (for the waterfall):
+        one per event was half of all messages, each a copy into JS and a task on the page."""
+        if self.progress_flush is not None:
+            self.progress_flush.cancel()
+            self.progress_flush = None
+        if self.progress:
+            items, self.progress = self.progress, []
+            self.post({"type": "progress", "generation": self.generation, "items": items})
 
     # ---- calls (test hooks, configuration) ----
     async def call(self, msg: dict) -> None:

@@ -86,6 +86,19 @@ def test_a_new_load_clears_everything_and_refuses_the_old_series():
     assert state.overlay()[1] == "LOADING"
 
 
+def test_progress_comes_in_batches_for_this_load_only():
+    """The worker posts requests started and first bytes together (one message per 50 ms)."""
+    state = ViewState()
+    state.begin("a")
+    opened(state, SERIES_A)
+    old = state.generation - 1
+    assert not state.progress({"generation": old, "items": [[0, "request", 1.0]]})
+    assert state.progress({"generation": state.generation,
+                           "items": [[0, "request", 1.0], [2, "request", 1.5], [0, "first-bytes", 9.0], [7, "request", 2.0]]})
+    assert state.slots[0].timeline == [("request", 1.0, ""), ("first-bytes", 9.0, "")]
+    assert state.slots[2].timeline == [("request", 1.5, "")] and state.slots[1].timeline == []
+
+
 def test_a_failed_load_leaves_nothing_of_the_previous_study():
     state = ViewState()
     state.begin("a")

@@ -158,10 +158,14 @@ class ViewState:
         return True
 
     def progress(self, m):
-        if m["generation"] == self.generation and 0 <= m["index"] < len(self.slots):
-            self.slots[m["index"]].timeline.append((m["kind"], m.get("t_ms", 0.0), ""))
-            return True
-        return False
+        """Requests started and first bytes of this load: m["items"] = [[index, kind, t_ms], ...]."""
+        if m["generation"] != self.generation:
+            return False
+        n = len(self.slots)
+        for index, kind, t in m["items"]:
+            if 0 <= index < n:
+                self.slots[index].timeline.append((kind, t, ""))
+        return True
 
     def page_budget(self):
         """Bytes of pixels (one copy) the page may hold: its share of the budget over its copies."""

@@ -253,16 +253,15 @@ class RetrieveEngine:
         st = self._states[taken[0]]
         job = st.job = Job(*taken)
         st.apply(Change.START)
-        job.task = asyncio.ensure_future(self._job(st, job))
+        job.task = asyncio.ensure_future(self._run_job(st, job))
         running.add(job.task)
+        # a callback, not a finally in the job: a task cancelled before its first step never runs
+        job.task.add_done_callback(lambda task: self._job_done(st, job, task))
 
-    async def _job(self, st: ImageState, job: Job) -> None:
-        gave_way = False
-        try:
-            gave_way = await self._run_job(st, job)
-        finally:  # a cancelled job (cancel, preempted while not giving way) ends here too
-            self._end_job(st, job, gave_way)
-            self._wake.set()
+    def _job_done(self, st: ImageState, job: Job, task: asyncio.Task) -> None:
+        gave_way = not task.cancelled() and task.exception() is None and bool(task.result())
+        self._end_job(st, job, gave_way)
+        self._wake.set()
 
     async def _run_job(self, st: ImageState, job: Job) -> bool:
         """One stage of one image; True if it gave way to the image on screen (not done)."""

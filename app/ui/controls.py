@@ -587,7 +587,7 @@ def draw_waterfall(page, canvas, colours):
         ctx.fillRect(left + start * scale, y + lane * 0.3, max(1.0, (end - start) * scale), lane * 0.4)
         for kind, t, _label in slot.timeline:
             ctx.fillStyle = colours.get(kind, "#ccc")
-            ctx.fillRect(left + t * scale - dpr, y + 1, 3 * dpr, lane - 2)
+            ctx.fillRect(left + t * scale - dpr, y + (1 if lane > 4 else 0), 3 * dpr, max(1.0, lane - 2) if lane > 4 else lane)
         if lane >= 9 * dpr:
             ctx.fillStyle = "#9aa0a6"
             ctx.fillText("#%d" % (index + 1), 4 * dpr, y + lane * 0.8)

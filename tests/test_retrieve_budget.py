@@ -58,12 +58,18 @@ def test_the_running_total_equals_the_walk_at_every_event(cache_bytes):
     assert all(engine.reached_final(i) for i in range(12))
 
 
-def test_trim_drops_the_farthest_bodies_until_within_budget():
+def six_loaded():
+    """An engine that loaded six small HTJ2K images through both stages."""
     site = Site()
     for index in range(6):
         pixels = image_pixels(64, 64, seed=index)
         site.add_frame(index, pixels, htj2k_frame(pixels), HTJ2K_LOSSLESS_RPCL)
     _, engine, _ = run_mock(site, TWO_STAGES)
+    return engine
+
+
+def test_trim_drops_the_farthest_bodies_until_within_budget():
+    engine = six_loaded()
     states = engine._states
     budget = Budget(2500)
     for st in states:
@@ -77,11 +83,7 @@ def test_trim_drops_the_farthest_bodies_until_within_budget():
 
 
 def test_pixels_held_elsewhere_leave_the_budget_to_frame_bytes():
-    site = Site()
-    for index in range(6):
-        pixels = image_pixels(64, 64, seed=index)
-        site.add_frame(index, pixels, htj2k_frame(pixels), HTJ2K_LOSSLESS_RPCL)
-    _, engine, _ = run_mock(site, TWO_STAGES)
+    engine = six_loaded()
     states = engine._states
     budget = Budget(1 << 20)
     for st in states:

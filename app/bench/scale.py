@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .memory import MEMORY_EVERY_MS
+from .discovery import DiscoveryRow, discovery_rows, render_discovery
 from .network import PROJECT, ServeProcess, ThrottleProxy
 from .profiles import PROFILES, floor_ms
 from .results import LoadRun, PageMemory, StackRow
@@ -106,7 +107,7 @@ class ScaleResult:
     convert: list[ConvertRow] = field(default_factory=list)
     loads: list[LargeLoadRow] = field(default_factory=list)
     scrolls: list[ScrollRow] = field(default_factory=list)
-    discovery: list = field(default_factory=list)  # discovery.DiscoveryRow: CPU ms to the first request
+    discovery: list[DiscoveryRow] = field(default_factory=list)  # CPU ms to the first frame request
     elapsed_s: float = 0.0
 
     def to_json(self) -> dict:
@@ -361,8 +362,6 @@ def run_scale(size: str = "small", *, runs: int = 1, profile: str = "seed4g", wo
                          {"python": platform.python_version(), "cpus": os.cpu_count(), "workers": workers,
                           "loadavg": [round(x, 2) for x in os.getloadavg()]})
     t0 = time.perf_counter()
-    from .discovery import discovery_rows
-
     progress("discovery and planning: 20, 200, 1000 instances (CPython CPU time)")
     result.discovery = discovery_rows()
     names = ("ct174",) if size == "small" else ("ct174", "series1000")
@@ -408,8 +407,6 @@ def render_scale(result: ScaleResult) -> str:
     if result.loads and any(r.engine == "page" for r in result.loads):
         lines += ["", PAGE_MEMORY_NOTE]
     if result.discovery:
-        from .discovery import render_discovery
-
         lines += ["", "Discovery and planning, CPU ms from the series metadata's bytes to the first frame request "
                   "(CPython, best of 5; the page's Pyodide worker takes ~3x):", "", render_discovery(result.discovery)]
     if result.scrolls:

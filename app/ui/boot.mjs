@@ -99,10 +99,12 @@ worker.onmessage = (event) => {
 };
 // The UI gets each message as JSON text (MicroPython parses it into real dicts) plus the message
 // itself, whose ArrayBuffer goes on to the renderer without ever entering Python.
+// A message the worker sent as JSON text already ("opened": one entry per image) goes on as that
+// text: no structured copy of a nested object per image, no stringify on this thread.
 function deliver(m) {
   const buffer = m.buffer;
   if (buffer) { delete m.buffer; m.nbytes = buffer.byteLength; }
-  const text = JSON.stringify(m);
+  const text = typeof m.json === "string" ? m.json : JSON.stringify(m);
   if (buffer) m.buffer = buffer;
   listener(m.type, text, m);
 }

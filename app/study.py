@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -27,6 +28,7 @@ from .uids import EXPLICIT_VR_LITTLE_ENDIAN, valid_uid
 __all__ = [
     "Alternate",
     "DiscoveryError",
+    "DiscoveryWork",
     "Stack",
     "StackImage",
     "discover",
@@ -49,6 +51,16 @@ class DiscoveryError(Exception):
 class RefusedDocument(DiscoveryError):
     """A document was refused for what it is (nested too deeply, too large, too many objects),
     not for being absent: its reason is reported instead of "not found"."""
+
+
+@dataclass
+class DiscoveryWork:
+    """What discovery spent on the series metadata, the page's benchmark reads it: the bytes
+    checked and parsed, the stack built, and when it was ready (``time.perf_counter``)."""
+
+    parse_ms: float = 0.0
+    stack_ms: float = 0.0
+    ready_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,7 @@ class Stack:
     # an optional file; a stage that reads an alternate waits for it (alternates_loaded)
     pending_alternates: "asyncio.Future[dict[str, Alternate]] | None" = field(
         default=None, repr=False, compare=False)
+    work: DiscoveryWork | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -125,14 +138,15 @@ async def fetch_json(transport: Transport, url: str, *, limits: TransferLimits =
     return (await _json_or_cause(transport, url))[0]
 
 
-async def _json_or_cause(transport: Transport, url: str, answer: "asyncio.Future[Response] | None" = None
-                         ) -> tuple[object | None, str]:
+async def _json_or_cause(transport: Transport, url: str, answer: "asyncio.Future[Response] | None" = None,
+                         work: DiscoveryWork | None = None) -> tuple[object | None, str]:
     """The document, or None and why there is none (an HTTP status, an empty body).
 
     An answer that is there but unusable (a redirect, not JSON) raises DiscoveryError, one refused
     for what it is (too large, nested too deeply) RefusedDocument; none at all TransportError.
     Redirects are not followed (NativeTransport); one the browser followed to another origin is
-    refused, as frames are. ``answer``: the request, when it was already made.
+    refused, as frames are. ``answer``: the request, when it was already made; ``work`` counts the
+    parse.
     """
     resp = await (answer if answer is not None else transport.get(url, headers={"Accept": JSON_ACCEPT}))
     try:
@@ -154,16 +168,20 @@ async def _json_or_cause(transport: Transport, url: str, answer: "asyncio.Future
         await resp.aclose()
     if not body.strip():
         return None, "empty body"
+    started = time.perf_counter()
     try:
         return dj.loads(body), ""
     except dj.JsonRefused as exc:
         raise RefusedDocument(f"GET {url}: {exc}") from exc
     except (ValueError, OSError) as exc:
         raise DiscoveryError(f"GET {url}: not JSON ({exc})") from exc
+    finally:
+        if work is not None:
+            work.parse_ms += (time.perf_counter() - started) * 1000.0
 
 
 async def _first_json(transport: Transport, urls: list[str], *, missing: str | None = None,
-                      parallel: bool = False) -> tuple[str, object] | None:
+                      parallel: bool = False, work: DiscoveryWork | None = None) -> tuple[str, object] | None:
     """The first of the candidate URLs that answers JSON.
 
     ``parallel``: all are asked for at once (a missing first name costs no round trip), and still
@@ -177,19 +195,19 @@ async def _first_json(transport: Transport, urls: list[str], *, missing: str | N
     asked = [asyncio.ensure_future(transport.get(url, headers={"Accept": JSON_ACCEPT})) if parallel else None
              for url in urls]
     try:
-        return await _first_answer(transport, urls, asked, missing)
+        return await _first_answer(transport, urls, asked, missing, work)
     finally:
         await _drop(asked)
 
 
-async def _first_answer(transport: Transport, urls: list[str], asked: list, missing: str | None
-                        ) -> tuple[str, object] | None:
+async def _first_answer(transport: Transport, urls: list[str], asked: list, missing: str | None,
+                        work: DiscoveryWork | None = None) -> tuple[str, object] | None:
     causes: list[str] = []
     failures: list[Exception] = []
     for i, url in enumerate(urls):
         answer, asked[i] = asked[i], None  # read (and closed) here, not dropped
         try:
-            doc, cause = await _json_or_cause(transport, url, answer)
+            doc, cause = await _json_or_cause(transport, url, answer, work)
         except (TransportError, RefusedDocument) as exc:
             failures.append(exc)
             doc, cause = None, str(exc)
@@ -292,15 +310,20 @@ async def _load_series(transport: Transport, series_url: str, metadata_urls: lis
     # alternate waits for them, see Stack.alternates_loaded)
     alternates = asyncio.ensure_future(_alternates(transport, series_url))
     urls = metadata_urls or [f"{series_url}/metadata", f"{series_url}/metadata.gz", f"{series_url}/metadata.json"]
+    work = DiscoveryWork()
     try:
-        found = await _first_json(transport, urls, missing=f"no series metadata at {urls[0]}", parallel=True)
+        found = await _first_json(transport, urls, missing=f"no series metadata at {urls[0]}", parallel=True,
+                                  work=work)
         assert found is not None
+        started = time.perf_counter()
         stack = stack_from_metadata(found[1], series_url)
     except BaseException:
         alternates.cancel()
         raise
     asyncio.get_running_loop().call_later(FREE_DOCUMENT_AFTER_S, _hold, found)
-    return dataclasses.replace(stack, pending_alternates=alternates)
+    work.ready_at = time.perf_counter()
+    work.stack_ms = (work.ready_at - started) * 1000.0
+    return dataclasses.replace(stack, pending_alternates=alternates, work=work)
 
 
 async def _alternates(transport: Transport, series_url: str) -> dict[str, Alternate]:

@@ -24,7 +24,8 @@ from ..retrieve.engine import RetrieveEngine
 from ..study import stack_from_metadata
 from ..transport.mock import MockResponse
 
-__all__ = ["DiscoveryRow", "discovery_rows", "render_discovery", "synthetic_metadata"]
+__all__ = ["DiscoveryRow", "WorkerDiscoveryRow", "discovery_rows", "render_discovery", "render_worker_discovery",
+           "synthetic_metadata", "worker_discovery_rows"]
 
 COUNTS = (20, 200, 1000)
 SERIES_URL = "http://bench.test/dicomweb/studies/1.2.3/series/1.2.3.4"
@@ -144,5 +145,87 @@ def render_discovery(rows: Sequence[DiscoveryRow]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+@dataclass
+class WorkerDiscoveryRow:
+    """What the page's worker (Pyodide) reports about its own discovery of a large stack: wall ms
+    in the worker, best of the runs (app/worker.py ``discovery_work``)."""
+
+    stack: str
+    instances: int
+    metadata_bytes: int
+    parse_ms: float  # the metadata's bytes checked and parsed
+    stack_ms: float  # stack_from_metadata
+    to_first_request_ms: float  # the loader made and the engine's plan, until the first frame request
+    before_first_ms: float  # the sum: metadata bytes -> the first frame request
+    opened_ms: float  # then: the "opened" message (one entry per image) made, as JSON text
+
+
+_WORK_JS = "() => window.appTimings.discovery || null"
+
+
+def worker_discovery_rows(driver, stacks: Sequence, runs: int = 3) -> list[WorkerDiscoveryRow]:
+    """Each stack loaded ``runs`` times in the page (loopback, no emulation, ``PRESET``)."""
+    from .network import ServeProcess, ThrottleProxy
+
+    rows = []
+    for stack in stacks:
+        series = stack.tree / stack.url.removeprefix("/dicomweb/")
+        frames = sum(p.stat().st_size for p in (series / "instances").glob("*/frames/*") if p.is_file())
+        server = ServeProcess(stack.tree)
+        proxy = ThrottleProxy(*server.address)
+        got: list[dict] = []
+        try:
+            for _ in range(runs):
+                driver.load(proxy, proxy.url, {"url": stack.url}, PRESET, "none", frames,
+                            lambda page: got.append(page.evaluate(_WORK_JS)))
+        finally:
+            proxy.close()
+            server.close()
+        works = [w for w in got if w]
+        if not works:
+            raise RuntimeError(f"{stack.name}: the page reported no discovery figures")
+        best = {k: round(min(w[k] for w in works), 1) for k in ("parse_ms", "stack_ms", "to_first_request_ms",
+                                                                  "opened_ms")}
+        before = round(min(w["parse_ms"] + w["stack_ms"] + w["to_first_request_ms"] for w in works), 1)
+        rows.append(WorkerDiscoveryRow(stack.name, works[0]["images"], (series / "metadata").stat().st_size,
+                                       best["parse_ms"], best["stack_ms"], best["to_first_request_ms"], before,
+                                       best["opened_ms"]))
+    return rows
+
+
+def render_worker_discovery(rows: Sequence[WorkerDiscoveryRow]) -> str:
+    lines = ["| stack | instances | metadata bytes | parse ms | stack ms | to first request ms | "
+             "before first request ms | opened message ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.stack} | {r.instances} | {r.metadata_bytes} | {r.parse_ms} | {r.stack_ms} | "
+                     f"{r.to_first_request_ms} | {r.before_first_ms} | {r.opened_ms} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CPython rows; with --page, the page's worker on the large stacks too (set-up's tools/large_stacks.py)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m app.bench.discovery", description=main.__doc__)
+    parser.add_argument("--page", action="store_true", help="also the page's worker on ct174, mr200, series1000")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
     print(render_discovery(discovery_rows()))
+    if args.page:
+        from tools.large_stacks import ensure_large_stacks
+
+        from .browser import BrowserDriver
+
+        stacks = ensure_large_stacks(("ct174", "mr200", "series1000"))
+        driver = BrowserDriver()
+        try:
+            rows = worker_discovery_rows(driver, list(stacks.values()), args.runs)
+        finally:
+            driver.close()
+        print()
+        print(render_worker_discovery(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -47,8 +47,8 @@ class Held:
 class Slot:
     """One image of the stack as discovery described it, and what the page holds of it."""
 
-    def __init__(self, desc):
-        self.sop, self.frame = desc["sop"], desc["frame"]
+    def __init__(self, sop, desc):
+        self.sop, self.frame = sop, desc["frame"]
         self.rows, self.columns = desc["rows"], desc["columns"]
         self.windows = desc.get("windows") or []
         self.slope, self.intercept = desc.get("slope", 1.0), desc.get("intercept", 0.0)
@@ -60,6 +60,21 @@ class Slot:
         self.first_ms = self.final_ms = None
         self.bytes = 0
         self.timeline = []  # (kind, ms since the load started, label)
+
+
+def slots_of(images):
+    """The slots of an "opened" message's images (app/worker.py describe_images): what all images
+    share is one dict for all of them; only a field that differs is read per image."""
+    same, each = images["same"], images["each"]
+    if not each:
+        return [Slot(sop, same) for sop in images["sop"]]
+    slots = []
+    for i, sop in enumerate(images["sop"]):
+        desc = dict(same)
+        for name, values in each.items():
+            desc[name] = values[i]
+        slots.append(Slot(sop, desc))
+    return slots
 
 
 class ViewState:
@@ -109,7 +124,7 @@ class ViewState:
         if message["generation"] != self.generation:
             return False
         self.series = message["series"]
-        self.slots = [Slot(d) for d in message["images"]]
+        self.slots = slots_of(message["images"])
         self.info = message.get("info") or []
         self.index = max(0, min(len(self.slots) - 1, message.get("current", 0)))
         self.reset_display()

@@ -12,6 +12,7 @@ Pyodide worker is 2-4x slower. No network: a transport that records when it is a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -135,14 +136,19 @@ def discovery_rows(counts: Sequence[int] = COUNTS, repeat: int = 5) -> list[Disc
     return rows
 
 
+def _table(header: Sequence[str], rows: Sequence, left: int = 0) -> str:
+    """Dataclass rows as a Markdown table, a column per field in order; the first ``left`` columns
+    left-aligned, the others (numbers) right-aligned."""
+    align = "|".join("---" if i < left else "---:" for i in range(len(header)))
+    lines = ["| " + " | ".join(header) + " |", f"|{align}|"]
+    lines += ["| " + " | ".join(str(value) for value in dataclasses.astuple(row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def render_discovery(rows: Sequence[DiscoveryRow]) -> str:
     """The rows as a Markdown table."""
-    lines = ["| instances | metadata bytes | parse ms | stack ms | to first request ms | "
-             "before first request ms | rest planned ms |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r.instances} | {r.metadata_bytes} | {r.parse_ms} | {r.stack_ms} | "
-                     f"{r.first_request_ms} | {r.before_first_ms} | {r.rest_planned_ms} |")
-    return "\n".join(lines)
+    return _table(["instances", "metadata bytes", "parse ms", "stack ms", "to first request ms",
+                   "before first request ms", "rest planned ms"], rows)
 
 
 @dataclass
@@ -194,12 +200,8 @@ def worker_discovery_rows(driver, stacks: Sequence, runs: int = 3) -> list[Worke
 
 
 def render_worker_discovery(rows: Sequence[WorkerDiscoveryRow]) -> str:
-    lines = ["| stack | instances | metadata bytes | parse ms | stack ms | to first request ms | "
-             "before first request ms | opened message ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r.stack} | {r.instances} | {r.metadata_bytes} | {r.parse_ms} | {r.stack_ms} | "
-                     f"{r.to_first_request_ms} | {r.before_first_ms} | {r.opened_ms} |")
-    return "\n".join(lines)
+    return _table(["stack", "instances", "metadata bytes", "parse ms", "stack ms", "to first request ms",
+                   "before first request ms", "opened message ms"], rows, left=1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

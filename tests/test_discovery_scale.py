@@ -260,3 +260,19 @@ def test_discovery_reports_its_work_on_the_metadata_without_changing_the_stack()
     assert first == second and first.work is not second.work
     assert first.work.parse_ms > 0 and first.work.stack_ms > 0 and first.work.ready_at > 0
     assert stack_from_metadata(json.loads(doc(12)), BASE).work is None  # only discovery measures
+
+
+def test_stack_images_are_the_dataclass_they_claim_to_be():
+    """_stack_image fills the frozen dataclass directly: every field set, equal and hashed like one
+    made by its own __init__, still frozen."""
+    import dataclasses
+
+    from app.study import StackImage
+
+    stack = stack_from_metadata(json.loads(synthetic_metadata(4)), BASE)
+    for image in stack.images:
+        again = StackImage(**{f.name: getattr(image, f.name) for f in dataclasses.fields(StackImage)})
+        assert image == again and hash(image) == hash(again) and repr(image) == repr(again)
+        assert set(vars(image)) == {f.name for f in dataclasses.fields(StackImage)}
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            image.index = 9

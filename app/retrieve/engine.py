@@ -182,6 +182,8 @@ class RetrieveEngine:
         self.request(first)
         if not first:
             self.first_request.went_out()
+        if not self.scheduler.pending.get(self.current):
+            self.first_request.shown()  # nothing to wait for: the image on screen has no job here
         self._planning = True
         runner = asyncio.ensure_future(self._run_workers([i for i in wanted if i != self.current]))
         # the end of the run comes through the queue, after every event before it: one await per
@@ -221,18 +223,19 @@ class RetrieveEngine:
                     # let the reader catch up before more work (a fast server otherwise fills memory)
                     self._drained.clear()
                     await self._drained.wait()
-                taken = self.scheduler.take() if len(running) < self.policy.concurrency else None
-                if taken is not None:
-                    self._start(taken, running)
-                    continue
-                if not running and self.scheduler.idle and not self._planning:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
+                self._wake.clear()  # before looking: a job ending from here on wakes the wait below
                 for task in [t for t in running if t.done()]:
                     running.discard(task)
                     if not task.cancelled() and task.exception() is not None:
                         raise task.exception()
+                taken = self.scheduler.take() if len(running) < self.policy.concurrency else None
+                if taken is not None:
+                    self._start(taken, running)
+                    await self.first_request.head_start(self.policy.first_image_head_start)
+                    continue
+                if not running and self.scheduler.idle and not self._planning:
+                    return
+                await self._wake.wait()
         finally:
             for task in (planner, *running):
                 task.cancel()
@@ -303,6 +306,8 @@ class RetrieveEngine:
     def _end_job(self, st: ImageState, job: Job, gave_way: bool) -> None:
         st.job = None
         self.first_request.went_out()
+        if job.index == self.current:
+            self.first_request.shown()
         if job.live:
             if gave_way:
                 self.scheduler.put_back(job.index, job.stage_pos)  # its turn comes again
@@ -338,12 +343,14 @@ class RetrieveEngine:
     def _fail(self, st: ImageState, stage: RetrieveStage, message: str) -> None:
         image = st.image
         st.failures += 1
-        self.emit(ImageFailed(image.index, image.sop_instance_uid, image.frame, stage.id, message, self.t_ms(st)))
+        self.emit(ImageFailed(image.index, image.sop_instance_uid, image.frame, stage.id, message, st.t_ms(self.clock)))
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: EngineEvent) -> None:
         if isinstance(event, RequestStarted):
             self.first_request.went_out()
+        elif event.index == self.current and isinstance(event, (Refinement, ImageFailed)):
+            self.first_request.shown()
         if self._queue is not None:
             self._queue.put_nowait(event)
         if self.on_event is not None:
@@ -356,11 +363,6 @@ class RetrieveEngine:
             host = urlsplit(url).netloc or url
             raise ProtocolError(f"{url}: host {host} is not the study's origin; "
                                 f"add its origin to allowedOrigins to load images from it")
-
-    def t_ms(self, st: ImageState) -> float:
-        if st.t0 is None:
-            st.t0 = self.clock()
-        return round((self.clock() - st.t0) * 1000.0, 3)
 
     # -- decoding ----------------------------------------------------------------------------
     def decode(self, attempt: Attempt, *, reduce: int, end: int | None) -> None:
@@ -386,7 +388,7 @@ class RetrieveEngine:
             index=image.index, sop_instance_uid=image.sop_instance_uid, frame=image.frame,
             stage_id=attempt.stage.id, status=status, rows=rows, columns=columns,
             pixel_spacing=scaled_spacing(image, rows, columns),
-            bytes_received=st.bytes_received, t_ms=self.t_ms(st), decode_ms=decode_ms, final=final,
+            bytes_received=st.bytes_received, t_ms=st.t_ms(self.clock), decode_ms=decode_ms, final=final,
             pixels=pixels, transfer_syntax=syntax, reduce=reduce, url=body.url,
         )
         st.best = ref

@@ -13,6 +13,7 @@ from ..config import RetrieveConfig, RetrieveOptions, RetrieveStage
 from ..study import Stack
 from ..transport.base import Transport
 from ..transport.errors import ProtocolError
+from .batch import FrameBatching
 from .budget import Budget
 from .events import EngineEvent, ImageFailed, Refinement, failure_message, RequestStarted
 from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded, WholeAttempt
@@ -55,6 +56,7 @@ class RetrieveEngine:
         self._planning = False  # the rest of a run's plan is still to be built
         self._touched: set[int] = set()  # images asked about while it was
         self.frames_encoded = False  # the server sends frames Content-Encoded: no byte ranges
+        self.batching = FrameBatching(self)  # frames of one instance in one request (frames/1,2,3)
 
     # -- public control ----------------------------------------------------------------------
     @property
@@ -250,13 +252,20 @@ class RetrieveEngine:
             self._wake.set()
 
     def _start(self, taken: tuple[int, int], running: set) -> None:
-        st = self._states[taken[0]]
-        job = st.job = Job(*taken)
+        """A job per image taken; frames going in one request hold one slot (the request's)."""
+        jobs = [self._start_job(index, taken[1]) for index in self.batching.group(*taken)]
+        task = self.batching.launch(jobs) or jobs[0].task
+        running.add(task)
+        task.add_done_callback(lambda _: self._wake.set())
+
+    def _start_job(self, index: int, stage_pos: int) -> Job:
+        st = self._states[index]
+        job = st.job = Job(index, stage_pos)
         st.apply(Change.START)
         job.task = asyncio.ensure_future(self._run_job(st, job))
-        running.add(job.task)
         # a callback, not a finally in the job: a task cancelled before its first step never runs
         job.task.add_done_callback(lambda task: self._job_done(st, job, task))
+        return job
 
     def _job_done(self, st: ImageState, job: Job, task: asyncio.Task) -> None:
         gave_way = not task.cancelled() and task.exception() is None and bool(task.result())
@@ -298,7 +307,7 @@ class RetrieveEngine:
             return StreamAttempt(self, st, job, stage, options, streaming=True)
         if kind is FetchKind.STREAM:
             return StreamAttempt(self, st, job, stage, options)
-        return WholeAttempt(self, st, job, stage, options)
+        return self.batching.attempt(st, job, stage, options) or WholeAttempt(self, st, job, stage, options)
 
     def _end_job(self, st: ImageState, job: Job, gave_way: bool) -> None:
         st.job = None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import unquote, urlsplit
 
 from ..config import RetrieveOptions, RetrieveStage
@@ -109,7 +109,7 @@ class FrameBatching:
         waiting = sorted((i for i in siblings if i != index and (scheduler.pending.get(i) or [None])[0] == stage_pos
                           and i not in scheduler.running), key=lambda i: scheduler.key(i, stage_pos))
         # spread over the slots: 30 frames on 6 connections go 5 a request, not 16 + 14 on two
-        most = min(policy.frames_per_request, max(2, -(-(len(waiting) + 1) // policy.concurrency)))
+        most = min(policy.frames_per_request, max(2, -(-len(siblings) // policy.concurrency)))
         room = policy.frames_request_bytes - engine.stack.images[index].fmt.frame_length
         chosen: list[int] = []
         for i in waiting:
@@ -145,14 +145,16 @@ class FrameBatching:
             self._siblings = {sop: found for sop, found in siblings.items() if len(found) > 1}
         return self._siblings
 
-    def launch(self, jobs: list[Job]) -> asyncio.Task | None:
-        """Start the request of a group of two or more jobs; None for a job alone."""
+    def launch(self, jobs: list[Job], on_end: Callable[[], None]) -> asyncio.Task | None:
+        """Start the request of a group of two or more jobs (``on_end`` when it has ended: its
+        slot is free); None for a job alone."""
         if len(jobs) < 2:
             return None
         batch = FrameBatch(self, [self.engine._states[job.index] for job in jobs], jobs[0].stage_pos)
         for job in jobs:
             self._inflight[job.index] = batch
         batch.task = asyncio.ensure_future(batch.run())
+        batch.task.add_done_callback(lambda _: on_end())
         return batch.task
 
     def attempt(self, st: ImageState, job: Job, stage: RetrieveStage,

@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import AsyncIterator, Callable, Iterable
-from urllib.parse import urlsplit
 
 from ..config import RetrieveConfig, RetrieveOptions, RetrieveStage
 from ..study import Stack
 from ..transport.base import Transport
-from ..transport.errors import ProtocolError
 from .batch import FrameBatching
 from .budget import Budget
 from .events import EngineEvent, ImageFailed, Refinement, failure_message, RequestStarted
@@ -252,20 +250,16 @@ class RetrieveEngine:
             self._wake.set()
 
     def _start(self, taken: tuple[int, int], running: set) -> None:
-        """A job per image taken; frames going in one request hold one slot (the request's)."""
-        jobs = [self._start_job(index, taken[1]) for index in self.batching.group(*taken)]
-        task = self.batching.launch(jobs) or jobs[0].task
-        running.add(task)
-        task.add_done_callback(lambda _: self._wake.set())
-
-    def _start_job(self, index: int, stage_pos: int) -> Job:
-        st = self._states[index]
-        job = st.job = Job(index, stage_pos)
-        st.apply(Change.START)
-        job.task = asyncio.ensure_future(self._run_job(st, job))
-        # a callback, not a finally in the job: a task cancelled before its first step never runs
-        job.task.add_done_callback(lambda task: self._job_done(st, job, task))
-        return job
+        jobs = []
+        for index in self.batching.group(*taken):  # frames going in one request hold its one slot
+            st = self._states[index]
+            job = st.job = Job(index, taken[1])
+            st.apply(Change.START)
+            job.task = asyncio.ensure_future(self._run_job(st, job))
+            # a callback, not a finally in the job: a task cancelled before its first step never runs
+            job.task.add_done_callback(lambda task, st=st, job=job: self._job_done(st, job, task))
+            jobs.append(job)
+        running.add(self.batching.launch(jobs, self._wake.set) or jobs[0].task)
 
     def _job_done(self, st: ImageState, job: Job, task: asyncio.Task) -> None:
         gave_way = not task.cancelled() and task.exception() is None and bool(task.result())
@@ -359,12 +353,7 @@ class RetrieveEngine:
             self.on_event(event)
 
     def check_url(self, url: str) -> None:
-        """Refuse a frame URL (a BulkDataURI, a redirect) outside the study's origin and
-        ``allowedOrigins``: the image fails naming the host, nothing is asked of it."""
-        if not self.config.allows_url(url, self.stack.series_url):
-            host = urlsplit(url).netloc or url
-            raise ProtocolError(f"{url}: host {host} is not the study's origin; "
-                                f"add its origin to allowedOrigins to load images from it")
+        self.rules.check_url(url)
 
     def t_ms(self, st: ImageState) -> float:
         if st.t0 is None:

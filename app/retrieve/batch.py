@@ -92,6 +92,9 @@ class FrameBatching:
     def __init__(self, engine: "RetrieveEngine") -> None:
         self.engine = engine
         self.refused = False  # a list was refused: one frame a request for the rest of the load
+        # a list was answered: until then one list is asked at a time (the others' frames go
+        # alone), so a server that refuses lists sees one, not one per connection
+        self.accepted = False
         self._siblings: dict[str, list[int]] | None = None  # SOP instance -> its frames' images
         self._inflight: dict[int, FrameBatch] = {}  # image -> the unfinished batch bringing its frame
 
@@ -99,7 +102,9 @@ class FrameBatching:
         """The images whose frames go in the job's request: [index] alone, or it and siblings
         waiting for the same stage, nearest to the image on screen first (taken from the queue)."""
         engine, policy = self.engine, self.engine.policy
-        if self.refused or policy.frames_per_request < 2 or not self._batchable(index, stage_pos):
+        if self.refused or policy.frames_per_request < 2 or (self._inflight and not self.accepted):
+            return [index]
+        if not self._batchable(index, stage_pos):
             return [index]
         sop = engine.stack.images[index].sop_instance_uid
         siblings = self._instances().get(sop, ())
@@ -250,6 +255,7 @@ class FrameBatch:
         media, _ = parse_media_type(content_type)
         if media != "multipart/related":
             raise ListRefused(f"{self.url}: answered {media or 'untyped'}, not multipart/related")
+        self.batching.accepted = True
         return MultipartReader(boundary_from_content_type(content_type))
 
     async def _read(self, resp, reader: MultipartReader, received: list[int]) -> None:

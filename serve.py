@@ -246,7 +246,7 @@ class FrameList:
 
     @property
     def content_type(self) -> str:
-        media, _, params = self.parts[0].content_type.partition(";")
+        media = self.parts[0].content_type.partition(";")[0]
         syntaxes = {_transfer_syntax(p.content_type) for p in self.parts}
         syntax = syntaxes.pop() if len(syntaxes) == 1 else None
         return multipart_content_type(media.strip() or "application/octet-stream", self.boundary, syntax)
@@ -293,7 +293,7 @@ def listed_frame(path: Path, url: str) -> ListedFrame:
         raise FrameListError(HTTPStatus.BAD_REQUEST,
                              f"{url} is stored gzip-compressed: ask for it alone")
     size = path.stat().st_size
-    location = f"Content-Location: {url}\r\n".encode("latin-1")
+    location = f"Content-Location: {urllib.parse.quote(url, safe='/,')}\r\n".encode("ascii")
     if not ctype.startswith("multipart/"):
         return ListedFrame(path, f"Content-Type: {ctype}\r\n".encode("latin-1") + location, 0, size, ctype)
     with path.open("rb") as fh:

@@ -232,3 +232,28 @@ def test_a_server_error_sends_the_frames_alone_without_giving_up_on_lists(frames
     events, engine, transport = run_mock(site, SINGLE, concurrency=1, frames_per_request=4, retry_backoff=0)
     assert_every_frame_final(site, events, engine)
     assert not engine.batching.refused and len(calls) == 2
+
+
+def test_frames_cancelled_while_their_list_arrives_report_nothing_and_hold_nothing(frames):
+    """The user moves away while a list is arriving: its cancelled frames are not shown, the
+    rest are, and no frame bytes stay counted in the budget."""
+    pixels, codestreams = frames
+
+    def answer(request, numbers):
+        body = list_body([(k, codestreams[k - 1]) for k in numbers])
+        return MockResponse(200, {"content-type": LIST_TYPE}, [body[i:i + 500] for i in range(0, len(body), 500)])
+
+    cancelled = {4, 5, 6}
+
+    def control(engine, event):
+        if isinstance(event, Refinement) and event.index == 1:  # the list's first part is shown
+            engine.cancel(cancelled)
+
+    site = multiframe_site(frames, answer=answer)
+    events, engine, transport = run_mock(site, SINGLE, concurrency=1, control=control)
+    assert [asked_frames(r.url) for r in transport.requests] == [[1], [2, 3, 4, 5, 6, 7, 8]]
+    for i in cancelled:
+        assert engine.phase(i) is Phase.CANCELLED and not [e for e in events if getattr(e, "index", None) == i
+                                                           and isinstance(e, (Refinement, ImageFailed))]
+    assert_every_frame_final(site, events, engine, skip=cancelled)
+    assert engine.held_bytes == 0

@@ -166,7 +166,9 @@ class FrameBatching:
                 options: RetrieveOptions) -> "BatchedAttempt | None":
         """The attempt of a job whose frame an unfinished batch brings (None: not one)."""
         batch = self._inflight.get(job.index)
-        return None if batch is None else BatchedAttempt(self.engine, st, job, stage, options, batch=batch)
+        if batch is None or batch.stage is not stage:
+            return None  # (a frame asked again for another stage meanwhile is fetched alone)
+        return BatchedAttempt(self.engine, st, job, stage, options, batch=batch)
 
     def finished(self, batch: "FrameBatch") -> None:
         for part in batch.parts:

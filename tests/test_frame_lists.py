@@ -233,3 +233,15 @@ def test_orthanc_answers_frame_lists_and_the_engine_uses_them(orthanc_cine):
     assert len(single) == FRAMES and batched == single
     assert len(single_asked) == FRAMES
     assert sum(is_list(u) for u in asked) >= 2 and len(asked) < FRAMES / 2 and summary["requests"] == len(asked)
+
+
+def test_the_bench_rows_compare_both_ways_on_the_cine():
+    """``bench --frame-lists`` on loopback, one run: both ways load every frame; lists ask fewer."""
+    from app.bench.frame_lists import SOURCES, frame_list_rows, render_frame_lists
+
+    cine = next(label for label in SOURCES if "cine" in label)
+    single, lists = frame_list_rows("none", 1, sources=[cine])
+    assert (single.way, lists.way) == ("one frame a request", "frame lists")
+    assert single.finals == lists.finals == FRAMES and single.requests == FRAMES
+    assert lists.requests < FRAMES / 2 and lists.bytes_frames > 0
+    assert "| US cine 30 x 240x320 RGB" in render_frame_lists([single, lists], (0.5, 0.5, 0.5))

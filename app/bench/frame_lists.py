@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .cpython import _load, run_async
 from .network import PROJECT, ServeProcess, ThrottleProxy
@@ -102,15 +102,15 @@ def _one(proxy: ThrottleProxy, url: str, frames_per_request: int) -> tuple[int, 
             len({e["index"] for e in run.log if e["final"]}))
 
 
-def frame_list_rows(profile: str = "seed4g", runs: int = 3,
-                    progress: Callable[[str], None] = lambda s: None) -> list[FrameListRow]:
+def frame_list_rows(profile: str = "seed4g", runs: int = 3, progress: Callable[[str], None] = lambda s: None,
+                    sources: Sequence[str] = tuple(SOURCES)) -> list[FrameListRow]:
     from app.retrieve.settings import RetrievePolicy
 
     rows = []
     net = PROFILES[profile]
     with tempfile.TemporaryDirectory(prefix="bench-frame-lists-") as scratch:
-        for label, make in SOURCES.items():
-            root, url = _tree(Path(scratch), make(Path(scratch)))
+        for label in sources:
+            root, url = _tree(Path(scratch), SOURCES[label](Path(scratch)))
             server = ServeProcess(root)
             proxy = ThrottleProxy(*server.address, *((net["down"], net["up"], net["latency"]) if net else ()))
             ways = {"one frame a request": 1, "frame lists": RetrievePolicy().frames_per_request}

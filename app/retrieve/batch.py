@@ -40,7 +40,7 @@ from .events import FirstBytes, RequestFinished, RequestStarted
 from .fetch import WholeAttempt
 from .limits import frame_byte_cap
 from .policy import FetchKind, frame_request_url
-from .settings import ACCEPT_ANY
+from .settings import ACCEPT_ANY, DEFAULT_CONCURRENCY
 from .state import ImageState, Job
 
 if TYPE_CHECKING:
@@ -92,9 +92,12 @@ class FrameBatching:
     def __init__(self, engine: "RetrieveEngine") -> None:
         self.engine = engine
         self.refused = False  # a list was refused: one frame a request for the rest of the load
-        # a list was answered: until then one list is asked at a time (the others' frames go
-        # alone), so a server that refuses lists sees one, not one per connection
+        # a list was answered: until then one list is out at a time and the other frames that
+        # could join one wait for its answer (``parked``), so a server that refuses lists sees
+        # one, not one per connection, and one that takes them gets lists for all
         self.accepted = False
+        self.parked: list[int] = []
+        self._wake: Callable[[], None] = lambda: None
         self._siblings: dict[str, list[int]] | None = None  # SOP instance -> its frames' images
         self._inflight: dict[int, FrameBatch] = {}  # image -> the unfinished batch bringing its frame
 
@@ -102,19 +105,23 @@ class FrameBatching:
         """The images whose frames go in the job's request: [index] alone, or it and siblings
         waiting for the same stage, nearest to the image on screen first (taken from the queue)."""
         engine, policy = self.engine, self.engine.policy
-        if self.refused or policy.frames_per_request < 2 or (self._inflight and not self.accepted):
-            return [index]
-        if not self._batchable(index, stage_pos):
+        if self.refused or policy.frames_per_request < 2 or not self._batchable(index, stage_pos):
             return [index]
         sop = engine.stack.images[index].sop_instance_uid
         siblings = self._instances().get(sop, ())
         if len(siblings) < 2:
             return [index]
         scheduler = engine.scheduler
+        if self._inflight and not self.accepted:
+            scheduler.park(index, stage_pos)
+            self.parked.append(index)
+            return []
         waiting = sorted((i for i in siblings if i != index and (scheduler.pending.get(i) or [None])[0] == stage_pos
                           and i not in scheduler.running), key=lambda i: scheduler.key(i, stage_pos))
-        # spread over the slots: 30 frames on 6 connections go 5 a request, not 16 + 14 on two
-        most = min(policy.frames_per_request, max(2, -(-len(siblings) // policy.concurrency)))
+        # spread over the connections (a browser opens six to a host; more requests only queue
+        # there): 30 frames go 5 a request, not 16 + 14 on two connections while four idle
+        connections = min(policy.concurrency, DEFAULT_CONCURRENCY)
+        most = min(policy.frames_per_request, max(2, -(-len(siblings) // connections)))
         room = policy.frames_request_bytes - engine.stack.images[index].fmt.frame_length
         chosen: list[int] = []
         for i in waiting:
@@ -158,9 +165,18 @@ class FrameBatching:
         batch = FrameBatch(self, [self.engine._states[job.index] for job in jobs], jobs[0].stage_pos)
         for job in jobs:
             self._inflight[job.index] = batch
+        self._wake = on_end
         batch.task = asyncio.ensure_future(batch.run())
         batch.task.add_done_callback(lambda _: on_end())
         return batch.task
+
+    def unpark(self) -> None:
+        """The server answered a list (or the list ended): the frames waiting may go, in lists
+        or alone."""
+        if self.parked:
+            parked, self.parked = self.parked, []
+            self.engine.scheduler.unpark(parked)
+            self._wake()
 
     def attempt(self, st: ImageState, job: Job, stage: RetrieveStage,
                 options: RetrieveOptions) -> "BatchedAttempt | None":
@@ -213,6 +229,7 @@ class FrameBatch:
             for part in self.parts:
                 part.settle(None)
             self.batching.finished(self)
+            self.batching.unpark()
 
     async def _fetch(self) -> None:
         engine, leader = self.engine, self.parts[0].st
@@ -258,6 +275,7 @@ class FrameBatch:
         if media != "multipart/related":
             raise ListRefused(f"{self.url}: answered {media or 'untyped'}, not multipart/related")
         self.batching.accepted = True
+        self.batching.unpark()
         return MultipartReader(boundary_from_content_type(content_type))
 
     async def _read(self, resp, reader: MultipartReader, received: list[int]) -> None:

@@ -259,7 +259,8 @@ class RetrieveEngine:
             # a callback, not a finally in the job: a task cancelled before its first step never runs
             job.task.add_done_callback(lambda task, st=st, job=job: self._job_done(st, job, task))
             jobs.append(job)
-        running.add(self.batching.launch(jobs, self._wake.set) or jobs[0].task)
+        if jobs:  # (none: its frame waits for the server's answer to a first frame list)
+            running.add(self.batching.launch(jobs, self._wake.set) or jobs[0].task)
 
     def _job_done(self, st: ImageState, job: Job, task: asyncio.Task) -> None:
         gave_way = not task.cancelled() and task.exception() is None and bool(task.result())

@@ -76,6 +76,16 @@ class Scheduler:
             taken.append(i)
         return taken
 
+    def park(self, index: int, stage_pos: int) -> None:
+        """A job just taken that must wait (its frame goes in a list the server may refuse): back
+        in the queue but not taken again until ``unpark``."""
+        self.running.discard(index)
+        self.pending.setdefault(index, []).insert(0, stage_pos)
+
+    def unpark(self, indices: Iterable[int]) -> None:
+        for index in indices:
+            self._push(index)
+
     def done(self, index: int) -> None:
         """The image's job ended: its next stage (if any) may run."""
         self.running.discard(index)

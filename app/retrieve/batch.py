@@ -113,6 +113,8 @@ class FrameBatching:
             return [index]
         scheduler = engine.scheduler
         if self._inflight and not self.accepted:
+            if index == scheduler.current:
+                return [index]  # the image on screen never waits on a list's fate
             scheduler.park(index, stage_pos)
             self.parked.append(index)
             return []

@@ -192,6 +192,11 @@ def frame_content_type(path: Path, stored_gzip: bool = False) -> str | None:
     return sniff_frame_content_type(head)
 
 
+def is_frame_name(name: str) -> bool:
+    """A frame file's name in a frames folder (``1``, ``1.mht``), its stored ``.gz`` suffix off."""
+    return name.isdigit() or (name.endswith(".mht") and name[:-4].isdigit())
+
+
 def content_type_for(path: Path, in_data: bool) -> tuple[str, bool]:
     """Return (content type, stored gzip) for a file about to be served."""
     name = path.name
@@ -202,7 +207,7 @@ def content_type_for(path: Path, in_data: bool) -> tuple[str, bool]:
             return DICOM_JSON, stored_gzip
         if base == "thumbnail":  # the rendered 8-bit JPEG of an instance or series
             return "image/jpeg", stored_gzip
-        if base.isdigit() or (base.endswith(".mht") and base[:-4].isdigit()):  # frames/1, jls/1.mht ...
+        if is_frame_name(base):  # frames/1, jls/1.mht ...
             return frame_content_type(path, stored_gzip) or "application/octet-stream", stored_gzip
     suffix = Path(base).suffix
     if base == "python_stdlib.zip":
@@ -321,7 +326,7 @@ def frame_list(mounts: Mounts, folder: str, numbers: list[int]) -> FrameList:
     for number in numbers:
         url = f"{folder}/{number}"
         path, in_data = mounts.resolve(url)
-        if path is None or not in_data:
+        if path is None or not in_data or not is_frame_name(path.name.removesuffix(".gz")):
             raise FrameListError(HTTPStatus.NOT_FOUND, f"no frame {number} at {folder}")
         try:
             parts.append(listed_frame(path, url))

@@ -141,11 +141,13 @@ def test_frames_stored_gzip_or_outside_the_root_are_refused_in_a_list(trees, tmp
     outside.mkdir(parents=True)
     shutil.copy(stored / "1.mht", outside / "1.mht")
     (root / "studies" / "1" / "series" / "2" / "instances" / "4").symlink_to(tmp_path / "outside")
+    (root / "studies" / "1" / "index.json").write_text("[]")
     live = serve_dir(root)
     status, _, body = get(live, "/dicomweb/studies/1/series/2/instances/3/frames/1,2")
     assert status == 400 and b"gzip" in body
     assert get(live, "/dicomweb/studies/1/series/2/instances/3/frames/2")[0] == 200  # alone: served
     assert get(live, "/dicomweb/studies/1/series/2/instances/4/frames/1,1")[0] == 404
+    assert get(live, "/dicomweb/studies/1,1")[0] == 404  # a folder's index.json is not a frame
     assert get(live, "/dicomweb/studies/1/series/2/instances/3/frames/1,1")[0] == 200
 
 

@@ -281,7 +281,8 @@ class FrameBatch:
         return MultipartReader(boundary_from_content_type(content_type))
 
     async def _read(self, resp, reader: MultipartReader, received: list[int]) -> None:
-        async for chunk in paced(resp, self.watch):
+        # no answer longer than its frames may be (each part is capped too, as it arrives)
+        async for chunk in paced(resp, self.watch, max_bytes=sum(part.cap for part in self.parts)):
             received[0] += len(chunk)
             for event in reader.feed(chunk):
                 self._on(event)

@@ -264,3 +264,31 @@ def test_frames_cancelled_while_their_list_arrives_report_nothing_and_hold_nothi
                                                            and isinstance(e, (Refinement, ImageFailed))]
     assert_every_frame_final(site, events, engine, skip=cancelled)
     assert engine.held_bytes == 0
+
+
+def test_a_short_answer_naming_its_parts_gives_those_and_the_rest_alone(frames):
+    """Two named parts for three frames: the two are shown from the list, the third is fetched
+    alone, and the server is not asked for lists again (it does not answer them as asked)."""
+    pixels, codestreams = frames
+    short = lambda request, numbers: MockResponse(200, {"content-type": LIST_TYPE}, list_body(
+        [(k, codestreams[k - 1]) for k in numbers[:2]]))
+    site = multiframe_site(frames, answer=short)
+    events, engine, transport = run_mock(site, SINGLE, concurrency=1, frames_per_request=3)
+    assert_every_frame_final(site, events, engine)
+    assert engine.batching.refused and [asked_frames(r.url) for r in transport.requests][:3] == [[1], [2, 3, 4], [4]]
+
+
+def test_a_part_larger_than_any_encoding_of_its_frame_fails_only_that_frame(frames):
+    pixels, codestreams = frames
+    huge = b"\xff" * (2 * 64 * 64 * 2 + 300 * 1024)
+
+    def answer(request, numbers):
+        return MockResponse(200, {"content-type": LIST_TYPE}, list_body(
+            [(k, huge if k == 3 else codestreams[k - 1]) for k in numbers]))
+
+    site = multiframe_site(frames, answer=answer)
+    events, engine, transport = run_mock(site, SINGLE, concurrency=1)
+    failed = [e for e in events if isinstance(e, ImageFailed)]
+    assert [e.index for e in failed] == [2] and "bytes for one frame" in failed[0].message
+    assert_every_frame_final(site, events, engine, skip={2})
+    assert len(transport.requests) == 2

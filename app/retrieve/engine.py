@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import AsyncIterator, Callable, Iterable
-from urllib.parse import urlsplit
 
 from ..config import RetrieveConfig, RetrieveOptions, RetrieveStage
 from ..study import Stack
 from ..transport.base import Transport
-from ..transport.errors import ProtocolError
+from .batch import FrameBatching
 from .budget import Budget
 from .events import EngineEvent, ImageFailed, Refinement, failure_message, RequestStarted
 from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded, WholeAttempt
@@ -55,6 +54,7 @@ class RetrieveEngine:
         self._planning = False  # the rest of a run's plan is still to be built
         self._touched: set[int] = set()  # images asked about while it was
         self.frames_encoded = False  # the server sends frames Content-Encoded: no byte ranges
+        self.batching = FrameBatching(self)  # frames of one instance in one request (frames/1,2,3)
 
     # -- public control ----------------------------------------------------------------------
     @property
@@ -253,13 +253,17 @@ class RetrieveEngine:
             self._wake.set()
 
     def _start(self, taken: tuple[int, int], running: set) -> None:
-        st = self._states[taken[0]]
-        job = st.job = Job(*taken)
-        st.apply(Change.START)
-        job.task = asyncio.ensure_future(self._run_job(st, job))
-        running.add(job.task)
-        # a callback, not a finally in the job: a task cancelled before its first step never runs
-        job.task.add_done_callback(lambda task: self._job_done(st, job, task))
+        jobs = []
+        for index in self.batching.group(*taken):  # frames going in one request hold its one slot
+            st = self._states[index]
+            job = st.job = Job(index, taken[1])
+            st.apply(Change.START)
+            job.task = asyncio.ensure_future(self._run_job(st, job))
+            # a callback, not a finally in the job: a task cancelled before its first step never runs
+            job.task.add_done_callback(lambda task, st=st, job=job: self._job_done(st, job, task))
+            jobs.append(job)
+        if jobs:  # (none: its frame waits for the server's answer to a first frame list)
+            running.add(self.batching.launch(jobs, self._wake.set) or jobs[0].task)
 
     def _job_done(self, st: ImageState, job: Job, task: asyncio.Task) -> None:
         gave_way = not task.cancelled() and task.exception() is None and bool(task.result())
@@ -301,7 +305,7 @@ class RetrieveEngine:
             return StreamAttempt(self, st, job, stage, options, streaming=True)
         if kind is FetchKind.STREAM:
             return StreamAttempt(self, st, job, stage, options)
-        return WholeAttempt(self, st, job, stage, options)
+        return self.batching.attempt(st, job, stage, options) or WholeAttempt(self, st, job, stage, options)
 
     def _end_job(self, st: ImageState, job: Job, gave_way: bool) -> None:
         st.job = None
@@ -357,12 +361,7 @@ class RetrieveEngine:
             self.on_event(event)
 
     def check_url(self, url: str) -> None:
-        """Refuse a frame URL (a BulkDataURI, a redirect) outside the study's origin and
-        ``allowedOrigins``: the image fails naming the host, nothing is asked of it."""
-        if not self.config.allows_url(url, self.stack.series_url):
-            host = urlsplit(url).netloc or url
-            raise ProtocolError(f"{url}: host {host} is not the study's origin; "
-                                f"add its origin to allowedOrigins to load images from it")
+        self.rules.check_url(url)
 
     # -- decoding ----------------------------------------------------------------------------
     def decode(self, attempt: Attempt, *, reduce: int, end: int | None) -> None:

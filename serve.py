@@ -14,8 +14,9 @@ cached in ``.cache/``). URL space:
 Static DICOMweb trees answer like a DICOMweb server: ``/dicomweb/studies`` is served from
 ``studies/index.json`` (or ``index.json.gz``), ``.../metadata`` from ``metadata`` or ``metadata.gz``.
 Frame files get ``multipart/related; type=...; boundary=...`` read from their first bytes.
-Single byte ranges, CORS, ETag/Last-Modified with 304, gzip of text and runtime assets (never of a
-ranged response). Nothing outside the mounted folders is ever served, and directories are never listed.
+A list of frames (``frames/1,3,5``, PS3.18 Retrieve Frames) is one multipart/related answer with a
+part per frame, in the order asked (``FrameList``). Single byte ranges, CORS, ETag/Last-Modified
+with 304, gzip of text and runtime assets (never of a ranged response). Nothing outside the mounted folders is ever served, and directories are never listed.
 Standard library only, so it starts before anything is installed.
 """
 
@@ -46,7 +47,11 @@ PROJECT = Path(__file__).resolve().parent
 if str(PROJECT) not in sys.path:  # imported as a module from elsewhere (tests, the bench)
     sys.path.insert(0, str(PROJECT))
 
-from app.tree.framing import sniff_frame_content_type  # noqa: E402 - the tree's one format rule
+from app.tree.framing import (  # noqa: E402 - the tree's one format rule
+    multipart_content_type,
+    new_boundary,
+    sniff_frame_content_type,
+)
 
 DEFAULT_DATA = PROJECT / "static" / "dicomweb"
 
@@ -114,6 +119,10 @@ SEND_BLOCK = 256 * 1024
 GZIP_CACHE_LIMIT = 64 * 1024 * 1024
 #: Larger files are gzip-compressed as a stream while sent, never held whole in memory.
 GZIP_CACHE_ITEM_LIMIT = 4 * 1024 * 1024
+#: Most frames one ``frames/1,2,3`` request may list (an enhanced CT has a few hundred).
+MAX_LISTED_FRAMES = 512
+#: Most bytes read from the front of a stored multipart frame file to find its part headers.
+PART_HEAD_LIMIT = 64 * 1024
 
 
 class Mounts:
@@ -183,6 +192,11 @@ def frame_content_type(path: Path, stored_gzip: bool = False) -> str | None:
     return sniff_frame_content_type(head)
 
 
+def is_frame_name(name: str) -> bool:
+    """A frame file's name in a frames folder (``1``, ``1.mht``), its stored ``.gz`` suffix off."""
+    return name.isdigit() or (name.endswith(".mht") and name[:-4].isdigit())
+
+
 def content_type_for(path: Path, in_data: bool) -> tuple[str, bool]:
     """Return (content type, stored gzip) for a file about to be served."""
     name = path.name
@@ -193,13 +207,132 @@ def content_type_for(path: Path, in_data: bool) -> tuple[str, bool]:
             return DICOM_JSON, stored_gzip
         if base == "thumbnail":  # the rendered 8-bit JPEG of an instance or series
             return "image/jpeg", stored_gzip
-        if base.isdigit() or (base.endswith(".mht") and base[:-4].isdigit()):  # frames/1, jls/1.mht ...
+        if is_frame_name(base):  # frames/1, jls/1.mht ...
             return frame_content_type(path, stored_gzip) or "application/octet-stream", stored_gzip
     suffix = Path(base).suffix
     if base == "python_stdlib.zip":
         return "application/zip", stored_gzip
     ctype = CONTENT_TYPES.get(suffix) or mimetypes.guess_type(base)[0] or "application/octet-stream"
     return ctype, stored_gzip
+
+
+class FrameListError(ValueError):
+    """A frame list that cannot be answered: the status and one line saying why."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ListedFrame:
+    """One part of a frame-list answer: its header lines and where its bytes lie in the file."""
+
+    path: Path
+    headers: bytes  # "Name: value\r\n" lines, Content-Location last
+    start: int
+    length: int
+    content_type: str
+
+
+@dataclass(frozen=True)
+class FrameList:
+    """The answer to ``frames/1,3,5``: one multipart/related body, a part per frame asked.
+
+    A stored frame file that is itself a single-part multipart body (``{n}.mht``, the toolkit's
+    layout) is not nested: its part (headers, Content-Digest included, and bytes) becomes a part
+    of the answer, so each part is exactly what a single-frame answer wraps. A bare frame file
+    becomes a part typed as its single answer is. Frames stored gzip-compressed (``.mht.gz``) are
+    refused (400: ask for them one at a time). Duplicates are answered as asked, one part each.
+    """
+
+    parts: tuple[ListedFrame, ...]
+    boundary: str
+
+    @property
+    def content_type(self) -> str:
+        media = self.parts[0].content_type.partition(";")[0]
+        syntaxes = {_transfer_syntax(p.content_type) for p in self.parts}
+        syntax = syntaxes.pop() if len(syntaxes) == 1 else None
+        return multipart_content_type(media.strip() or "application/octet-stream", self.boundary, syntax)
+
+    def _delimiter(self, first: bool) -> bytes:
+        return (b"" if first else b"\r\n") + b"--" + self.boundary.encode("ascii") + b"\r\n"
+
+    @property
+    def closing(self) -> bytes:
+        return b"\r\n--" + self.boundary.encode("ascii") + b"--\r\n"
+
+    def heads(self) -> list[bytes]:
+        """The bytes before each part's data: delimiter and header lines."""
+        return [self._delimiter(i == 0) + p.headers + b"\r\n" for i, p in enumerate(self.parts)]
+
+    @property
+    def length(self) -> int:
+        return sum(len(h) + p.length for h, p in zip(self.heads(), self.parts)) + len(self.closing)
+
+
+def _transfer_syntax(content_type: str) -> str | None:
+    match = re.search(r"transfer-syntax\s*=\s*\"?([0-9.]+)", content_type)
+    return match.group(1) if match else None
+
+
+def parse_frame_numbers(text: str) -> list[int]:
+    """``1,3,5`` -> [1, 3, 5]; FrameListError for anything else (no int() of huge numbers)."""
+    items = text.split(",")
+    if len(items) > MAX_LISTED_FRAMES:
+        raise FrameListError(HTTPStatus.BAD_REQUEST, f"more than {MAX_LISTED_FRAMES} frames in one request")
+    numbers = []
+    for item in items:
+        if not item.isascii() or not item.isdigit() or len(item) > 9 or int(item) < 1:
+            raise FrameListError(HTTPStatus.BAD_REQUEST,
+                                 f"frame list item {item[:20]!r} is not a frame number (1, 2, ...)")
+        numbers.append(int(item))
+    return numbers
+
+
+def listed_frame(path: Path, url: str) -> ListedFrame:
+    """Where the frame bytes of one stored frame file lie, and the header lines of its part."""
+    ctype, stored_gzip = content_type_for(path, True)
+    if stored_gzip:
+        raise FrameListError(HTTPStatus.BAD_REQUEST,
+                             f"{url} is stored gzip-compressed: ask for it alone")
+    size = path.stat().st_size
+    location = f"Content-Location: {urllib.parse.quote(url, safe='/,')}\r\n".encode("ascii")
+    if not ctype.startswith("multipart/"):
+        return ListedFrame(path, f"Content-Type: {ctype}\r\n".encode("latin-1") + location, 0, size, ctype)
+    with path.open("rb") as fh:
+        head = fh.read(PART_HEAD_LIMIT)
+        first, _, rest = head.partition(b"\r\n")
+        end = rest.find(b"\r\n\r\n")
+        closing = b"\r\n" + first + b"--"
+        fh.seek(max(0, size - len(closing) - 2))
+        tail = fh.read()
+    if end < 0 or not first.startswith(b"--") or not tail.rstrip(b"\r\n").endswith(closing):
+        raise FrameListError(HTTPStatus.BAD_REQUEST, f"{url} is not stored as one part: ask for it alone")
+    start = len(first) + 2 + end + 4
+    length = size - start - (len(tail) - tail.rindex(closing))
+    if length < 0:
+        raise FrameListError(HTTPStatus.BAD_REQUEST, f"{url} is not stored as one part: ask for it alone")
+    headers = [line for line in rest[:end].split(b"\r\n") if line and not line.lower().startswith(b"content-location:")]
+    part_type = next((line.split(b":", 1)[1].strip().decode("latin-1") for line in headers
+                      if line.lower().startswith(b"content-type:")), "application/octet-stream")
+    return ListedFrame(path, b"".join(line + b"\r\n" for line in headers) + location, start, length, part_type)
+
+
+def frame_list(mounts: Mounts, folder: str, numbers: list[int]) -> FrameList:
+    """The frame-list answer for frames ``numbers`` of the frames folder at URL path ``folder``."""
+    parts = []
+    for number in numbers:
+        url = f"{folder}/{number}"
+        path, in_data = mounts.resolve(url)
+        if path is None or not in_data or not is_frame_name(path.name.removesuffix(".gz")):
+            raise FrameListError(HTTPStatus.NOT_FOUND, f"no frame {number} at {folder}")
+        try:
+            parts.append(listed_frame(path, url))
+        except OSError:
+            raise FrameListError(HTTPStatus.NOT_FOUND, f"no frame {number} at {folder}") from None
+    return FrameList(tuple(parts), new_boundary())
 
 
 def is_compressible(ctype: str, path: Path) -> bool:
@@ -400,6 +533,9 @@ class Handler(BaseHTTPRequestHandler):
         if "%" in url_path and re.search(r"%[0-9a-fA-F]{2}", url_path):
             # double-encoded input ("%252e%252e") decodes to another escape: never decode twice
             return self._send_error(HTTPStatus.BAD_REQUEST, "path is encoded more than once")
+        folder, _, last = url_path.rpartition("/")
+        if "," in last and url_path.startswith("/dicomweb/"):
+            return self._serve_frame_list(folder, last)
         path, in_data = self.server.mounts.resolve(url_path)
         if path is None:
             return self._send_error(HTTPStatus.NOT_FOUND, "no such file")
@@ -456,6 +592,36 @@ class Handler(BaseHTTPRequestHandler):
             return self._send_gzip(path, st, {**common, "ETag": etag[:-1] + '-gz"',
                                               "Content-Encoding": "gzip"})
         self._send_body_file(path, st, {**common, "ETag": etag})
+
+    def _serve_frame_list(self, folder: str, numbers: str) -> None:
+        """``frames/1,3,5``: a part per frame, in the order asked. A Range header is ignored
+        (RFC 9110 allows it): the whole list is answered with 200, never a part of it."""
+        try:
+            answer = frame_list(self.server.mounts, folder, parse_frame_numbers(numbers))
+        except FrameListError as exc:
+            return self._send_error(exc.status, str(exc))
+        self._send_head(HTTPStatus.OK, {"Content-Type": answer.content_type, "Content-Length": str(answer.length),
+                                        "Cache-Control": "private, no-cache", "Content-Security-Policy": DATA_CSP})
+        sent = 0
+        if self.command != "HEAD":
+            for head, part in zip(answer.heads(), answer.parts):
+                try:
+                    self.wfile.write(head)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+                    break
+                copied = self._copy(part.path, part.start, part.length)
+                sent += len(head) + copied
+                if copied < part.length:  # the file changed under us: the peer sees a cut body
+                    self.close_connection = True
+                    break
+            else:
+                try:
+                    self.wfile.write(answer.closing)
+                    sent += len(answer.closing)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+        self._record(200, self.headers.get("Range"), sent)
 
     def _not_modified(self, etag: str, st: os.stat_result, common: dict[str, str]) -> bool:
         """Answer 304 when the client's copy is current; True if answered."""

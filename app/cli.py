@@ -16,8 +16,8 @@ from typing import Sequence, TextIO
 
 from .config import PRESETS, ConfigError, RetrieveConfig, parse_config, preset
 from .codecs import pixel_sha256
-from .engine import (DEFAULT_CONCURRENCY, EngineEvent, ImageFailed, Refinement, RetrieveEngine,
-                     RetrievePolicy)
+from .engine import (DEFAULT_CONCURRENCY, EngineEvent, ImageFailed, Refinement, RequestStarted,
+                     RetrieveEngine, RetrievePolicy)
 from .study import DiscoveryError, Stack, discover
 from .transport import TransportError, default_transport
 
@@ -73,13 +73,15 @@ async def load(
     concurrency: int = DEFAULT_CONCURRENCY,
     viewport: tuple[int, int] | None = None,
     cache_mb: int | None = None,
+    frames_per_request: int | None = None,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
     transport=None,
 ) -> tuple[Stack, list[int], int]:
     """Discover the stack, load it, write JSON lines; returns (stack, requested, images final).
 
-    Images that do not become final are named on ``err``, one line each, plus a summary.
+    Images that do not become final are named on ``err``, one line each, plus a summary. The
+    last line on ``out`` is a ``LoadSummary``: images, finals and the frame requests made.
     """
     own = transport is None
     transport = transport or default_transport()
@@ -93,16 +95,22 @@ async def load(
         }) + "\n")
         requested = list(range(len(stack) if images is None else min(images, len(stack))))
         budget = {} if cache_mb is None else {"cache_bytes": cache_mb << 20}
+        if frames_per_request is not None:
+            budget["frames_per_request"] = frames_per_request
         engine = RetrieveEngine(stack, config, transport, policy=RetrievePolicy(concurrency=concurrency, **budget),
                                 viewport=viewport)
         failures: dict[int, str] = {}
+        requests = 0
         async for event in engine.run(requested):
+            requests += isinstance(event, RequestStarted)
             if isinstance(event, ImageFailed):
                 failures[event.index] = f"{event.message} (stage {event.stage_id})"
             out.write(json.dumps(event_json(event)) + "\n")
             out.flush()
         final = {i for i in requested if engine.reached_final(i)}
         report_failures(stack, requested, final, failures, err)
+        out.write(json.dumps({"event": "LoadSummary", "images": len(requested), "final": len(final),
+                              "requests": requests, "t_ms": round((time.perf_counter() - t0) * 1000, 3)}) + "\n")
         return stack, requested, len(final)
     finally:
         if own:
@@ -125,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--series", help="SeriesInstanceUID to load when the URL names a study or root")
     parser.add_argument("--images", type=int, help="load only the first N images of the stack")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight")
+    parser.add_argument("--frames-per-request", type=int, metavar="N",
+                        help="frames of one multi-frame instance asked in one request (frames/1,2,3; "
+                             "default 16; 1: one request per frame)")
     parser.add_argument("--viewport", type=_viewport, help="ROWSxCOLUMNS the image is shown in")
     parser.add_argument("--allow-origin", nargs="+", default=(), metavar="ORIGIN",
                         help="origins besides the study's that redirects and BulkDataURIs may lead to")
@@ -142,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _, requested, finals = asyncio.run(load(
             args.url, config, series=args.series, images=args.images,
             concurrency=args.concurrency, viewport=args.viewport, cache_mb=args.cache_mb,
+            frames_per_request=args.frames_per_request,
         ))
     except KeyboardInterrupt:
         return 130

@@ -352,7 +352,11 @@ class _PageAndRedirect(QuietHandler):
 
 _RUN = """async ([sources, url]) => {
   const py = await window.py;
-  globalThis.engineNet = await import("/app/ui/net.mjs");  // as app/ui/worker.mjs sets it
+  // the network worker's Net, run on this thread: app/ui/worker.mjs's engineNet posts to it instead
+  const { Net } = await import("/app/ui/net.mjs");
+  let listener = null;
+  const net = new Net((message) => listener(message));
+  globalThis.engineNet = { send: (text) => net.handle(text), listen: (callback) => { listener = callback; } };
   for (const path of sources) {
     const text = await (await fetch("/" + path)).text();
     py.FS.mkdirTree("/home/pyodide/" + path.split("/").slice(0, -1).join("/"));

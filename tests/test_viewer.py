@@ -284,7 +284,7 @@ SLOW4G = {"offline": False, "latency": 562.5, "downloadThroughput": 180_000, "up
 @pytest.mark.parametrize("config", ["htj2k", "interleavedStack"])
 def test_fast_scrolling_on_slow4g(page, demo_server, demo_data, config):
     """Scroll through the 20 slices while they load on "Slow 4G": no image of another slice is ever
-    drawn over the current one, transfers that matter less give way (cancelled, resumed later),
+    drawn over the current one, the image on screen is asked for first and at high priority,
     memory stays bounded, and the slice the user stops on ends lossless and bit-exact."""
     entry = demo_entry(demo_data, "MR")
     p = page.page
@@ -293,13 +293,16 @@ def test_fast_scrolling_on_slow4g(page, demo_server, demo_data, config):
     cdp.send("HeapProfiler.collectGarbage")
     js_before = cdp.send("Runtime.getHeapUsage")["usedSize"]
     wasm_before = json.loads(p.evaluate("window.pyApp.memoryUsage()"))["wasmHeapBytes"]
-    cancelled: list = []
-    net = WorkerNetwork(p)  # the frames are fetched by the engine's worker
-    net.on("Network.loadingFailed", lambda e: cancelled.append(e) if e.get("canceled") else None)
+    net = WorkerNetwork(p)  # the frames are fetched by the engine's network worker
     frame_ids: set = set()
+    priorities: list = []  # fetch's priority of each frame request, in the order they went out
     received: dict = {}  # bytes the page actually took in, per frame request (what crossed the link)
-    net.on("Network.requestWillBeSent",
-           lambda e: frame_ids.add(e["requestId"]) if "/frames/" in e["request"]["url"] else None)
+
+    def sent(e):
+        if "/frames/" in e["request"]["url"]:
+            frame_ids.add(e["requestId"])
+            priorities.append(e["request"].get("initialPriority"))
+    net.on("Network.requestWillBeSent", sent)
     net.on("Network.dataReceived", lambda e: received.__setitem__(
         e["requestId"], received.get(e["requestId"], 0) + e["encodedDataLength"]))
     cdp.send("Network.enable")
@@ -322,7 +325,10 @@ def test_fast_scrolling_on_slow4g(page, demo_server, demo_data, config):
     stale = [d for d in draws if d[0] != d[1]]
     assert not stale, f"images of other slices drawn over the current one: {stale[:5]}"
     assert any(d[0] == 2 and d[2] == "FULL_RESOLUTION" for d in draws)
-    assert cancelled, "no transfer gave way while scrolling onto slices that were still waiting"
+    # the page keeps 24 requests asked for (more than 20 slices): nothing has to give way; the
+    # browser hands its connections to the image on screen first (fetch priority), and that image
+    # goes out alone, before the others (the engine's tests pin giving way when slots run out)
+    assert priorities[0] == "High" and "Low" in priorities[1:], priorities
 
     assert p.evaluate("window.pyApp.pixelsSha256(2)") == _mr_source_sha(demo_server, demo_data, entry, 2)
 
@@ -333,12 +339,12 @@ def test_fast_scrolling_on_slow4g(page, demo_server, demo_data, config):
     series_dir = demo_data / entry["url"].removeprefix("/dicomweb/")
     sizes = sum(f.stat().st_size for f in stored_frames(series_dir, "instances/*/frames/1"))
     taken_in = sum(n for rid, n in received.items() if rid in frame_ids)
-    print(f"slow4g scroll ({config}): {len(draws)} draws, {len(cancelled)} transfers gave way, {len(frames)} frame "
+    print(f"slow4g scroll ({config}): {len(draws)} draws, {len(frames)} frame "
           f"requests; the page took in {taken_in} B of frames for {sizes} B of frame files "
           f"(the server wrote {sum(e['bytes_sent'] for e in frames)} B into its sockets); "
           f"JS heap {js_before / 1e6:.1f} -> {js_after / 1e6:.1f} MB, wasm heap {wasm_before / 1e6:.1f} -> "
           f"{mem['wasmHeapBytes'] / 1e6:.1f} MB, pixels held {mem['heldPixelBytes'] / 1e6:.2f} MB in {mem['heldImages']} images")
-    assert taken_in <= 1.1 * sizes  # what gave way resumed from the first byte it did not hold
+    assert taken_in <= 1.1 * sizes  # no frame byte taken in twice
     assert mem["heldImages"] == 20 and mem["heldPixelBytes"] <= 20 * 256 * 256 * 2
     assert js_after - js_before < 32e6
     assert mem["wasmHeapBytes"] - wasm_before < 64e6

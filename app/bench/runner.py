@@ -185,6 +185,8 @@ def _parser() -> argparse.ArgumentParser:
                              " default all; the large ones are generated once by tools/large_stacks.py)")
     parser.add_argument("--scale", nargs="?", const="small", choices=("small", "full"),
                         help="only the large-stack and converter throughput rows (scale.py; default small)")
+    parser.add_argument("--frame-lists", action="store_true",
+                        help="only the multi-frame rows: one frame a request vs frames/1,2,3 (frame_lists.py)")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold start rows (browser)")
     parser.add_argument("--no-decode", action="store_true", help="skip the decode comparison")
     parser.add_argument("--render", type=Path, metavar="JSON",
@@ -231,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.responsiveness:
         return _responsiveness(args, profiles, progress, argv if argv is not None else sys.argv[2:])
+    if args.frame_lists:
+        from .frame_lists import main as frame_lists_main
+
+        return frame_lists_main(runs=args.runs, profile=profiles[0], out=args.out, progress=progress)
     if args.scale:
         from .scale import main as scale_main
 

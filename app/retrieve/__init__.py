@@ -5,7 +5,8 @@ One job per module: ``events`` (what is reported), ``settings`` (RetrievePolicy:
 ``policy`` (pure rules: what a stage fetches, which level, what is final), ``scheduler`` (pure:
 which job next, which gives way), ``state`` (each image's Phase and its transitions), ``body``
 (one frame resource's bytes, parsed as they arrive), ``fetch`` (one attempt per image and stage:
-streamed or byte ranges, with retries), ``nearby`` (nearbyFrames), ``budget`` (memory), and
+streamed or byte ranges, with retries), ``batch`` (frames of one instance in one ``frames/1,2,3``
+request), ``nearby`` (nearbyFrames), ``budget`` (memory), and
 ``engine`` (RetrieveEngine, the facade that runs them on the event loop).
 """
 

@@ -151,6 +151,21 @@ class FrameBody:
                 self._part_done = True
                 self.complete = True
 
+    def start_part(self, headers: dict[str, str]) -> None:
+        """The frame comes as one part of a frame-list answer (``frames/1,2,3``): the part's
+        headers say its type and digest, and its bytes follow unframed."""
+        self._mode = "raw"
+        self._set_syntax(headers.get("content-type") or "")
+        self.digest = parse_content_digest(headers.get("content-digest"))
+        if self.digest is not None:
+            self._hasher = hashlib.new(DIGEST_ALGORITHMS[self.digest[0]])
+
+    def count_in(self, held: "HeldBytes") -> None:
+        """Bytes received before the frame was known to be its image's now count in the budget."""
+        if self.held is None:
+            self.held = held
+            held.total += len(self.data)
+
     def end_of_file(self) -> None:
         """All of the file has been fed (a 200 body ended, or the last range reached the end)."""
         if self._mode == "raw" or self._mode is None:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import AsyncIterator, Callable, Iterable
-from urllib.parse import urlsplit
 
 from ..config import RetrieveConfig, RetrieveOptions, RetrieveStage
 from ..study import Stack
 from ..transport.base import Transport
-from ..transport.errors import ProtocolError
+from .batch import FrameBatching
 from .budget import Budget
 from .events import EngineEvent, ImageFailed, Refinement, failure_message, RequestStarted
 from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded, WholeAttempt
@@ -55,6 +54,7 @@ class RetrieveEngine:
         self._planning = False  # the rest of a run's plan is still to be built
         self._touched: set[int] = set()  # images asked about while it was
         self.frames_encoded = False  # the server sends frames Content-Encoded: no byte ranges
+        self.batching = FrameBatching(self)  # frames of one instance in one request (frames/1,2,3)
 
     # -- public control ----------------------------------------------------------------------
     @property
@@ -182,6 +182,8 @@ class RetrieveEngine:
         self.request(first)
         if not first:
             self.first_request.went_out()
+        if not self.scheduler.pending.get(self.current):
+            self.first_request.shown()  # nothing to wait for: the image on screen has no job here
         self._planning = True
         runner = asyncio.ensure_future(self._run_workers([i for i in wanted if i != self.current]))
         # the end of the run comes through the queue, after every event before it: one await per
@@ -221,18 +223,19 @@ class RetrieveEngine:
                     # let the reader catch up before more work (a fast server otherwise fills memory)
                     self._drained.clear()
                     await self._drained.wait()
-                taken = self.scheduler.take() if len(running) < self.policy.concurrency else None
-                if taken is not None:
-                    self._start(taken, running)
-                    continue
-                if not running and self.scheduler.idle and not self._planning:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
+                self._wake.clear()  # before looking: a job ending from here on wakes the wait below
                 for task in [t for t in running if t.done()]:
                     running.discard(task)
                     if not task.cancelled() and task.exception() is not None:
                         raise task.exception()
+                taken = self.scheduler.take() if len(running) < self.policy.concurrency else None
+                if taken is not None:
+                    self._start(taken, running)
+                    await self.first_request.head_start(self.policy.first_image_head_start)
+                    continue
+                if not running and self.scheduler.idle and not self._planning:
+                    return
+                await self._wake.wait()
         finally:
             for task in (planner, *running):
                 task.cancel()
@@ -250,13 +253,17 @@ class RetrieveEngine:
             self._wake.set()
 
     def _start(self, taken: tuple[int, int], running: set) -> None:
-        st = self._states[taken[0]]
-        job = st.job = Job(*taken)
-        st.apply(Change.START)
-        job.task = asyncio.ensure_future(self._run_job(st, job))
-        running.add(job.task)
-        # a callback, not a finally in the job: a task cancelled before its first step never runs
-        job.task.add_done_callback(lambda task: self._job_done(st, job, task))
+        jobs = []
+        for index in self.batching.group(*taken):  # frames going in one request hold its one slot
+            st = self._states[index]
+            job = st.job = Job(index, taken[1])
+            st.apply(Change.START)
+            job.task = asyncio.ensure_future(self._run_job(st, job))
+            # a callback, not a finally in the job: a task cancelled before its first step never runs
+            job.task.add_done_callback(lambda task, st=st, job=job: self._job_done(st, job, task))
+            jobs.append(job)
+        if jobs:  # (none: its frame waits for the server's answer to a first frame list)
+            running.add(self.batching.launch(jobs, self._wake.set) or jobs[0].task)
 
     def _job_done(self, st: ImageState, job: Job, task: asyncio.Task) -> None:
         gave_way = not task.cancelled() and task.exception() is None and bool(task.result())
@@ -298,11 +305,13 @@ class RetrieveEngine:
             return StreamAttempt(self, st, job, stage, options, streaming=True)
         if kind is FetchKind.STREAM:
             return StreamAttempt(self, st, job, stage, options)
-        return WholeAttempt(self, st, job, stage, options)
+        return self.batching.attempt(st, job, stage, options) or WholeAttempt(self, st, job, stage, options)
 
     def _end_job(self, st: ImageState, job: Job, gave_way: bool) -> None:
         st.job = None
         self.first_request.went_out()
+        if job.index == self.current:
+            self.first_request.shown()
         if job.live:
             if gave_way:
                 self.scheduler.put_back(job.index, job.stage_pos)  # its turn comes again
@@ -338,29 +347,21 @@ class RetrieveEngine:
     def _fail(self, st: ImageState, stage: RetrieveStage, message: str) -> None:
         image = st.image
         st.failures += 1
-        self.emit(ImageFailed(image.index, image.sop_instance_uid, image.frame, stage.id, message, self.t_ms(st)))
+        self.emit(ImageFailed(image.index, image.sop_instance_uid, image.frame, stage.id, message, st.t_ms(self.clock)))
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: EngineEvent) -> None:
         if isinstance(event, RequestStarted):
             self.first_request.went_out()
+        elif event.index == self.current and isinstance(event, (Refinement, ImageFailed)):
+            self.first_request.shown()
         if self._queue is not None:
             self._queue.put_nowait(event)
         if self.on_event is not None:
             self.on_event(event)
 
     def check_url(self, url: str) -> None:
-        """Refuse a frame URL (a BulkDataURI, a redirect) outside the study's origin and
-        ``allowedOrigins``: the image fails naming the host, nothing is asked of it."""
-        if not self.config.allows_url(url, self.stack.series_url):
-            host = urlsplit(url).netloc or url
-            raise ProtocolError(f"{url}: host {host} is not the study's origin; "
-                                f"add its origin to allowedOrigins to load images from it")
-
-    def t_ms(self, st: ImageState) -> float:
-        if st.t0 is None:
-            st.t0 = self.clock()
-        return round((self.clock() - st.t0) * 1000.0, 3)
+        self.rules.check_url(url)
 
     # -- decoding ----------------------------------------------------------------------------
     def decode(self, attempt: Attempt, *, reduce: int, end: int | None) -> None:
@@ -386,7 +387,7 @@ class RetrieveEngine:
             index=image.index, sop_instance_uid=image.sop_instance_uid, frame=image.frame,
             stage_id=attempt.stage.id, status=status, rows=rows, columns=columns,
             pixel_spacing=scaled_spacing(image, rows, columns),
-            bytes_received=st.bytes_received, t_ms=self.t_ms(st), decode_ms=decode_ms, final=final,
+            bytes_received=st.bytes_received, t_ms=st.t_ms(self.clock), decode_ms=decode_ms, final=final,
             pixels=pixels, transfer_syntax=syntax, reduce=reduce, url=body.url,
         )
         st.best = ref

@@ -99,7 +99,7 @@ class Attempt:
             raise Superseded()
 
     def t_ms(self) -> float:
-        return self.engine.t_ms(self.st)
+        return self.st.t_ms(self.engine.clock)
 
     def emit(self, event) -> None:
         self.engine.emit(event)

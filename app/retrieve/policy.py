@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import enum
 import dataclasses
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from ..codecs import DecodeError, PixelFormat, codec_for
 from ..config import ImageQualityStatus, RetrieveConfig, RetrieveOptions, RetrieveStage
 from ..readers.codestream import ResolutionComplete
 from ..study import Alternate, Stack, StackImage
+from ..transport.errors import ProtocolError
 from .body import PREFIX_DECODABLE, FrameBody
 from .events import Refinement
 
@@ -56,6 +57,14 @@ class Policy:
         self.config = config
         self.stack = stack
         self.viewport = viewport  # (rows, columns) in device pixels
+
+    def check_url(self, url: str) -> None:
+        """Refuse a frame URL (a BulkDataURI, a redirect) outside the study's origin and
+        ``allowedOrigins``: the image fails naming the host, nothing is asked of it."""
+        if not self.config.allows_url(url, self.stack.series_url):
+            host = urlsplit(url).netloc or url
+            raise ProtocolError(f"{url}: host {host} is not the study's origin; "
+                                f"add its origin to allowedOrigins to load images from it")
 
     # -- what a stage reads -----------------------------------------------------------------
     def options(self, stage: RetrieveStage, image: StackImage) -> RetrieveOptions:

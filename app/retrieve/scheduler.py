@@ -61,6 +61,31 @@ class Scheduler:
             return i, pos
         return None
 
+    def take_along(self, indices: Iterable[int], stage_pos: int) -> list[int]:
+        """Of these images, those whose next stage is ``stage_pos`` and that may start, marked
+        running with it (frames that go in one request with the job just taken)."""
+        taken = []
+        for i in indices:
+            todo = self.pending.get(i)
+            if not todo or todo[0] != stage_pos or i in self.running:
+                continue
+            todo.pop(0)
+            if not todo:
+                del self.pending[i]
+            self.running.add(i)
+            taken.append(i)
+        return taken
+
+    def park(self, index: int, stage_pos: int) -> None:
+        """A job just taken that must wait (its frame goes in a list the server may refuse): back
+        in the queue but not taken again until ``unpark``."""
+        self.running.discard(index)
+        self.pending.setdefault(index, []).insert(0, stage_pos)
+
+    def unpark(self, indices: Iterable[int]) -> None:
+        for index in indices:
+            self._push(index)
+
     def done(self, index: int) -> None:
         """The image's job ended: its next stage (if any) may run."""
         self.running.discard(index)

@@ -92,6 +92,12 @@ class ImageState:
     stages_done: set[int] = field(default_factory=set)
     failures: int = 0  # ImageFailed events reported since it was last requested
 
+    def t_ms(self, clock) -> float:
+        """Milliseconds since this image's first request (its events' time stamps)."""
+        if self.t0 is None:
+            self.t0 = clock()
+        return round((clock() - self.t0) * 1000.0, 3)
+
     def drop_bodies(self) -> None:
         """Let go of every frame body held (their bytes leave the budget's running total)."""
         for body in self.bodies.values():
@@ -154,17 +160,36 @@ class ImageStates:
 
 class FirstRequest:
     """Whether a run's first request has gone out: the rest of its plan, and what else the page
-    asks of the server (the study's series list), wait for it. Each run has its own."""
+    asks of the server (the study's series list), wait for it; and whether the image on screen
+    has shown something: the other images' requests wait for that (a head start, bounded), since
+    starting them costs the worker ~1-3 ms each under Pyodide while that image's bytes wait. Each
+    run has its own."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._shown = asyncio.Event()
 
     def new_run(self) -> None:
         old, self._event = self._event, asyncio.Event()
         old.set()  # whoever waited on an earlier run's moves on to this one's
+        self._shown.set()
+        self._shown = asyncio.Event()
 
     def went_out(self) -> None:
         self._event.set()
+
+    def shown(self) -> None:
+        """The image on screen has a picture (or failed, or its job ended): the others may start."""
+        self._shown.set()
+
+    async def head_start(self, seconds: float) -> None:
+        """Until the image on screen has shown something, at most ``seconds``."""
+        if not self._shown.is_set():
+            try:
+                await asyncio.wait_for(self._shown.wait(), seconds)
+            except TimeoutError:
+                pass
+            self._shown.set()
 
     async def wait(self) -> None:
         while True:

@@ -111,7 +111,15 @@ function deliver(m) {
   listener(m.type, text, m);
 }
 worker.onerror = (e) => window.appFail("The engine's worker failed: " + (e.message || "see console"));
-worker.postMessage({ type: "init", href: location.href, preload });
+// the engine's requests run in a worker of their own (app/ui/net-worker.mjs): fetch() and body
+// streams off the Python thread; the engine talks to it over a port of its own
+const netWorker = new Worker(new URL("./net-worker.mjs", import.meta.url), { type: "module" });
+netWorker.onerror = (e) => window.appFail("The engine's network worker failed: " + (e.message || "see console"));
+const netChannel = new MessageChannel();
+netWorker.postMessage({ port: netChannel.port1 }, [netChannel.port1]);
+const preloads = preload.map((href) => ["preload", new URL(href, location.href).href]);
+if (preloads.length) netWorker.postMessage(JSON.stringify(preloads));
+worker.postMessage({ type: "init", href: location.href, net: netChannel.port2 }, [netChannel.port2]);
 
 // ---- what the UI (app/ui/glue.py) uses -----------------------------------------------------
 window.engine = {

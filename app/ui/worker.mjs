@@ -2,12 +2,12 @@
 // The page's main thread only draws; it talks to this worker by messages, and decoded pixels come
 // back as transferred ArrayBuffers (moved, not copied element by element).
 //
-// Start-up: the page's first message ("init") names the study files worth asking for at once
-// (a ?url= series' metadata and alternates.json); they are fetched while Pyodide loads and the
-// engine's own fetch of the same URL takes that response (one request each), like a preload.
+// Start-up: the page's first message ("init") hands over the port to the network worker, which
+// already fetches the study files worth asking for at once (a ?url= series' metadata and
+// alternates.json) while Pyodide loads: the engine's own request for the same URL takes that
+// response (one request each), like a preload.
 import { loadPyodide } from "../../static/pyodide/pyodide.mjs";
 import { parseShipping } from "./shipping.mjs";
-import * as net from "./net.mjs";
 
 const base = new URL("../../", import.meta.url);
 const HOME = "/home/pyodide/";          // where the app's files go (set-up compiles for this path)
@@ -16,26 +16,20 @@ const epoch = () => performance.timeOrigin + performance.now();  // comparable w
 const queue = [];     // messages that arrive before Python is up
 let handler = null;   // app/worker.py's handle(message)
 let report = null;    // () => how the app's modules were loaded (bytecodeReport)
-const preloaded = new Map();
 const nativeFetch = globalThis.fetch.bind(globalThis);
-globalThis.engineNet = net;  // app/transport/browser.py's requests and body batches
 
-function hasRange(init) {
-  const headers = init && init.headers;
-  if (!headers) return false;
-  if (typeof headers.has === "function") return headers.has("range");
-  return Object.keys(headers).some((k) => k.toLowerCase() === "range");
-}
-
-// The engine's fetch: a preloaded answer is handed over once, for a plain GET of the same URL.
-globalThis.fetch = (input, init) => {
-  if (typeof input === "string" && preloaded.has(input) && !hasRange(init)
-      && (!init || !init.method || init.method === "GET")) {
-    const answer = preloaded.get(input);
-    preloaded.delete(input);
-    return answer;
-  }
-  return nativeFetch(input, init);
+// The engine's requests run in their own worker (app/ui/net-worker.mjs running app/ui/net.mjs,
+// started by the page, which hands this worker a port to it in "init"): app/transport/browser.py
+// sends it operations as JSON text and listens to its events.
+let netPort = null;
+let netListener = null;
+const netBacklog = [];
+globalThis.engineNet = {
+  send(text) { netPort.postMessage(text); },
+  listen(callback) {
+    netListener = callback;
+    for (const data of netBacklog.splice(0)) callback(data);
+  },
 };
 
 function post(message, transfer) {
@@ -45,12 +39,10 @@ function post(message, transfer) {
 self.onmessage = (event) => {
   const message = event.data;
   if (message && message.type === "init") {
-    for (const href of message.preload || []) {
-      const url = new URL(href, message.href).href;
-      const answer = nativeFetch(url, { mode: "cors" });
-      answer.catch(() => {});  // a failed preload is the engine's to report when it asks itself
-      preloaded.set(url, answer);
-    }
+    netPort = message.net;
+    netPort.onmessage = (event) => {
+      if (netListener) netListener(event.data); else netBacklog.push(event.data);
+    };
     return;
   }
   if (message && message.type === "call" && message.name === "bytecodeReport") {

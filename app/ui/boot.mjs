@@ -99,7 +99,15 @@ worker.onmessage = (event) => {
 };
 // The UI gets each message as JSON text (MicroPython parses it into real dicts) plus the message
 // itself, whose ArrayBuffer goes on to the renderer without ever entering Python.
+// A result's "replicas" (nearbyFrames: the same pixels shown at other slices, badged) come in its
+// message, one buffer for all: each is handed on as a message of its own, sharing that buffer.
 function deliver(m) {
+  const replicas = m.replicas;
+  if (replicas) delete m.replicas;
+  deliverOne(m);
+  for (const replica of replicas || []) deliverOne(Object.assign({}, m, replica));
+}
+function deliverOne(m) {
   const buffer = m.buffer;
   if (buffer) { delete m.buffer; m.nbytes = buffer.byteLength; }
   const text = JSON.stringify(m);

@@ -25,6 +25,7 @@ from app.config import PRESET_DESCRIPTIONS, PRESETS, ConfigError, parse_config, 
 from app.render import default_window
 from app.engine import FirstBytes, ImageFailed, Refinement, RequestStarted
 from app import dicomjson as dj
+from app import worker_loop
 from app.study import Stack, dicom_date, fetch_json, person_name
 from app.viewer_engine import StackLoader, open_stack, run_stack
 
@@ -400,6 +401,7 @@ _KEEP: list = []
 def start(post, epoch, pydicom_url: str):
     """Called once by app/ui/worker.mjs: returns the message handler (a JS function)."""
     global ENGINE
+    worker_loop.install()
     ENGINE = Engine(post, epoch, str(pydicom_url))
     warm_up_decoders()
     ENGINE.post({"type": "presets", "presets": PRESETS, "descriptions": PRESET_DESCRIPTIONS,

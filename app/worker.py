@@ -26,6 +26,7 @@ from app.config import PRESET_DESCRIPTIONS, PRESETS, ConfigError, parse_config, 
 from app.render import default_window
 from app.engine import FirstBytes, ImageFailed, Refinement, RequestStarted
 from app import dicomjson as dj
+from app import worker_loop
 from app.study import Stack, dicom_date, fetch_json, person_name, stack_from_metadata
 from app.viewer_engine import StackLoader, open_stack, run_stack
 
@@ -50,12 +51,39 @@ class Engine:
         self.progress: list[list] = []  # [index, kind, t_ms] waiting for flush_progress
         self.progress_flush: asyncio.TimerHandle | None = None
         self.described = -1  # the generation whose "opened" message has been posted
+        self.held_result: tuple | None = None  # (pixels, message, buffer) waiting for its replicas
         self.collector_paused = False
 
     # ---- out ----
     def post(self, message: dict, transfer: list | None = None) -> None:
+        if self.held_result is not None:
+            self.flush_result()  # messages keep the order of the events they come from
         js_message = to_js(message, dict_converter=js.Object.fromEntries)
         self._post(js_message, to_js(transfer or []))
+
+    def hold_result(self, event: Refinement, generation: int, t: float) -> None:
+        """A result waits for the rest of its loop turn: the nearbyFrames replicas the engine
+        emits right after it (the same pixels, other slices) travel in its message, as
+        "replicas", not as three more copies of its pixels and three more messages."""
+        held = self.held_result
+        if held is not None and event.pixels is held[0] and event.index != held[1]["index"]:
+            held[1]["replicas"].append(image_fields(self.stack, event, held[0]) | {"t_ms": round(t, 1)})
+            return
+        self.flush_result()
+        message, buffer = refinement_message(self.stack, event, generation)
+        message["t_ms"], message["replicas"] = round(t, 1), []
+        self.held_result = (event.pixels, message, buffer)
+        asyncio.get_running_loop().call_soon(self.flush_result)
+
+    def flush_result(self) -> None:
+        if self.held_result is None:
+            return
+        _, message, buffer = self.held_result
+        self.held_result = None
+        if not message["replicas"]:
+            del message["replicas"]
+        self.post(message, [buffer])
+        self.flush_progress()  # after the result: its request's progress is never shown later
 
     def now(self) -> float:
         return float(self._epoch())
@@ -211,9 +239,8 @@ class Engine:
         self.describe(generation)
         t = self.now() - self.started
         if isinstance(event, Refinement):
-            message, buffer = refinement_message(self.stack, event, generation)
-            message["t_ms"] = round(t, 1)
-            self.post(message, [buffer])
+            self.hold_result(event, generation, t)
+            return
         elif isinstance(event, ImageFailed):
             self.post({"type": "image-failed", "generation": generation, "index": event.index,
                        "sop": event.sop_instance_uid, "message": event.message, "t_ms": round(t, 1)})
@@ -343,19 +370,24 @@ def refinement_message(stack: Stack, event: Refinement, generation: int) -> tupl
     """The event as a message and its pixels as one ArrayBuffer to transfer (one copy out of wasm)."""
     pixels = np.ascontiguousarray(event.pixels)
     samples = int(pixels.shape[2]) if pixels.ndim == 3 else 1
-    image = stack.images[event.index]
     buffer = js.ArrayBuffer.new(pixels.nbytes)
     js.Uint8Array.new(buffer).assign(memoryview(pixels).cast("B"))
-    message = {"type": "refinement", "generation": generation, "index": event.index,
-               "series": stack.series_uid, "sop": event.sop_instance_uid, "frame": event.frame,
-               "status": event.status.name, "rank": rank(event), "final": bool(event.final),
+    message = {"type": "refinement", "generation": generation, "series": stack.series_uid,
                "rows": int(event.rows), "columns": int(event.columns), "dtype": str(pixels.dtype),
-               "samples": samples, "photometric": image.fmt.photometric_interpretation,
-               "window": list(image.windows[0]) if image.windows else starting_window(pixels, image),
-               "rescale": [image.fmt.rescale_slope, image.fmt.rescale_intercept],
-               "bytes": int(event.bytes_received), "image_t_ms": round(float(event.t_ms), 1),
-               "decode_ms": round(float(event.decode_ms), 1), "buffer": buffer}
+               "samples": samples, "buffer": buffer, **image_fields(stack, event, pixels)}
     return message, buffer
+
+
+def image_fields(stack: Stack, event: Refinement, pixels: np.ndarray) -> dict:
+    """What a refinement says about the slice it is for (a replica's differ from its source's)."""
+    image = stack.images[event.index]
+    return {"index": event.index, "sop": event.sop_instance_uid, "frame": event.frame,
+            "status": event.status.name, "rank": rank(event), "final": bool(event.final),
+            "photometric": image.fmt.photometric_interpretation,
+            "window": list(image.windows[0]) if image.windows else starting_window(pixels, image),
+            "rescale": [image.fmt.rescale_slope, image.fmt.rescale_intercept],
+            "bytes": int(event.bytes_received), "image_t_ms": round(float(event.t_ms), 1),
+            "decode_ms": round(float(event.decode_ms), 1)}
 
 
 def starting_window(pixels: np.ndarray, image) -> list[float]:
@@ -455,6 +487,7 @@ _KEEP: list = []
 def start(post, epoch, pydicom_url: str):
     """Called once by app/ui/worker.mjs: returns the message handler (a JS function)."""
     global ENGINE
+    worker_loop.install()
     ENGINE = Engine(post, epoch, str(pydicom_url))
     warm_up_decoders()
     ENGINE.post({"type": "presets", "presets": PRESETS, "descriptions": PRESET_DESCRIPTIONS,

@@ -415,3 +415,54 @@ def test_a_slow_reader_holds_the_jobs_back_without_losing_events(htj2k_images):
     assert most <= 1 + 4
     assert sorted(e.index for e in refinements(events)) == [0, 1, 2]
     assert_all_final(site, events, engine)
+
+
+# -- the image on screen starts alone ------------------------------------------------------------------
+
+
+def _first_image_run(site, handler, head_start):
+    from app.engine import RetrieveEngine
+    from helpers import engine_options
+
+    transport = MockTransport(handler)
+
+    async def main():
+        engine = RetrieveEngine(site.stack(), preset("single"), transport,
+                                **engine_options(concurrency=6, first_image_head_start=head_start))
+        engine.set_current(1)
+        return [e async for e in engine.run()], engine
+
+    events, engine = asyncio.run(asyncio.wait_for(main(), 30))
+    return events, engine, transport
+
+
+def test_the_other_images_are_asked_for_once_the_one_on_screen_shows_something(htj2k_images):
+    """Starting a request costs the page's worker 1-3 ms of Python; while it starts the others the
+    bytes of the image on screen wait. So it goes alone, and the others follow its first result."""
+    site = htj2k_site(htj2k_images)
+    events, engine, transport = _first_image_run(site, site.handler, 5.0)
+    started = [e.index for e in events if isinstance(e, RequestStarted)]
+    first_result = next(n for n, e in enumerate(events) if isinstance(e, Refinement))
+    assert events[first_result].index == 1 and started[0] == 1
+    assert all(e.index == 1 for e in events[:first_result] if isinstance(e, RequestStarted))
+    assert sorted(set(started)) == [0, 1, 2]
+    assert_all_final(site, events, engine)
+
+
+def test_a_silent_image_on_screen_holds_the_others_back_only_for_the_head_start(htj2k_images):
+    """The head start is bounded: a server slow to answer for the image on screen does not stop the
+    others for longer (here it answers 404 after 0.5 s; the head start is 0.05 s)."""
+    site = htj2k_site(htj2k_images)
+
+    async def handler(req):
+        if "/1.2.3.4.2/frames/" in req.url:
+            await asyncio.sleep(0.5)
+            return MockResponse(404, {}, b"")
+        return site.handler(req)
+
+    events, engine, transport = _first_image_run(site, handler, 0.05)
+    order = [r.url.split("/instances/")[1].split("/")[0] for r in transport.requests if "/frames/" in r.url]
+    assert order[0] == "1.2.3.4.2" and set(order[1:]) == {"1.2.3.4.1", "1.2.3.4.3"}
+    results = [(e.index, type(e).__name__) for e in events if isinstance(e, (Refinement, ImageFailed))]
+    assert results[-1] == (1, "ImageFailed")  # the others were final before the slow one ended
+    assert {i for i, kind in results if kind == "Refinement"} == {0, 2}

@@ -365,6 +365,45 @@ def _mr_source_sha(demo_server, demo_data, entry, index: int) -> str:
     return hashlib.sha256(source.pixel_array.astype("<i2").tobytes()).hexdigest()
 
 
+def _mr_sops(demo_data, entry) -> list[str]:
+    """The SOP Instance UID of each slice of the demo MR, in stack order (discovery's own rule)."""
+    from app.dicomjson import maybe_gunzip
+    from app.study import stack_from_metadata
+
+    series_dir = demo_data / entry["url"].removeprefix("/dicomweb/")
+    raw = next(p for p in (series_dir / "metadata", series_dir / "metadata.gz") if p.exists()).read_bytes()
+    stack = stack_from_metadata(json.loads(maybe_gunzip(raw)), entry["url"])
+    return [im.sop_instance_uid for im in stack.images]
+
+
+def test_nearby_frame_replicas_are_badged_and_name_their_own_slice(page, demo_server, demo_data):
+    """interleavedStack shows a decoded slice at its neighbours until their own data comes
+    (nearbyFrames). The worker sends those replicas in their source's message (one buffer); the page
+    hands each on as the neighbour's own entry: the neighbour's SOP, a replica badge, never final,
+    and every slice still ends final with its own pixels."""
+    entry = demo_entry(demo_data, "MR")
+    sops = _mr_sops(demo_data, entry)
+    p = page.page
+    open_viewer(page, demo_server.url, f"?noload=1&url={quote(entry['url'])}&config=interleavedStack",
+                state=("ready",))
+    throttle(p, FAST4G)
+    p.click("#load")
+    wait_for_app_state(page, ("idle",), 90_000)
+    log = render_log(p)
+    replicas = [e for e in log if e["status"] in ("ADJACENT_REPLICATE", "FAR_REPLICATE")]
+    assert replicas, "no slice showed a neighbour's image first"
+    assert all(e["sop"] == sops[e["index"]] for e in log), "an entry names another slice's SOP"
+    assert not any(e["final"] for e in replicas)
+    finals = {e["index"] for e in log if e["final"]}
+    assert finals == set(range(len(sops)))
+    for e in replicas:  # each replica came before that slice's own final image
+        own = next(i for i, x in enumerate(log) if x["index"] == e["index"] and x["final"])
+        assert log.index(e) < own
+    draws = p.evaluate("Array.from(window.drawLog, e => Array.from(e))")
+    assert all(d[0] == d[1] and d[3] == sops[d[0]] for d in draws)
+    assert p.evaluate("window.pyApp.pixelsSha256(3)") == _mr_source_sha(demo_server, demo_data, entry, 3)
+
+
 def test_memory_budget_reduces_far_images_and_reloads_them_on_return(page, demo_server, demo_data):
     """?cacheMB=1 on the 20-slice MR (128 KB per slice): the page keeps about 6 slices in full around
     the one on screen and a copy reduced 4x each way of the others; going back to a reduced slice

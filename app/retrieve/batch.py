@@ -238,23 +238,23 @@ class FrameBatch:
         if self.options.frames_path:
             await engine.stack.alternates_loaded()
         for part in self.parts:
-            engine.t_ms(part.st)  # each frame's clock starts with the request that brings it
+            part.st.t_ms(engine.clock)  # each frame's clock starts with the request that brings it
         engine.check_url(self.url)
-        engine.emit(RequestStarted(leader.image.index, self.stage.id, self.url, None, engine.t_ms(leader)))
+        engine.emit(RequestStarted(leader.image.index, self.stage.id, self.url, None, leader.t_ms(engine.clock)))
         received, status, cancelled = [0], 0, False
         try:
             resp = await head_within(engine.transport, self.url, self.watch.wait_seconds(),
                                      headers={"Accept": ACCEPT_ANY},
                                      priority="high" if leader.image.index == engine.current else "low")
         except asyncio.CancelledError:
-            engine.emit(RequestFinished(leader.image.index, self.stage.id, self.url, 0, 0, engine.t_ms(leader), True))
+            engine.emit(RequestFinished(leader.image.index, self.stage.id, self.url, 0, 0, leader.t_ms(engine.clock), True))
             raise
         except TransportError:
-            engine.emit(RequestFinished(leader.image.index, self.stage.id, self.url, 0, 0, engine.t_ms(leader)))
+            engine.emit(RequestFinished(leader.image.index, self.stage.id, self.url, 0, 0, leader.t_ms(engine.clock)))
             raise
         try:
             status = resp.status
-            engine.emit(FirstBytes(leader.image.index, self.stage.id, self.url, status, engine.t_ms(leader)))
+            engine.emit(FirstBytes(leader.image.index, self.stage.id, self.url, status, leader.t_ms(engine.clock)))
             reader = self._accept(resp)
             await self._read(resp, reader, received)
         except asyncio.CancelledError:
@@ -263,7 +263,7 @@ class FrameBatch:
         finally:
             await resp.aclose()
             engine.emit(RequestFinished(leader.image.index, self.stage.id, self.url, status, received[0],
-                                        engine.t_ms(leader), cancelled))
+                                        leader.t_ms(engine.clock), cancelled))
 
     def _accept(self, resp) -> MultipartReader:
         """A multipart/related 200 from the study's origin; anything else ends the batch."""

@@ -101,9 +101,17 @@ worker.onmessage = (event) => {
 };
 // The UI gets each message as JSON text (MicroPython parses it into real dicts) plus the message
 // itself, whose ArrayBuffer goes on to the renderer without ever entering Python.
-// A message the worker sent as JSON text already ("opened": one entry per image) goes on as that
-// text: no structured copy of a nested object per image, no stringify on this thread.
+// A result's "replicas" (nearbyFrames: the same pixels shown at other slices, badged) come in its
+// message, one buffer for all: each is handed on as a message of its own, sharing that buffer.
+// A message the worker sent as JSON text already ("opened": a field per image) goes on as that
+// text: no structured copy of its nested objects, no stringify on this thread.
 function deliver(m) {
+  const replicas = m.replicas;
+  if (replicas) delete m.replicas;
+  deliverOne(m);
+  for (const replica of replicas || []) deliverOne(Object.assign({}, m, replica));
+}
+function deliverOne(m) {
   const buffer = m.buffer;
   if (buffer) { delete m.buffer; m.nbytes = buffer.byteLength; }
   const text = typeof m.json === "string" ? m.json : JSON.stringify(m);

@@ -557,45 +557,47 @@ def apply_view(page, view):
 
 # ---- waterfall ------------------------------------------------------------------------------------
 def draw_waterfall(page, canvas, colours):
+    """Each slice's requests and results on a time axis. The canvas calls go to JS as one list
+    (window.drawOps): one call from MicroPython per canvas call was ~100 ms for 174 lanes."""
     dpr = float(window.devicePixelRatio or 1)
     width, height = int(canvas.clientWidth * dpr), int(canvas.clientHeight * dpr)
     if width <= 0 or height <= 0:
         return
     canvas.width, canvas.height = width, height
-    ctx = canvas.getContext("2d")
-    ctx.fillStyle = "#15171a"
-    ctx.fillRect(0, 0, width, height)
+    ops = [["r", "#15171a", 0, 0, width, height]]
     rows = [(i, s) for i, s in enumerate(page.state.slots) if s.timeline]
-    if not rows:
-        return
+    if rows:
+        _waterfall_ops(ops, page.state.index, rows, width, height, dpr, colours)
+    window.drawOps(canvas, json.dumps(ops))
+
+
+def _waterfall_ops(ops, current, rows, width, height, dpr, colours):
     left, axis_h = 44 * dpr, 16 * dpr
     # the lanes that fit (2 px each at least), around the slice on screen
     fit = max(1, int((height - axis_h) // (2.0 * dpr)))
     if len(rows) > fit:
-        at = next((n for n, (i, _) in enumerate(rows) if i >= page.state.index), len(rows) - 1)
+        at = next((n for n, (i, _) in enumerate(rows) if i >= current), len(rows) - 1)
         first = max(0, min(at - fit // 2, len(rows) - fit))
         rows = rows[first:first + fit]
     t_end = max(max(t for _, t, _ in s.timeline) for _, s in rows) * 1.05 + 1
     lane = max(2.0, min(14 * dpr, (height - axis_h) / len(rows)))
     scale = (width - left - 6 * dpr) / t_end
-    ctx.font = "%dpx monospace" % int(10 * dpr)
+    ops.append(["f", "%dpx monospace" % int(10 * dpr)])
+    mark_y, mark_h = (1, max(1.0, lane - 2)) if lane > 4 else (0, lane)
     for row, (index, slot) in enumerate(rows):
         y = row * lane
         times = [t for _, t, _ in slot.timeline]
         start, end = min(times), max(times)
-        ctx.fillStyle = "#666" if index == page.state.index else "#444"
-        ctx.fillRect(left + start * scale, y + lane * 0.3, max(1.0, (end - start) * scale), lane * 0.4)
+        ops.append(["r", "#666" if index == current else "#444", left + start * scale, y + lane * 0.3,
+                    max(1.0, (end - start) * scale), lane * 0.4])
         for kind, t, _label in slot.timeline:
-            ctx.fillStyle = colours.get(kind, "#ccc")
-            ctx.fillRect(left + t * scale - dpr, y + (1 if lane > 4 else 0), 3 * dpr, max(1.0, lane - 2) if lane > 4 else lane)
+            ops.append(["r", colours.get(kind, "#ccc"), left + t * scale - dpr, y + mark_y, 3 * dpr, mark_h])
         if lane >= 9 * dpr:
-            ctx.fillStyle = "#9aa0a6"
-            ctx.fillText("#%d" % (index + 1), 4 * dpr, y + lane * 0.8)
-    ctx.fillStyle = "#9aa0a6"
+            ops.append(["t", "#9aa0a6", "#%d" % (index + 1), 4 * dpr, y + lane * 0.8])
     step_ms = 10 ** math.floor(math.log10(max(t_end, 1))) / 2
     t = 0.0
     while t <= t_end:
         x = left + t * scale
-        ctx.fillRect(x, height - axis_h, 1, 4 * dpr)
-        ctx.fillText("%.0f ms" % t if t < 1000 else "%.1f s" % (t / 1000), x + 2, height - 3 * dpr)
+        ops.append(["r", "#9aa0a6", x, height - axis_h, 1, 4 * dpr])
+        ops.append(["t", "#9aa0a6", "%.0f ms" % t if t < 1000 else "%.1f s" % (t / 1000), x + 2, height - 3 * dpr])
         t += step_ms

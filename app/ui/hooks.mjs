@@ -59,6 +59,15 @@ window.pageLog = {
   },
 };
 window.jsObject = (json) => JSON.parse(json);
+// a 2D drawing as one call: ops = [["r", fill, x, y, w, h] | ["t", fill, text, x, y] | ["f", font]]
+window.drawOps = (canvas, json) => {
+  const ctx = canvas.getContext("2d");
+  for (const op of JSON.parse(json)) {
+    if (op[0] === "r") { ctx.fillStyle = op[1]; ctx.fillRect(op[2], op[3], op[4], op[5]); }
+    else if (op[0] === "t") { ctx.fillStyle = op[1]; ctx.fillText(op[2], op[3], op[4]); }
+    else if (op[0] === "f") ctx.font = op[1];
+  }
+};
 
 // The renderer's mode for the viewport: ?render=2d|webgl2 if given; else WebGL2, unless it runs on
 // a software rasterizer (SwiftShader, llvmpipe: no GPU), where the 2D canvas is much faster (a

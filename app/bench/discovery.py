@@ -5,8 +5,9 @@ sort has work to do): the CPU time (``time.process_time``: work, not waiting on 
 parse the bytes (``dicomjson.loads``), build the stack
 (``stack_from_metadata``), then make a ``RetrieveEngine`` and run it until it asks for the image
 on screen (the middle one). After that request the engine plans the other images; the time until
-its next request shows that cost, which no longer delays the first. CPython figures; the page's
-Pyodide worker is 2-4x slower. No network: a transport that records when it is asked.
+its next request shows that cost, which no longer delays the first. CPython figures, no network:
+a transport that records when it is asked. ``worker_discovery_rows``: the same steps as the page's
+Pyodide worker reports them for the large stacks it loads.
 """
 
 from __future__ import annotations
@@ -154,7 +155,9 @@ def render_discovery(rows: Sequence[DiscoveryRow]) -> str:
 @dataclass
 class WorkerDiscoveryRow:
     """What the page's worker (Pyodide) reports about its own discovery of a large stack: wall ms
-    in the worker, best of the runs (app/worker.py ``discovery_work``)."""
+    in the worker, best of the runs (app/worker.py ``discovery_work``). Each run is a fresh page
+    whose Load is clicked at ready: its interpreter is cold (the idle warm-up has not run), as
+    for a link that opens a series."""
 
     stack: str
     instances: int
@@ -163,7 +166,7 @@ class WorkerDiscoveryRow:
     stack_ms: float  # stack_from_metadata
     to_first_request_ms: float  # the loader made and the engine's plan, until the first frame request
     before_first_ms: float  # the sum: metadata bytes -> the first frame request
-    opened_ms: float  # then: the "opened" message (one entry per image) made, as JSON text
+    opened_ms: float  # then: the "opened" message (a field per image) made, as JSON text
 
 
 _WORK_JS = "() => window.appTimings.discovery || null"

@@ -16,6 +16,10 @@ __all__ = [
     "element",
     "value",
     "values",
+    "first",
+    "as_text",
+    "as_number",
+    "as_integer",
     "text",
     "number",
     "integer",
@@ -115,9 +119,19 @@ def value(obj: dict, tag: str, default: Any = None) -> Any:
     return v[0] if v and v[0] is not None else default
 
 
-def text(obj: dict, tag: str, default: str | None = None) -> str | None:
-    v = values(obj, tag)
-    v = v[0] if v else None
+def first(obj: dict, tag: str) -> Any:
+    """The first value of ``tag`` (None when absent): what text, number and integer convert."""
+    el = obj.get(tag)  # values() inline: discovery reads a few tags of every instance
+    if el is None:
+        el = obj.get(tag.lower()) or obj.get(tag.upper())
+    if not isinstance(el, dict):
+        return None
+    v = el.get("Value")
+    return v[0] if isinstance(v, list) and v else None
+
+
+def as_text(v: Any, default: str | None = None) -> str | None:
+    """A first value as text: strings stripped, a person name's Alphabetic group."""
     if v is None:
         return default
     if isinstance(v, str):
@@ -127,17 +141,29 @@ def text(obj: dict, tag: str, default: str | None = None) -> str | None:
     return str(v).strip()
 
 
-def number(obj: dict, tag: str, default: float | None = None) -> float | None:
-    v = value(obj, tag)
+def as_number(v: Any, default: float | None = None) -> float | None:
+    """A first value as a float (DS and IS may arrive as numbers or strings)."""
     try:
         return float(v) if v is not None else default
     except (TypeError, ValueError):
         return default
 
 
+def as_integer(v: Any, default: int | None = None) -> int | None:
+    n = as_number(v)
+    return int(n) if n is not None else default
+
+
+def text(obj: dict, tag: str, default: str | None = None) -> str | None:
+    return as_text(first(obj, tag), default)
+
+
+def number(obj: dict, tag: str, default: float | None = None) -> float | None:
+    return as_number(first(obj, tag), default)
+
+
 def integer(obj: dict, tag: str, default: int | None = None) -> int | None:
-    v = number(obj, tag)
-    return int(v) if v is not None else default
+    return as_integer(first(obj, tag), default)
 
 
 def floats(obj: dict, tag: str) -> list[float] | None:
@@ -208,6 +234,9 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 
 _ESCAPE = re.compile(rb"\\.", re.S)
 _NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"[]{},')))
+_NOT_NESTING = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+# how a byte changes the nesting depth, as an int8 (a bytes.translate table: faster than numpy's take)
+_STEPS = bytes(1 if b in b"[{" else 255 if b in b"]}" else 0 for b in range(256))
 _SCAN_BLOCK = 1 << 20  # bytes per vectorised step: a few MB of temporaries at most
 _QUOTE, _COMMA = ord('"'), ord(",")
 
@@ -216,29 +245,33 @@ def check_shape(raw: bytes) -> None:
     """Refuse a document nested deeper than MAX_JSON_DEPTH or holding more objects or values than
     the limits, before any parser sees it (vectorised: no Python loop over the bytes)."""
     text = _ESCAPE.sub(b"", raw) if b"\\" in raw else raw  # escapes only occur inside strings
-    marks = numpy.frombuffer(text.translate(None, _NOT_STRUCTURE), numpy.uint8)  # "[]{}, only
+    # a shorter document cannot hold more containers or values (a byte each) than the limits
+    counting = len(text) > min(MAX_JSON_CONTAINERS, MAX_JSON_VALUES)
+    kept = text.translate(None, _NOT_STRUCTURE if counting else _NOT_NESTING)
+    marks = numpy.frombuffer(kept, numpy.uint8)
+    moves = numpy.frombuffer(kept.translate(_STEPS), numpy.int8)
     containers = values = depth = 0
-    in_string = False
+    in_string = 0
     for start in range(0, len(marks), _SCAN_BLOCK):
         block = marks[start:start + _SCAN_BLOCK]
-        quotes = block == _QUOTE
-        inside = (numpy.cumsum(quotes, dtype=numpy.int32) + in_string) & 1 == 1
-        in_string = bool(inside[-1])
-        block = block[~(inside | quotes)]  # the structure outside strings
-        opens = (block == ord("[")) | (block == ord("{"))
-        commas = block == _COMMA
-        containers += int(numpy.count_nonzero(opens))
-        values += int(numpy.count_nonzero(commas))
-        if containers > MAX_JSON_CONTAINERS:
-            raise JsonRefused(f"JSON with more than {MAX_JSON_CONTAINERS} objects and arrays")
-        if values > MAX_JSON_VALUES:
-            raise JsonRefused(f"JSON with more than {MAX_JSON_VALUES} values")
-        steps = (opens.view(numpy.int8) * 2 - 1)[~commas]
-        if len(steps):
-            levels = numpy.cumsum(steps, dtype=numpy.int32) + depth
-            if levels.max() > MAX_JSON_DEPTH:
-                raise JsonRefused(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
-            depth = int(levels[-1])
+        inside = numpy.cumsum((block == _QUOTE).view(numpy.int8), dtype=numpy.int32)
+        inside += in_string
+        inside &= 1  # 1 inside a string (its opening quote included), 0 outside
+        in_string = int(inside[-1])
+        outside = inside == 0
+        steps = moves[start:start + _SCAN_BLOCK] * outside.view(numpy.int8)  # strings do not nest
+        if counting:
+            containers += int(numpy.count_nonzero(steps == 1))
+            values += int(numpy.count_nonzero((block == _COMMA) & outside))
+            if containers > MAX_JSON_CONTAINERS:
+                raise JsonRefused(f"JSON with more than {MAX_JSON_CONTAINERS} objects and arrays")
+            if values > MAX_JSON_VALUES:
+                raise JsonRefused(f"JSON with more than {MAX_JSON_VALUES} values")
+        levels = numpy.cumsum(steps, dtype=numpy.int32)
+        levels += depth
+        if levels.max() > MAX_JSON_DEPTH:
+            raise JsonRefused(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+        depth = int(levels[-1])
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -27,6 +28,7 @@ from .uids import EXPLICIT_VR_LITTLE_ENDIAN, valid_uid
 __all__ = [
     "Alternate",
     "DiscoveryError",
+    "DiscoveryWork",
     "Stack",
     "StackImage",
     "discover",
@@ -49,6 +51,16 @@ class DiscoveryError(Exception):
 class RefusedDocument(DiscoveryError):
     """A document was refused for what it is (nested too deeply, too large, too many objects),
     not for being absent: its reason is reported instead of "not found"."""
+
+
+@dataclass
+class DiscoveryWork:
+    """What discovery spent on the series metadata, the page's benchmark reads it: the bytes
+    checked and parsed, the stack built, and when it was ready (``time.perf_counter``)."""
+
+    parse_ms: float = 0.0
+    stack_ms: float = 0.0
+    ready_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,7 @@ class Stack:
     # an optional file; a stage that reads an alternate waits for it (alternates_loaded)
     pending_alternates: "asyncio.Future[dict[str, Alternate]] | None" = field(
         default=None, repr=False, compare=False)
+    work: DiscoveryWork | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -125,14 +138,15 @@ async def fetch_json(transport: Transport, url: str, *, limits: TransferLimits =
     return (await _json_or_cause(transport, url))[0]
 
 
-async def _json_or_cause(transport: Transport, url: str, answer: "asyncio.Future[Response] | None" = None
-                         ) -> tuple[object | None, str]:
+async def _json_or_cause(transport: Transport, url: str, answer: "asyncio.Future[Response] | None" = None,
+                         work: DiscoveryWork | None = None) -> tuple[object | None, str]:
     """The document, or None and why there is none (an HTTP status, an empty body).
 
     An answer that is there but unusable (a redirect, not JSON) raises DiscoveryError, one refused
     for what it is (too large, nested too deeply) RefusedDocument; none at all TransportError.
     Redirects are not followed (NativeTransport); one the browser followed to another origin is
-    refused, as frames are. ``answer``: the request, when it was already made.
+    refused, as frames are. ``answer``: the request, when it was already made; ``work`` counts the
+    parse.
     """
     resp = await (answer if answer is not None else transport.get(url, headers={"Accept": JSON_ACCEPT}))
     try:
@@ -154,16 +168,20 @@ async def _json_or_cause(transport: Transport, url: str, answer: "asyncio.Future
         await resp.aclose()
     if not body.strip():
         return None, "empty body"
+    started = time.perf_counter()
     try:
         return dj.loads(body), ""
     except dj.JsonRefused as exc:
         raise RefusedDocument(f"GET {url}: {exc}") from exc
     except (ValueError, OSError) as exc:
         raise DiscoveryError(f"GET {url}: not JSON ({exc})") from exc
+    finally:
+        if work is not None:
+            work.parse_ms += (time.perf_counter() - started) * 1000.0
 
 
 async def _first_json(transport: Transport, urls: list[str], *, missing: str | None = None,
-                      parallel: bool = False) -> tuple[str, object] | None:
+                      parallel: bool = False, work: DiscoveryWork | None = None) -> tuple[str, object] | None:
     """The first of the candidate URLs that answers JSON.
 
     ``parallel``: all are asked for at once (a missing first name costs no round trip), and still
@@ -177,19 +195,19 @@ async def _first_json(transport: Transport, urls: list[str], *, missing: str | N
     asked = [asyncio.ensure_future(transport.get(url, headers={"Accept": JSON_ACCEPT})) if parallel else None
              for url in urls]
     try:
-        return await _first_answer(transport, urls, asked, missing)
+        return await _first_answer(transport, urls, asked, missing, work)
     finally:
         await _drop(asked)
 
 
-async def _first_answer(transport: Transport, urls: list[str], asked: list, missing: str | None
-                        ) -> tuple[str, object] | None:
+async def _first_answer(transport: Transport, urls: list[str], asked: list, missing: str | None,
+                        work: DiscoveryWork | None = None) -> tuple[str, object] | None:
     causes: list[str] = []
     failures: list[Exception] = []
     for i, url in enumerate(urls):
         answer, asked[i] = asked[i], None  # read (and closed) here, not dropped
         try:
-            doc, cause = await _json_or_cause(transport, url, answer)
+            doc, cause = await _json_or_cause(transport, url, answer, work)
         except (TransportError, RefusedDocument) as exc:
             failures.append(exc)
             doc, cause = None, str(exc)
@@ -292,15 +310,20 @@ async def _load_series(transport: Transport, series_url: str, metadata_urls: lis
     # alternate waits for them, see Stack.alternates_loaded)
     alternates = asyncio.ensure_future(_alternates(transport, series_url))
     urls = metadata_urls or [f"{series_url}/metadata", f"{series_url}/metadata.gz", f"{series_url}/metadata.json"]
+    work = DiscoveryWork()
     try:
-        found = await _first_json(transport, urls, missing=f"no series metadata at {urls[0]}", parallel=True)
+        found = await _first_json(transport, urls, missing=f"no series metadata at {urls[0]}", parallel=True,
+                                  work=work)
         assert found is not None
+        started = time.perf_counter()
         stack = stack_from_metadata(found[1], series_url)
     except BaseException:
         alternates.cancel()
         raise
     asyncio.get_running_loop().call_later(FREE_DOCUMENT_AFTER_S, _hold, found)
-    return dataclasses.replace(stack, pending_alternates=alternates)
+    work.ready_at = time.perf_counter()
+    work.stack_ms = (work.ready_at - started) * 1000.0
+    return dataclasses.replace(stack, pending_alternates=alternates, work=work)
 
 
 async def _alternates(transport: Transport, series_url: str) -> dict[str, Alternate]:
@@ -364,26 +387,14 @@ def stack_from_metadata(metadata: object, series_url: str, alternates: dict[str,
         raise DiscoveryError("series metadata is not a DICOM JSON array")
     series_url = _strip(series_url)
     reader = _SeriesReader(series_url)
-    items: list[_Item] = []
-    refused: list[str] = []
-    study_uid = series_uid = modality = None
     for instance in metadata:
-        if not isinstance(instance, dict):
-            continue
-        sop = dj.text(instance, Tag.SOP_INSTANCE_UID)
-        if not sop or not dj.integer(instance, Tag.ROWS):
-            continue  # not an image (SR, presentation state, ...)
-        uids = (sop, dj.text(instance, Tag.STUDY_INSTANCE_UID), dj.text(instance, Tag.SERIES_INSTANCE_UID))
-        if not reader.valid_uids(uids):
-            refused.append(sop[:80])
-            continue
-        study_uid = study_uid or uids[1]
-        series_uid = series_uid or uids[2]
-        modality = modality or dj.text(instance, Tag.MODALITY)
-        items.extend(reader.frames(instance, sop, len(items)))
+        if isinstance(instance, dict):
+            reader.read(instance)
+    items, refused = reader.items, reader.refused
     if not items:
         why = f" ({len(refused)} instance(s) with invalid UIDs left out, e.g. {refused[0]!r})" if refused else ""
         raise DiscoveryError(f"series {series_url} has no images{why}")
+    study_uid, series_uid, modality = reader.study_uid, reader.series_uid, reader.modality
     images = tuple(_stack_image(i, it, study_uid, series_uid) for i, it in enumerate(_in_stack_order(items)))
     first = next((i for i in metadata if isinstance(i, dict)), {})
     return Stack(study_uid or "", series_uid or "", series_url, images, dict(alternates or {}), modality,
@@ -452,13 +463,36 @@ class _Shared:
 
 class _SeriesReader:
     """Reads the instances of one series in one pass; what consecutive instances share (pixel
-    format, orientation, windows) is computed once, and each UID is checked once."""
+    format, orientation, windows) is computed and checked once, and each UID is checked once.
+    Per instance it reads what differs: UIDs, number, position, pixel data reference."""
 
     def __init__(self, series_url: str) -> None:
         self.series_url = series_url
+        self.items: list[_Item] = []
+        self.refused: list[str] = []  # SOP Instance UIDs (shortened) of instances left out
+        self.study_uid: str | None = None
+        self.series_uid: str | None = None
+        self.modality: str | None = None
         self._elements: list | None = None
         self._shared: _Shared | None = None
         self._valid: set[str] = set()
+
+    def read(self, instance: dict) -> None:
+        """One instance's frames onto the stack, unless it is no image or its UIDs are no UIDs."""
+        first, as_text = dj.first, dj.as_text
+        sop = as_text(first(instance, Tag.SOP_INSTANCE_UID))
+        if not sop or not dj.as_integer(first(instance, Tag.ROWS)):
+            return  # not an image (SR, presentation state, ...)
+        study = as_text(first(instance, Tag.STUDY_INSTANCE_UID))
+        series = as_text(first(instance, Tag.SERIES_INSTANCE_UID))
+        if not self.valid_uids((sop, study, series)):
+            self.refused.append(sop[:80])
+            return
+        self.study_uid = self.study_uid or study
+        self.series_uid = self.series_uid or series
+        if not self.modality:
+            self.modality = as_text(first(instance, Tag.MODALITY))
+        self.frames(instance, sop)
 
     def valid_uids(self, uids: tuple[str | None, ...]) -> bool:
         for uid in uids:
@@ -468,46 +502,46 @@ class _SeriesReader:
                 self._valid.add(uid)
         return True
 
-    def shared(self, instance: dict) -> _Shared:
+    def shared(self, instance: dict, sop: str) -> _Shared:
+        """What the instance shares with the one before, or worked out (and its frame checked
+        against the budget) when an element of _SHARED_TAGS differs."""
         elements = list(map(instance.get, _SHARED_TAGS))
         if self._shared is None or elements != self._elements:
-            self._elements, self._shared = elements, _Shared.read(instance)
+            shared = _Shared.read(instance)
+            fmt = shared.fmt
+            if fmt.decoded_bytes > MAX_FRAME_BYTES:
+                raise DiscoveryError(f"instance {sop}: a {fmt.rows}x{fmt.columns} frame needs {fmt.decoded_bytes} "
+                                     f"bytes, over the {MAX_FRAME_BYTES}-byte budget")
+            self._elements, self._shared = elements, shared
         return self._shared
 
-    def frames(self, instance: dict, sop: str, held: int) -> list[_Item]:
-        """The frames of one image instance, with what ordering and drawing need; budgets checked."""
-        shared = self.shared(instance)
+    def frames(self, instance: dict, sop: str) -> None:
+        """The frames of one image instance onto the stack, with what ordering and drawing need."""
+        shared = self.shared(instance, sop)
         fmt = shared.fmt
-        if fmt.decoded_bytes > MAX_FRAME_BYTES:
-            raise DiscoveryError(f"instance {sop}: a {fmt.rows}x{fmt.columns} frame needs {fmt.decoded_bytes} "
-                                 f"bytes, over the {MAX_FRAME_BYTES}-byte budget")
-        if held + fmt.number_of_frames > MAX_STACK_IMAGES:
-            raise DiscoveryError(f"instance {sop}: {fmt.number_of_frames} frames take the series over "
+        frames, per_frame = fmt.number_of_frames, shared.per_frame
+        if len(self.items) + frames > MAX_STACK_IMAGES:
+            raise DiscoveryError(f"instance {sop}: {frames} frames take the series over "
                                  f"{MAX_STACK_IMAGES} images")
         base = _frames_base(instance, self.series_url, sop)
         try:
             inline = dj.inline_binary(instance, Tag.PIXEL_DATA)
         except ValueError as exc:
             raise DiscoveryError(f"instance {sop}: {exc}") from exc
-        number = dj.integer(instance, Tag.INSTANCE_NUMBER)
-        frames, per_frame, ts, windows = fmt.number_of_frames, shared.per_frame, shared.ts, shared.windows
-        out = []
+        number = dj.as_integer(dj.first(instance, Tag.INSTANCE_NUMBER))
+        ts, windows, n = shared.ts, shared.windows, fmt.frame_length
         for frame in range(1, frames + 1):
-            groups = [per_frame[frame - 1]] if frame - 1 < len(per_frame) else []
             pos = dj.floats(instance, Tag.IMAGE_POSITION_PATIENT) if frames == 1 else None
             spacing, normal = shared.spacing, shared.normal
-            if groups:  # enhanced multi-frame: each frame may have its own plane
+            if frame <= len(per_frame):  # enhanced multi-frame: each frame may have its own plane
+                groups = [per_frame[frame - 1]]
                 pos = _frame_item(groups, [], Tag.PLANE_POSITION_SEQUENCE, Tag.IMAGE_POSITION_PATIENT) or pos
                 f_iop = _frame_item(groups, [], Tag.PLANE_ORIENTATION_SEQUENCE, Tag.IMAGE_ORIENTATION_PATIENT)
                 normal = _normal(f_iop) if f_iop else normal
                 spacing = _frame_item(groups, [], Tag.PIXEL_MEASURES_SEQUENCE, Tag.PIXEL_SPACING) or spacing
-            data = None
-            if inline is not None:
-                n = fmt.frame_length
-                data = inline[(frame - 1) * n : frame * n]
-            out.append(_Item(sop, frame, f"{base}/{frame}", ts, fmt, _pair(spacing), windows, number,
-                             tuple(pos[:3]) if pos and len(pos) >= 3 else None, normal, data))
-        return out
+            data = None if inline is None else inline[(frame - 1) * n : frame * n]
+            self.items.append(_Item(sop, frame, f"{base}/{frame}", ts, fmt, _pair(spacing), windows, number,
+                                    tuple(pos[:3]) if pos and len(pos) >= 3 else None, normal, data))
 
 
 def _pair(spacing: list[float] | None) -> tuple[float, float] | None:
@@ -527,14 +561,19 @@ def _in_stack_order(items: list[_Item]) -> list[_Item]:
 
 
 def _stack_image(index: int, it: _Item, study_uid: str | None, series_uid: str | None) -> StackImage:
+    """The frozen StackImage, its fields filled as copy and pickle fill them: its generated
+    ``__init__`` sets each of 16 fields through ``object.__setattr__`` (4-8 ms per 1000 images in
+    the page's worker, before the first frame request)."""
     fmt = it.fmt
-    return StackImage(
+    image = object.__new__(StackImage)
+    image.__dict__.update(
         index=index, study_uid=study_uid or "", series_uid=series_uid or "", sop_instance_uid=it.sop,
         frame=it.frame, frame_url=it.url, transfer_syntax=it.ts, fmt=fmt,
         pixel_spacing=it.spacing, windows=it.windows, rescale_slope=fmt.rescale_slope,
         rescale_intercept=fmt.rescale_intercept, photometric=fmt.photometric_interpretation,
         instance_number=it.number, position=it.pos, inline_data=it.inline,
     )
+    return image
 
 
 def person_name(pn: str | None) -> str:

@@ -202,3 +202,9 @@ def test_scale_report_has_page_and_scroll_rows():
     result.discovery = [DiscoveryRow(1000, 1_540_000, 26.0, 17.0, 0.6, 43.6, 5.5)]
     assert "| 1000 | 1540000 | 26.0 | 17.0 | 0.6 | 43.6 | 5.5 |" in render_scale(result)
     assert json.loads(json.dumps(result.to_json()))["discovery"][0]["instances"] == 1000
+    from app.bench.discovery import WorkerDiscoveryRow
+
+    result.worker_discovery = [WorkerDiscoveryRow("series1000", 1000, 1_920_192, 40.0, 17.0, 20.0, 77.0, 5.0)]
+    text = render_scale(result)
+    assert "in the page's worker" in text and "| series1000 | 1000 | 1920192 | 40.0 | 17.0 | 20.0 | 77.0 | 5.0 |" in text
+    assert json.loads(json.dumps(result.to_json()))["worker_discovery"][0]["stack_ms"] == 17.0

@@ -17,7 +17,7 @@ from app.bench.discovery import discovery_rows, synthetic_metadata
 from app.codecs import EXPLICIT_VR_LITTLE_ENDIAN
 from app.config import preset
 from app.engine import Phase, Refinement, RequestStarted, RetrieveEngine
-from app.study import discover, stack_from_metadata
+from app.study import DiscoveryError, discover, stack_from_metadata
 from app.transport.mock import MockResponse, MockTransport
 from app.viewer_engine import StackLoader
 from helpers import BASE, Site, image_pixels
@@ -225,3 +225,54 @@ def test_the_shared_elements_are_found_by_plain_lookup():
     from app.study import _SHARED_TAGS
 
     assert all(tag.isdigit() and len(tag) == 8 for tag in _SHARED_TAGS)
+
+
+def test_the_frame_budget_names_the_first_instance_of_a_size_over_it():
+    """The budget is checked once per set of shared elements: when a fitting size comes back
+    between two over-budget ones, the error still names the first instance that is over."""
+    from app.codecs import MAX_FRAME_BYTES
+
+    docs = json.loads(synthetic_metadata(5))
+    docs.sort(key=lambda d: d["00200013"]["Value"][0])
+    for i in (1, 3):
+        docs[i]["00280010"]["Value"] = docs[i]["00280011"]["Value"] = [65535]
+    with pytest.raises(DiscoveryError) as caught:
+        stack_from_metadata(docs, BASE)
+    sop = docs[1]["00080018"]["Value"][0]
+    assert str(caught.value) == (f"instance {sop}: a 65535x65535 frame needs {65535 * 65535 * 2} bytes, over the "
+                                 f"{MAX_FRAME_BYTES}-byte budget")
+    stack = stack_from_metadata(docs[:1] + docs[2:3] + docs[4:], BASE)  # the fitting ones alone load
+    assert len(stack) == 3
+
+
+def test_discovery_reports_its_work_on_the_metadata_without_changing_the_stack():
+    """What the page's benchmark reads (app/worker.py): the parse and the stack build, and when the
+    stack was ready; two discoveries of one document give equal stacks."""
+    transport = MockTransport(metadata_site({"metadata": MockResponse(200, {}, doc(12))}))
+
+    async def main():
+        first, second = await discover(transport, BASE), await discover(transport, BASE)
+        for stack in (first, second):
+            stack.pending_alternates.cancel()
+        return first, second
+
+    first, second = asyncio.run(asyncio.wait_for(main(), 10))
+    assert first == second and first.work is not second.work
+    assert first.work.parse_ms > 0 and first.work.stack_ms > 0 and first.work.ready_at > 0
+    assert stack_from_metadata(json.loads(doc(12)), BASE).work is None  # only discovery measures
+
+
+def test_stack_images_are_the_dataclass_they_claim_to_be():
+    """_stack_image fills the frozen dataclass directly: every field set, equal and hashed like one
+    made by its own __init__, still frozen."""
+    import dataclasses
+
+    from app.study import StackImage
+
+    stack = stack_from_metadata(json.loads(synthetic_metadata(4)), BASE)
+    for image in stack.images:
+        again = StackImage(**{f.name: getattr(image, f.name) for f in dataclasses.fields(StackImage)})
+        assert image == again and hash(image) == hash(again) and repr(image) == repr(again)
+        assert set(vars(image)) == {f.name for f in dataclasses.fields(StackImage)}
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            image.index = 9

@@ -50,3 +50,7 @@ def test_the_study_browser_lists_every_series_and_loads_one(page, runtime, serve
     assert "MR" in p.inner_text("#study-info")
     assert p.input_value("#series") == mr
     assert not p.query_selector_all(".py-error")
+    # the "opened" message came as JSON text (slider, overlay above); the worker's own figures of
+    # that discovery went to appTimings for the benchmark
+    work = p.evaluate("window.appTimings.discovery")
+    assert work["images"] == 20 and min(work["parse_ms"], work["stack_ms"], work["to_first_request_ms"]) >= 0

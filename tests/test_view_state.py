@@ -15,10 +15,10 @@ SERIES_A, SERIES_B = "1.2.3", "9.8.7"
 
 
 def opened(state: ViewState, series: str, n: int = 3, windows=()) -> dict:
+    same = {"frame": 1, "rows": 512, "columns": 512, "windows": [list(w) for w in windows], "slope": 1.0,
+            "intercept": 0.0, "photometric": "MONOCHROME2", "aspect": 1.0}
     message = {"type": "opened", "generation": state.generation, "series": series, "current": 1,
-               "images": [{"sop": f"{series}.{i}", "frame": 1, "rows": 512, "columns": 512,
-                           "windows": [list(w) for w in windows], "slope": 1.0, "intercept": 0.0,
-                           "photometric": "MONOCHROME2", "aspect": 1.0} for i in range(n)],
+               "images": {"sop": [f"{series}.{i}" for i in range(n)], "same": same, "each": {}},
                "info": [["Patient", "A^B"]]}
     assert state.opened(message)
     return message
@@ -178,9 +178,11 @@ SCENARIO = """
 from app.ui.view_state import ViewState
 s = ViewState(budget_bytes=2 * 8192)
 s.begin("u")
-imgs = [{"sop": "a.%d" % i, "frame": 1, "rows": 64, "columns": 64, "windows": [], "slope": 1.0,
-         "intercept": 0.0, "photometric": "MONOCHROME1", "aspect": 1.0} for i in range(5)]
+imgs = {"sop": ["a.%d" % i for i in range(5)], "same": {"frame": 1, "rows": 64, "columns": 64, "slope": 1.0,
+        "intercept": 0.0, "photometric": "MONOCHROME1", "aspect": 1.0},
+        "each": {"windows": [[], [], [[7.0, 9.0]], [], []]}}
 print(s.opened({"generation": 1, "series": "a", "current": 2, "images": imgs, "info": []}))
+print([(x.sop, x.rows, x.windows) for x in s.slots][1:3])
 def r(i, rank, size, final=False, series="a"):
     return {"generation": 1, "index": i, "series": series, "sop": "a.%d" % i, "frame": 1,
             "status": "FULL_RESOLUTION" if final else "SUBRESOLUTION", "rank": rank, "final": final,
@@ -221,3 +223,16 @@ def test_with_gpu_textures_the_page_counts_two_copies_per_image():
     assert state.page_budget() == 7 << 20  # the worker keeps an eighth
     state.copies = 2  # a buffer and a WebGL texture per image
     assert state.page_budget() == (7 << 20) // 2
+
+
+def test_opened_images_share_what_they_agree_on_and_keep_what_differs():
+    """app/worker.py describe_images: one value for all, or one per image."""
+    state = ViewState()
+    state.begin("u")
+    images = {"sop": ["s.1", "s.1", "s.2"], "same": {"rows": 8, "columns": 8, "slope": 1.0, "intercept": 0.0,
+                                                    "photometric": "MONOCHROME2", "aspect": 1.0},
+              "each": {"frame": [1, 2, 1], "windows": [[[40.0, 400.0]], [], [[50.0, 500.0]]]}}
+    assert state.opened({"generation": state.generation, "series": "S", "current": 2, "images": images})
+    assert [(s.sop, s.frame, s.rows, s.windows) for s in state.slots] == [
+        ("s.1", 1, 8, [[40.0, 400.0]]), ("s.1", 2, 8, []), ("s.2", 1, 8, [[50.0, 500.0]])]
+    assert state.window == (50.0, 500.0)  # the current image's own

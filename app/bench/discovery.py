@@ -5,13 +5,15 @@ sort has work to do): the CPU time (``time.process_time``: work, not waiting on 
 parse the bytes (``dicomjson.loads``), build the stack
 (``stack_from_metadata``), then make a ``RetrieveEngine`` and run it until it asks for the image
 on screen (the middle one). After that request the engine plans the other images; the time until
-its next request shows that cost, which no longer delays the first. CPython figures; the page's
-Pyodide worker is 2-4x slower. No network: a transport that records when it is asked.
+its next request shows that cost, which no longer delays the first. CPython figures, no network:
+a transport that records when it is asked. ``worker_discovery_rows``: the same steps as the page's
+Pyodide worker reports them for the large stacks it loads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -24,7 +26,8 @@ from ..retrieve.engine import RetrieveEngine
 from ..study import stack_from_metadata
 from ..transport.mock import MockResponse
 
-__all__ = ["DiscoveryRow", "discovery_rows", "render_discovery", "synthetic_metadata"]
+__all__ = ["DiscoveryRow", "WorkerDiscoveryRow", "discovery_rows", "render_discovery", "render_worker_discovery",
+           "synthetic_metadata", "worker_discovery_rows"]
 
 COUNTS = (20, 200, 1000)
 SERIES_URL = "http://bench.test/dicomweb/studies/1.2.3/series/1.2.3.4"
@@ -134,15 +137,100 @@ def discovery_rows(counts: Sequence[int] = COUNTS, repeat: int = 5) -> list[Disc
     return rows
 
 
-def render_discovery(rows: Sequence[DiscoveryRow]) -> str:
-    """The rows as a Markdown table."""
-    lines = ["| instances | metadata bytes | parse ms | stack ms | to first request ms | "
-             "before first request ms | rest planned ms |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r.instances} | {r.metadata_bytes} | {r.parse_ms} | {r.stack_ms} | "
-                     f"{r.first_request_ms} | {r.before_first_ms} | {r.rest_planned_ms} |")
+def _table(header: Sequence[str], rows: Sequence, left: int = 0) -> str:
+    """Dataclass rows as a Markdown table, a column per field in order; the first ``left`` columns
+    left-aligned, the others (numbers) right-aligned."""
+    align = "|".join("---" if i < left else "---:" for i in range(len(header)))
+    lines = ["| " + " | ".join(header) + " |", f"|{align}|"]
+    lines += ["| " + " | ".join(str(value) for value in dataclasses.astuple(row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def render_discovery(rows: Sequence[DiscoveryRow]) -> str:
+    """The rows as a Markdown table."""
+    return _table(["instances", "metadata bytes", "parse ms", "stack ms", "to first request ms",
+                   "before first request ms", "rest planned ms"], rows)
+
+
+@dataclass
+class WorkerDiscoveryRow:
+    """What the page's worker (Pyodide) reports about its own discovery of a large stack: wall ms
+    in the worker, best of the runs (app/worker.py ``discovery_work``). Each run is a fresh page
+    whose Load is clicked at ready: its interpreter is cold (the idle warm-up has not run), as
+    for a link that opens a series."""
+
+    stack: str
+    instances: int
+    metadata_bytes: int
+    parse_ms: float  # the metadata's bytes checked and parsed
+    stack_ms: float  # stack_from_metadata
+    to_first_request_ms: float  # the loader made and the engine's plan, until the first frame request
+    before_first_ms: float  # the sum: metadata bytes -> the first frame request
+    opened_ms: float  # then: the "opened" message (a field per image) made, as JSON text
+
+
+_WORK_JS = "() => window.appTimings.discovery || null"
+
+
+def worker_discovery_rows(driver, stacks: Sequence, runs: int = 3) -> list[WorkerDiscoveryRow]:
+    """Each stack loaded ``runs`` times in the page (loopback, no emulation, ``PRESET``)."""
+    from .network import ServeProcess, ThrottleProxy
+
+    rows = []
+    for stack in stacks:
+        series = stack.tree / stack.url.removeprefix("/dicomweb/")
+        frames = sum(p.stat().st_size for p in (series / "instances").glob("*/frames/*") if p.is_file())
+        server = ServeProcess(stack.tree)
+        proxy = ThrottleProxy(*server.address)
+        got: list[dict] = []
+        try:
+            for _ in range(runs):
+                driver.load(proxy, proxy.url, {"url": stack.url}, PRESET, "none", frames,
+                            lambda page: got.append(page.evaluate(_WORK_JS)))
+        finally:
+            proxy.close()
+            server.close()
+        works = [w for w in got if w]
+        if not works:
+            raise RuntimeError(f"{stack.name}: the page reported no discovery figures")
+        best = {k: round(min(w[k] for w in works), 1) for k in ("parse_ms", "stack_ms", "to_first_request_ms",
+                                                                  "opened_ms")}
+        before = round(min(w["parse_ms"] + w["stack_ms"] + w["to_first_request_ms"] for w in works), 1)
+        rows.append(WorkerDiscoveryRow(stack.name, works[0]["images"], (series / "metadata").stat().st_size,
+                                       best["parse_ms"], best["stack_ms"], best["to_first_request_ms"], before,
+                                       best["opened_ms"]))
+    return rows
+
+
+def render_worker_discovery(rows: Sequence[WorkerDiscoveryRow]) -> str:
+    return _table(["stack", "instances", "metadata bytes", "parse ms", "stack ms", "to first request ms",
+                   "before first request ms", "opened message ms"], rows, left=1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CPython rows; with --page, the page's worker on the large stacks too (set-up's tools/large_stacks.py)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m app.bench.discovery", description=main.__doc__)
+    parser.add_argument("--page", action="store_true", help="also the page's worker on ct174, mr200, series1000")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
     print(render_discovery(discovery_rows()))
+    if args.page:
+        from tools.large_stacks import ensure_large_stacks
+
+        from .browser import BrowserDriver
+
+        stacks = ensure_large_stacks(("ct174", "mr200", "series1000"))
+        driver = BrowserDriver()
+        try:
+            rows = worker_discovery_rows(driver, list(stacks.values()), args.runs)
+        finally:
+            driver.close()
+        print()
+        print(render_worker_discovery(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

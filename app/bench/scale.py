@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .memory import MEMORY_EVERY_MS
-from .discovery import DiscoveryRow, discovery_rows, render_discovery
+from .discovery import (DiscoveryRow, WorkerDiscoveryRow, discovery_rows, render_discovery,
+                        render_worker_discovery, worker_discovery_rows)
 from .network import PROJECT, ServeProcess, ThrottleProxy
 from .profiles import PROFILES, floor_ms
 from .results import LoadRun, PageMemory, StackRow
@@ -111,6 +112,7 @@ class ScaleResult:
     loads: list[LargeLoadRow] = field(default_factory=list)
     scrolls: list[ScrollRow] = field(default_factory=list)
     discovery: list[DiscoveryRow] = field(default_factory=list)  # CPU ms to the first frame request
+    worker_discovery: list[WorkerDiscoveryRow] = field(default_factory=list)  # the page's worker, the same
     elapsed_s: float = 0.0
 
     def to_json(self) -> dict:
@@ -340,7 +342,7 @@ def scroll_row(driver, stack, cache_mb: int, progress: Callable[[str], None]) ->
 
 
 def browser_rows(size: str, stacks: dict, profile: str, runs: int, progress: Callable[[str], None]):
-    """(page load rows, scroll rows), one Chromium for all of them."""
+    """(page load rows, scroll rows, worker discovery rows), one Chromium for all of them."""
     from .browser import BrowserDriver
 
     names = ("ct174",) if size == "small" else ("ct174", "series1000")
@@ -348,9 +350,11 @@ def browser_rows(size: str, stacks: dict, profile: str, runs: int, progress: Cal
     try:
         loads = page_rows(driver, [stacks[n] for n in names], profile, runs, progress)
         scrolls = [scroll_row(driver, stacks[name], mb, progress) for name, mb in SCROLLS[size]]
+        progress("discovery in the page's worker (best of 3 loads each)")
+        discovery = worker_discovery_rows(driver, [stacks[n] for n in names])
     finally:
         driver.close()
-    return loads, scrolls
+    return loads, scrolls, discovery
 
 
 # -- the run and its report -----------------------------------------------------------------------
@@ -384,7 +388,7 @@ def run_scale(size: str = "small", *, runs: int = 1, profile: str = "seed4g", wo
         result.machine["parallel_capacity_end"] = parallel_capacity(workers)
     result.loads = load_rows([stacks[name] for name in names], profile, runs, cache_mb, progress)
     if page:
-        loads, result.scrolls = browser_rows(size, stacks, profile, runs, progress)
+        loads, result.scrolls, result.worker_discovery = browser_rows(size, stacks, profile, runs, progress)
         result.loads += loads
     result.machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     result.elapsed_s = round(time.perf_counter() - t0, 1)
@@ -413,7 +417,10 @@ def render_scale(result: ScaleResult) -> str:
         lines += ["", PAGE_MEMORY_NOTE]
     if result.discovery:
         lines += ["", "Discovery and planning, CPU ms from the series metadata's bytes to the first frame request "
-                  "(CPython, best of 5; the page's Pyodide worker takes ~3x):", "", render_discovery(result.discovery)]
+                  "(CPython, best of 5):", "", render_discovery(result.discovery)]
+    if result.worker_discovery:
+        lines += ["", "The same in the page's worker (Pyodide, wall ms it reports about its own load, loopback, "
+                  "best of 3 fresh pages):", "", render_worker_discovery(result.worker_discovery)]
     if result.scrolls:
         lines += ["", "| stack scrolled end to end | cacheMB | renderer | at ready MB | load peak MB | "
                   "scroll peak MB | peak - ready MB | slices showing | pixels counted MB | scroll s |",

@@ -436,15 +436,15 @@ def _first_image_run(site, handler, head_start):
     return events, engine, transport
 
 
-def test_the_other_images_are_asked_for_once_the_one_on_screen_shows_something(htj2k_images):
+def test_the_other_images_are_asked_for_once_the_one_on_screen_is_answered(htj2k_images):
     """Starting a request costs the page's worker 1-3 ms of Python; while it starts the others the
-    bytes of the image on screen wait. So it goes alone, and the others follow its first result."""
+    answer for the image on screen waits. So it goes alone, and the others follow its first bytes."""
     site = htj2k_site(htj2k_images)
     events, engine, transport = _first_image_run(site, site.handler, 5.0)
     started = [e.index for e in events if isinstance(e, RequestStarted)]
-    first_result = next(n for n, e in enumerate(events) if isinstance(e, Refinement))
-    assert events[first_result].index == 1 and started[0] == 1
-    assert all(e.index == 1 for e in events[:first_result] if isinstance(e, RequestStarted))
+    answered = next(n for n, e in enumerate(events) if isinstance(e, FirstBytes))
+    assert events[answered].index == 1 and started[0] == 1
+    assert all(e.index == 1 for e in events[:answered] if isinstance(e, RequestStarted))
     assert sorted(set(started)) == [0, 1, 2]
     assert_all_final(site, events, engine)
 

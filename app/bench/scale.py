@@ -46,6 +46,9 @@ from .site import frame_bytes
 __all__ = ["ConvertRow", "LargeLoadRow", "ScrollRow", "ScaleResult", "run_scale", "render_scale"]
 
 SCALE_PRESET = "interleavedStack"
+#: the page also loads these stacks with our own stack preset (32 KB first ranges, first images
+#: streamed by level): the "every slice visible" figure both ways
+PAGE_EXTRA_PRESETS = {"ct174": ("interleavedPreview",)}
 SCROLLS = {"small": [("ct174", 64)], "full": [("series1000", 512), ("ct174", 64)]}  # (stack, cacheMB)
 
 
@@ -256,8 +259,8 @@ def load_rows(stacks: Sequence, profile: str, runs: int, cache_mb: int | None,
 
 
 def _load_row(stack, profile: str, cache_mb: int | None, run: LoadRun, peak_mb: float | None,
-              lossless: int) -> LargeLoadRow:
-    row = StackRow.from_runs(SCALE_PRESET, profile, [run], stack.slices, lossless)
+              lossless: int, preset: str = SCALE_PRESET) -> LargeLoadRow:
+    row = StackRow.from_runs(preset, profile, [run], stack.slices, lossless)
     clicked = run.t_click is not None
     drawn = [e["bench_now"] - run.t_click if clicked and e.get("bench_now") is not None else e["t_ms"]
              for e in run.log if e.get("drawn")]
@@ -266,7 +269,7 @@ def _load_row(stack, profile: str, cache_mb: int | None, run: LoadRun, peak_mb: 
     def median(stats) -> float | None:
         return round(stats.median, 1) if stats is not None else None
 
-    return LargeLoadRow(stack.name, stack.slices, f"{stack.rows}x{stack.columns}", SCALE_PRESET, profile, cache_mb,
+    return LargeLoadRow(stack.name, stack.slices, f"{stack.rows}x{stack.columns}", preset, profile, cache_mb,
                         round(min(drawn), 1) if drawn else None, median(row.all_something_ms),
                         median(row.all_lossless_ms), round(floor_ms(profile, lossless, 0.0), 1),
                         run.bytes_frames, lossless, finals, None if peak_mb is None else round(peak_mb, 1))
@@ -287,16 +290,18 @@ def _lossless_bytes(stack) -> int:
 
 
 def page_rows(driver, stacks: Sequence, profile: str, runs: int, progress: Callable[[str], None]) -> list[LargeLoadRow]:
-    """The page loads each stack (``interleavedStack``), memory sampled; one row per run."""
+    """The page loads each stack (``interleavedStack``, and PAGE_EXTRA_PRESETS), memory sampled; one
+    row per run."""
     rows = []
     for stack in stacks:
         server, proxy = _served(stack)
         lossless = _lossless_bytes(stack)
         try:
-            for number in range(runs):
-                progress(f"page load {stack.name} ({profile}) run {number + 1}/{runs}")
-                run = driver.load(proxy, proxy.url, {"url": stack.url}, SCALE_PRESET, profile, lossless, memory=True)
-                row = _load_row(stack, profile, None, run, None, lossless)
+            for preset, number in [(p, n) for p in (SCALE_PRESET, *PAGE_EXTRA_PRESETS.get(stack.name, ()))
+                                   for n in range(runs)]:
+                progress(f"page load {stack.name} {preset} ({profile}) run {number + 1}/{runs}")
+                run = driver.load(proxy, proxy.url, {"url": stack.url}, preset, profile, lossless, memory=True)
+                row = _load_row(stack, profile, None, run, None, lossless, preset)
                 peak, base = (PageMemory.from_raw(run.memory[k]) for k in ("peak", "baseline"))
                 row.engine, row.peak_page_mb, row.baseline_page_mb, row.memory = "page", peak.mb(), base.mb(), peak.raw()
                 rows.append(row)

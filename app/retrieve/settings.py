@@ -37,8 +37,8 @@ class RetrievePolicy:
     # how long the image on screen may wait for a slot before a running job gives way: while the
     # user scrolls fast nothing is cancelled, only where they stop
     preempt_delay: float = 0.2
-    # the image on screen starts alone: the others' requests wait until it shows something, at
-    # most this long (starting 23 requests kept its bytes waiting 67 ms in the page's worker)
+    # the image on screen starts alone: the others' requests wait for its first bytes, at most
+    # this long (starting 23 requests kept its bytes waiting 67 ms in the page's worker)
     first_image_head_start: float = 0.15
     # frames of one multi-frame instance asked in one request (``frames/1,2,3``) when a stage
     # fetches whole frames; 1: one request per frame. A server that refuses a list gets single

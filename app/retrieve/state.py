@@ -161,8 +161,8 @@ class ImageStates:
 class FirstRequest:
     """Whether a run's first request has gone out: the rest of its plan, and what else the page
     asks of the server (the study's series list), wait for it; and whether the image on screen
-    has shown something: the other images' requests wait for that (a head start, bounded), since
-    starting them costs the worker ~1-3 ms each under Pyodide while that image's bytes wait. Each
+    is answered: the other images' requests wait for its first bytes (a head start, bounded), so
+    its answer is not queued behind starting them (~1-3 ms of the worker each under Pyodide). Each
     run has its own."""
 
     def __init__(self) -> None:
@@ -179,11 +179,11 @@ class FirstRequest:
         self._event.set()
 
     def shown(self) -> None:
-        """The image on screen has a picture (or failed, or its job ended): the others may start."""
+        """The image on screen is answered (or failed, or its job ended): the others may start."""
         self._shown.set()
 
     async def head_start(self, seconds: float) -> None:
-        """Until the image on screen has shown something, at most ``seconds``."""
+        """Until the image on screen is answered, at most ``seconds``."""
         if not self._shown.is_set():
             try:
                 await asyncio.wait_for(self._shown.wait(), seconds)

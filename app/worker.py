@@ -53,6 +53,7 @@ class Engine:
         self.progress_flush: asyncio.TimerHandle | None = None
         self.described = -1  # the generation whose "opened" message has been posted
         self.held_result: tuple | None = None  # (pixels, message, buffer) waiting for its replicas
+        self._flush_soon = create_proxy(lambda *_: self.flush_result())  # a microtask, kept
         self.collector_paused = False
 
     # ---- out ----
@@ -63,7 +64,7 @@ class Engine:
         self._post(js_message, to_js(transfer or []))
 
     def hold_result(self, event: Refinement, generation: int, t: float) -> None:
-        """A result waits for the rest of its loop turn: the nearbyFrames replicas the engine
+        """A result waits for the rest of its JS task: the nearbyFrames replicas the engine
         emits right after it (the same pixels, other slices) travel in its message, as
         "replicas", not as three more copies of its pixels and three more messages."""
         held = self.held_result
@@ -74,7 +75,9 @@ class Engine:
         message, buffer = refinement_message(self.stack, event, generation)
         message["t_ms"], message["replicas"] = round(t, 1), []
         self.held_result = (event.pixels, message, buffer)
-        asyncio.get_running_loop().call_soon(self.flush_result)
+        # at the end of this JS task (the replicas come in the same asyncio step), not behind the
+        # network's queued messages as a loop callback would be
+        js.queueMicrotask(self._flush_soon)
 
     def flush_result(self) -> None:
         if self.held_result is None:

@@ -15,6 +15,7 @@ CONFIG_STORAGE_KEY = "progressive-dicom.retrieveConfig"
 DEFAULT_CACHE_MB = 1024
 WATERFALL_MS = 250  # the request waterfall is redrawn at most this often
 OPEN_TIMEOUT_MS = 30000  # discovery (study/series metadata) that answers nothing in this long fails
+OPENED_REST_MS = 150  # the info table, window presets and URL follow an opened series this late
 VIEWER_PRESETS = {  # the published modes, as the sidebar names them
     "htj2k": "HTJ2K streaming",
     "htj2kByteRange": "HTJ2K Byte Range",
@@ -170,8 +171,6 @@ class Page:
         slider = el("slider")
         slider.max = str(max(0, len(self.state.slots) - 1))
         slider.value = str(self.state.index)
-        self.fill_info()
-        self.fill_window_presets()
         el("status").textContent = "Loading %d image(s)…" % len(self.state.slots)
         from app.ui import controls
 
@@ -179,8 +178,20 @@ class Page:
         if view:
             view.pop("slice", None)  # the engine opened on it already
             controls.apply_view(self, view)
-        controls.remember(self)
         self.refresh()
+        # the info table, the window presets and the URL after the first picture: they took
+        # ~40 ms of this thread (and the layout after them) while the first image waited
+        generation = self.state.generation
+        window.setTimeout(lambda: self.opened_rest(generation), OPENED_REST_MS)
+
+    def opened_rest(self, generation):
+        if generation != self.state.generation or self.state.series is None:
+            return
+        from app.ui import controls
+
+        self.fill_info()
+        self.fill_window_presets()
+        controls.remember(self)
 
     def on_open_failed(self, m, raw):
         if self.state.fail(m["generation"], m["message"]):

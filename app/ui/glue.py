@@ -144,6 +144,7 @@ class Page:
         self.running = False
         self.cine = None
         self.pending_view = None  # slice/wl/zoom/invert from a link, for the series being opened
+        self.rest_due = None  # the generation whose info table, presets and URL are still to fill
         self.demo = []  # (url, name) of the demo studies serve.py lists
 
     # ---- engine messages ----
@@ -179,14 +180,16 @@ class Page:
             view.pop("slice", None)  # the engine opened on it already
             controls.apply_view(self, view)
         self.refresh()
-        # the info table, the window presets and the URL after the first picture: they took
-        # ~40 ms of this thread (and the layout after them) while the first image waited
-        generation = self.state.generation
+        # the info table, the window presets and the URL after the first picture (or at the end of
+        # the load, or OPENED_REST_MS later): they took ~20 ms of this thread, and the layout after
+        # them, while the first image waited
+        generation = self.rest_due = self.state.generation
         window.setTimeout(lambda: self.opened_rest(generation), OPENED_REST_MS)
 
     def opened_rest(self, generation):
-        if generation != self.state.generation or self.state.series is None:
+        if generation != self.rest_due or generation != self.state.generation or self.state.series is None:
             return
+        self.rest_due = None
         from app.ui import controls
 
         self.fill_info()
@@ -243,6 +246,7 @@ class Page:
     def on_done(self, m, raw):
         if m["generation"] != self.state.generation:
             return
+        self.opened_rest(m["generation"])
         self.running = False
         self.sync_cancel()
         el("status").textContent = self.state.summary()
@@ -400,6 +404,9 @@ class Page:
             key, held = found
             self.renderer.draw(key, js(self.state.view()))
             window.pageLog.draw(self.state.index, self.state.index, held.status, held.sop)
+            if self.rest_due is not None:  # the first picture is drawn: the rest of "opened" next
+                generation = self.rest_due
+                window.setTimeout(lambda: self.opened_rest(generation), 0)
         drawn_key = found[0] if found else None
         for key, entry in self.pending_log:
             self.log_render(entry, key == drawn_key)

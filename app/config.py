@@ -831,17 +831,18 @@ PRESETS: dict[str, dict] = {
             "multipleFinal": {"rangeIndex": -1},
         },
     },
-    # Ours for stacks: interleavedStack's stages with 32 KB first ranges. That holds a 128-px level
-    # of a 512x512 CT or a 256x256 MR (their levels end at ~20 KB and ~29 KB), so every slice shows
-    # something after 32 KB per fast slice instead of 64 KB; the rest of each frame comes by one
-    # Range request later (no byte twice). The first images (middle, first, last) are streamed by
-    # level: the one on screen shows before its whole frame is in. 174-slice CT, seed4g, CPython
-    # engine: every slice visible 642 ms instead of 1002, lossless unchanged (9.08 s; floor 8.98 s).
+    # Ours for stacks: interleavedStack's stages with 12 KB first ranges. That holds the 64-px level
+    # of a 512x512 CT or a 256x256 MR as our converter writes them (it ends at ~9.2 KB, 16-bit), so
+    # every slice shows something after 12 KB per fast slice instead of 64 KB; the rest of each frame
+    # comes by one Range request later (no byte twice). The first images (middle, first, last) are
+    # streamed by level: the one on screen shows before its whole frame is in. 174-slice CT, seed4g,
+    # CPython engine: every slice visible 415 ms (32 KB: 643, 64 KB: 1030), lossless unchanged
+    # (9.09 s; floor 8.98 s).
     "interleavedPreview": {
         "stages": _STAGE_SETS["interleaved"],
         "retrieveOptions": {
             "default": {"rangeIndex": -1, "streaming": True},  # the image on screen shows by levels
-            "multipleFast": {"rangeIndex": 0, "initialChunkSize": 32768, "chunkSize": 32768, "decodeLevel": 3},
+            "multipleFast": {"rangeIndex": 0, "initialChunkSize": 12288, "chunkSize": 12288, "decodeLevel": 3},
             "multipleFinal": {"rangeIndex": -1},
         },
     },
@@ -859,7 +860,7 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     "htj2kRangeThenStream": "First 128 KB of the HTJ2K frame (Range, decode level capped at 3; extended to the end of a level if it holds no whole one) as SUBRESOLUTION, then one streamed Range request for the rest.",
     "nonProgressive": "One complete request per image from /frames/, no streaming or ranges: the image appears only when fully decoded.",
     "interleavedStack": "Interleaved over the stack: middle/first/last in full, 64 KB HTJ2K ranges of every 4th slice copied to neighbours, then the rest of every slice.",
-    "interleavedPreview": "interleavedStack with 32 KB first ranges (a 128-px level of a 512x512 CT or 256x256 MR): every slice shows something sooner; the rest of each frame by Range.",
+    "interleavedPreview": "interleavedStack with 12 KB first ranges (the 64-px level of a 512x512 CT or 256x256 MR): every slice shows something sooner; the rest of each frame by Range.",
 }
 """One line per preset for the UI."""
 

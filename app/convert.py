@@ -93,7 +93,9 @@ import numpy
 from app.codecs import DecodeError, PixelFormat, area_mean, codec_for, decode_frame, native_frames
 from app.readers.codestream import CodestreamError, CodestreamScanner, MainHeader
 from app.thumbnails import render_thumbnail
+from app.study import DiscoveryError, index_of_stack, stack_from_metadata
 from app.tree import FRAME_SUFFIX, Alternate, TreeManifest, frame_file_names, frame_part_chunks
+from app.tree.stack_index import STACK_INDEX_NAME, stack_index_bytes
 from app.uids import HTJ2K, HTJ2K_LOSSLESS_RPCL, JPEG_LS_LOSSLESS, InvalidUID, check_uid
 
 CONVERTER_VERSION = "3"  # 3: frames/{n}.mht and thumbnails; tools/demo_data.py re-converts the demo tree on a change
@@ -513,7 +515,9 @@ def commit_series(out: Path, study: str, series: str, converted: list[tuple[dict
     for obj, _ in converted:
         metadata[_first(obj, "00080018")] = obj
     instances = sorted(metadata.values(), key=_instance_sort_key)
+    (series_dir / STACK_INDEX_NAME).unlink(missing_ok=True)  # never an index older than its metadata
     write_json_pair(series_dir / "metadata", instances)
+    write_stack_index(series_dir, instances)
 
     for _, alternates in converted:
         known.update(alternates)
@@ -530,6 +534,33 @@ def commit_series(out: Path, study: str, series: str, converted: list[tuple[dict
     instance_index = [_pick(item, _INSTANCE_TAGS) for item in instances]
     write_json_pair(series_dir / "index.json", instance_index)
     write_json_pair(series_dir / "instances" / "index.json", instance_index)
+
+
+def write_stack_index(series_dir: Path, instances: list[dict]) -> bool:
+    """The series' ``stack.json`` (app/tree/stack_index.py) from its metadata, the same stack
+    discovery builds from it; none for a series no index can describe (pixel data inline)."""
+    try:
+        index = index_of_stack(stack_from_metadata(instances, "series"))
+    except DiscoveryError:
+        index = None
+    if index is None:
+        (series_dir / STACK_INDEX_NAME).unlink(missing_ok=True)
+        return False
+    write_atomic(series_dir / STACK_INDEX_NAME, stack_index_bytes(index))
+    return True
+
+
+def write_missing_stack_indexes(out: Path) -> int:
+    """``stack.json`` for each series of an existing tree that has metadata and no index (trees
+    converted before the index existed); nothing else is written. Returns how many were written."""
+    written = 0
+    for series_dir in sorted(Path(out).glob("studies/*/series/*")):
+        if (series_dir / STACK_INDEX_NAME).exists() or not series_dir.is_dir():
+            continue
+        instances = read_json_pair(series_dir / "metadata", [])
+        if instances and write_stack_index(series_dir, instances):
+            written += 1
+    return written
 
 
 def rebuild_study_indexes(out: Path, study: str) -> None:
@@ -915,7 +946,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m app.convert",
         description="Convert DICOM files or folders into a static DICOMweb tree with progressive alternates.",
     )
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="DICOM files or folders")
+    parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="DICOM files or folders")
     parser.add_argument("-o", "--out", type=Path, required=True, help="root of the static DICOMweb tree")
     parser.add_argument(
         "--alternates",
@@ -927,11 +958,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="1..100; quantisation step 2^((100-Q)/10) stored units (default %(default)s)")
     parser.add_argument("--raw", action="store_true", help="write bare codestreams instead of multipart bodies")
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-frame progress")
+    parser.add_argument("--reindex", action="store_true",
+                        help="only write the stack index (stack.json) of each series of OUT that has none")
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if not args.inputs and not args.reindex:
+        parser.error("the following arguments are required: INPUT")
+    return args
+
+
+def reindex(out: Path) -> int:
+    """``--reindex``: the missing stack indexes of an existing tree written, nothing else."""
+    if not (Path(out) / "studies").is_dir():
+        print(f"error: {out} holds no studies/ folder", file=sys.stderr)
+        return 2
+    print(f"{write_missing_stack_indexes(out)} stack index file(s) written under {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
+    if args.reindex:
+        return reindex(args.out)
     try:
         summary = convert(args.inputs, args.out, args.alternates, lossy_quality=args.lossy_quality,
                           raw=args.raw, quiet=args.quiet)

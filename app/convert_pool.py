@@ -157,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="worker processes (default: the cores; 1 = serial)")
     parser.add_argument("--dask", metavar="SCHEDULER",
                         help="run on a Dask cluster, one task per series (e.g. tcp://scheduler:8786)")
-    args = parser.parse_args(argv)
+    args = serial.parse_args(parser, argv)
+    if args.reindex:
+        return serial.reindex(args.out)
     if args.dask and args.workers is not None:
         parser.error("--workers and --dask exclude each other: the cluster's workers do the work")
     try:

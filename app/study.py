@@ -23,17 +23,23 @@ from .dicomjson import Tag
 from .transport.base import Response, Transport, TransportError
 from .transport.limits import JSON_LIMITS, LimitedTransport, TransferLimits
 from .tree import Alternate, parse_alternates
+from .tree.stack_index import IMAGE_FIELDS, STACK_INDEX_NAME, SeriesIdentity, StackIndex, parse_stack_index
 from .uids import EXPLICIT_VR_LITTLE_ENDIAN, valid_uid
 
 __all__ = [
     "Alternate",
     "DiscoveryError",
     "DiscoveryWork",
+    "IndexCheck",
+    "IndexMismatch",
     "Stack",
     "StackImage",
     "discover",
     "fetch_json",
+    "index_disagreement",
+    "index_of_stack",
     "parse_alternates",
+    "stack_from_index",
     "stack_from_metadata",
 ]
 
@@ -53,14 +59,53 @@ class RefusedDocument(DiscoveryError):
     not for being absent: its reason is reported instead of "not found"."""
 
 
+class IndexMismatch(DiscoveryError):
+    """The series' stack index disagrees with its metadata, or the metadata could not be read to
+    check it. ``stack``: the metadata's own stack to go on with, when there is one."""
+
+    def __init__(self, message: str, stack: "Stack | None" = None) -> None:
+        super().__init__(message)
+        self.stack = stack
+
+
 @dataclass
 class DiscoveryWork:
-    """What discovery spent on the series metadata, the page's benchmark reads it: the bytes
-    checked and parsed, the stack built, and when it was ready (``time.perf_counter``)."""
+    """What discovery spent before the first frame request, the page's benchmark reads it: the
+    bytes checked and parsed (the index's, else the metadata's), the stack built, and when it was
+    ready (``time.perf_counter``); with an index, the metadata's check after the request."""
 
     parse_ms: float = 0.0
     stack_ms: float = 0.0
     ready_at: float = 0.0
+    source: str = "metadata"  # or "index": what the stack was built from
+    index_note: str = ""  # why an index that answered was not used
+    check_ms: float = 0.0  # the metadata parsed, its stack built and compared with the index's
+    first_request_at: float = 0.0  # set by whoever runs the stack (app/viewer_engine.py)
+
+    def figures(self, describing_at: float, described_at: float, images: int) -> dict:
+        """The figures as the worker reports them (ms); the first frame request was out when the
+        "opened" message was begun, or at ``first_request_at`` when that was noted."""
+        first = self.first_request_at or describing_at
+        return {"parse_ms": round(self.parse_ms, 2), "stack_ms": round(self.stack_ms, 2),
+                "to_first_request_ms": round((first - self.ready_at) * 1000.0, 2),
+                "opened_ms": round((described_at - describing_at) * 1000.0, 2), "images": images,
+                "source": self.source, "check_ms": round(self.check_ms, 2)}
+
+
+@dataclass
+class IndexCheck:
+    """The check of a stack built from the series' index against the series' metadata: its
+    requests are out with the index's, its parse waits for ``start()`` (the first frame request
+    out), ``result`` is the metadata's stack when it agrees, else IndexMismatch."""
+
+    go: asyncio.Event
+    result: "asyncio.Future[Stack]"
+
+    def start(self) -> None:
+        self.go.set()
+
+    def cancel(self) -> None:
+        self.result.cancel()
 
 
 @dataclass(frozen=True)
@@ -110,6 +155,9 @@ class Stack:
     pending_alternates: "asyncio.Future[dict[str, Alternate]] | None" = field(
         default=None, repr=False, compare=False)
     work: DiscoveryWork | None = field(default=None, repr=False, compare=False)
+    # built from the series' stack index: provisional until the metadata agrees; nothing of it may
+    # be shown before (app/viewer_engine.py holds the engine's events until then)
+    index_check: IndexCheck | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -244,10 +292,13 @@ def _path_segments(url: str) -> list[str]:
 
 
 async def discover(transport: Transport, url: str, *, series_uid: str | None = None,
-                   limits: TransferLimits = JSON_LIMITS) -> Stack:
+                   limits: TransferLimits = JSON_LIMITS, provisional: bool = False) -> Stack:
     """Find the series the URL names (or the first/best one under it) and build its stack.
 
-    Every document is fetched under ``limits`` (the frames' low-speed rule, a deadline)."""
+    Every document is fetched under ``limits`` (the frames' low-speed rule, a deadline).
+    ``provisional``: a series' stack index (``stack.json``) is asked for with its metadata and,
+    when it answers, the stack is built from it at once; the caller must then start and await
+    ``stack.index_check`` before showing anything of it (app/viewer_engine.py does)."""
     if not isinstance(transport, LimitedTransport):
         transport = LimitedTransport(transport, limits)
     url = _strip(url)
@@ -255,9 +306,9 @@ async def discover(transport: Transport, url: str, *, series_uid: str | None = N
     if segs and segs[-1] in ("metadata", "metadata.gz", "metadata.json"):
         return await _load_series(transport, url.rsplit("/", 1)[0], [url])
     if len(segs) >= 2 and segs[-2] == "series":
-        return await _load_series(transport, url)
+        return await _load_series(transport, url, provisional=provisional)
     if len(segs) >= 2 and segs[-2] == "studies":
-        return await _load_study(transport, url, series_uid)
+        return await _load_study(transport, url, series_uid, provisional)
     if segs and segs[-1] == "studies":
         url = url.rsplit("/", 1)[0]
     # a DICOMweb root: list studies
@@ -273,15 +324,16 @@ async def discover(transport: Transport, url: str, *, series_uid: str | None = N
         if not valid_uid(st):
             continue  # never a URL segment: a UID that is not one (../, /, ...) could leave the tree
         try:
-            return await _load_study(transport, f"{url}/studies/{st}", series_uid)
+            return await _load_study(transport, f"{url}/studies/{st}", series_uid, provisional)
         except DiscoveryError as exc:
             last_error = exc
     raise DiscoveryError(f"no series with images under {url}" + (f" ({last_error})" if last_error else ""))
 
 
-async def _load_study(transport: Transport, study_url: str, series_uid: str | None) -> Stack:
+async def _load_study(transport: Transport, study_url: str, series_uid: str | None,
+                      provisional: bool = False) -> Stack:
     if series_uid:
-        return await _load_series(transport, f"{study_url}/series/{series_uid}")
+        return await _load_series(transport, f"{study_url}/series/{series_uid}", provisional=provisional)
     found = await _first_json(
         transport,
         [f"{study_url}/series", f"{study_url}/series/index.json", f"{study_url}/series/index.json.gz"],
@@ -298,32 +350,95 @@ async def _load_study(transport: Transport, study_url: str, series_uid: str | No
     last_error: Exception | None = None
     for _, _, se in sorted(candidates):  # the largest series first: most likely the stack wanted
         try:
-            return await _load_series(transport, f"{study_url}/series/{se}")
+            return await _load_series(transport, f"{study_url}/series/{se}", provisional=provisional)
         except DiscoveryError as exc:
             last_error = exc
     raise DiscoveryError(f"no series with images under {study_url}" + (f" ({last_error})" if last_error else ""))
 
 
-async def _load_series(transport: Transport, series_url: str, metadata_urls: list[str] | None = None) -> Stack:
+async def _load_series(transport: Transport, series_url: str, metadata_urls: list[str] | None = None,
+                       provisional: bool = False) -> Stack:
     # alternates.json(.gz) are asked for at the same time as the metadata and never waited for
     # here: the first frame request follows the metadata's answer (a stage that reads an
     # alternate waits for them, see Stack.alternates_loaded)
     alternates = asyncio.ensure_future(_alternates(transport, series_url))
     urls = metadata_urls or [f"{series_url}/metadata", f"{series_url}/metadata.gz", f"{series_url}/metadata.json"]
     work = DiscoveryWork()
+    asked: list = []
     try:
-        found = await _first_json(transport, urls, missing=f"no series metadata at {urls[0]}", parallel=True,
-                                  work=work)
-        assert found is not None
+        if provisional and metadata_urls is None:
+            index = asyncio.ensure_future(_index_stack(transport, series_url, work))
+            asked = [asyncio.ensure_future(transport.get(url, headers={"Accept": JSON_ACCEPT})) for url in urls]
+            stack = await index
+            if stack is not None:
+                check = IndexCheck(asyncio.Event(), asyncio.Future())
+                check.result = asyncio.ensure_future(_checked(stack, transport, urls, asked, check.go, work))
+                return dataclasses.replace(stack, pending_alternates=alternates, work=work, index_check=check)
+        found = await _metadata(transport, urls, asked, work)
         started = time.perf_counter()
         stack = stack_from_metadata(found[1], series_url)
     except BaseException:
         alternates.cancel()
+        await _drop(asked)
         raise
     asyncio.get_running_loop().call_later(FREE_DOCUMENT_AFTER_S, _hold, found)
     work.ready_at = time.perf_counter()
     work.stack_ms = (work.ready_at - started) * 1000.0
     return dataclasses.replace(stack, pending_alternates=alternates, work=work)
+
+
+async def _metadata(transport: Transport, urls: list[str], asked: list, work: DiscoveryWork) -> tuple[str, object]:
+    """The series metadata: the first of ``urls`` that answers JSON (``asked``: their requests,
+    already made; else all are made now)."""
+    if not asked:
+        asked[:] = [asyncio.ensure_future(transport.get(url, headers={"Accept": JSON_ACCEPT})) for url in urls]
+    try:
+        found = await _first_answer(transport, urls, asked, f"no series metadata at {urls[0]}", work)
+    finally:
+        await _drop(asked)
+    assert found is not None
+    return found
+
+
+async def _index_stack(transport: Transport, series_url: str, work: DiscoveryWork) -> Stack | None:
+    """The stack from the series' index; None when there is none or it is refused (its reason in
+    ``work.index_note``): the metadata's stack then, as without an index."""
+    url = f"{series_url}/{STACK_INDEX_NAME}"
+    try:
+        doc, _ = await _json_or_cause(transport, url, None, work)
+        if doc is None:
+            return None
+        started = time.perf_counter()
+        stack = stack_from_index(parse_stack_index(doc), series_url)
+    except (DiscoveryError, TransportError, ValueError) as exc:
+        work.index_note, work.parse_ms = str(exc), 0.0
+        return None
+    work.ready_at = time.perf_counter()
+    work.stack_ms = (work.ready_at - started) * 1000.0
+    work.source = "index"
+    return stack
+
+
+async def _checked(provisional: Stack, transport: Transport, urls: list[str], asked: list, go: asyncio.Event,
+                   work: DiscoveryWork) -> Stack:
+    """The metadata's stack, once ``go`` is set and it agrees with the index's; else IndexMismatch."""
+    parsed = DiscoveryWork()
+    try:
+        await go.wait()
+        found = await _metadata(transport, urls, asked, parsed)
+        started = time.perf_counter()
+        stack = stack_from_metadata(found[1], provisional.series_url)
+    except (DiscoveryError, TransportError) as exc:
+        raise IndexMismatch(f"the series metadata could not be read to check the stack index: {exc}") from None
+    finally:
+        await _drop(asked)
+    asyncio.get_running_loop().call_later(FREE_DOCUMENT_AFTER_S, _hold, found)
+    difference = index_disagreement(provisional, stack)
+    work.check_ms = parsed.parse_ms + (time.perf_counter() - started) * 1000.0
+    if difference:
+        raise IndexMismatch(f"the series' stack index ({STACK_INDEX_NAME}) disagrees with its metadata: "
+                            f"{difference}; the metadata's stack is used", stack)
+    return stack
 
 
 async def _alternates(transport: Transport, series_url: str) -> dict[str, Alternate]:
@@ -565,15 +680,85 @@ def _stack_image(index: int, it: _Item, study_uid: str | None, series_uid: str |
     ``__init__`` sets each of 16 fields through ``object.__setattr__`` (4-8 ms per 1000 images in
     the page's worker, before the first frame request)."""
     fmt = it.fmt
-    image = object.__new__(StackImage)
-    image.__dict__.update(
+    return _frozen_image(
         index=index, study_uid=study_uid or "", series_uid=series_uid or "", sop_instance_uid=it.sop,
         frame=it.frame, frame_url=it.url, transfer_syntax=it.ts, fmt=fmt,
         pixel_spacing=it.spacing, windows=it.windows, rescale_slope=fmt.rescale_slope,
         rescale_intercept=fmt.rescale_intercept, photometric=fmt.photometric_interpretation,
         instance_number=it.number, position=it.pos, inline_data=it.inline,
     )
+
+
+def _frozen_image(**fields: object) -> StackImage:
+    image = object.__new__(StackImage)
+    image.__dict__.update(fields)
     return image
+
+
+# -- the series' stack index (app/tree/stack_index.py: the file's format) ---------------------------
+
+_IDENTITY = ("study_uid", "series_uid", "modality", "patient_name", "patient_id", "study_date",
+             "study_description", "series_description", "series_number")
+
+
+def index_of_stack(stack: Stack) -> StackIndex | None:
+    """The index of a stack, for the converter to write; None when the stack cannot be rebuilt
+    from one (pixel data inline or at another URL than ``instances/{sop}/frames/{n}``)."""
+    rows = []
+    for im in stack.images:
+        sop = im.sop_instance_uid
+        if im.inline_data is not None or im.frame_url != f"{stack.series_url}/instances/{sop}/frames/{im.frame}":
+            return None
+        rows.append((sop, im.frame, im.transfer_syntax, dataclasses.astuple(im.fmt), im.pixel_spacing,
+                     im.windows, im.instance_number, im.position))
+    identity = SeriesIdentity(**{name: getattr(stack, name) for name in _IDENTITY})
+    return StackIndex.from_images(identity, rows)
+
+
+def stack_from_index(index: StackIndex, series_url: str) -> Stack:
+    """The stack an index describes, the same as its metadata's (``index_disagreement`` checks):
+    no reading of DICOM JSON, no ordering; one pixel format per distinct format."""
+    series_url = _strip(series_url)
+    ident = index.series
+    formats: dict[tuple, PixelFormat] = {}
+    images = []
+    columns = (index.column(name) for name in IMAGE_FIELDS)
+    for i, (sop, frame, ts, values, spacing, windows, number, pos) in enumerate(zip(*columns)):
+        fmt = formats.get(values)
+        if fmt is None:
+            fmt = formats[values] = PixelFormat(*values)
+            if fmt.decoded_bytes > MAX_FRAME_BYTES:
+                raise DiscoveryError(f"instance {sop}: a {fmt.rows}x{fmt.columns} frame needs {fmt.decoded_bytes} "
+                                     f"bytes, over the {MAX_FRAME_BYTES}-byte budget")
+        images.append(_frozen_image(
+            index=i, study_uid=ident.study_uid, series_uid=ident.series_uid, sop_instance_uid=sop, frame=frame,
+            frame_url=f"{series_url}/instances/{sop}/frames/{frame}", transfer_syntax=ts, fmt=fmt,
+            pixel_spacing=spacing, windows=windows, rescale_slope=fmt.rescale_slope,
+            rescale_intercept=fmt.rescale_intercept, photometric=fmt.photometric_interpretation,
+            instance_number=number, position=pos, inline_data=None))
+    return Stack(ident.study_uid, ident.series_uid, series_url, tuple(images), {}, ident.modality,
+                 patient_name=ident.patient_name, patient_id=ident.patient_id, study_date=ident.study_date,
+                 study_description=ident.study_description, series_description=ident.series_description,
+                 series_number=ident.series_number)
+
+
+def index_disagreement(provisional: Stack, stack: Stack) -> str | None:
+    """The first difference between a stack built from the index and the metadata's, in words;
+    None when they are the same series, patient and images (every field, in the same order)."""
+    for name in _IDENTITY:
+        ours, theirs = getattr(provisional, name), getattr(stack, name)
+        if ours != theirs:
+            return f"{name.replace('_', ' ')} {str(ours)[:80]!r} in the index, {str(theirs)[:80]!r} in the metadata"
+    if len(provisional.images) != len(stack.images):
+        return f"{len(provisional.images)} images in the index, {len(stack.images)} in the metadata"
+    if provisional.images == stack.images:
+        return None
+    for ours, theirs in zip(provisional.images, stack.images):
+        if ours != theirs:
+            name = next(f.name for f in dataclasses.fields(StackImage) if getattr(ours, f.name) != getattr(theirs, f.name))
+            return (f"image {ours.index + 1}: {name.replace('_', ' ')} {str(getattr(ours, name))[:80]!r} in the index, "
+                    f"{str(getattr(theirs, name))[:80]!r} in the metadata")
+    return None
 
 
 def person_name(pn: str | None) -> str:

@@ -1,17 +1,61 @@
 """What the page needs from the engine, in one place: open a study URL, run it, steer it.
 
 Kept apart from ``page.py`` so it has no DOM in it and runs (and is tested) in CPython too.
+
+A stack built from the series' stack index (``stack.json``, app/tree/stack_index.py) is provisional:
+its engine plans and asks for frames at once, but none of its events leaves the loader (no
+"opened", no image, no progress) until the series metadata, parsed after the first frame request
+is out, has been found to describe the same series, patient and images, field by field. When it
+does not, what the engine did is dropped unseen, one StackReplaced event says why, and the load
+starts again from the metadata's stack (or ends, when the metadata cannot be read).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass
 from typing import Callable
 
 from app.config import RetrieveConfig
-from app.engine import EngineEvent, RetrieveEngine
+from app.engine import EngineEvent, ImageFailed, Refinement, RetrieveEngine
 from app.engine import DEFAULT_CONCURRENCY, RetrievePolicy
-from app.study import Stack, discover
+from app.study import IndexCheck, Stack, discover
 from app.transport import Transport, default_transport
+
+
+@dataclass(frozen=True)
+class StackReplaced:
+    """The stack index disagreed with the metadata (nothing of it was shown): the load goes on
+    from ``stack``, the metadata's, or ends when it is None."""
+
+    stack: Stack | None
+    message: str
+
+
+class _Gate:
+    """The events of a provisional stack: held until its check passes, then passed on in order;
+    dropped when it fails."""
+
+    def __init__(self, on_event: Callable) -> None:
+        self.on_event = on_event
+        self.held: list = []
+        self.passed: bool | None = None
+
+    def push(self, event) -> None:
+        if self.passed:
+            self.on_event(event)
+        elif self.passed is None:
+            self.held.append(event)
+
+    def settle(self, result: asyncio.Future) -> None:
+        if self.passed is not None or not result.done():
+            return
+        self.passed = not result.cancelled() and result.exception() is None
+        held, self.held = self.held, []
+        if self.passed:
+            for event in held:
+                self.on_event(event)
 
 
 class StackLoader:
@@ -21,9 +65,14 @@ class StackLoader:
                  viewport: tuple[int, int] | None = None) -> None:
         self.stack = stack
         self.transport = transport
+        self.config, self.viewport = config, viewport
+        self.engine = self._engine(stack)
+        self.check: IndexCheck | None = stack.index_check  # a provisional stack's, until it passes
+
+    def _engine(self, stack: Stack) -> RetrieveEngine:
         # as many jobs as the transport is worth keeping busy (the browser queues them by priority)
-        policy = RetrievePolicy(concurrency=getattr(transport, "in_flight", DEFAULT_CONCURRENCY))
-        self.engine = RetrieveEngine(stack, config, transport, policy=policy, viewport=viewport)
+        policy = RetrievePolicy(concurrency=getattr(self.transport, "in_flight", DEFAULT_CONCURRENCY))
+        return RetrieveEngine(stack, self.config, self.transport, policy=policy, viewport=self.viewport)
 
     def set_current(self, index: int) -> None:
         self.engine.set_current(index)
@@ -45,10 +94,66 @@ class StackLoader:
     async def run(self, current: int, on_event: Callable[[EngineEvent], None], indices=None) -> None:
         """Load the stack (or only ``indices``: images loaded again after an eviction)."""
         self.engine.set_current(current)
-        async for event in self.engine.run(indices):
-            on_event(event)
+        if self.check is None:
+            async for event in self.engine.run(indices):
+                on_event(event)
+            return
+        check = self.check
+        passed = await self._run_checked(check, on_event, indices)
+        self.check = None
+        if not passed:
+            await self._replace(check, current, on_event)
+
+    async def _run_checked(self, check: IndexCheck, on_event: Callable, indices) -> bool:
+        """The provisional stack's run, its events held until the check passes; whether it did."""
+        gate = _Gate(on_event)
+        check.result.add_done_callback(gate.settle)
+        starter = asyncio.ensure_future(self._start_check(check))
+        run = self.engine.run(indices)
+        try:
+            async for event in run:
+                gate.push(event)
+                if gate.passed is None and isinstance(event, (Refinement, ImageFailed)):
+                    await asyncio.wait([check.result])  # nothing more is made until it is checked
+                    gate.settle(check.result)
+                if gate.passed is False:
+                    break
+            if gate.passed is None:
+                await asyncio.wait([check.result])
+                gate.settle(check.result)
+        finally:
+            starter.cancel()
+            if not check.result.done():
+                check.cancel()  # this run was cancelled: the metadata's requests go with it
+            await run.aclose()
+        if check.result.cancelled():
+            raise asyncio.CancelledError()
+        return bool(gate.passed)
+
+    async def _start_check(self, check: IndexCheck) -> None:
+        """The metadata's parse starts once the first frame request is out, never before it."""
+        await self.engine.first_request.wait()
+        if self.stack.work is not None:
+            self.stack.work.first_request_at = time.perf_counter()
+        check.start()
+
+    async def _replace(self, check: IndexCheck, current: int, on_event: Callable) -> None:
+        """The check failed: the provisional engine's work dropped, the metadata's stack loaded."""
+        failure = check.result.exception()
+        stack = getattr(failure, "stack", None)
+        old = self.engine
+        await old.aclose()
+        on_event(StackReplaced(stack, str(failure)))
+        if stack is None:
+            return
+        self.stack, self.engine = stack, self._engine(stack)
+        self.engine.budget.cache_bytes = old.budget.cache_bytes
+        self.engine.budget.pixels_elsewhere = old.budget.pixels_elsewhere
+        await self.run(min(current, len(stack.images) - 1), on_event)
 
     async def aclose(self) -> None:
+        if self.check is not None:
+            self.check.cancel()
         await self.engine.aclose()
         await self.transport.aclose()
 
@@ -59,7 +164,7 @@ async def open_stack(url: str, config: RetrieveConfig, *, series_uid: str | None
     """Discover the stack behind a study/series URL; raises with a readable message on failure."""
     transport = transport or default_transport()
     try:
-        stack = await discover(transport, url, series_uid=series_uid)
+        stack = await discover(transport, url, series_uid=series_uid, provisional=True)
     except BaseException:
         await transport.aclose()
         raise

@@ -28,7 +28,7 @@ from app.engine import FirstBytes, ImageFailed, Refinement, RequestStarted
 from app import dicomjson as dj
 from app import worker_loop
 from app.study import Stack, dicom_date, fetch_json, person_name, stack_from_metadata
-from app.viewer_engine import StackLoader, open_stack, run_stack
+from app.viewer_engine import StackLoader, StackReplaced, open_stack, run_stack
 
 DEFAULT_PRESET = "htj2k"
 WARM_UP_AFTER_MS = 250  # discovery's warm-up, after start: a load asked for at once goes first
@@ -240,6 +240,9 @@ class Engine:
     def on_event(self, event, generation: int) -> None:
         if generation != self.generation:
             return
+        if isinstance(event, StackReplaced):
+            self.replace_stack(event, generation)
+            return
         self.describe(generation)
         t = self.now() - self.started
         if isinstance(event, Refinement):
@@ -255,6 +258,18 @@ class Engine:
                 self.progress_flush = asyncio.get_running_loop().call_later(PROGRESS_SECONDS, self.flush_progress)
             return
         self.flush_progress()  # after the result: its request's progress is never shown later
+
+    def replace_stack(self, event: StackReplaced, generation: int) -> None:
+        """The series' stack index disagreed with its metadata before anything of it was posted:
+        the load goes on from the metadata's stack (a warning says why), or fails."""
+        if event.stack is None:
+            self.described = generation  # nothing to describe: the load has failed
+            self.post({"type": "open-failed", "generation": generation, "url": self.stack.series_url,
+                       "message": event.message, "error": "IndexMismatch"})
+            return
+        self.stack = event.stack
+        self.current = min(self.current, len(event.stack.images) - 1)
+        self.post({"type": "warning", "generation": generation, "message": event.message})
 
     def flush_progress(self) -> None:
         """Requests started and first bytes, one message per PROGRESS_SECONDS (for the waterfall):
@@ -348,11 +363,7 @@ def discovery_work(stack: Stack, first_request_at: float, described_at: float) -
     parsed, the stack built, then until the first frame request (the loader made, the engine's
     plan), and the "opened" message made."""
     work = stack.work
-    if work is None:
-        return {}
-    return {"parse_ms": round(work.parse_ms, 2), "stack_ms": round(work.stack_ms, 2),
-            "to_first_request_ms": round((first_request_at - work.ready_at) * 1000.0, 2),
-            "opened_ms": round((described_at - first_request_at) * 1000.0, 2), "images": len(stack.images)}
+    return {} if work is None else work.figures(first_request_at, described_at, len(stack.images))
 
 
 def summarise_series(series: dict, study_url: str) -> dict:

@@ -176,6 +176,9 @@ def ensure_demo_data(project_root: Path = PROJECT_ROOT, out: Path | None = None,
         if all(archives.values()) and archives:
             try:
                 if json.loads(stamp_path.read_text()) == _stamp(archives):
+                    from app.convert import write_missing_stack_indexes
+
+                    write_missing_stack_indexes(out)  # a tree converted before stack.json existed
                     log(f"{out} is up to date")
                     return out
             except (OSError, ValueError):

@@ -342,6 +342,9 @@ def ensure_large_stacks(names: Sequence[str] = tuple(SPECS), *, project_root: Pa
             if not (fresh and json.loads(stamp_path.read_text()) == _stamp(spec)):
                 _build(spec, stack, stamp_path, project_root, workers)
             stacks[name] = stack
+        from app.convert import write_missing_stack_indexes
+
+        write_missing_stack_indexes(out)  # trees converted before stack.json existed
     return stacks
 
 

@@ -110,14 +110,16 @@ class StackLoader:
         check.result.add_done_callback(gate.settle)
         starter = asyncio.ensure_future(self._start_check(check))
         run = self.engine.run(indices)
+        stopped = False
         try:
             async for event in run:
                 gate.push(event)
                 if gate.passed is None and isinstance(event, (Refinement, ImageFailed)):
                     await asyncio.wait([check.result])  # nothing more is made until it is checked
                     gate.settle(check.result)
-                if gate.passed is False:
-                    break
+                if gate.passed is False and not stopped:
+                    stopped = True  # its jobs cancelled; the run drains to its end, its events dropped
+                    await self.engine.aclose()
             if gate.passed is None:
                 await asyncio.wait([check.result])
                 gate.settle(check.result)

@@ -204,7 +204,12 @@ def test_scale_report_has_page_and_scroll_rows():
     assert json.loads(json.dumps(result.to_json()))["discovery"][0]["instances"] == 1000
     from app.bench.discovery import WorkerDiscoveryRow
 
-    result.worker_discovery = [WorkerDiscoveryRow("series1000", 1000, 1_920_192, 40.0, 17.0, 20.0, 77.0, 5.0)]
+    result.worker_discovery = [WorkerDiscoveryRow("series1000", "index", 1000, 42_137, 3.0, 2.0, 20.0, 25.0, 80.0, 5.0)]
     text = render_scale(result)
-    assert "in the page's worker" in text and "| series1000 | 1000 | 1920192 | 40.0 | 17.0 | 20.0 | 77.0 | 5.0 |" in text
-    assert json.loads(json.dumps(result.to_json()))["worker_discovery"][0]["stack_ms"] == 17.0
+    assert "in the page's worker" in text
+    assert "| series1000 | index | 1000 | 42137 | 3.0 | 2.0 | 20.0 | 25.0 | 80.0 | 5.0 |" in text
+    assert json.loads(json.dumps(result.to_json()))["worker_discovery"][0]["stack_ms"] == 2.0
+    from app.bench.discovery import IndexRow
+
+    result.discovery_index = [IndexRow(1000, 42_137, 2.2, 1.8, 0.9, 4.9, 74.0)]
+    assert "| 1000 | 42137 | 2.2 | 1.8 | 0.9 | 4.9 | 74.0 |" in render_scale(result)

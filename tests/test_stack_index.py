@@ -425,3 +425,11 @@ def test_a_converted_tree_loads_from_its_index_through_serve_py(tmp_path, serve_
     finals = [e for e in delivered if isinstance(e, Refinement) and e.final]
     assert sorted(e.index for e in finals) == list(range(5))
     assert all(e.sop_instance_uid == truth.images[e.index].sop_instance_uid for e in finals)
+
+
+def test_the_bench_reports_the_index_rows_for_each_count():
+    from app.bench.discovery import index_rows, render_index
+
+    rows = index_rows((20, 50), repeat=1)
+    assert [(r.instances, r.index_bytes > 0, r.check_ms > 0) for r in rows] == [(20, True, True), (50, True, True)]
+    assert render_index(rows).count("\n") == 3

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .memory import MEMORY_EVERY_MS
-from .discovery import (DiscoveryRow, WorkerDiscoveryRow, discovery_rows, render_discovery,
-                        render_worker_discovery, worker_discovery_rows)
+from .discovery import (DiscoveryRow, IndexRow, WorkerDiscoveryRow, discovery_rows, index_rows, render_discovery,
+                        render_index, render_worker_discovery, worker_discovery_rows)
 from .network import PROJECT, ServeProcess, ThrottleProxy
 from .profiles import PROFILES, floor_ms
 from .results import LoadRun, PageMemory, StackRow
@@ -112,6 +112,7 @@ class ScaleResult:
     loads: list[LargeLoadRow] = field(default_factory=list)
     scrolls: list[ScrollRow] = field(default_factory=list)
     discovery: list[DiscoveryRow] = field(default_factory=list)  # CPU ms to the first frame request
+    discovery_index: list[IndexRow] = field(default_factory=list)  # the same from the series' stack index
     worker_discovery: list[WorkerDiscoveryRow] = field(default_factory=list)  # the page's worker, the same
     elapsed_s: float = 0.0
 
@@ -373,6 +374,7 @@ def run_scale(size: str = "small", *, runs: int = 1, profile: str = "seed4g", wo
     t0 = time.perf_counter()
     progress("discovery and planning: 20, 200, 1000 instances (CPython CPU time)")
     result.discovery = discovery_rows()
+    result.discovery_index = index_rows()
     names = ("ct174",) if size == "small" else ("ct174", "series1000")
     progress(f"large stacks {', '.join(names)} (generated once, cached)")
     stacks = ensure_large_stacks(names)
@@ -418,6 +420,9 @@ def render_scale(result: ScaleResult) -> str:
     if result.discovery:
         lines += ["", "Discovery and planning, CPU ms from the series metadata's bytes to the first frame request "
                   "(CPython, best of 5):", "", render_discovery(result.discovery)]
+    if result.discovery_index:
+        lines += ["", "The same from the series' stack index (stack.json), the metadata checked after the first "
+                  "request:", "", render_index(result.discovery_index)]
     if result.worker_discovery:
         lines += ["", "The same in the page's worker (Pyodide, wall ms it reports about its own load, loopback, "
                   "best of 3 fresh pages):", "", render_worker_discovery(result.worker_discovery)]

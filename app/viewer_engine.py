@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from app.config import RetrieveConfig
-from app.engine import EngineEvent, ImageFailed, Refinement, RetrieveEngine
+from app.engine import EngineEvent, ImageFailed, Refinement, RequestStarted, RetrieveEngine
 from app.engine import DEFAULT_CONCURRENCY, RetrievePolicy
 from app.study import IndexCheck, Stack, discover
 from app.transport import Transport, default_transport
@@ -108,11 +108,12 @@ class StackLoader:
         """The provisional stack's run, its events held until the check passes; whether it did."""
         gate = _Gate(on_event)
         check.result.add_done_callback(gate.settle)
-        starter = asyncio.ensure_future(self._start_check(check))
         run = self.engine.run(indices)
         stopped = False
         try:
             async for event in run:
+                if not check.go.is_set():
+                    self._start_check(check, event)
                 gate.push(event)
                 if gate.passed is None and isinstance(event, (Refinement, ImageFailed)):
                     await asyncio.wait([check.result])  # nothing more is made until it is checked
@@ -121,10 +122,10 @@ class StackLoader:
                     stopped = True  # its jobs cancelled; the run drains to its end, its events dropped
                     await self.engine.aclose()
             if gate.passed is None:
+                check.start()
                 await asyncio.wait([check.result])
                 gate.settle(check.result)
         finally:
-            starter.cancel()
             if not check.result.done():
                 check.cancel()  # this run was cancelled: the metadata's requests go with it
             await run.aclose()
@@ -132,10 +133,11 @@ class StackLoader:
             raise asyncio.CancelledError()
         return bool(gate.passed)
 
-    async def _start_check(self, check: IndexCheck) -> None:
-        """The metadata's parse starts once the first frame request is out, never before it."""
-        await self.engine.first_request.wait()
-        if self.stack.work is not None:
+    def _start_check(self, check: IndexCheck, event: EngineEvent) -> None:
+        """The metadata's parse starts at the run's first event, the first frame request made (its
+        message to the network is sent before the parse's task runs), never before it: not at
+        ``first_request`` either, which is also set while the first request waits on alternates.json."""
+        if self.stack.work is not None and isinstance(event, RequestStarted):
             self.stack.work.first_request_at = time.perf_counter()
         check.start()
 

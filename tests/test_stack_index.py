@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 
 import numpy as np
 import pytest
@@ -433,3 +434,59 @@ def test_the_bench_reports_the_index_rows_for_each_count():
     rows = index_rows((20, 50), repeat=1)
     assert [(r.instances, r.index_bytes > 0, r.check_ms > 0) for r in rows] == [(20, True, True), (50, True, True)]
     assert render_index(rows).count("\n") == 3
+
+
+# -- the page (Chromium) ------------------------------------------------------------------------------
+
+
+def test_the_page_shows_nothing_of_a_wrong_index_and_loads_the_metadatas_stack(page, demo_data, runtime,
+                                                                                serve_dir, tmp_path):
+    """The MR's stack.json names another patient and the slices in reverse order; its metadata is
+    held back 1.5 s while its frames answer at once. Nothing is drawn or named meanwhile; then one
+    message, and every draw is the slice the metadata puts at that index, under its patient."""
+    import shutil
+    import threading
+    import time
+    from urllib.parse import quote
+
+    import serve
+    from conftest import wait_for_app_state
+    from test_viewer import demo_entry, open_viewer
+
+    mr = demo_entry(demo_data, "MR")
+    tree = tmp_path / "tree"
+    shutil.copytree(demo_data, tree, copy_function=os.link)
+    series = tree / mr["url"].removeprefix("/dicomweb/")
+    truth = stack_from_metadata(read_json_pair(series / "metadata", []), "http://x" + mr["url"])
+    doc = json.loads((series / STACK_INDEX_NAME).read_bytes())
+    doc["series"]["patientName"] = "Wrong^Patient"
+    doc["each"]["sop"].reverse()
+    (series / STACK_INDEX_NAME).unlink()  # a hard link to the shared demo tree: never written through
+    (series / STACK_INDEX_NAME).write_text(json.dumps(doc))
+    held = threading.Event()
+
+    class HeldMetadata(serve.Handler):
+        def do_GET(self):  # noqa: N802 (stdlib name)
+            if self.path.split("?")[0].endswith(mr["url"] + "/metadata"):
+                held.wait(1.5)
+            return super().do_GET()
+
+    live = serve_dir(tree)
+    live.server.RequestHandlerClass = HeldMetadata
+    p = page.page
+    open_viewer(page, live.url, "?noload=1", state=("ready",))
+    p.evaluate("(u) => { document.getElementById('url').value = u; }", mr["url"])
+    p.click("#load")
+    started = time.monotonic()
+    p.wait_for_timeout(1000)
+    if time.monotonic() - started < 1.4:  # still held: nothing of the index may be out
+        assert p.evaluate("window.drawLog.length") == 0
+        assert "Wrong" not in p.inner_text("#study-info") and "Wrong" not in p.inner_text("body")
+    held.set()
+    wait_for_app_state(page, ("idle",), 60_000)
+    errors = p.inner_text("#errors")
+    assert "disagrees with its metadata" in errors and "Traceback" not in errors
+    draws = p.evaluate("Array.from(window.drawLog, e => Array.from(e))")
+    assert draws and all(d[3] == truth.images[d[0]].sop_instance_uid for d in draws)
+    assert "Wrong" not in p.inner_text("#study-info")
+    assert not p.query_selector_all(".py-error")

@@ -72,6 +72,7 @@ def test_cluster_writes_the_serial_tree(archive, reference, cluster, tmp_path):
     assert summary.files_converted == 32
     assert [f.path.name for f in summary.skipped] == ["readme.dcm"] and not summary.failures
     assert tree_files(tmp_path / "tree") == tree_files(reference)  # byte-identical frames, equal JSON
+    assert any(name.endswith("/stack.json") for name in tree_files(reference))
     assert not (tmp_path / "tree" / STAGING).exists()
 
 

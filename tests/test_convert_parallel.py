@@ -52,6 +52,7 @@ def test_two_workers_write_the_serial_tree_byte_for_byte(small_series, tmp_path)
     reference, got = tree_files(tmp_path / "serial"), tree_files(tmp_path / "pool")
     assert sorted(got) == sorted(reference)
     assert [name for name in reference if reference[name] != got[name]] == []  # frames and JSON alike
+    assert sum(name.endswith("/stack.json") for name in reference) == 2  # a stack index per series
     # the summary is the serial one: records in input order, the same failure, the same counters
     assert [r.sop_uid for r in pooled.instances] == [r.sop_uid for r in serial.instances]
     for kind in ("failures", "skipped"):
@@ -82,7 +83,7 @@ def test_adding_a_study_leaves_the_other_studies_files_alone(small_series, tmp_p
     # and the tree equals one converted from both studies at once
     same_boundary(out, tmp_path / "both")
     convert([small_series["pool-a"], small_series["pool-b"]], tmp_path / "both", quiet=True)
-    assert tree_files(tmp_path / "both") == tree_files(out)
+    assert tree_files(tmp_path / "both") == tree_files(out)  # the stack indexes too
 
 
 def test_command_line_workers_flag_and_progress_across_workers(small_series, tmp_path, capsys):

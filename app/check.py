@@ -4,7 +4,8 @@ One line per finding, each naming its rule; exit status 1 when any defect (not a
 so CI can gate on it. Checks: HTJ2K label against the stream (``.202`` needs RPCL, TLM and a
 lowest level of at most 64 px; lossless labels need the reversible wavelet), reduced levels
 reachable before the end of each frame, alternates present and consistent with their
-description and the metadata, JPEG-LS NEAR against its label, Content-Digest coverage, and (for a
+description and the metadata, JPEG-LS NEAR against its label, Content-Digest coverage, the stack
+index (``stack.json``) against the metadata, and (for a
 URL) the Content-Type, Range and CORS answers a browser needs. Read-only: the codestream reader
 and the codecs are used as they are.
 """
@@ -32,6 +33,8 @@ from .readers.multipart import MultipartError, MultipartReader, PartData, PartHe
 from .transport import Transport, TransportError
 from .transport.base import parse_content_digest
 from .transport.limits import JSON_LIMITS, LimitedTransport, TransferLimits
+from .study import DiscoveryError, index_disagreement, stack_from_index, stack_from_metadata
+from .tree.stack_index import STACK_INDEX_NAME, parse_stack_index
 
 __all__ = ["Finding", "Report", "JsonProbe", "check", "probe_json", "main"]
 
@@ -444,6 +447,7 @@ async def check_series(source: Source, rel: str, report: Report, *, origin: str 
     if not isinstance(metadata, list):
         return report.add("metadata", source_where(source, _join(rel, "metadata")),
                           f"no series metadata ({cause or 'not a DICOM JSON array'})")
+    await check_stack_index(source, rel, report, metadata)
     described, _ = await source.json(_join(rel, "alternates.json"))
     alternates = _alternates(described)
     names: list[str] | None = list(alternates) or None
@@ -469,6 +473,24 @@ async def check_series(source: Source, rel: str, report: Report, *, origin: str 
         for name in names:
             await _check_alternate(source, report, _join(base, name, "1"), alternates.get(name, {}),
                                    label, rows, columns)
+
+
+async def check_stack_index(source: Source, rel: str, report: Report, metadata: list) -> None:
+    """The series' ``stack.json``, when it has one (it is optional): readable, and the stack its
+    metadata gives (a viewer that finds it otherwise loads from the metadata, a step later)."""
+    fetched = await source.get(_join(rel, STACK_INDEX_NAME))
+    if fetched.status in (404, 410):
+        return
+    url = "http://check.invalid/series"
+    if fetched.status != 200:
+        return report.add("stack-index", fetched.where, f"HTTP {fetched.status or 'failure'}")
+    try:
+        difference = index_disagreement(stack_from_index(parse_stack_index(dj.loads(fetched.body)), url),
+                                         stack_from_metadata(metadata, url))
+    except (ValueError, DiscoveryError) as exc:
+        return report.add("stack-index", fetched.where, str(exc))
+    if difference:
+        report.add("stack-index", fetched.where, f"disagrees with the metadata: {difference}")
 
 
 async def _check_alternate(source: Source, report: Report, rel: str, entry: dict, label: str | None,

@@ -377,6 +377,24 @@ def test_reindex_writes_only_the_missing_index_files(tmp_path, capsys):
     assert convert_main(["--reindex", "-o", str(tmp_path / "nothing")]) == 2
 
 
+def test_the_tree_check_names_an_index_that_disagrees_or_is_broken(tmp_path):
+    from app.check import check
+
+    paths, _ = ct_series(tmp_path / "src", 3)
+    out = tmp_path / "tree"
+    convert(paths, out, "none", quiet=True)
+    (series,) = series_dirs(out)
+    assert not asyncio.run(check(str(out))).defects
+    doc = json.loads((series / STACK_INDEX_NAME).read_bytes())
+    doc["each"]["position"].reverse()
+    (series / STACK_INDEX_NAME).write_text(json.dumps(doc))
+    (finding,) = asyncio.run(check(str(out))).defects
+    assert finding.rule == "stack-index" and "disagrees with the metadata: image 1: position" in finding.message
+    (series / STACK_INDEX_NAME).write_text('{"stackIndex": 2}')
+    (finding,) = asyncio.run(check(str(out))).defects
+    assert finding.rule == "stack-index" and "version 2" in finding.message
+
+
 def test_a_run_without_inputs_or_reindex_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit):
         convert_main(["-o", str(tmp_path)])

@@ -78,6 +78,8 @@ def make_toolkit_tree(out: Path, sources: list[Path], *, uncompressed: set[str] 
         (out / name).unlink(missing_ok=True)
     for plain in list(out.rglob("index.json")):
         plain.unlink()
+    for index in list(out.rglob("stack.json")):  # our converter's stack index: the toolkit writes none
+        index.unlink()
     return tree
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "RetrieveConfig",
     "RetrieveOptions",
     "RetrieveStage",
+    "opening_index",
     "origin_of",
     "parse_config",
     "preset",
@@ -218,6 +219,12 @@ class RetrieveStage:
         if self.positions is None:
             return index >= self.offset and (index - self.offset) % self.decimate == 0
         return any(_position_index(p, count) == index for p in self.positions)
+
+
+def opening_index(count: int) -> int:
+    """The slice a stack opens at: stage position 0.5 (Cornerstone's middle, and what a page
+    running Cornerstone passes to setStack), so the first image streamed in full is the one shown."""
+    return _position_index(0.5, count) if count > 0 else 0
 
 
 def _position_index(position: float, count: int) -> int:

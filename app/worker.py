@@ -22,7 +22,7 @@ from pyodide.ffi import create_once_callable, create_proxy, to_js  # type: ignor
 
 from app.codecs import PYDICOM_SYNTAXES, pixel_sha256
 from app.uids import valid_uid
-from app.config import PRESET_DESCRIPTIONS, PRESETS, ConfigError, parse_config, preset
+from app.config import PRESET_DESCRIPTIONS, PRESETS, ConfigError, opening_index, parse_config, preset
 from app.render import default_window
 from app.engine import FirstBytes, ImageFailed, Refinement, RequestStarted
 from app import dicomjson as dj
@@ -35,6 +35,7 @@ WARM_UP_AFTER_MS = 250  # discovery's warm-up, after start: a load asked for at 
 WARM_UP_INSTANCES = 150
 WARM_UP_ROUNDS = 4  # of WARM_UP_INSTANCES each, a task apiece
 PROGRESS_SECONDS = 0.05  # progress events (requests, first bytes) are posted together this often
+SERIES_LIST_WAIT_SECONDS = 1.0  # the study's series list waits for the image on screen, this long at most
 
 
 class Engine:
@@ -75,9 +76,10 @@ class Engine:
         message, buffer = refinement_message(self.stack, event, generation)
         message["t_ms"], message["replicas"] = round(t, 1), []
         self.held_result = (event.pixels, message, buffer)
-        # at the end of this JS task (the replicas come in the same asyncio step), not behind the
-        # network's queued messages as a loop callback would be
-        js.queueMicrotask(self._flush_soon)
+        # right after this asyncio step (its replicas come in the same step), not behind the other
+        # steps of the drain or the network's queued messages as a loop callback would be
+        if not worker_loop.at_step_end(self.flush_result):
+            js.queueMicrotask(self._flush_soon)
 
     def flush_result(self) -> None:
         if self.held_result is None:
@@ -179,14 +181,16 @@ class Engine:
         n = len(stack.images)
         self.current = int(msg.get("index", -1))
         if not 0 <= self.current < n:
-            self.current = n // 2 if n > 2 else 0
+            self.current = opening_index(n)
         asyncio.ensure_future(self.list_series(stack, loader, generation))
         await self.run(None, generation)
 
     async def list_series(self, stack: Stack, loader: StackLoader, generation: int) -> None:
         """The study's series (QIDO, or the static tree's index), for the page's study browser."""
         study_url = stack.series_url.rstrip("/").rsplit("/series/", 1)[0]
-        await loader.first_request_out()  # never before the frame on screen: it matters more
+        # never before the image on screen is answered: the page handles the list while the
+        # image's message waits behind it
+        await loader.first_image_answered(SERIES_LIST_WAIT_SECONDS)
         found = None
         for url in (f"{study_url}/series", f"{study_url}/series/index.json"):
             try:

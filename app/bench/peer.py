@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 from app.config import PRESETS
 
-from .browser import BrowserDriver
+from .browser import SETTLE_MS, BrowserDriver
 from .chromium import CHROMIUM_ARGS
 from .network import PROJECT, ServeProcess, ThrottleProxy
 from .profiles import DEFAULT_PROFILES, MODES, PROFILES, timeout_ms
@@ -246,6 +246,7 @@ class SideBySide:
         page = cs.CornerstonePage(self.driver.browser, proxy.url)
         try:
             page.open()
+            page.page.wait_for_timeout(SETTLE_MS)  # as ours: a user's time between ready and the load
             page.emulate(PROFILES[profile])
             mark = len(proxy.request_log)
             run = page.load(proxy.url + target.entry["url"], cs.to_cornerstone(spec.config), stack=spec.stack,
@@ -474,7 +475,8 @@ def run_peer(*, runs: int = 3, profiles: Sequence[str] = DEFAULT_PROFILES, modes
     data_root = Path(data_root or (PROJECT / "static" / "dicomweb")).resolve()
     trees, busy, driver = _Trees(), [], None
     result: dict[str, Any] = {
-        "peer": "cornerstone", "runs": runs, "cpu_load": cpu_load, "stacks": list(stacks), "skipped": [],
+        "peer": "cornerstone", "runs": runs, "cpu_load": cpu_load, "settle_ms": SETTLE_MS, "stacks": list(stacks),
+        "skipped": [],
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
                     "loadavg_start": _loadavg(), "chromium_flags": list(cs.WEBGL_ARGS)},
@@ -587,7 +589,8 @@ def render_peer(result: dict) -> str:
         add("")
     add(f"Machine: {m['cpus']} CPUs, load average {m['loadavg_start']} at start, {m.get('loadavg_end')} at end, "
         f"{result['cpu_load']} busy background processes; {m['platform']}, Chromium {m.get('chromium')} "
-        f"({' '.join(m['chromium_flags'])}). Started {result['started']}, took {result.get('elapsed_s')} s.\n")
+        f"({' '.join(m['chromium_flags'])}). Started {result['started']}, took {result.get('elapsed_s')} s. "
+        f"Each page was left idle {result.get('settle_ms', 0)} ms between ready and the load.\n")
     return "\n".join(lines)
 
 

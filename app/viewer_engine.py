@@ -83,9 +83,11 @@ class StackLoader:
     def request(self, indices) -> None:
         self.engine.request(indices)
 
-    async def first_request_out(self) -> None:
-        """Once the first frame request of the load has gone out."""
+    async def first_image_answered(self, seconds: float) -> None:
+        """Once the first frame request of the load has gone out and the image on screen is
+        answered (its first result or its failure), or ``seconds`` after that request."""
         await self.engine.first_request.wait()
+        await self.engine.first_request.answered(seconds)
 
     def pending(self) -> list[int]:
         """Images with stages still to run."""

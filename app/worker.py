@@ -22,19 +22,22 @@ from pyodide.ffi import create_once_callable, create_proxy, to_js  # type: ignor
 
 from app.codecs import PYDICOM_SYNTAXES, pixel_sha256
 from app.uids import valid_uid
-from app.config import PRESET_DESCRIPTIONS, PRESETS, ConfigError, parse_config, preset
+from app.config import PRESET_DESCRIPTIONS, PRESETS, ConfigError, opening_index, parse_config, preset
 from app.render import default_window
 from app.engine import FirstBytes, ImageFailed, Refinement, RequestStarted
 from app import dicomjson as dj
 from app import worker_loop
 from app.study import Stack, dicom_date, fetch_json, person_name, stack_from_metadata
 from app.viewer_engine import StackLoader, StackReplaced, open_stack, run_stack
+from app.warm_up import WARM_UP_SERIES_URL, warm_up_document, warm_up_load
 
 DEFAULT_PRESET = "htj2k"
 WARM_UP_AFTER_MS = 250  # discovery's warm-up, after start: a load asked for at once goes first
 WARM_UP_INSTANCES = 150
 WARM_UP_ROUNDS = 4  # of WARM_UP_INSTANCES each, a task apiece
+WARM_UP_PRESETS = ("interleavedPreview", "htj2k")  # then a synthetic load under each: ranges, streams, stages
 PROGRESS_SECONDS = 0.05  # progress events (requests, first bytes) are posted together this often
+SERIES_LIST_WAIT_SECONDS = 1.0  # the study's series list waits for the image on screen, this long at most
 
 
 class Engine:
@@ -47,6 +50,7 @@ class Engine:
         self.stack: Stack | None = None
         self.current = 0
         self.task: asyncio.Task | None = None
+        self.warming: asyncio.Task | None = None  # warm_up_loads, until a load begins
         self.resume: asyncio.Task | None = None
         self.started = 0.0  # epoch ms of the load's start (the page's clock)
         self.progress: list[list] = []  # [index, kind, t_ms] waiting for flush_progress
@@ -75,9 +79,10 @@ class Engine:
         message, buffer = refinement_message(self.stack, event, generation)
         message["t_ms"], message["replicas"] = round(t, 1), []
         self.held_result = (event.pixels, message, buffer)
-        # at the end of this JS task (the replicas come in the same asyncio step), not behind the
-        # network's queued messages as a loop callback would be
-        js.queueMicrotask(self._flush_soon)
+        # right after this asyncio step (its replicas come in the same step), not behind the other
+        # steps of the drain or the network's queued messages as a loop callback would be
+        if not worker_loop.at_step_end(self.flush_result):
+            js.queueMicrotask(self._flush_soon)
 
     def flush_result(self) -> None:
         if self.held_result is None:
@@ -118,7 +123,7 @@ class Engine:
 
     # ---- loading ----
     def stop(self) -> None:
-        for task in (self.task, self.resume):
+        for task in (self.task, self.resume, self.warming):
             if task is not None and not task.done():
                 task.cancel()
         self.task = self.resume = None
@@ -179,14 +184,16 @@ class Engine:
         n = len(stack.images)
         self.current = int(msg.get("index", -1))
         if not 0 <= self.current < n:
-            self.current = n // 2 if n > 2 else 0
+            self.current = opening_index(n)
         asyncio.ensure_future(self.list_series(stack, loader, generation))
         await self.run(None, generation)
 
     async def list_series(self, stack: Stack, loader: StackLoader, generation: int) -> None:
         """The study's series (QIDO, or the static tree's index), for the page's study browser."""
         study_url = stack.series_url.rstrip("/").rsplit("/series/", 1)[0]
-        await loader.first_request_out()  # never before the frame on screen: it matters more
+        # never before the image on screen is answered: the page handles the list while the
+        # image's message waits behind it
+        await loader.first_image_answered(SERIES_LIST_WAIT_SECONDS)
         found = None
         for url in (f"{study_url}/series", f"{study_url}/series/index.json"):
             try:
@@ -477,29 +484,28 @@ def warm_up_discovery(rounds: int = WARM_UP_ROUNDS, raw: bytes | None = None) ->
     while the page waits for the user gets the optimised code compiled before the first load (in the
     page: 1000 instances 153 -> 61-72 ms to the first frame request); a round per task, so a Load
     click waits for one at most, and none once a load has begun (it warms the same code itself)."""
-    if ENGINE is None or ENGINE.task is not None or rounds <= 0:
+    if ENGINE is None or ENGINE.task is not None:
         return
-    raw = raw or _warm_up_document()
+    if rounds <= 0:
+        ENGINE.warming = asyncio.ensure_future(warm_up_loads())
+        return
+    raw = raw or warm_up_document(WARM_UP_INSTANCES)
     dj.check_shape(raw * 5)  # its loops run over arrays long enough to be worth optimising too
-    stack_from_metadata(dj.loads(raw), "http://warm-up.invalid/dicomweb/studies/2.25.1/series/2.25.2")
+    stack_from_metadata(dj.loads(raw), WARM_UP_SERIES_URL)
     js.setTimeout(create_once_callable(lambda: warm_up_discovery(rounds - 1, raw)), 0)
 
 
-def _warm_up_document() -> bytes:
-    """WARM_UP_INSTANCES instances shaped like the converter's metadata."""
-    shared = {"00080060": ["CS", "CT"], "00083002": ["UI", "1.2.840.10008.1.2.4.202"], "00280002": ["US", 1],
-              "00280004": ["CS", "MONOCHROME2"], "00280010": ["US", 256], "00280011": ["US", 256],
-              "00280030": ["DS", 0.5, 0.5], "00280100": ["US", 16], "00280101": ["US", 12],
-              "00200037": ["DS", 1.0, 0.0, 0.0, 0.0, 1.0, 0.0], "00281050": ["DS", 40.0],
-              "00281051": ["DS", 400.0], "0020000D": ["UI", "2.25.1"], "0020000E": ["UI", "2.25.2"]}
-    instances = []
-    for i in range(WARM_UP_INSTANCES):
-        own = {**shared, "00080018": ["UI", f"2.25.{100 + i}"], "00200013": ["IS", i + 1],
-               "00200032": ["DS", -100.5, -80.25, i * 0.625]}
-        instance = {tag: {"vr": vr, "Value": list(value)} for tag, (vr, *value) in own.items()}
-        instance["7FE00010"] = {"vr": "OB", "BulkDataURI": f"instances/2.25.{100 + i}/frames"}
-        instances.append(instance)
-    return json.dumps(instances).encode()
+async def warm_up_loads() -> None:
+    """The load path once per WARM_UP_PRESETS on a synthetic series (app/warm_up.py): the first
+    real load of a page then runs in compiled code (a 20-slice MR kept the worker busy ~560 ms cold,
+    ~135 ms warm). Idle time only: a load cancels it (``Engine.stop``)."""
+    for name in WARM_UP_PRESETS:
+        try:
+            await warm_up_load(preset(name))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a warm-up that fails costs nothing but its warmth
+            return
 
 
 ENGINE: Engine | None = None

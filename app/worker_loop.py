@@ -6,28 +6,48 @@ proxy each, ~0.1-0.4 ms of the worker per asyncio step (432 of them in the first
 a MessageChannel drains it: every callback ready when the drain starts runs in that JS task, as
 asyncio's own ``_run_once`` does; what they schedule waits for the next drain, so JS events (the
 network worker's, the page's) still get their turn between drains. Timers keep WebLoop's way.
+``at_step_end`` runs a function right after the asyncio step now running (a result posted to the
+page then, not after every other step of the drain: 23 request starts delayed it by ~15 ms).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Callable
 
-__all__ = ["install"]
+__all__ = ["install", "at_step_end"]
 
 _ready: deque[asyncio.Handle] = deque()
 _drain_due = False
+_draining = False
+_step_end: list[Callable[[], None]] = []
 _channel = None
 _keep: list = []
 
 
 def _drain(_event=None) -> None:
-    global _drain_due
+    global _drain_due, _draining
     _drain_due = False
-    for _ in range(len(_ready)):
-        handle = _ready.popleft()
-        if not handle._cancelled:
-            handle._run()  # asyncio.Handle reports its callback's exceptions to the loop
+    _draining = True
+    try:
+        for _ in range(len(_ready)):
+            handle = _ready.popleft()
+            if not handle._cancelled:
+                handle._run()  # asyncio.Handle reports its callback's exceptions to the loop
+            while _step_end:
+                _step_end.pop(0)()
+    finally:
+        _draining = False
+
+
+def at_step_end(fn: Callable[[], None]) -> bool:
+    """Run ``fn`` once the asyncio step now running returns; False (nothing queued) when no drain
+    is running, e.g. in a JS event's callback: the caller picks another moment."""
+    if not _draining:
+        return False
+    _step_end.append(fn)
+    return True
 
 
 def _call_soon(loop, callback, *args, context=None) -> asyncio.Handle:

@@ -92,25 +92,38 @@ def test_the_image_on_screen_at_either_end_is_asked_for_first(big_site):
         assert all(engine.reached_final(i) for i in range(COUNT))
 
 
-def test_the_series_list_waits_for_the_first_frame_request(big_site):
-    """StackLoader.first_request_out: what the worker's list_series awaits before it asks."""
+def test_the_series_list_waits_for_the_image_on_screen(big_site):
+    """StackLoader.first_image_answered: what the worker's list_series awaits before it asks (the
+    page would handle the list while the first image's message waits behind it)."""
     log: list[str] = []
 
     async def main():
         loader = StackLoader(big_site.stack(), preset("single"), big_site.transport())
 
         async def series_list():
-            await loader.first_request_out()
+            await loader.first_image_answered(30.0)
             log.append("series list")
 
-        loader.engine.on_event = lambda e: log.append(type(e).__name__)  # as each is emitted
+        loader.engine.on_event = lambda e: log.append(f"{type(e).__name__} {e.index}")  # as each is emitted
+        loader.set_current(COUNT // 2)
         waiter = asyncio.ensure_future(series_list())
         await asyncio.sleep(0)
         await loader.run(COUNT // 2, lambda e: None)
         await waiter
 
     asyncio.run(asyncio.wait_for(main(), 120))
-    assert log.index("series list") > log.index("RequestStarted")
+    assert log.index("series list") > log.index(f"Refinement {COUNT // 2}") > log.index(f"RequestStarted {COUNT // 2}")
+
+
+def test_the_series_list_waits_for_the_image_on_screen_a_bounded_time(big_site):
+    """A server silent about the image on screen holds the study browser back no longer than asked."""
+
+    async def main():
+        loader = StackLoader(big_site.stack(), preset("single"), big_site.transport())
+        loader.engine.first_request.went_out()  # as if asked, never answered
+        await loader.first_image_answered(0.05)  # else wait_for's TimeoutError fails the test
+
+    asyncio.run(asyncio.wait_for(main(), 10))
 
 
 def test_a_second_run_plans_the_images_it_is_given(big_site):

@@ -150,7 +150,7 @@ def test_bench_peer_runs_both_pages_on_one_row(runtime, demo_data, peer_build, t
 
 
 def test_stack_rows_are_chosen_by_name_or_slice_count(capsys):
-    from app.bench.peer import STACK_PRESET, select_stacks, stack_specs
+    from app.bench.peer import STACK_PRESETS, select_stacks, stack_specs
     from app.bench.runner import main
 
     assert select_stacks(None) == ["mr20", "mr200", "ct174"]
@@ -159,8 +159,11 @@ def test_stack_rows_are_chosen_by_name_or_slice_count(capsys):
     with pytest.raises(ValueError, match="mr300"):
         select_stacks("mr200,mr300")
     rows = stack_specs(["mr200", "ct174"])
-    assert [(r.key, r.series, r.stack) for r in rows] == [("mr200", "mr200", True), ("ct174", "ct174", True)]
-    assert all(r.config == PRESETS[STACK_PRESET] for r in rows)  # both pages, every stack: one JSON
+    assert [(r.key, r.series, r.stack) for r in rows] == [
+        ("mr200", "mr200", True), ("mr200:interleavedPreview", "mr200", True),
+        ("ct174", "ct174", True), ("ct174:interleavedPreview", "ct174", True)]
+    # both pages, every stack: one JSON per row, a row per stack preset
+    assert [r.config for r in rows] == [PRESETS[name] for name in STACK_PRESETS] * 2
     assert main(["--peer", "cornerstone", "--stacks", "300"]) == 2  # refused before any browser starts
     assert "unknown stack 300" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -55,6 +55,10 @@ _HOOK_JS = """
   } catch (e) {}
 })();
 """
+#: between "ready" and the Load click (both pages in the side-by-side bench): a user pastes a URL or
+#: picks a series, and a page may use that time (ours warms its load path in its worker, see
+#: app/warm_up.py); a load asked for with the page (``?url=``) is the cold-start row's
+SETTLE_MS = 1500
 _READY_JS = ("(window.appTimings && window.appTimings.readyMs > 0)"
              " || document.documentElement.dataset.app === 'error'")
 _DONE_JS = """() => { const s = document.documentElement.dataset.app;
@@ -140,6 +144,7 @@ class BrowserDriver:
             refused = page.evaluate(_REFUSED_JS)  # e.g. the configuration: the page would load with another
             if refused:
                 raise RuntimeError(f"page error before the load ({preset}, {profile}): {refused}")
+            page.wait_for_timeout(SETTLE_MS)
             if self.probe:
                 self.probe.sample(page)
             _emulate(cdp, profile)  # only now: the runtime load is never under emulation

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..config import opening_index
 from .network import ThrottleProxy
 from .results import LoadRun
 from .site import Demo, frame_bytes
@@ -51,7 +52,7 @@ async def _load(base_url: str, entry: dict, preset: str, policy=None) -> LoadRun
         stack = await discover(transport, base_url + entry["url"])
         engine = RetrieveEngine(stack, get_preset(preset), transport, viewport=(900, 1280),
                                 **({"policy": policy} if policy else {}))  # a memory budget (scale.py)
-        current = min(len(stack) // 2, len(stack) - 1) if len(stack) > 2 else 0
+        current = opening_index(len(stack))
         engine.set_current(current)
         t_loading = (time.perf_counter() - t0) * 1000.0
         async for event in engine.run():

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .. import dicomjson as dj
-from ..config import preset
+from ..config import opening_index, preset
 from ..retrieve.engine import RetrieveEngine
 from ..study import index_disagreement, index_of_stack, stack_from_index, stack_from_metadata
 from ..transport.mock import MockResponse
@@ -110,7 +110,7 @@ async def _to_first_requests(stack) -> tuple[float, float]:
     transport = _Recorder()
     t0 = time.process_time()
     engine = RetrieveEngine(stack, preset(PRESET), transport)
-    engine.set_current(len(stack) // 2)
+    engine.set_current(opening_index(len(stack)))
     run = engine.run()
     consumer = asyncio.ensure_future(run.__anext__())
     try:

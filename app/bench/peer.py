@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 from app.config import PRESETS
 
-from .browser import BrowserDriver
+from .browser import SETTLE_MS, BrowserDriver
 from .chromium import CHROMIUM_ARGS
 from .network import PROJECT, ServeProcess, ThrottleProxy
 from .profiles import DEFAULT_PROFILES, MODES, PROFILES, timeout_ms
@@ -42,7 +42,9 @@ __all__ = ["PEERS", "STACKS", "RowSpec", "PeerRow", "select_stacks", "run_peer",
            "main"]
 
 PEERS = ("cornerstone",)
-STACK_PRESET = "interleavedStack"
+#: each stack loads under each: Cornerstone's interleaved stages, then ours (12 KB first ranges, only
+#: the image on screen streamed in full first), the same JSON given to both pages
+STACK_PRESETS = ("interleavedStack", "interleavedPreview")
 BYTE_RANGE = "htj2kByteRange"
 OURS_BYTE_RANGE = "htj2kRangeThenStream"  # our own byte-range preset, given to both pages as well
 FIRST_RANGE_SIZES = (65536, 131072)
@@ -113,8 +115,9 @@ def row_specs(modes: Sequence[str]) -> list[RowSpec]:
 
 
 def stack_specs(stacks: Sequence[str]) -> list[RowSpec]:
-    """One interleaved row per stack, all with the same configuration JSON."""
-    return [RowSpec(key, f"{STACKS[key]} interleaved", PRESETS[STACK_PRESET], key) for key in stacks]
+    """A row per stack and stack preset, each configuration JSON given to both pages as written."""
+    return [RowSpec(key if name == STACK_PRESETS[0] else f"{key}:{name}", f"{STACKS[key]} {name}", PRESETS[name], key)
+            for key in stacks for name in STACK_PRESETS]
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,7 @@ class SideBySide:
         page = cs.CornerstonePage(self.driver.browser, proxy.url)
         try:
             page.open()
+            page.page.wait_for_timeout(SETTLE_MS)  # as ours: a user's time between ready and the load
             page.emulate(PROFILES[profile])
             mark = len(proxy.request_log)
             run = page.load(proxy.url + target.entry["url"], cs.to_cornerstone(spec.config), stack=spec.stack,
@@ -456,7 +460,7 @@ def _floors(driver: BrowserDriver, sbs: SideBySide, specs: Sequence[RowSpec], de
         result["floors"][profile] = {k: asdict(v) for k, v in driver.transfer(demo, _only_sop(demo), profile,
                                                                               runs).items()}
     for spec in specs:
-        if spec.stack:
+        if spec.stack and spec.series not in result["stack_floors"].get(profile, {}):
             progress(f"{profile} plain fetch {spec.series}")
             floor = stack_floor(driver, sbs.targets[spec.series], profile, runs)
             result["stack_floors"].setdefault(profile, {})[spec.series] = floor
@@ -471,7 +475,8 @@ def run_peer(*, runs: int = 3, profiles: Sequence[str] = DEFAULT_PROFILES, modes
     data_root = Path(data_root or (PROJECT / "static" / "dicomweb")).resolve()
     trees, busy, driver = _Trees(), [], None
     result: dict[str, Any] = {
-        "peer": "cornerstone", "runs": runs, "cpu_load": cpu_load, "stacks": list(stacks), "skipped": [],
+        "peer": "cornerstone", "runs": runs, "cpu_load": cpu_load, "settle_ms": SETTLE_MS, "stacks": list(stacks),
+        "skipped": [],
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
                     "loadavg_start": _loadavg(), "chromium_flags": list(cs.WEBGL_ARGS)},
@@ -550,7 +555,8 @@ def _stack_table(rows: Sequence[PeerRow], floors: dict, add: Callable[[str], Non
             f"{_pair(o.longest_task_ms, t.longest_task_ms, None)} | {o.exact} / {t.exact} |")
     add("")
     add(f"Stacks: from the click (ours) or the load call (theirs) to every slice showing something and to every "
-        f"slice lossless; both pages load the same series with the same `{STACK_PRESET}` configuration JSON. "
+        f"slice lossless; both pages load the same series with the same configuration JSON (the preset the row "
+        f"names: {', '.join(f'`{name}`' for name in STACK_PRESETS)}). "
         f"Floor: every slice's lossless frame (`frames/1`) by plain `fetch`, {FLOOR_IN_FLIGHT} in flight, "
         f"under the same emulation. Exact: runs in which every slice's final pixels equal its source DICOM's.\n")
 
@@ -583,7 +589,8 @@ def render_peer(result: dict) -> str:
         add("")
     add(f"Machine: {m['cpus']} CPUs, load average {m['loadavg_start']} at start, {m.get('loadavg_end')} at end, "
         f"{result['cpu_load']} busy background processes; {m['platform']}, Chromium {m.get('chromium')} "
-        f"({' '.join(m['chromium_flags'])}). Started {result['started']}, took {result.get('elapsed_s')} s.\n")
+        f"({' '.join(m['chromium_flags'])}). Started {result['started']}, took {result.get('elapsed_s')} s. "
+        f"Each page was left idle {result.get('settle_ms', 0)} ms between ready and the load.\n")
     return "\n".join(lines)
 
 

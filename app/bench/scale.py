@@ -48,7 +48,7 @@ __all__ = ["ConvertRow", "LargeLoadRow", "ScrollRow", "ScaleResult", "run_scale"
 SCALE_PRESET = "interleavedStack"
 #: the page also loads these stacks with our own stack preset (12 KB first ranges, first images
 #: streamed by level): the "every slice visible" figure both ways
-PAGE_EXTRA_PRESETS = {"ct174": ("interleavedPreview",)}
+PAGE_EXTRA_PRESETS = {"ct174": ("interleavedPreview",), "series1000": ("interleavedPreview",)}
 SCROLLS = {"small": [("ct174", 64)], "full": [("series1000", 512), ("ct174", 64)]}  # (stack, cacheMB)
 
 

@@ -13,7 +13,7 @@ from ..study import Stack
 from ..transport.base import Transport
 from .batch import FrameBatching
 from .budget import Budget
-from .events import EngineEvent, FirstBytes, ImageFailed, Refinement, failure_message, RequestStarted
+from .events import EngineEvent, ImageFailed, Refinement, failure_message, RequestStarted
 from .fetch import Attempt, InlineAttempt, StreamAttempt, Superseded, WholeAttempt
 from .nearby import replicas
 from .policy import FetchKind, Policy
@@ -200,6 +200,7 @@ class RetrieveEngine:
                 yield event
         finally:
             self.first_request.went_out()  # nothing more is coming: no one waits for it
+            self.first_request.shown()
             if not runner.done():
                 runner.cancel()
                 for st in self._states:
@@ -353,8 +354,8 @@ class RetrieveEngine:
     def emit(self, event: EngineEvent) -> None:
         if isinstance(event, RequestStarted):
             self.first_request.went_out()
-        elif event.index == self.current and isinstance(event, (FirstBytes, Refinement, ImageFailed)):
-            self.first_request.shown()  # its answer is coming: the others may start
+        elif event.index == self.current and isinstance(event, (Refinement, ImageFailed)):
+            self.first_request.shown()  # answered: the others may start
         if self._queue is not None:
             self._queue.put_nowait(event)
         if self.on_event is not None:

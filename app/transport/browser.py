@@ -2,7 +2,8 @@
 
 Mirrors NativeTransport: lower-case headers, bytes chunks, cancellation of the awaiting task aborts
 the fetch. The requests run in another worker: ``get`` queues an operation, and the operations of
-one loop turn go out as one message; the network worker reports heads, body batches (the first
+one asyncio step go out as one message right after it (a loop callback waited behind the steps
+queued before it: a 20 ms decode held 23 requests back); the network worker reports heads, body batches (the first
 piece at once, then >= 8-64 KB or whatever arrived within one short time slice) and ends as one
 message per JS task, which ``_Channel.on_events`` hands to the waiting requests and bodies. Each
 request used to cost the Python thread ~1.4 ms (fetch() itself ~0.8 ms, an AbortController, a
@@ -24,6 +25,7 @@ from typing import AsyncIterator
 
 import js  # type: ignore[import-not-found]
 
+from .. import worker_loop
 from .base import range_header
 from .errors import NetworkError
 
@@ -60,8 +62,8 @@ class _Body:
 
 
 class _Channel:
-    """The engine worker's end of the network worker: operations out, events in (one each way per
-    loop turn / JS task). One per worker, made on first use."""
+    """The engine worker's end of the network worker: operations out, events in (one message each
+    way per asyncio step / JS task). One per worker, made on first use."""
 
     def __init__(self, batch_bytes: int, batch_seconds: float) -> None:
         self.next_id = 0
@@ -79,7 +81,8 @@ class _Channel:
         self.outbox.append(op)
         if not self.flush_due:
             self.flush_due = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            if not worker_loop.at_step_end(self.flush):
+                asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         self.flush_due = False

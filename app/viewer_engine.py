@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 from app.config import RetrieveConfig
 from app.engine import EngineEvent, ImageFailed, Refinement, RequestStarted, RetrieveEngine
@@ -68,6 +68,8 @@ class StackLoader:
         self.config, self.viewport = config, viewport
         self.engine = self._engine(stack)
         self.check: IndexCheck | None = stack.index_check  # a provisional stack's, until it passes
+        # awaited before a stack that replaces a provisional one loads (the worker installs pydicom)
+        self.prepare: Callable[[Stack], Awaitable[None]] | None = None
 
     def _engine(self, stack: Stack) -> RetrieveEngine:
         # as many jobs as the transport is worth keeping busy (the browser queues them by priority)
@@ -152,6 +154,8 @@ class StackLoader:
         on_event(StackReplaced(stack, str(failure)))
         if stack is None:
             return
+        if self.prepare is not None:
+            await self.prepare(stack)
         self.stack, self.engine = stack, self._engine(stack)
         self.engine.budget.cache_bytes = old.budget.cache_bytes
         self.engine.budget.pixels_elsewhere = old.budget.pixels_elsewhere

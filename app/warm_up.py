@@ -18,8 +18,10 @@ import numpy
 
 from .config import RetrieveConfig
 from .engine import Refinement
+from .study import index_of_stack, stack_from_metadata
 from .transport.mock import MockRequest, MockResponse, MockTransport, serve_bytes
 from .tree.framing import frame_part_chunks, multipart_content_type, new_boundary
+from .tree.stack_index import STACK_INDEX_NAME, stack_index_bytes
 from .viewer_engine import open_stack, run_stack
 
 __all__ = ["WARM_UP_SERIES_URL", "warm_up_document", "warm_up_load"]
@@ -66,9 +68,13 @@ def _handler(count: int, size: int) -> Callable[[MockRequest], MockResponse]:
     frame = _frame_file(size, boundary)
     frame_type = multipart_content_type(HTJ2K_MEDIA_TYPE, boundary, HTJ2K_LOSSLESS_SYNTAX)
 
+    index = stack_index_bytes(index_of_stack(stack_from_metadata(json.loads(metadata), WARM_UP_SERIES_URL)))
+
     def handler(request: MockRequest) -> MockResponse:
         if request.url == f"{WARM_UP_SERIES_URL}/metadata":
             return serve_bytes(request, metadata, "application/dicom+json")
+        if request.url == f"{WARM_UP_SERIES_URL}/{STACK_INDEX_NAME}":  # the stack index's path too
+            return serve_bytes(request, index, "application/json")
         if "/frames/" in request.url:
             return serve_bytes(request, frame, frame_type, chunk=4096)
         return MockResponse(404)

@@ -175,8 +175,8 @@ class Engine:
         if generation != self.generation:
             await loader.aclose()
             return
-        if any(im.transfer_syntax in PYDICOM_SYNTAXES for im in stack.images):
-            await self.ensure_pydicom()
+        await self.prepare(stack)
+        loader.prepare = self.prepare  # a stack that replaces a stack index's too
         self.stack, self.loader = stack, loader
         if msg.get("cacheBytes"):  # the worker's share of the page's ?cacheMB (app/ui/view_state.py)
             loader.engine.budget.cache_bytes = int(msg["cacheBytes"])
@@ -309,6 +309,11 @@ class Engine:
 
         return json.dumps({"numpy": np.__version__, "imagecodecs": imagecodecs.__version__,
                            "pydicom": pydicom.__version__})
+
+    async def prepare(self, stack: Stack) -> None:
+        """What a stack needs before it loads: pydicom, for the syntaxes only it decodes."""
+        if any(im.transfer_syntax in PYDICOM_SYNTAXES for im in stack.images):
+            await self.ensure_pydicom()
 
     async def ensure_pydicom(self) -> None:
         """Install pydicom from the local wheel the first time a stack (or a call) needs it."""

@@ -202,7 +202,7 @@ def site_with(count: int = 6, *, index_from=None, index_bytes: bytes | None = No
     return site
 
 
-def load(site: Site, *, gate: asyncio.Event | None = None, log: list | None = None):
+def load(site: Site, *, gate: asyncio.Event | None = None, log: list | None = None, prepare=None):
     """open_stack + run over the site; (stack, delivered events, engine-level events, transport)."""
     log = log if log is not None else []
     transport = site.transport()
@@ -228,6 +228,7 @@ def load(site: Site, *, gate: asyncio.Event | None = None, log: list | None = No
 
     async def main():
         stack, loader = await open_stack(BASE, preset("single"), transport=transport)
+        loader.prepare = prepare
         engine_events = []
         loader.engine.on_event = lambda e: (engine_events.append(e), log.append(("engine", type(e).__name__)))
         delivered = []
@@ -304,6 +305,24 @@ def test_an_index_that_disagrees_ends_in_one_message_and_the_metadatas_stack():
     refinements = [e for e in delivered if isinstance(e, Refinement)]
     assert sorted(e.index for e in refinements if e.final) == list(range(6))
     assert all(e.sop_instance_uid == truth.images[e.index].sop_instance_uid for e in refinements)
+
+
+def test_the_stack_that_replaces_an_index_is_prepared_before_it_loads():
+    """The worker installs pydicom there when the metadata names a syntax only it decodes."""
+    site = site_with()
+    other = copy.deepcopy(site.metadata)
+    other[2]["00083002"] = {"vr": "UI", "Value": ["1.2.840.10008.1.2.4.202"]}
+    site = site_with(index_from=other)
+    log: list = []
+
+    async def prepare(stack):
+        log.append(("prepared", stack.images[2].transfer_syntax))
+        await asyncio.sleep(0)
+
+    _, delivered, _, _ = load(site, log=log, prepare=prepare)
+    prepared = log.index(("prepared", EXPLICIT_VR_LITTLE_ENDIAN))
+    assert [e for e in log[:prepared] if e[0] == "delivered"] == [("delivered", "StackReplaced")]
+    assert sum(isinstance(e, Refinement) and e.final for e in delivered) == 6
 
 
 def test_an_index_without_readable_metadata_shows_nothing():

@@ -70,6 +70,7 @@ class StackLoader:
         self.check: IndexCheck | None = stack.index_check  # a provisional stack's, until it passes
         # awaited before a stack that replaces a provisional one loads (the worker installs pydicom)
         self.prepare: Callable[[Stack], Awaitable[None]] | None = None
+        self.refused = False  # a provisional stack the metadata could not confirm: nothing runs again
 
     def _engine(self, stack: Stack) -> RetrieveEngine:
         # as many jobs as the transport is worth keeping busy (the browser queues them by priority)
@@ -93,10 +94,12 @@ class StackLoader:
 
     def pending(self) -> list[int]:
         """Images with stages still to run."""
-        return self.engine.pending()
+        return [] if self.refused else self.engine.pending()
 
     async def run(self, current: int, on_event: Callable[[EngineEvent], None], indices=None) -> None:
         """Load the stack (or only ``indices``: images loaded again after an eviction)."""
+        if self.refused:
+            return
         self.engine.set_current(current)
         if self.check is None:
             async for event in self.engine.run(indices):
@@ -153,6 +156,7 @@ class StackLoader:
         await old.aclose()
         on_event(StackReplaced(stack, str(failure)))
         if stack is None:
+            self.refused = True
             return
         if self.prepare is not None:
             await self.prepare(stack)

@@ -59,6 +59,7 @@ class Engine:
         self.held_result: tuple | None = None  # (pixels, message, buffer) waiting for its replicas
         self._flush_soon = create_proxy(lambda *_: self.flush_result())  # a microtask, kept
         self.collector_paused = False
+        self.failed = -1  # the generation whose load failed after discovery: no "done" follows
 
     # ---- out ----
     def post(self, message: dict, transfer: list | None = None) -> None:
@@ -218,7 +219,7 @@ class Engine:
             raise
         except Exception as exc:  # noqa: BLE001
             self.post({"type": "warning", "generation": generation, "message": f"Loading stopped: {exc}"})
-        if generation == self.generation:
+        if generation == self.generation and self.failed != generation:
             self.describe(generation)
             self.flush_progress()
             self.post({"type": "done", "generation": generation})
@@ -269,8 +270,8 @@ class Engine:
     def replace_stack(self, event: StackReplaced, generation: int) -> None:
         """The series' stack index disagreed with its metadata before anything of it was posted:
         the load goes on from the metadata's stack (a warning says why), or fails."""
-        if event.stack is None:
-            self.described = generation  # nothing to describe: the load has failed
+        if event.stack is None:  # the load ends as one that could not open: no "opened", no "done"
+            self.described = self.failed = generation
             self.post({"type": "open-failed", "generation": generation, "url": self.stack.series_url,
                        "message": event.message, "error": "IndexMismatch"})
             return

@@ -202,7 +202,11 @@ def site_with(count: int = 6, *, index_from=None, index_bytes: bytes | None = No
     return site
 
 
-def load(site: Site, *, gate: asyncio.Event | None = None, log: list | None = None, prepare=None):
+KEPT: list = []  # loaders kept open by load(keep=True)
+
+
+def load(site: Site, *, gate: asyncio.Event | None = None, log: list | None = None, prepare=None,
+         keep: bool = False):
     """open_stack + run over the site; (stack, delivered events, engine-level events, transport)."""
     log = log if log is not None else []
     transport = site.transport()
@@ -242,7 +246,10 @@ def load(site: Site, *, gate: asyncio.Event | None = None, log: list | None = No
         try:
             await loader.run(len(stack) // 2, on_event)
         finally:
-            await loader.aclose()
+            if keep:
+                KEPT.append(loader)
+            else:
+                await loader.aclose()
         return stack, delivered, engine_events
 
     return (*asyncio.run(asyncio.wait_for(main(), 30)), transport)
@@ -328,10 +335,14 @@ def test_the_stack_that_replaces_an_index_is_prepared_before_it_loads():
 def test_an_index_without_readable_metadata_shows_nothing():
     site = site_with()
     del site.files[f"{BASE}/metadata"]
-    _, delivered, engine_events, _ = load(site)
+    _, delivered, engine_events, _ = load(site, keep=True)
     assert [type(e) for e in delivered] == [StackReplaced]
     assert delivered[0].stack is None and "could not be read" in delivered[0].message
     assert any(isinstance(e, RequestStarted) for e in engine_events)  # it had asked: nothing shown
+    loader = KEPT[-1]
+    assert loader.pending() == []  # the worker's loop never runs the unconfirmed stack again
+    asyncio.run(loader.run(0, delivered.append))
+    assert [type(e) for e in delivered] == [StackReplaced]
 
 
 def test_without_an_index_discovery_is_as_before():
@@ -526,4 +537,33 @@ def test_the_page_shows_nothing_of_a_wrong_index_and_loads_the_metadatas_stack(p
     draws = p.evaluate("Array.from(window.drawLog, e => Array.from(e))")
     assert draws and all(d[3] == truth.images[d[0]].sop_instance_uid for d in draws)
     assert "Wrong" not in p.inner_text("#study-info")
+    assert not p.query_selector_all(".py-error")
+
+
+def test_the_page_fails_cleanly_when_an_index_has_no_readable_metadata(page, demo_data, runtime, serve_dir,
+                                                                        tmp_path):
+    """stack.json answers, the metadata does not: one error, nothing drawn, the page in its error state."""
+    import shutil
+
+    from conftest import wait_for_app_state
+    from test_viewer import demo_entry, open_viewer
+
+    mr = demo_entry(demo_data, "MR")
+    tree = tmp_path / "tree"
+    shutil.copytree(demo_data, tree, copy_function=os.link)
+    series = tree / mr["url"].removeprefix("/dicomweb/")
+    for name in ("metadata", "metadata.gz"):
+        (series / name).unlink()  # unlinks this copy's hard link only
+    live = serve_dir(tree)
+    p = page.page
+    open_viewer(page, live.url, "?noload=1", state=("ready",))
+    p.evaluate("(u) => { document.getElementById('url').value = u; }", mr["url"])
+    p.click("#load")
+    wait_for_app_state(page, ("error",), 60_000)
+    p.wait_for_timeout(500)  # nothing more comes: no "opened", no "done" turning it idle
+    assert p.evaluate("document.documentElement.dataset.app") == "error"
+    errors = p.inner_text("#errors")
+    assert "no series metadata" in errors and "Traceback" not in errors and len(errors.splitlines()) == 1
+    assert p.evaluate("window.drawLog.length") == 0
+    assert p.inner_text("#study-info") == ""
     assert not p.query_selector_all(".py-error")

@@ -36,9 +36,24 @@ def _drain(_event=None) -> None:
             if not handle._cancelled:
                 handle._run()  # asyncio.Handle reports its callback's exceptions to the loop
             while _step_end:
-                _step_end.pop(0)()
+                _run_step_end(handle, _step_end.pop(0))
     finally:
         _draining = False
+        if _ready and not _drain_due:  # never left waiting for someone else's call_soon
+            _schedule()
+
+
+def _run_step_end(handle: asyncio.Handle, fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - reported like a callback's, never stops the drain
+        handle._loop.call_exception_handler({"message": f"step-end function {fn!r} failed", "exception": exc})
+
+
+def _schedule() -> None:
+    global _drain_due
+    _drain_due = True
+    _channel.port2.postMessage(None)
 
 
 def at_step_end(fn: Callable[[], None]) -> bool:
@@ -55,8 +70,7 @@ def _call_soon(loop, callback, *args, context=None) -> asyncio.Handle:
     handle = asyncio.Handle(callback, args, loop, context=context)
     _ready.append(handle)
     if not _drain_due:
-        _drain_due = True
-        _channel.port2.postMessage(None)
+        _schedule()
     return handle
 
 

@@ -318,7 +318,7 @@ import { loadPyodide } from "/static/pyodide/pyodide.mjs";
 window.py = loadPyodide({ indexURL: "/static/pyodide/" });
 </script>"""
 _SOURCES = ("app/__init__.py", "app/transport/__init__.py", "app/transport/base.py",
-            "app/transport/errors.py", "app/transport/browser.py", "app/ui/net.mjs")
+            "app/transport/errors.py", "app/transport/browser.py", "app/worker_loop.py", "app/ui/net.mjs")
 
 
 class _PageAndRedirect(QuietHandler):

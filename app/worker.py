@@ -24,7 +24,7 @@ from app.codecs import PYDICOM_SYNTAXES, pixel_sha256
 from app.uids import valid_uid
 from app.config import PRESET_DESCRIPTIONS, PRESETS, ConfigError, opening_index, parse_config, preset
 from app.render import default_window
-from app.engine import FirstBytes, ImageFailed, Refinement, RequestStarted
+from app.engine import FirstBytes, ImageFailed, Refinement, RequestRetried, RequestStarted
 from app import dicomjson as dj
 from app import worker_loop
 from app.study import Stack, dicom_date, fetch_json, person_name, stack_from_metadata
@@ -259,6 +259,10 @@ class Engine:
         elif isinstance(event, ImageFailed):
             self.post({"type": "image-failed", "generation": generation, "index": event.index,
                        "sop": event.sop_instance_uid, "message": event.message, "t_ms": round(t, 1)})
+        elif isinstance(event, RequestRetried):
+            self.post({"type": "retry", "generation": generation, "index": event.index, "url": event.url,
+                       "attempt": event.attempt, "message": event.reason, "t_ms": round(t, 1)})
+            return
         elif isinstance(event, (RequestStarted, FirstBytes)):
             self.progress.append([event.index, "request" if isinstance(event, RequestStarted) else "first-bytes",
                                   round(t, 1)])

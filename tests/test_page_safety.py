@@ -166,3 +166,41 @@ def test_cors_blocked_and_unreachable_urls_are_one_clear_message(page, demo_serv
     finally:
         other.shutdown()
         other.server_close()
+
+
+class OnceUnavailableHandler(serve.Handler):
+    """serve.py's handler, except that the first request for one instance's frames answers 503."""
+
+    instance = ""
+    answered = threading.Event()
+
+    def do_GET(self):  # noqa: N802 (stdlib name)
+        if self.instance and f"/instances/{self.instance}/frames" in self.path and not self.answered.is_set():
+            self.answered.set()
+            self.send_response(503)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.send_header("Access-Control-Allow-Origin", "*")
+            self.end_headers()
+            return None
+        return super().do_GET()
+
+
+def test_a_request_asked_again_is_said_in_the_console_and_the_load_ends_lossless(page, demo_data, runtime,
+                                                                                 serve_dir):
+    mr = demo_entry(demo_data, "MR")
+    sop = sorted(sops_of(demo_data, mr))[3]
+    live = serve_dir(demo_data)
+    live.server.RequestHandlerClass = type("Once", (OnceUnavailableHandler,), {
+        "instance": sop, "answered": threading.Event()})
+    p = page.page
+    warnings = []
+    p.on("console", lambda msg: warnings.append(msg.text) if msg.type == "warning" else None)
+    open_viewer(page, live.url, f"?url={quote(mr['url'])}&config=htj2k")
+    wait_for_app_state(page, ("idle",), 60_000)
+    retries = [json.loads(r) for r in p.evaluate("Array.from(window.retryLog)")]
+    assert len(retries) == 1 and "503" in retries[0]["message"] and retries[0]["attempt"] == 1
+    log = p.evaluate("Array.from(window.renderLog)")
+    assert {e["index"] for e in log if e["final"]} == set(range(20))  # nothing lost
+    assert any("retry 1 of slice" in w and "503" in w for w in warnings)
+    assert not p.inner_text("#errors").strip() and not p.query_selector_all(".py-error")

@@ -13,7 +13,7 @@ import pytest
 from app.codecs import HTJ2K_LOSSLESS_RPCL, JPEG_BASELINE, JPEG_LS_LOSSLESS
 from app.config import ImageQualityStatus as Q
 from app.config import RetrieveConfig, preset
-from app.engine import FirstBytes, ImageFailed, Phase, Refinement, RequestFinished, RequestStarted
+from app.engine import FirstBytes, ImageFailed, Phase, Refinement, RequestFinished, RequestRetried, RequestStarted
 from app.transport import IncompleteBody
 from app.transport.mock import MockResponse, MockTransport, serve_bytes
 from helpers import BASE, Site, htj2k_frame, image_pixels, run_mock
@@ -70,6 +70,8 @@ def test_a_503_twice_then_the_frame(htj2k_images):
     events, engine, transport = run_mock(site, preset("single"))
     assert len(frame_requests(transport, 1)) == 3 and not failures(events)
     assert_all_final(site, events, engine)
+    retried = [e for e in events if isinstance(e, RequestRetried)]  # said, for the page's console
+    assert [(e.index, e.attempt) for e in retried] == [(1, 1), (1, 2)] and all("503" in e.reason for e in retried)
 
 
 def test_retries_run_out_with_a_clear_message(htj2k_images):

@@ -67,6 +67,7 @@ _DONE_JS = """() => { const s = document.documentElement.dataset.app;
   return seen && s === 'idle'; }"""
 _COLLECT_JS = """() => ({
   log: Array.from(window.renderLog).map(e => Object.assign({}, e)),
+  retries: (window.retryLog || []).length,
   states: window.__bench.states, click: window.__bench.click, longtasks: window.__bench.longtasks,
   appState: document.documentElement.dataset.app,
   errors: document.getElementById('errors') ? document.getElementById('errors').innerText : '',
@@ -166,7 +167,7 @@ class BrowserDriver:
             after = [d for start, d in data.get("longtasks") or [] if start >= t_click]
             return LoadRun(log=data["log"], t_click=t_click, t_loading=loading, bytes_frames=frames,
                            bytes_total=total, frame_requests=count, longest_task_ms=max(after, default=0.0),
-                           long_tasks_ms=sum(after), memory=recorded)
+                           long_tasks_ms=sum(after), memory=recorded, retries=data.get("retries", 0))
         finally:
             self.probe = None
             context.close()

@@ -149,6 +149,7 @@ class SideRun:
     exact: bool
     log: list[dict] = field(repr=False)
     error: str | None = None  # the run failed (timeout, page error): no times, not exact
+    retries: int = 0  # requests asked again (ours: the page's retryLog; a stalled transfer shows here)
 
     @classmethod
     def failed(cls, error: Exception) -> SideRun:
@@ -229,7 +230,7 @@ class SideBySide:
         else:
             first, final, size = _single_times(run.log, min(seen["requests"].values(), default=None))
         return SideRun(first, final, size, run.bytes_frames, run.frame_requests, run.longest_task_ms or 0.0,
-                       exact, run.log)
+                       exact, run.log, retries=run.retries)
 
     def _exact(self, target: Target, got: list[dict | None]) -> bool:
         """Every image the peer holds is lossless and equals its source, and there is one per slice."""
@@ -340,6 +341,8 @@ def _measure_row(sbs: SideBySide, spec: RowSpec, profile: str, runs: int,
         for name, load, into in (order if i % 2 == 0 else order[::-1]):
             try:
                 into.append(load(spec, profile))
+                if into[-1].retries:
+                    progress(f"  {name}: {into[-1].retries} request(s) asked again (see the run's log)")
             except Exception as exc:  # noqa: BLE001 - a failed run is a result: counted, shown, not timed
                 progress(f"  {name}: run failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
                 into.append(SideRun.failed(exc))

@@ -105,6 +105,7 @@ class LoadRun:
     longest_task_ms: float | None = None
     long_tasks_ms: float | None = None
     memory: dict | None = None  # {"baseline": PageMemory.raw(), "peak": ...} when sampled
+    retries: int = 0  # requests the engine asked again (the page's retryLog): a stall shows here
 
     def raw(self) -> dict:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "log" and v is not None}

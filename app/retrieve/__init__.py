@@ -13,7 +13,7 @@ request), ``nearby`` (nearbyFrames), ``budget`` (memory), and
 from __future__ import annotations
 
 from .engine import RetrieveEngine
-from .events import EngineEvent, FirstBytes, ImageFailed, Refinement, RequestFinished, RequestStarted
+from .events import EngineEvent, FirstBytes, ImageFailed, Refinement, RequestFinished, RequestRetried, RequestStarted
 from .policy import FetchKind, Policy, frame_request_url
 from .settings import ACCEPT_ANY, DEFAULT_CONCURRENCY, RetrievePolicy
 from .state import Phase
@@ -29,6 +29,7 @@ __all__ = [
     "Policy",
     "Refinement",
     "RequestFinished",
+    "RequestRetried",
     "RequestStarted",
     "RetrieveEngine",
     "RetrievePolicy",

@@ -86,4 +86,18 @@ class RequestFinished:
     cancelled: bool = False
 
 
-EngineEvent = Refinement | ImageFailed | RequestStarted | FirstBytes | RequestFinished
+@dataclass(frozen=True)
+class RequestRetried:
+    """A request failed in a way worth another try (5xx, 429, a lost or stalled transfer) and goes
+    out again after ``delay_s``: said, so a slow load can be told from a server that stalls."""
+
+    index: int
+    stage_id: str
+    url: str
+    attempt: int  # 1: the first retry
+    reason: str
+    delay_s: float
+    t_ms: float
+
+
+EngineEvent = Refinement | ImageFailed | RequestStarted | FirstBytes | RequestFinished | RequestRetried

@@ -25,7 +25,7 @@ from ..transport.base import ContentRange, Response, parse_content_range
 from ..transport.errors import ProtocolError, StatusError, TransportError, retry_after_seconds
 from ..transport.limits import SpeedWatch, head_within, paced
 from .body import FrameBody
-from .events import FirstBytes, RequestFinished, RequestStarted
+from .events import FirstBytes, RequestFinished, RequestRetried, RequestStarted
 from .limits import check_frame_content_type, frame_byte_cap
 from .policy import frame_request_url
 from .settings import ACCEPT_ANY, MAX_REDIRECTS, REDIRECT_STATUSES
@@ -121,7 +121,10 @@ class Attempt:
                 if attempt == retries:
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
                     raise TransportError(f"{exc}{tries}") from exc
-                await asyncio.sleep(self.settings.retry_delay(attempt, exc.retry_after))
+                delay = self.settings.retry_delay(attempt, exc.retry_after)
+                self.emit(RequestRetried(self.st.image.index, self.stage.id, self.body.url, attempt + 1,
+                                         str(exc) or type(exc).__name__, delay, self.t_ms()))
+                await asyncio.sleep(delay)
                 self.check()
 
     def _span(self, want_end: int | None) -> tuple[int, int | None, ByteRange | None] | None:

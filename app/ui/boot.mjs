@@ -3,6 +3,7 @@
 // compiles while MicroPython starts the UI), and keeps the worker's messages until the UI takes them.
 const root = document.documentElement;
 window.renderLog = [];
+window.retryLog = [];  // the current load's retries (JSON text each): requests asked again
 window.drawLog = [];  // [image index, index on screen, status, SOP instance UID] per draw (last 2000)
 window.appTimings = { navigationStart: performance.timeOrigin };
 

@@ -262,6 +262,13 @@ class Page:
         if m.get("generation") == self.state.generation:
             show_error(m["message"])
 
+    def on_retry(self, m, raw):
+        """A request asked again (5xx, 429, a lost or stalled transfer): the console and
+        ``window.retryLog`` say so (the benchmark counts them); the load goes on, nothing to show."""
+        if m.get("generation") == self.state.generation:
+            window.console.warn("retry %d of slice %d: %s" % (m["attempt"], m["index"] + 1, m["message"]))
+            window.retryLog.push(json.dumps(m))
+
     def on_cancelled(self, m, raw):
         if m["generation"] == self.state.generation:
             self.running = False
@@ -278,7 +285,7 @@ class Page:
     HANDLERS = {"series-list": on_series_list, "presets": on_presets, "opened": on_opened, "open-failed": on_open_failed,
                 "refinement": on_refinement, "image-failed": on_image_failed,
                 "progress": on_progress, "done": on_done, "running": on_running,
-                "warning": on_warning, "cancelled": on_cancelled}
+                "warning": on_warning, "retry": on_retry, "cancelled": on_cancelled}
 
     # ---- loading ----
     def start_load(self, url, index=None):
@@ -305,6 +312,7 @@ class Page:
         clear_errors()
         set_state("loading")
         window.renderLog = window.jsObject("[]")
+        window.retryLog = window.jsObject("[]")
         el("status").textContent = "Loading study…"
         self.running = True
         self.sync_cancel()

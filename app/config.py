@@ -852,8 +852,9 @@ PRESETS: dict[str, dict] = {
     # 512x512 CT or a 256x256 MR as our converter writes them (it ends at ~9.2 KB, 16-bit), so every
     # slice shows something after 12 KB per fast slice instead of 64 KB; the rest of each frame comes
     # by one Range request later (no byte twice). The image on screen is streamed by level: it shows
-    # before its whole frame is in. 174-slice CT, seed4g, CPython engine: every slice visible 415 ms
-    # (32 KB: 643, 64 KB: 1030), lossless unchanged (9.09 s; floor 8.98 s).
+    # before its whole frame is in. 174-slice CT, seed4g, in the page: every slice visible 635 ms
+    # (interleavedStack: 1157), lossless 9.57 s (9.32; floor 9.12): the small ranges keep the six
+    # connections busy while the link is not full.
     "interleavedPreview": {
         "stages": _PREVIEW_STAGES,
         "retrieveOptions": {

@@ -16,12 +16,13 @@ from typing import Callable
 
 import numpy
 
-from .config import RetrieveConfig
+from .config import RetrieveConfig, opening_index
 from .engine import Refinement
 from .study import index_of_stack, stack_from_metadata
 from .transport.mock import MockRequest, MockResponse, MockTransport, serve_bytes
 from .tree.framing import frame_part_chunks, multipart_content_type, new_boundary
 from .tree.stack_index import STACK_INDEX_NAME, stack_index_bytes
+from .uids import HTJ2K_LOSSLESS_RPCL
 from .viewer_engine import open_stack, run_stack
 
 __all__ = ["WARM_UP_SERIES_URL", "warm_up_document", "warm_up_load"]
@@ -30,12 +31,11 @@ WARM_UP_SERIES_URL = "http://warm-up.invalid/dicomweb/studies/2.25.1/series/2.25
 WARM_UP_SIZE = 256  # rows and columns of the synthetic slices (3 resolution levels)
 WARM_UP_SLICES = 8
 HTJ2K_MEDIA_TYPE = "image/jphc"
-HTJ2K_LOSSLESS_SYNTAX = "1.2.840.10008.1.2.4.202"
 
 
 def warm_up_document(count: int, size: int = WARM_UP_SIZE) -> bytes:
     """``count`` instances shaped like the converter's metadata, one slice apart along z."""
-    shared = {"00080060": ["CS", "CT"], "00083002": ["UI", HTJ2K_LOSSLESS_SYNTAX], "00280002": ["US", 1],
+    shared = {"00080060": ["CS", "CT"], "00083002": ["UI", HTJ2K_LOSSLESS_RPCL], "00280002": ["US", 1],
               "00280004": ["CS", "MONOCHROME2"], "00280010": ["US", size], "00280011": ["US", size],
               "00280030": ["DS", 0.5, 0.5], "00280100": ["US", 16], "00280101": ["US", 12],
               "00280103": ["US", 0], "00200037": ["DS", 1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
@@ -58,7 +58,7 @@ def _frame_file(size: int, boundary: str) -> bytes:
     # noise: a frame of ~100 KB whose levels need ranges and stream batches of their own, as real ones do
     tile = numpy.random.default_rng(1).integers(0, 4096, (size, size), dtype=numpy.uint16)
     codestream = bytes(imagecodecs.htj2k_encode(tile, reversible=True, tlm=True, tilepart=1, resolutions=3))
-    return b"".join(frame_part_chunks(codestream, f'{HTJ2K_MEDIA_TYPE}; transfer-syntax={HTJ2K_LOSSLESS_SYNTAX}',
+    return b"".join(frame_part_chunks(codestream, f'{HTJ2K_MEDIA_TYPE}; transfer-syntax={HTJ2K_LOSSLESS_RPCL}',
                                       boundary))
 
 
@@ -66,7 +66,7 @@ def _handler(count: int, size: int) -> Callable[[MockRequest], MockResponse]:
     boundary = new_boundary()
     metadata = warm_up_document(count, size)
     frame = _frame_file(size, boundary)
-    frame_type = multipart_content_type(HTJ2K_MEDIA_TYPE, boundary, HTJ2K_LOSSLESS_SYNTAX)
+    frame_type = multipart_content_type(HTJ2K_MEDIA_TYPE, boundary, HTJ2K_LOSSLESS_RPCL)
 
     index = stack_index_bytes(index_of_stack(stack_from_metadata(json.loads(metadata), WARM_UP_SERIES_URL)))
 
@@ -96,7 +96,7 @@ async def warm_up_load(config: RetrieveConfig, *, count: int = WARM_UP_SLICES, s
             on_event(event)
 
     try:
-        await run_stack(loader, len(stack.images) // 2, seen)
+        await run_stack(loader, opening_index(len(stack.images)), seen)
     finally:
         await loader.aclose()
     return results

@@ -793,11 +793,14 @@ _SUB = int(ImageQualityStatus.SUBRESOLUTION)
 # Ours for stacks: the interleaved set with only the image on screen (position 0.5) streamed in
 # full first; the first and last slices come as fast ranges like the others. In a browser a
 # streamed 190 KB frame holds one of HTTP/1.1's six connections ~100 ms on "4g", so three of them
-# left three connections for the small ranges every slice shows first.
+# left three connections for the small ranges every slice shows first. No ``halfThumb``: every
+# 4th slice's range (quarterThumb) with its nearby copies already shows every slice; the second
+# set of ranges only turned copies into the slices' own 64-px levels, and its 44 requests (174
+# slices) cost the engine's thread ~7 ms each in the page while the link waited for the finals.
 _PREVIEW_STAGES: list[dict[str, Any]] = [
     {**_STAGE_SETS["interleaved"][0], "positions": [0.5]},
     {**_STAGE_SETS["interleaved"][0], "id": "stackEnds", "positions": [0, -1], "retrieveType": "multipleFast"},
-    *_STAGE_SETS["interleaved"][1:],
+    *(stage for stage in _STAGE_SETS["interleaved"][1:] if stage["id"] != "halfThumb"),
 ]
 
 PRESETS: dict[str, dict] = {
@@ -852,9 +855,10 @@ PRESETS: dict[str, dict] = {
     # 512x512 CT or a 256x256 MR as our converter writes them (it ends at ~9.2 KB, 16-bit), so every
     # slice shows something after 12 KB per fast slice instead of 64 KB; the rest of each frame comes
     # by one Range request later (no byte twice). The image on screen is streamed by level: it shows
-    # before its whole frame is in. 174-slice CT, seed4g, in the page: every slice visible 635 ms
-    # (interleavedStack: 1157), lossless 9.57 s (9.32; floor 9.12): the small ranges keep the six
-    # connections busy while the link is not full.
+    # before its whole frame is in. 174-slice CT, seed4g, in the page (219 requests; 262 with
+    # halfThumb): every slice visible 597-733 ms (interleavedStack: ~1.2 s), lossless 9.39-9.45 s
+    # (halfThumb: 9.51-9.68; floor 8.99): while the small ranges run the link is half used, the
+    # engine's thread busy with their answers.
     "interleavedPreview": {
         "stages": _PREVIEW_STAGES,
         "retrieveOptions": {
@@ -877,7 +881,7 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     "htj2kRangeThenStream": "First 128 KB of the HTJ2K frame (Range, decode level capped at 3; extended to the end of a level if it holds no whole one) as SUBRESOLUTION, then one streamed Range request for the rest.",
     "nonProgressive": "One complete request per image from /frames/, no streaming or ranges: the image appears only when fully decoded.",
     "interleavedStack": "Interleaved over the stack: middle/first/last in full, 64 KB HTJ2K ranges of every 4th slice copied to neighbours, then the rest of every slice.",
-    "interleavedPreview": "interleavedStack with 12 KB first ranges (the 64-px level of a 512x512 CT or 256x256 MR) and only the image on screen streamed in full first: every slice shows something sooner; the rest of each frame by Range.",
+    "interleavedPreview": "interleavedStack with 12 KB first ranges (the 64-px level of a 512x512 CT or 256x256 MR) of every 4th slice shown at its neighbours (no halfThumb), only the image on screen streamed in full first: every slice shows something sooner; the rest of each frame by Range.",
 }
 """One line per preset for the UI."""
 

@@ -16,10 +16,10 @@ from typing import Sequence, TextIO
 
 from .config import PRESETS, ConfigError, RetrieveConfig, parse_config, preset
 from .codecs import pixel_sha256
-from .engine import (DEFAULT_CONCURRENCY, EngineEvent, ImageFailed, Refinement, RequestStarted,
-                     RetrieveEngine, RetrievePolicy)
-from .study import DiscoveryError, Stack, discover
+from .engine import DEFAULT_CONCURRENCY, EngineEvent, ImageFailed, Refinement, RequestStarted, RetrievePolicy
+from .study import DiscoveryError, IndexMismatch, Stack, discover
 from .transport import TransportError, default_transport
+from .viewer_engine import StackLoader, StackReplaced
 
 __all__ = ["main", "load", "pixel_sha256", "event_json"]
 
@@ -64,6 +64,47 @@ def report_failures(stack: Stack, requested: list[int], final: set[int], failure
     err.write(f"{len(missing)} of {len(requested)} images failed; {len(requested) - len(missing)} final\n")
 
 
+class _LoadLines:
+    """A load's JSON lines: StackReady once its stack is confirmed (one built from the series' stack
+    index only when the metadata agrees: nothing of it is written before), then the events."""
+
+    def __init__(self, out: TextIO, t0: float, loader: StackLoader) -> None:
+        self.out, self.t0, self.loader = out, t0, loader
+        self.failures: dict[int, str] = {}
+        self.requests = 0
+        self.replaced = ""  # why the index's stack was replaced
+        self.ready = False
+
+    def t_ms(self) -> float:
+        return round((time.perf_counter() - self.t0) * 1000, 3)
+
+    def write(self, line: dict) -> None:
+        self.out.write(json.dumps(line) + "\n")
+        self.out.flush()
+
+    def confirm(self, stack: Stack | None = None) -> None:
+        if not self.ready:
+            self.ready = True
+            stack = stack or self.loader.stack
+            self.write({"event": "StackReady", "study_uid": stack.study_uid, "series_uid": stack.series_uid,
+                        "images": len(stack), "series_url": stack.series_url, "t_ms": self.t_ms()})
+
+    def on_event(self, event) -> None:
+        if isinstance(event, StackReplaced):  # the index lied: the metadata's stack loads instead
+            self.failures.clear()
+            self.requests, self.replaced = 0, event.message
+            self.write({"event": "StackReplaced", "message": event.message,
+                        "images": None if event.stack is None else len(event.stack)})
+            if event.stack is not None:
+                self.confirm(event.stack)
+            return
+        self.confirm()
+        self.requests += isinstance(event, RequestStarted)
+        if isinstance(event, ImageFailed):
+            self.failures[event.index] = f"{event.message} (stage {event.stage_id})"
+        self.write(event_json(event))
+
+
 async def load(
     url: str,
     config: RetrieveConfig,
@@ -87,30 +128,26 @@ async def load(
     transport = transport or default_transport()
     try:
         t0 = time.perf_counter()
-        stack = await discover(transport, url, series_uid=series)  # a DiscoveryError names each cause
-        out.write(json.dumps({
-            "event": "StackReady", "study_uid": stack.study_uid, "series_uid": stack.series_uid,
-            "images": len(stack), "series_url": stack.series_url,
-            "t_ms": round((time.perf_counter() - t0) * 1000, 3),
-        }) + "\n")
-        requested = list(range(len(stack) if images is None else min(images, len(stack))))
+        # a series' stack index (stack.json) when it has one: the first frame request leaves before
+        # the metadata is parsed; nothing is written until the metadata agrees (StackLoader)
+        stack = await discover(transport, url, series_uid=series, provisional=True)  # DiscoveryError names each cause
         budget = {} if cache_mb is None else {"cache_bytes": cache_mb << 20}
         if frames_per_request is not None:
             budget["frames_per_request"] = frames_per_request
-        engine = RetrieveEngine(stack, config, transport, policy=RetrievePolicy(concurrency=concurrency, **budget),
-                                viewport=viewport)
-        failures: dict[int, str] = {}
-        requests = 0
-        async for event in engine.run(requested):
-            requests += isinstance(event, RequestStarted)
-            if isinstance(event, ImageFailed):
-                failures[event.index] = f"{event.message} (stage {event.stage_id})"
-            out.write(json.dumps(event_json(event)) + "\n")
-            out.flush()
-        final = {i for i in requested if engine.reached_final(i)}
-        report_failures(stack, requested, final, failures, err)
+        loader = StackLoader(stack, config, transport, viewport,
+                             policy=RetrievePolicy(concurrency=concurrency, **budget))
+        wanted = (lambda n: list(range(n if images is None else min(images, n))))
+        lines = _LoadLines(out, t0, loader)
+        await loader.run(0, lines.on_event, wanted(len(stack)))
+        if loader.refused:  # the index could not be confirmed and the metadata gives no stack
+            raise IndexMismatch(lines.replaced or f"{stack.series_url}: its stack index was refused")
+        lines.confirm()
+        stack = loader.stack
+        requested = wanted(len(stack))
+        final = {i for i in requested if loader.engine.reached_final(i)}
+        report_failures(stack, requested, final, lines.failures, err)
         out.write(json.dumps({"event": "LoadSummary", "images": len(requested), "final": len(final),
-                              "requests": requests, "t_ms": round((time.perf_counter() - t0) * 1000, 3)}) + "\n")
+                              "requests": lines.requests, "t_ms": lines.t_ms()}) + "\n")
         return stack, requested, len(final)
     finally:
         if own:

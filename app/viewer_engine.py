@@ -62,10 +62,12 @@ class StackLoader:
     """One study being loaded: the engine over its stack, and the transport it owns."""
 
     def __init__(self, stack: Stack, config: RetrieveConfig, transport: Transport,
-                 viewport: tuple[int, int] | None = None) -> None:
+                 viewport: tuple[int, int] | None = None, *, policy: RetrievePolicy | None = None) -> None:
         self.stack = stack
         self.transport = transport
         self.config, self.viewport = config, viewport
+        # as many jobs as the transport is worth keeping busy (the browser queues them by priority)
+        self.policy = policy or RetrievePolicy(concurrency=getattr(transport, "in_flight", DEFAULT_CONCURRENCY))
         self.engine = self._engine(stack)
         self.check: IndexCheck | None = stack.index_check  # a provisional stack's, until it passes
         # awaited before a stack that replaces a provisional one loads (the worker installs pydicom)
@@ -73,9 +75,7 @@ class StackLoader:
         self.refused = False  # a provisional stack the metadata could not confirm: nothing runs again
 
     def _engine(self, stack: Stack) -> RetrieveEngine:
-        # as many jobs as the transport is worth keeping busy (the browser queues them by priority)
-        policy = RetrievePolicy(concurrency=getattr(self.transport, "in_flight", DEFAULT_CONCURRENCY))
-        return RetrieveEngine(stack, self.config, self.transport, policy=policy, viewport=self.viewport)
+        return RetrieveEngine(stack, self.config, self.transport, policy=self.policy, viewport=self.viewport)
 
     def set_current(self, index: int) -> None:
         self.engine.set_current(index)
@@ -109,7 +109,7 @@ class StackLoader:
         passed = await self._run_checked(check, on_event, indices)
         self.check = None
         if not passed:
-            await self._replace(check, current, on_event)
+            await self._replace(check, current, on_event, indices)
 
     async def _run_checked(self, check: IndexCheck, on_event: Callable, indices) -> bool:
         """The provisional stack's run, its events held until the check passes; whether it did."""
@@ -148,7 +148,7 @@ class StackLoader:
             self.stack.work.first_request_at = time.perf_counter()
         check.start()
 
-    async def _replace(self, check: IndexCheck, current: int, on_event: Callable) -> None:
+    async def _replace(self, check: IndexCheck, current: int, on_event: Callable, indices=None) -> None:
         """The check failed: the provisional engine's work dropped, the metadata's stack loaded."""
         failure = check.result.exception()
         stack = getattr(failure, "stack", None)
@@ -163,7 +163,9 @@ class StackLoader:
         self.stack, self.engine = stack, self._engine(stack)
         self.engine.budget.cache_bytes = old.budget.cache_bytes
         self.engine.budget.pixels_elsewhere = old.budget.pixels_elsewhere
-        await self.run(min(current, len(stack.images) - 1), on_event)
+        if indices is not None:  # the same positions, those the metadata's stack has
+            indices = [i for i in indices if i < len(stack.images)]
+        await self.run(min(current, len(stack.images) - 1), on_event, indices)
 
     async def aclose(self) -> None:
         if self.check is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import io
 import json
 import os
 
@@ -22,7 +23,7 @@ from app.config import preset
 from app.convert import convert, read_json_pair, write_missing_stack_indexes
 from app.convert_pool import main as convert_main
 from app.engine import ImageFailed, Refinement, RequestStarted
-from app.study import discover, index_disagreement, index_of_stack, stack_from_index, stack_from_metadata
+from app.study import IndexMismatch, Stack, discover, index_disagreement, index_of_stack, stack_from_index, stack_from_metadata
 from app.transport.mock import MockResponse
 from app.tree.stack_index import (IMAGE_FIELDS, STACK_INDEX_NAME, SeriesIdentity, StackIndex, parse_stack_index,
                                   stack_index_bytes)
@@ -298,12 +299,16 @@ def test_nothing_is_delivered_before_the_metadata_agrees():
     assert sum(isinstance(e, Refinement) and e.final for e in delivered) == 6
 
 
-def test_an_index_that_disagrees_ends_in_one_message_and_the_metadatas_stack():
-    site = site_with()
-    other = copy.deepcopy(site.metadata)
-    other[0]["00200032"] = {"vr": "DS", "Value": [0, 0, 100]}  # the first slice moved to the end
+def lying_index_site() -> tuple[Site, Stack]:
+    """A site whose stack.json has the first slice moved to the end; and the metadata's stack."""
+    other = copy.deepcopy(site_with().metadata)
+    other[0]["00200032"] = {"vr": "DS", "Value": [0, 0, 100]}
     site = site_with(index_from=other)
-    truth = stack_from_metadata(site.metadata, BASE)
+    return site, stack_from_metadata(site.metadata, BASE)
+
+
+def test_an_index_that_disagrees_ends_in_one_message_and_the_metadatas_stack():
+    site, truth = lying_index_site()
     _, delivered, _, _ = load(site)
     assert isinstance(delivered[0], StackReplaced)  # before anything else
     assert "disagrees with its metadata: image 1: sop instance uid" in delivered[0].message
@@ -343,6 +348,42 @@ def test_an_index_without_readable_metadata_shows_nothing():
     assert loader.pending() == []  # the worker's loop never runs the unconfirmed stack again
     asyncio.run(loader.run(0, delivered.append))
     assert [type(e) for e in delivered] == [StackReplaced]
+
+
+def cli_load(site: Site, out: io.StringIO) -> tuple:
+    """``python -m app load`` over the site: (stack, images final, its JSON lines)."""
+    from app.cli import load as cli_load_stack
+
+    stack, _, final = asyncio.run(asyncio.wait_for(
+        cli_load_stack(BASE, preset("single"), transport=site.transport(), out=out, err=io.StringIO()), 30))
+    return stack, final, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_the_cli_loads_from_the_index_and_says_so_once_the_metadata_agrees():
+    stack, final, lines = cli_load(site_with(), io.StringIO())
+    assert stack.work.source == "index"
+    assert lines[0]["event"] == "StackReady" and lines[0]["images"] == 6
+    assert final == 6 and lines[-1] == {**lines[-1], "event": "LoadSummary", "final": 6}
+
+
+def test_the_cli_writes_nothing_of_an_index_that_disagrees():
+    site, truth = lying_index_site()
+    stack, final, lines = cli_load(site, io.StringIO())
+    assert [line["event"] for line in lines[:2]] == ["StackReplaced", "StackReady"]
+    assert "disagrees with its metadata" in lines[0]["message"]
+    refinements = [line for line in lines if line["event"] == "Refinement"]
+    assert refinements and all(line["sop_instance_uid"] == truth.images[line["index"]].sop_instance_uid
+                               for line in refinements)
+    assert final == 6 and stack.images == truth.images
+
+
+def test_the_cli_ends_in_one_message_when_an_index_has_no_readable_metadata():
+    site = site_with()
+    del site.files[f"{BASE}/metadata"]
+    out = io.StringIO()
+    with pytest.raises(IndexMismatch, match="could not be read"):
+        cli_load(site, out)
+    assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == ["StackReplaced"]
 
 
 def test_without_an_index_discovery_is_as_before():

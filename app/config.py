@@ -855,10 +855,10 @@ PRESETS: dict[str, dict] = {
     # 512x512 CT or a 256x256 MR as our converter writes them (it ends at ~9.2 KB, 16-bit), so every
     # slice shows something after 12 KB per fast slice instead of 64 KB; the rest of each frame comes
     # by one Range request later (no byte twice). The image on screen is streamed by level: it shows
-    # before its whole frame is in. 174-slice CT, seed4g, in the page (219 requests; 262 with
-    # halfThumb): every slice visible 597-733 ms (interleavedStack: ~1.2 s), lossless 9.39-9.45 s
-    # (halfThumb: 9.51-9.68; floor 8.99): while the small ranges run the link is half used, the
-    # engine's thread busy with their answers.
+    # before its whole frame is in. 174-slice CT, "4g", side-by-side bench (219 requests; 262 with
+    # halfThumb): every slice visible 627 ms (interleavedStack: 1180), lossless 9.38 s (halfThumb:
+    # 9.57; plain-fetch floor 9.11): while the small ranges run the link is half used, the engine's
+    # thread busy with their answers.
     "interleavedPreview": {
         "stages": _PREVIEW_STAGES,
         "retrieveOptions": {

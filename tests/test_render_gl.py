@@ -342,6 +342,22 @@ def test_2d_keeps_the_rgba_of_the_last_few_images_only(harness):
     assert_same(harness.draw("a", "s0", center=400, width=800), reference(slices[0], 400, 800), "s0")
 
 
+def test_2d_maps_only_the_pixels_a_minified_draw_shows(harness):
+    """Drawn at 1/4 of its size, a grey image is painted from the middle pixel of each 4x4 block
+    (a nearest draw shows no others): the same picture, a 16th of the table loop and of the RGBA
+    held; drawn at full size again, every pixel is painted."""
+    image = (np.arange(64 * 96, dtype=np.uint32) * 7 % 60000).astype(np.uint16).reshape(64, 96)
+    harness.open("a", "2d", 24, 16)
+    harness.upload("a", "im", image)
+    drawn = harness.draw("a", "im", center=30000, width=60000, smooth=False)
+    assert_same(drawn, reference(image, 30000, 60000)[2::4, 2::4], "2d at 1/4")
+    held = harness.call("a", "bytesHeld")["value"]
+    assert image.nbytes + 24 * 16 * 8 <= held <= image.nbytes + 24 * 16 * 8 + 65536 * 4  # + the table
+    drawn = harness.draw("a", "im", center=30000, width=60000, zoom=4, smooth=False)
+    assert_same(drawn, placed(reference(image, 30000, 60000), (24, 16), (64, 96), zoom=4), "2d zoomed 4x")
+    assert harness.call("a", "bytesHeld")["value"] >= image.nbytes + 64 * 96 * 8
+
+
 def test_without_webgl2_auto_falls_back_to_2d(page):
     """A browser without WebGL2 (getContext("webgl2") gives null) draws through the 2D path."""
     page.page.add_init_script("""{

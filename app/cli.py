@@ -146,8 +146,8 @@ async def load(
         requested = wanted(len(stack))
         final = {i for i in requested if loader.engine.reached_final(i)}
         report_failures(stack, requested, final, lines.failures, err)
-        out.write(json.dumps({"event": "LoadSummary", "images": len(requested), "final": len(final),
-                              "requests": lines.requests, "t_ms": lines.t_ms()}) + "\n")
+        lines.write({"event": "LoadSummary", "images": len(requested), "final": len(final),
+                     "requests": lines.requests, "t_ms": lines.t_ms()})
         return stack, requested, len(final)
     finally:
         if own:

@@ -546,8 +546,9 @@ class CanvasRenderer {
 
 /** Pixels per painted pixel, each way, for a grey image drawn minified (nearest, no smoothing):
  * at 1/step of its size or less on screen, one pixel of each step x step block is all a nearest
- * draw can show, so only those are mapped through the table. A 3072x2614 radiograph fitted into ~650 px was an
- * 8-million-pixel loop (~35 ms of the main thread at each new image or W/L); at step 4, 0.5 M. */
+ * draw can show, so only those are mapped through the table. A 3072x2614 radiograph fitted into
+ * ~650 px was an 8-million-pixel loop (~35 ms of the main thread at each new image or W/L); at
+ * step 4, 0.5 M. */
 function paintStep(entry, dest) {
   if (entry.samples === 3 || entry.dtype === "float32") return 1;
   const step = Math.floor(Math.min(entry.columns / dest.width, entry.rows / dest.height));
